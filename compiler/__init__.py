@@ -1,0 +1,1 @@
+"""The compiler: turns a site in git into a validated, immutable plan."""

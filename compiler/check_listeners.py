@@ -1,0 +1,84 @@
+"""Listener check: AUTH where it must be, passwords never in clear, TLS with a certificate,
+no two listeners on one socket, and an address for every MX host the site names."""
+
+from __future__ import annotations
+
+from compiler.diagnostics import Diagnostic, error, warning
+from plan.model import Listener, Plan, Source
+from runtime.router import Router
+
+SUBMISSION = ("submission", "smtps")
+WILDCARDS = ("0.0.0.0", "::")
+
+
+def check_listeners(plan: Plan, router: Router) -> list[Diagnostic]:
+    problems: list[Diagnostic] = []
+    for listener in plan.listeners:
+        problems += _listener(listener, plan)
+    problems += _sockets(plan.listeners)
+    addressed = {mx.host for d in plan.domains for mx in d.mx if mx.ipv4 or mx.ipv6}
+    hosted = [*router.domains, *router.aliases]
+    for domain in plan.domains:
+        for mx in domain.mx:
+            inside = any(mx.host == d or mx.host.endswith("." + d) for d in hosted)
+            if inside and mx.host not in addressed:
+                message = (
+                    f"MX host {mx.host} of {domain.name} has no address: give its ipv4 or ipv6, "
+                    "so that its A/AAAA records can be published"
+                )
+                problems.append(_error(mx.source, "MP404", message))
+    return problems
+
+
+def _listener(listener: Listener, plan: Plan) -> list[Diagnostic]:
+    problems = []
+    name = listener.name
+    if listener.protocol in SUBMISSION and listener.auth != "required":
+        message = f"{listener.protocol} listener {name!r} must require AUTH (set auth: required)"
+        problems.append(_error(listener.source, "MP401", message))
+    offers_auth = listener.auth != "none" and listener.protocol in ("smtp", *SUBMISSION)
+    if offers_auth and listener.tls == "none":
+        message = (
+            f"listener {name!r} offers AUTH without TLS: passwords would cross the network in clear"
+        )
+        if listener.plaintext_auth:
+            problems.append(_warning(listener.source, "MP402", message + " (plaintext_auth: true)"))
+        else:
+            hint = "; use tls: starttls or implicit, or auth: none, or plaintext_auth: true"
+            problems.append(_error(listener.source, "MP402", message + hint))
+    elif offers_auth and listener.plaintext_auth and listener.tls == "starttls":
+        message = f"listener {name!r} accepts AUTH before STARTTLS (plaintext_auth: true)"
+        problems.append(_warning(listener.source, "MP402", message))
+    if listener.tls != "none" and not (plan.tls.certificate and plan.tls.key):
+        message = (
+            f"listener {name!r} uses TLS ({listener.tls}) but the site has no certificate: "
+            "set tls.certificate and tls.key"
+        )
+        problems.append(_error(listener.source, "MP403", message))
+    return problems
+
+
+def _sockets(listeners: tuple[Listener, ...]) -> list[Diagnostic]:
+    """Two listeners on one port of one address (a wildcard address covers its family)."""
+    problems = []
+    sockets = [(listener, address) for listener in listeners for address in listener.bind]
+    for k, (listener, address) in enumerate(sockets):
+        for other, theirs in sockets[:k]:
+            same_family = (":" in address) == (":" in theirs)
+            overlap = address == theirs or address in WILDCARDS or theirs in WILDCARDS
+            if other is not listener and other.port == listener.port and same_family and overlap:
+                message = (
+                    f"listener {listener.name!r} and listener {other.name!r} both listen on "
+                    f"{address} port {listener.port}"
+                )
+                problems.append(_error(listener.source, "MP405", message))
+                break
+    return problems
+
+
+def _error(source: Source, code: str, message: str) -> Diagnostic:
+    return error(source.file, source.line, source.column, code, message)
+
+
+def _warning(source: Source, code: str, message: str) -> Diagnostic:
+    return warning(source.file, source.line, source.column, code, message)

@@ -1,0 +1,100 @@
+"""Names check: every account, list, pipe and domain that the site refers to exists, once.
+
+References are resolved with the runtime's own router, so a forwarder, a list
+member or a routing target is judged exactly as the server will treat it.
+"""
+
+from __future__ import annotations
+
+from compiler.diagnostics import Diagnostic, error
+from plan.model import Domain, Plan, Source
+from runtime.router import Router
+
+
+def check_names(plan: Plan, router: Router) -> list[Diagnostic]:
+    problems: list[Diagnostic] = []
+    hosted = {domain.name for domain in plan.domains}
+    if plan.server.main_domain not in hosted:
+        message = f"main domain {plan.server.main_domain} is not one of the site's domains"
+        problems.append(_at(plan.server.source, "MP202", message))
+    problems += _domain_aliases(plan)
+    for domain in plan.domains:
+        problems += _clashes(domain)
+        for forwarder in domain.forwarders:
+            problems += _reference(router, forwarder.target, forwarder.source)
+        for mailing_list in domain.lists:
+            problems += _reference(router, mailing_list.owner, mailing_list.source)
+            for member in mailing_list.members:
+                problems += _reference(router, member, mailing_list.source)
+    for route in plan.routes:
+        if route.right.kind == "pipe" and route.right.value not in router.pipes:
+            problems.append(_at(route.source, "MP203", f"no such pipe: {route.right.value}"))
+        if route.right.kind == "address" and "*" not in route.right.value:
+            problems += _reference(router, route.right.value, route.source)
+    for case in plan.tests:
+        if case.authenticated is not None:
+            login = router.route(case.authenticated, "access")
+            if login.module != "LOCAL":
+                message = (
+                    f"no such account: {case.authenticated} (test {case.name!r} logs in with it)"
+                )
+                problems.append(_at(case.source, "MP201", message))
+    return problems
+
+
+def _reference(router: Router, address: str, source: Source) -> list[Diagnostic]:
+    routing = router.route(address)
+    if routing.module != "ERROR" or routing.status != "5.1.1":
+        return []
+    reason = routing.reason or ""
+    if reason.startswith("no such list"):
+        return [_at(source, "MP204", reason)]
+    final = routing.steps[-1].before if routing.steps else address
+    return [_at(source, "MP201", f"no such account: {final}")]
+
+
+def _clashes(domain: Domain) -> list[Diagnostic]:
+    """Two objects of one domain with one name, or an alias hiding another object."""
+    problems: list[Diagnostic] = []
+    seen: dict[str, tuple[str, Source]] = {}
+    objects: list[tuple[str, str, Source]] = [
+        ("account", a.name, a.source) for a in domain.accounts
+    ]
+    objects += [("forwarder", f.name, f.source) for f in domain.forwarders]
+    objects += [("mailing list", m.name, m.source) for m in domain.lists]
+    for role, name, source in objects:
+        if name in seen:
+            other, where = seen[name]
+            message = f"duplicate name: {name}@{domain.name} is also a {other} (line {where.line})"
+            problems.append(_at(source, "MP205", message))
+        else:
+            seen[name] = (role, source)
+    for account in domain.accounts:
+        for alias in account.aliases:
+            if alias in seen:
+                other, where = seen[alias]
+                message = (
+                    f"alias {alias}@{domain.name} of {account.name} shadows the {other} "
+                    f"{alias}@{domain.name} (line {where.line})"
+                )
+                problems.append(_at(account.source, "MP206", message))
+            else:
+                seen[alias] = (f"alias of {account.name}", account.source)
+    return problems
+
+
+def _domain_aliases(plan: Plan) -> list[Diagnostic]:
+    problems = []
+    owners: dict[str, str] = {domain.name: "a domain" for domain in plan.domains}
+    for domain in plan.domains:
+        for alias in domain.aliases:
+            if alias in owners:
+                message = f"domain alias {alias} of {domain.name} is already {owners[alias]}"
+                problems.append(_at(domain.source, "MP208", message))
+            else:
+                owners[alias] = f"an alias of {domain.name}"
+    return problems
+
+
+def _at(source: Source, code: str, message: str) -> Diagnostic:
+    return error(source.file, source.line, source.column, code, message)

@@ -1,0 +1,73 @@
+"""Routing check: cycles of rewrites that can be found statically, and records that never fire.
+
+A loop is found by routing a witness of every record, forwarder and mail-to-unknown
+route with the runtime's router. A record never fires when an earlier record, for
+every kind of address it serves, matches everything it matches: tested by matching
+the earlier picture against the later one with each `*` as a symbol no picture holds.
+"""
+
+from __future__ import annotations
+
+from compiler.diagnostics import Diagnostic, error, warning
+from plan.model import Pattern, Plan, Route, Source
+from runtime.address import Address
+from runtime.router import Router
+
+FRESH = "\x00"
+
+
+def check_routing(plan: Plan, router: Router) -> list[Diagnostic]:
+    return _loops(plan, router) + _shadowed(plan, router)
+
+
+def witness(pattern: Pattern, star: str = "x", domain_star: str | None = None) -> Address:
+    """An address that `pattern` matches: each `*` becomes `star` (`domain_star` in the domain)."""
+    if pattern.kind == "domain":
+        return Address(star, pattern.picture.replace("*", domain_star or star))
+    local, _, domain = pattern.picture.rpartition("@")
+    return Address(local.replace("*", star), domain.replace("*", domain_star or star))
+
+
+def _loops(plan: Plan, router: Router) -> list[Diagnostic]:
+    starts: list[tuple[Source, str]] = [(r.source, str(witness(r.left))) for r in plan.routes]
+    for domain in plan.domains:
+        starts += [(f.source, f"{f.name}@{domain.name}") for f in domain.forwarders]
+        if domain.unknown.action == "route":
+            starts.append((domain.unknown.source, f"x-unknown-name@{domain.name}"))
+    reported: set[frozenset[Source]] = set()
+    problems = []
+    for source, address in starts:
+        routing = router.route(address)
+        if routing.status != "5.4.6":
+            continue
+        places = frozenset(step.source for step in routing.steps if step.source is not None)
+        if places in reported:
+            continue
+        reported.add(places)
+        first = min(places, key=lambda s: (s.file, s.line)) if places else source
+        lines = ", ".join(str(p) for p in sorted(places, key=lambda s: (s.file, s.line)))
+        message = f"{routing.reason} ({lines})"
+        problems.append(error(first.file, first.line, first.column, "MP301", message))
+    return problems
+
+
+def _shadowed(plan: Plan, router: Router) -> list[Diagnostic]:
+    problems = []
+    index = router.index
+    for j, route in enumerate(plan.routes):
+        probe = witness(route.left, FRESH)
+        covering = [
+            i
+            for i in index.matching(probe)
+            if i < j and set(route.kinds) <= set(plan.routes[i].kinds)
+        ]
+        if covering:
+            earlier: Route = plan.routes[min(covering)]
+            message = (
+                f"this record can never fire: {earlier.source} `{earlier.text}` "
+                "matches everything it matches and comes first"
+            )
+            problems.append(
+                warning(route.source.file, route.source.line, route.source.column, "MP302", message)
+            )
+    return problems

@@ -1,0 +1,70 @@
+"""Defaults: what a site gets for everything it does not say. The one place they live."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Per protocol: port, TLS mode and whether AUTH is required, offered, or not offered.
+LISTENERS: dict[str, dict[str, Any]] = {
+    "smtp": {"port": 25, "tls": "starttls", "auth": "optional"},
+    "submission": {"port": 587, "tls": "starttls", "auth": "required"},
+    "smtps": {"port": 465, "tls": "implicit", "auth": "required"},
+    "pop3": {"port": 110, "tls": "starttls", "auth": "required"},
+    "pop3s": {"port": 995, "tls": "implicit", "auth": "required"},
+    "imap": {"port": 143, "tls": "starttls", "auth": "required"},
+    "imaps": {"port": 993, "tls": "implicit", "auth": "required"},
+}
+LISTENER_BIND = ("0.0.0.0", "::")
+PLAINTEXT_AUTH = False
+
+RELAYING: dict[str, Any] = {"scope": "clients-only", "authenticated": True}
+
+RECEIVING: dict[str, Any] = {
+    "return_path": {"scope": "everybody-except-clients", "action": "reject"},
+    "reverse_connect": {"scope": "nobody", "action": "reject", "cache": "1h", "timeout": "30s"},
+    "spf": {"scope": "everybody-except-clients", "action": "reject-fail"},
+    "rbl": {"scope": "everybody-except-clients", "zones": [], "threshold": 1},
+    "blacklisted_ips": "everybody-except-clients",
+}
+RBL_WEIGHT = 1
+
+LIMITS: dict[str, Any] = {"max_message_size": "25M", "max_recipients": 1000}
+
+QUEUE: dict[str, Any] = {
+    "directory": "var/queue",
+    "mail_directory": "var/mail",
+    "retry": ["5m", "15m", "1h", "4h"],
+    "give_up_after": "5d",
+    "warn_after": "4h",
+}
+
+PIPE_TIMEOUT = "60s"
+
+DOMAIN: dict[str, Any] = {"sends_mail": True, "unknown": "reject"}
+SPF: dict[str, Any] = {"policy": "-all", "include": [], "ip4": [], "ip6": []}
+MAILING_LIST_POSTING = "members"
+
+# Every main domain has a postmaster; when the site does not name one, it gets this
+# account, which receives mail but cannot log in until a password is given.
+POSTMASTER = "postmaster"
+
+_UNITS = {
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 604800,
+    "K": 1024,
+    "M": 1024**2,
+    "G": 1024**3,
+}
+
+
+def seconds(value: int | str) -> int:
+    """A duration from the site (`90`, `30s`, `5m`, `4h`, `5d`, `1w`) in seconds."""
+    return value if isinstance(value, int) else int(value[:-1]) * _UNITS[value[-1]]
+
+
+def size(value: int | str) -> int:
+    """A size from the site (`1000`, `512K`, `25M`, `1G`) in bytes."""
+    return value if isinstance(value, int) else int(value[:-1]) * _UNITS[value[-1]]

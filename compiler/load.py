@@ -1,0 +1,96 @@
+"""Load: read a site folder (site.yaml and every file it names) into a compilation unit.
+
+This is the compiler's only reader of files. Paths in the plan are relative to the
+site folder, so the same site compiles to the same plan wherever it is checked out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from compiler import yamlpos
+from compiler.diagnostics import Diagnostic, error
+from compiler.unit import Unit
+from compiler.yamlpos import Document
+from compiler.yamlpos import Path as DataPath
+from plan.model import SourceFile
+
+SITE_FILE = "site.yaml"
+
+
+def load(site_dir: Path) -> Unit:
+    site_file = site_dir / SITE_FILE
+    try:
+        text = site_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = error(SITE_FILE, 1, 1, "MP100", f"cannot read {site_file}: {_why(exc)}")
+        return Unit(None, {}, (), diagnostics=(problem,))
+    document, problems = yamlpos.load(text, SITE_FILE)
+    texts = {SITE_FILE: text}
+    if document is not None:
+        problems += _read_references(site_dir, document, texts)
+    files = tuple(
+        SourceFile(name, hashlib.sha256(content.encode()).hexdigest())
+        for name, content in sorted(texts.items())
+    )
+    return Unit(document, texts, files, diagnostics=tuple(problems))
+
+
+def references(data: Any) -> Iterator[DataPath]:
+    """The paths in site.yaml whose values name other files of the site."""
+    if not isinstance(data, dict):
+        return
+    for key in ("routing", "server_rules"):
+        if isinstance(data.get(key), str):
+            yield (key,)
+    server = data.get("server")
+    for key in ("client_ips", "blacklisted_ips"):
+        if isinstance(server, dict) and _is_file(server.get(key)):
+            yield ("server", key, "file")
+    lists = data.get("address_lists")
+    for name, value in lists.items() if isinstance(lists, dict) else ():
+        if _is_file(value):
+            yield ("address_lists", name, "file")
+    domains = data.get("domains")
+    for name, domain in domains.items() if isinstance(domains, dict) else ():
+        if not isinstance(domain, dict):
+            continue
+        if isinstance(domain.get("rules"), str):
+            yield ("domains", name, "rules")
+        accounts = domain.get("accounts")
+        for account, value in accounts.items() if isinstance(accounts, dict) else ():
+            if isinstance(value, dict) and isinstance(value.get("rules"), str):
+                yield ("domains", name, "accounts", account, "rules")
+
+
+def _read_references(site_dir: Path, document: Document, texts: dict[str, str]) -> list[Diagnostic]:
+    problems = []
+    for path in references(document.data):
+        name = document.data_at(path)
+        where = document.at(path)
+        relative = PurePosixPath(name)
+        if relative.is_absolute() or ".." in relative.parts:
+            message = f"{name}: files of a site must be named by a path inside the site folder"
+            problems.append(error(document.file, where.line, where.column, "MP100", message))
+            continue
+        try:
+            texts[str(relative)] = (site_dir / relative).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            message = f"cannot read {name}: {_why(exc)}"
+            problems.append(error(document.file, where.line, where.column, "MP100", message))
+    return problems
+
+
+def _is_file(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("file"), str)
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    return getattr(exc, "strerror", None) or str(exc)

@@ -1,0 +1,138 @@
+"""Parse pass: the routing table and the address lists, read line by line with lark.
+
+A line that does not parse becomes a diagnostic with its line and column, and
+reading carries on at the next line, so one run reports every broken line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from typing import Any
+
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from compiler.diagnostics import Diagnostic, error
+from compiler.syntax import Entry, EntryBuilder, Record, RecordBuilder
+from compiler.unit import ListSource, Unit
+from compiler.yamlpos import Path as DataPath
+from grammar import parser
+
+_WORDS = {
+    "EQUAL": "'='",
+    "WORD": "an address or a domain",
+    "ANGLE": "an <address>",
+    "PIPE": 'a "program"@pipe',
+    "PREFIX": "a prefix (Relay:, Mail:, Access:, Signal:)",
+    "STRING": 'a "message"',
+    "ACK": "a comment",
+    "ADDRESS": "an IP address",
+    "BITS": "a number of bits",
+    "NAME": "a list name",
+    "MINUS": "'-'",
+    "SLASH": "'/'",
+    "HASH": "'#'",
+    "EXCLUDE": "'!'",
+    "$END": "the end of the line",
+}
+
+
+def parse(unit: Unit) -> Unit:
+    """Parse the routing table and every address list the site defines."""
+    document = unit.document
+    if document is None or not isinstance(document.data, dict):
+        return unit
+    problems: list[Diagnostic] = []
+    found: tuple[Record, ...] = ()
+    routing = document.data.get("routing")
+    if isinstance(routing, str) and routing in unit.texts:
+        found, problems = _records(unit.texts[routing], routing)
+    lists = []
+    for name, path in _list_paths(document.data):
+        value = document.data_at(path)
+        if isinstance(value, str):
+            file = document.file
+            line, column = document.text_origin(path)
+            text = value
+        elif isinstance(value, dict) and value.get("file") in unit.texts:
+            file, line, column = value["file"], 1, 1
+            text = unit.texts[file]
+        else:
+            continue
+        entries, trouble = _entries(text, file, line, column)
+        problems += trouble
+        defined = document.key_at(path)
+        lists.append(ListSource(name, document.file, defined.line, defined.column, entries))
+    return replace(unit, records=found, lists=tuple(lists)).report(*problems)
+
+
+def _list_paths(data: dict[str, Any]) -> Iterator[tuple[str, DataPath]]:
+    server = data.get("server")
+    for key in ("client_ips", "blacklisted_ips"):
+        if isinstance(server, dict) and key in server:
+            yield key, ("server", key)
+    lists = data.get("address_lists")
+    for name in lists if isinstance(lists, dict) else ():
+        yield name, ("address_lists", name)
+
+
+def _records(text: str, file: str) -> tuple[tuple[Record, ...], list[Diagnostic]]:
+    """The records of a routing table, and a diagnostic for each line that does not parse."""
+    found: list[Record] = []
+    problems: list[Diagnostic] = []
+    lark = parser("router", "record")
+    for number, line in _lines(text):
+        try:
+            tree = lark.parse(line)
+        except UnexpectedInput as exc:
+            column, message = _explain(exc, line)
+            problems.append(error(file, number, column, "MP104", message))
+            continue
+        found.append(RecordBuilder(file, number).transform(tree))
+    return tuple(found), problems
+
+
+def _entries(
+    text: str, file: str, first_line: int, column: int
+) -> tuple[tuple[Entry, ...], list[Diagnostic]]:
+    """The entries of an address list whose text starts at `first_line`, `column` of `file`."""
+    found: list[Entry] = []
+    problems: list[Diagnostic] = []
+    lark = parser("addresslist", "entry")
+    for number, line in _lines(text):
+        where = first_line + number - 1
+        start = len(line) - len(line.lstrip()) + column
+        try:
+            tree = lark.parse(line)
+        except UnexpectedInput as exc:
+            at, message = _explain(exc, line)
+            problems.append(error(file, where, at + column - 1, "MP105", message))
+            continue
+        found.append(EntryBuilder(file, where, start, column - 1).transform(tree))
+    return tuple(found), problems
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    """Numbered lines that hold more than white space and a comment."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        content = line.strip()
+        if content and not content.startswith(";"):
+            yield number, line
+
+
+def _explain(exc: UnexpectedInput, line: str) -> tuple[int, str]:
+    if isinstance(exc, UnexpectedCharacters):
+        return exc.column, f"unexpected character {line[exc.column - 1]!r}"
+    if isinstance(exc, UnexpectedEOF):
+        return len(line.rstrip()) + 1, f"line ends too early: expected {_expected(exc.expected)}"
+    if isinstance(exc, UnexpectedToken):
+        token = exc.token
+        shown = "the end of the line" if token.type == "$END" else repr(str(token))
+        column = token.column if token.type != "$END" else len(line.rstrip()) + 1
+        return column or 1, f"unexpected {shown}: expected {_expected(exc.expected)}"
+    return 1, str(exc)  # pragma: no cover - lark raises only the three above
+
+
+def _expected(names: Iterable[object]) -> str:
+    words = sorted({_WORDS.get(str(name), str(name)) for name in names})
+    return " or ".join(words)

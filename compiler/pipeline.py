@@ -1,0 +1,50 @@
+"""The compiler's pipeline: the passes in order, and the checks run over the plan.
+
+    load -> schema -> parse -> resolve -> checks      (then plan.codec freezes the plan)
+
+The order of these tuples is the order in which the compiler works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from compiler.check_listeners import check_listeners
+from compiler.check_names import check_names
+from compiler.check_relay import check_relay
+from compiler.check_routing import check_routing
+from compiler.diagnostics import Diagnostic, has_errors
+from compiler.load import load
+from compiler.parse import parse
+from compiler.resolve import resolve
+from compiler.schema import schema
+from compiler.unit import Unit
+from plan.model import Plan
+from runtime.router import Router
+
+Check = Callable[[Plan, Router], list[Diagnostic]]
+
+CHECKS: tuple[Check, ...] = (check_names, check_routing, check_relay, check_listeners)
+
+
+def checks(unit: Unit) -> Unit:
+    """Run every check over the resolved plan; a plan with errors is not handed on."""
+    if unit.plan is None:
+        return unit
+    router = Router(unit.plan)
+    problems = [problem for check in CHECKS for problem in check(unit.plan, router)]
+    unit = unit.report(*problems)
+    return replace(unit, plan=None) if has_errors(unit.diagnostics) else unit
+
+
+PASSES: tuple[Callable[[Unit], Unit], ...] = (schema, parse, resolve, checks)
+
+
+def compile_site(site_dir: Path) -> Unit:
+    """Compile the site in `site_dir`: a unit with a plan, or with the reasons there is none."""
+    unit = load(site_dir)
+    for step in PASSES:
+        unit = step(unit)
+    return unit

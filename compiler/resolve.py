@@ -1,0 +1,275 @@
+"""Resolve pass: build the plan from the site's YAML, its routing records and address lists.
+
+Defaults come from `compiler.defaults`; positions from the YAML loader. Names are
+lower-cased here (objects are case-insensitive); the checks that follow look for
+what clashes or is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from compiler import defaults
+from compiler.addresslists import addresslists
+from compiler.diagnostics import Diagnostic, error
+from compiler.routes import routes
+from compiler.unit import Unit
+from compiler.yamlpos import Document
+from compiler.yamlpos import Path as DataPath
+from plan.model import (
+    FORMAT,
+    Account,
+    Domain,
+    Forwarder,
+    Limits,
+    Listener,
+    MailingList,
+    MxHost,
+    Pipe,
+    Plan,
+    Queue,
+    RblCheck,
+    RblZone,
+    Receiving,
+    Relaying,
+    ReturnPathCheck,
+    ReverseConnectCheck,
+    Server,
+    Source,
+    Spf,
+    SpfCheck,
+    TestCase,
+    Tls,
+    Unknown,
+)
+
+# Problems after which the YAML does not have the shape that resolving relies on.
+SHAPELESS = frozenset({"MP101", "MP102", "MP103"})
+
+
+def resolve(unit: Unit) -> Unit:
+    document = unit.document
+    if document is None or any(d.code in SHAPELESS for d in unit.diagnostics):
+        return unit
+    data = document.data
+    problems: list[Diagnostic] = []
+    main = data["server"]["main_domain"].lower()
+    lists, trouble = addresslists(unit.lists)
+    problems += trouble
+    table, trouble = routes(unit.records, main)
+    problems += trouble
+    plan = Plan(
+        format=FORMAT,
+        server=_server(data["server"], _source(document, ("server", "main_domain"))),
+        listeners=_listeners(document, problems),
+        tls=Tls(data.get("tls", {}).get("certificate"), data.get("tls", {}).get("key")),
+        relaying=_relaying(data.get("relaying", {}), _source(document, ("relaying", "scope"))),
+        receiving=_receiving(data.get("receiving", {})),
+        limits=_limits(data.get("limits", {})),
+        queue=_queue(data.get("queue", {})),
+        address_lists=lists,
+        domains=tuple(
+            _domain(document, name.lower(), spec or {}, main)
+            for name, spec in sorted(data["domains"].items(), key=lambda item: item[0].lower())
+        ),
+        pipes=tuple(
+            Pipe(
+                name,
+                _source(document, ("pipes", name)),
+                spec["program"],
+                tuple(spec.get("args", ())),
+                defaults.seconds(spec.get("timeout", defaults.PIPE_TIMEOUT)),
+            )
+            for name, spec in sorted(data.get("pipes", {}).items())
+        ),
+        routes=table,
+        server_rules=data.get("server_rules"),
+        tests=_tests(document),
+        sources=unit.files,
+    )
+    return replace(unit, plan=plan).report(*problems)
+
+
+def _source(document: Document, path: DataPath) -> Source:
+    position = document.key_at(path)
+    return Source(document.file, position.line, position.column)
+
+
+def _server(server: dict[str, Any], source: Source) -> Server:
+    return Server(
+        source=source,
+        hostname=server["hostname"].lower(),
+        main_domain=server["main_domain"].lower(),
+        client_ips="client_ips",
+        blacklisted_ips="blacklisted_ips",
+        addresses=tuple(server.get("addresses", ())),
+    )
+
+
+def _listeners(document: Document, problems: list[Diagnostic]) -> tuple[Listener, ...]:
+    found = []
+    for name, spec in sorted(document.data.get("listeners", {}).items()):
+        protocol = spec.get("protocol", name)
+        source = _source(document, ("listeners", name))
+        if protocol not in defaults.LISTENERS:
+            known = ", ".join(defaults.LISTENERS)
+            message = f"listener {name!r} needs a protocol (one of: {known})"
+            problems.append(error(source.file, source.line, source.column, "MP103", message))
+            continue
+        settled = defaults.LISTENERS[protocol] | spec
+        found.append(
+            Listener(
+                name=name,
+                source=source,
+                protocol=protocol,
+                bind=tuple(settled.get("bind", defaults.LISTENER_BIND)),
+                port=settled["port"],
+                tls=settled["tls"],
+                auth=settled["auth"],
+                plaintext_auth=settled.get("plaintext_auth", defaults.PLAINTEXT_AUTH),
+            )
+        )
+    return tuple(found)
+
+
+def _relaying(spec: dict[str, Any], source: Source) -> Relaying:
+    settled = defaults.RELAYING | spec
+    return Relaying(
+        source, settled["scope"], settled["authenticated"], spec.get("acknowledge_open_relay")
+    )
+
+
+def _receiving(spec: dict[str, Any]) -> Receiving:
+    settled = {
+        key: value | spec.get(key, {})
+        for key, value in defaults.RECEIVING.items()
+        if isinstance(value, dict)
+    }
+    reverse = settled["reverse_connect"]
+    rbl = settled["rbl"]
+    return Receiving(
+        return_path=ReturnPathCheck(**settled["return_path"]),
+        reverse_connect=ReverseConnectCheck(
+            reverse["scope"],
+            reverse["action"],
+            defaults.seconds(reverse["cache"]),
+            defaults.seconds(reverse["timeout"]),
+        ),
+        spf=SpfCheck(**settled["spf"]),
+        rbl=RblCheck(
+            rbl["scope"],
+            tuple(
+                RblZone(zone.lower(), defaults.RBL_WEIGHT)
+                if isinstance(zone, str)
+                else RblZone(zone["zone"].lower(), zone.get("weight", defaults.RBL_WEIGHT))
+                for zone in rbl["zones"]
+            ),
+            rbl["threshold"],
+        ),
+        blacklisted_ips=spec.get("blacklisted_ips", defaults.RECEIVING["blacklisted_ips"]),
+    )
+
+
+def _limits(spec: dict[str, Any]) -> Limits:
+    settled = defaults.LIMITS | spec
+    return Limits(defaults.size(settled["max_message_size"]), int(settled["max_recipients"]))
+
+
+def _queue(spec: dict[str, Any]) -> Queue:
+    settled = defaults.QUEUE | spec
+    return Queue(
+        directory=settled["directory"],
+        mail_directory=settled["mail_directory"],
+        retry=tuple(defaults.seconds(value) for value in settled["retry"]),
+        give_up_after=defaults.seconds(settled["give_up_after"]),
+        warn_after=defaults.seconds(settled["warn_after"]),
+    )
+
+
+def _domain(document: Document, name: str, spec: dict[str, Any], main: str) -> Domain:
+    written = next(key for key in document.data["domains"] if key.lower() == name)
+    path: DataPath = ("domains", written)
+    settled = defaults.DOMAIN | spec
+    accounts = [
+        Account(
+            account.lower(),
+            _source(document, (*path, "accounts", account)),
+            (value or {}).get("password"),
+            tuple(alias.lower() for alias in (value or {}).get("aliases", ())),
+            (value or {}).get("rules"),
+        )
+        for account, value in spec.get("accounts", {}).items()
+    ]
+    forwarders = tuple(
+        Forwarder(
+            forwarder.lower(),
+            _source(document, (*path, "forwarders", forwarder)),
+            _full(target, name),
+        )
+        for forwarder, target in spec.get("forwarders", {}).items()
+    )
+    lists = tuple(
+        MailingList(
+            mailing_list.lower(),
+            _source(document, (*path, "lists", mailing_list)),
+            _full(value["owner"], name),
+            tuple(value["members"]),
+            value.get("posting", defaults.MAILING_LIST_POSTING),
+        )
+        for mailing_list, value in spec.get("lists", {}).items()
+    )
+    source = _source(document, path)
+    names = {a.name for a in accounts} | {alias for a in accounts for alias in a.aliases}
+    names |= {f.name for f in forwarders} | {m.name for m in lists}
+    if name == main and defaults.POSTMASTER not in names:
+        accounts.append(Account(defaults.POSTMASTER, source, None, (), None))
+    unknown = settled["unknown"]
+    unknown_source = _source(document, (*path, "unknown")) if "unknown" in spec else source
+    spf = defaults.SPF | spec.get("spf", {})
+    return Domain(
+        name=name,
+        source=source,
+        aliases=tuple(alias.lower() for alias in spec.get("aliases", ())),
+        accounts=tuple(sorted(accounts, key=lambda a: a.name)),
+        forwarders=tuple(sorted(forwarders, key=lambda f: f.name)),
+        lists=tuple(sorted(lists, key=lambda m: m.name)),
+        unknown=Unknown(
+            unknown_source,
+            "route" if isinstance(unknown, dict) else unknown,
+            unknown["route"] if isinstance(unknown, dict) else None,
+        ),
+        sends_mail=settled["sends_mail"],
+        mx=tuple(
+            MxHost(
+                _source(document, (*path, "mx", i)),
+                mx["host"].lower(),
+                mx["priority"],
+                tuple(mx.get("ipv4", ())),
+                tuple(mx.get("ipv6", ())),
+            )
+            for i, mx in enumerate(spec.get("mx", ()))
+        ),
+        spf=Spf(spf["policy"], tuple(spf["include"]), tuple(spf["ip4"]), tuple(spf["ip6"])),
+        rules=spec.get("rules"),
+    )
+
+
+def _full(address: str, domain: str) -> str:
+    return address if "@" in address else f"{address}@{domain}"
+
+
+def _tests(document: Document) -> tuple[TestCase, ...]:
+    return tuple(
+        TestCase(
+            source=_source(document, ("tests", i)),
+            name=case.get("name", f"test {i + 1}"),
+            kind=case.get("kind", "mail"),
+            to=case["to"],
+            sender=case.get("from"),
+            client=case.get("client"),
+            authenticated=case.get("authenticated"),
+            expect=case["expect"],
+        )
+        for i, case in enumerate(document.data.get("tests", ()))
+    )

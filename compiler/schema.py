@@ -1,0 +1,96 @@
+"""Schema pass: check site.yaml against the site's JSON Schema, every error at its line."""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import ValidationError, best_match
+
+from compiler.diagnostics import Diagnostic, error
+from compiler.unit import Unit
+from compiler.yamlpos import Document, Path
+
+_TYPES = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "a whole number",
+    "boolean": "true or false",
+    "null": "nothing",
+    "number": "a number",
+}
+
+
+@functools.cache
+def site_schema() -> dict[str, Any]:
+    text = resources.files("compiler").joinpath("site.schema.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(site_schema())
+
+
+def schema(unit: Unit) -> Unit:
+    """Report every place where site.yaml does not match the site's schema."""
+    if unit.document is None:
+        return unit
+    return unit.report(*_problems(unit.document))
+
+
+def _problems(document: Document) -> list[Diagnostic]:
+    problems = []
+    for found in _validator().iter_errors(document.data):
+        path: Path = tuple(found.absolute_path)
+        line, column, message = _explain(found, path, document)
+        problems.append(error(document.file, line, column, "MP103", message))
+    return problems
+
+
+def _explain(found: ValidationError, path: Path, document: Document) -> tuple[int, int, str]:
+    where = _name(path)
+    position = document.at(path)
+    rules: dict[str, Any] = found.schema if isinstance(found.schema, dict) else {}
+    custom = rules.get("x-message")
+    if found.validator in ("anyOf", "oneOf") and not custom and found.context:
+        return _explain(best_match(found.context), path, document)
+    if custom:
+        return position.line, position.column, f"{where}: {custom}"
+    if found.validator == "additionalProperties":
+        allowed = sorted(rules.get("properties", {}))
+        instance: Any = found.instance
+        extra = sorted(set(instance) - set(allowed))
+        key = document.key_at((*path, extra[0])) if extra else position
+        hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
+        return key.line, key.column, f"{where}: unknown key {extra[0]!r}{hint}"
+    if found.validator == "required":
+        missing = found.message.split("'")[1]
+        return position.line, position.column, f"{where}: missing required key {missing!r}"
+    if found.validator == "type":
+        expected: Any = found.validator_value
+        names = [expected] if isinstance(expected, str) else expected
+        wanted = " or ".join(_TYPES.get(n, n) for n in names)
+        return position.line, position.column, f"{where}: expected {wanted}"
+    if found.validator == "enum":
+        values: Any = found.validator_value
+        options = ", ".join(str(o) for o in values)
+        shown = found.instance if isinstance(found.instance, str) else repr(found.instance)
+        return position.line, position.column, f"{where}: {shown!r} is not one of: {options}"
+    if found.validator == "propertyNames":
+        return position.line, position.column, f"{where}: {found.message}"
+    return position.line, position.column, f"{where}: {found.message}"
+
+
+def _name(path: Path) -> str:
+    if not path:
+        return "site"
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

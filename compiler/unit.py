@@ -1,0 +1,38 @@
+"""The compilation unit: what the compiler's passes hand from one to the next."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from compiler.diagnostics import Diagnostic
+from compiler.syntax import Entry, Record
+from compiler.yamlpos import Document
+from plan.model import Plan, SourceFile
+
+
+@dataclass(frozen=True)
+class ListSource:
+    """An address list as written: its name, where it is defined, and its parsed entries."""
+
+    name: str
+    file: str
+    line: int
+    column: int
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A site on its way to a plan. Passes return a new unit; none mutates one."""
+
+    document: Document | None
+    texts: Mapping[str, str]
+    files: tuple[SourceFile, ...]
+    records: tuple[Record, ...] = ()
+    lists: tuple[ListSource, ...] = ()
+    plan: Plan | None = None
+    diagnostics: tuple[Diagnostic, ...] = field(default=())
+
+    def report(self, *problems: Diagnostic) -> Unit:
+        return replace(self, diagnostics=self.diagnostics + problems)

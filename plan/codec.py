@@ -1,0 +1,171 @@
+"""The plan's JSON form: canonical encoding, sha256 digest, JSON Schema, and verified loading.
+
+The JSON form and the schema are both derived from the dataclasses in `plan.model`,
+so they cannot drift apart. A plan file is the canonical content plus `digest`;
+`load` refuses a file whose schema or digest does not hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import jsonschema
+
+from plan.model import FORMAT, Plan
+
+T = TypeVar("T")
+SCHEMA_ID = "https://mailplan.invalid/schema/plan-v1.json"
+
+
+class PlanError(Exception):
+    """A plan file that cannot be used: unreadable, not matching its schema, or tampered with."""
+
+
+def encode(value: Any) -> Any:
+    """The JSON value of a plan (or any part of it)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [encode(item) for item in value]
+    return value
+
+
+def decode(cls: type[T], data: Any) -> T:
+    """Rebuild a dataclass from its JSON value; the value must already match the schema."""
+    return typing.cast(T, _decode(cls, data))
+
+
+def _decode(hint: Any, data: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        hints = _hints(hint)
+        return hint(
+            **{f.name: _decode(hints[f.name], data[f.name]) for f in dataclasses.fields(hint)}
+        )
+    if origin is tuple:
+        (item, _) = typing.get_args(hint)
+        return tuple(_decode(item, element) for element in data)
+    if origin in (Union, types.UnionType):
+        options = [option for option in typing.get_args(hint) if option is not type(None)]
+        return None if data is None else _decode(options[0], data)
+    return data
+
+
+def canonical(value: Any) -> bytes:
+    """Canonical JSON: sorted keys, no insignificant white space, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def digest(plan: Plan) -> str:
+    return "sha256:" + hashlib.sha256(canonical(encode(plan))).hexdigest()
+
+
+def dumps(plan: Plan) -> str:
+    """The text of a plan file: the plan's JSON with its digest, sorted and indented."""
+    document = encode(plan) | {"digest": digest(plan)}
+    errors = sorted(validator().iter_errors(document), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise PlanError(f"plan does not match its schema: {_describe(errors[0])}")
+    return json.dumps(document, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+
+
+def loads(text: str, origin: str = "plan") -> Plan:
+    """Parse a plan file, verifying its format, schema and digest before trusting it."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"{origin}: not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise PlanError(f"{origin}: not a plan: the top level is not an object")
+    if document.get("format") != FORMAT:
+        raise PlanError(
+            f"{origin}: plan format {document.get('format')!r} is not supported "
+            f"(this mailplan reads format {FORMAT}); build the plan again"
+        )
+    errors = sorted(validator().iter_errors(document), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise PlanError(f"{origin}: plan does not match its schema: {_describe(errors[0])}")
+    content = {key: value for key, value in document.items() if key != "digest"}
+    actual = "sha256:" + hashlib.sha256(canonical(content)).hexdigest()
+    if actual != document["digest"]:
+        raise PlanError(
+            f"{origin}: plan digest mismatch: the file says {document['digest']} but its "
+            f"content hashes to {actual}; the plan was edited after it was built"
+        )
+    return decode(Plan, content)
+
+
+def load(path: Path) -> Plan:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlanError(f"{path}: cannot read plan: {exc.strerror}") from None
+    return loads(text, str(path))
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = "/".join(str(part) for part in error.absolute_path) or "(top level)"
+    return f"at {where}: {error.message}"
+
+
+@functools.cache
+def validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json_schema())
+
+
+@functools.cache
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (Draft 2020-12) of a plan file, derived from the model."""
+    definitions: dict[str, Any] = {}
+    root = _schema(Plan, definitions)
+    top = dict(definitions.pop("Plan"))
+    top["properties"] = top["properties"] | {
+        "digest": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"},
+        "format": {"const": FORMAT},
+    }
+    top["required"] = [*top["required"], "digest"]
+    assert root == {"$ref": "#/$defs/Plan"}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "mailplan plan",
+        **top,
+        "$defs": dict(sorted(definitions.items())),
+    }
+
+
+def _schema(hint: Any, definitions: dict[str, Any]) -> dict[str, Any]:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        name = hint.__name__
+        if name not in definitions:
+            definitions[name] = {}
+            hints = _hints(hint)
+            fields = [f.name for f in dataclasses.fields(hint)]
+            definitions[name] = {
+                "type": "object",
+                "properties": {field: _schema(hints[field], definitions) for field in fields},
+                "required": fields,
+                "additionalProperties": False,
+            }
+        return {"$ref": f"#/$defs/{name}"}
+    if origin is tuple:
+        return {"type": "array", "items": _schema(typing.get_args(hint)[0], definitions)}
+    if origin in (Union, types.UnionType):
+        return {"anyOf": [_schema(option, definitions) for option in typing.get_args(hint)]}
+    if origin is Literal:
+        return {"enum": list(typing.get_args(hint))}
+    simple = {str: "string", int: "integer", bool: "boolean", type(None): "null"}
+    return {"type": simple[hint]}
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)

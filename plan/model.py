@@ -1,0 +1,292 @@
+"""The plan model: the frozen value that the compiler produces and the runtime executes.
+
+Every entity keeps the `Source` it came from, so that a trace or a log line can name
+the file and line that decided. Sequences are tuples and enumerations are `Literal`s,
+so that `plan.codec` can derive the JSON form and its JSON Schema from these classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+FORMAT = 1
+
+Scope = Literal["everybody", "clients-only", "everybody-except-clients", "nobody"]
+Kind = Literal["mail", "access", "signal"]
+KINDS: tuple[Kind, ...] = ("mail", "access", "signal")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A place in the site: a file relative to the site folder, a line and a column (1-based)."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """An inclusive range of IP addresses of one family, written as addresses."""
+
+    first: str
+    last: str
+
+
+@dataclass(frozen=True)
+class AddressList:
+    """A named network address list compiled to sorted, merged, disjoint intervals."""
+
+    name: str
+    source: Source
+    ipv4: tuple[Interval, ...]
+    ipv6: tuple[Interval, ...]
+
+
+@dataclass(frozen=True)
+class Server:
+    source: Source
+    hostname: str
+    main_domain: str
+    client_ips: str
+    blacklisted_ips: str
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    source: Source
+    password: str | None
+    aliases: tuple[str, ...]
+    rules: str | None
+
+
+@dataclass(frozen=True)
+class Forwarder:
+    name: str
+    source: Source
+    target: str
+
+
+@dataclass(frozen=True)
+class MailingList:
+    name: str
+    source: Source
+    owner: str
+    members: tuple[str, ...]
+    posting: Literal["members", "anyone", "moderated"]
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """What happens to mail for a name that the domain does not have."""
+
+    source: Source
+    action: Literal["reject", "discard", "route"]
+    target: str | None
+
+
+@dataclass(frozen=True)
+class MxHost:
+    source: Source
+    host: str
+    priority: int
+    ipv4: tuple[str, ...]
+    ipv6: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Spf:
+    policy: Literal["-all", "~all", "?all"]
+    include: tuple[str, ...]
+    ip4: tuple[str, ...]
+    ip6: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    source: Source
+    aliases: tuple[str, ...]
+    accounts: tuple[Account, ...]
+    forwarders: tuple[Forwarder, ...]
+    lists: tuple[MailingList, ...]
+    unknown: Unknown
+    sends_mail: bool
+    mx: tuple[MxHost, ...]
+    spf: Spf
+    rules: str | None
+
+
+@dataclass(frozen=True)
+class Pipe:
+    """An external program the site allows: the only things PIPE may execute."""
+
+    name: str
+    source: Source
+    program: str
+    args: tuple[str, ...]
+    timeout: int
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str
+    source: Source
+    protocol: Literal["smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps"]
+    bind: tuple[str, ...]
+    port: int
+    tls: Literal["none", "starttls", "implicit"]
+    auth: Literal["required", "optional", "none"]
+    plaintext_auth: bool
+
+
+@dataclass(frozen=True)
+class Tls:
+    certificate: str | None
+    key: str | None
+
+
+@dataclass(frozen=True)
+class Relaying:
+    source: Source
+    scope: Scope
+    authenticated: bool
+    open_relay_acknowledged: str | None
+
+
+@dataclass(frozen=True)
+class ReturnPathCheck:
+    scope: Scope
+    action: Literal["reject", "header"]
+
+
+@dataclass(frozen=True)
+class ReverseConnectCheck:
+    scope: Scope
+    action: Literal["reject", "header"]
+    cache: int
+    timeout: int
+
+
+@dataclass(frozen=True)
+class SpfCheck:
+    scope: Scope
+    action: Literal["reject-fail", "reject-softfail", "header"]
+
+
+@dataclass(frozen=True)
+class RblZone:
+    zone: str
+    weight: int
+
+
+@dataclass(frozen=True)
+class RblCheck:
+    scope: Scope
+    zones: tuple[RblZone, ...]
+    threshold: int
+
+
+@dataclass(frozen=True)
+class Receiving:
+    return_path: ReturnPathCheck
+    reverse_connect: ReverseConnectCheck
+    spf: SpfCheck
+    rbl: RblCheck
+    blacklisted_ips: Scope
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_size: int
+    max_recipients: int
+
+
+@dataclass(frozen=True)
+class Queue:
+    directory: str
+    mail_directory: str
+    retry: tuple[int, ...]
+    give_up_after: int
+    warn_after: int
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A routing record's left side: a `*` picture of an address or of a domain (lower case)."""
+
+    kind: Literal["address", "domain"]
+    picture: str
+
+    def __str__(self) -> str:
+        return f"<{self.picture}>" if self.kind == "address" else self.picture
+
+
+@dataclass(frozen=True)
+class Target:
+    """A routing record's right side.
+
+    `address` and `domain` are templates whose `*` take, in order, what the left side's
+    `*` matched; `error` rejects with `message`; `discard` drops; `pipe` runs a
+    declared program (`value` is the program name, `message` carries its arguments).
+    """
+
+    kind: Literal["address", "domain", "error", "discard", "pipe"]
+    value: str
+    message: str | None
+
+
+@dataclass(frozen=True)
+class Route:
+    source: Source
+    text: str
+    relay: bool
+    kinds: tuple[Kind, ...]
+    left: Pattern
+    right: Target
+    open_relay_acknowledged: str | None
+
+
+@dataclass(frozen=True)
+class TestCase:
+    """One assertion in the site's `tests:`, proven by `mailplan test`."""
+
+    source: Source
+    name: str
+    kind: Kind
+    to: str
+    sender: str | None
+    client: str | None
+    authenticated: str | None
+    expect: str
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    format: int
+    server: Server
+    listeners: tuple[Listener, ...]
+    tls: Tls
+    relaying: Relaying
+    receiving: Receiving
+    limits: Limits
+    queue: Queue
+    address_lists: tuple[AddressList, ...]
+    domains: tuple[Domain, ...]
+    pipes: tuple[Pipe, ...]
+    routes: tuple[Route, ...]
+    server_rules: str | None
+    tests: tuple[TestCase, ...]
+    sources: tuple[SourceFile, ...]

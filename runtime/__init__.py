@@ -1,0 +1,1 @@
+"""The runtime: executes a plan. Its decision modules are pure functions of the plan."""

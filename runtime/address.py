@@ -1,0 +1,60 @@
+"""Mail addresses as the router sees them: a local part and a domain (the next hop).
+
+Source-routed forms are normalised the CommuniGate way: `<@hop:user@dom>`,
+`hop!dom!user` and `user%dom@hop` all become local part `user%dom` at domain `hop`.
+An address without a domain takes the default domain (the site's main domain).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Address:
+    local: str
+    domain: str
+
+    def __str__(self) -> str:
+        return f"{self.local}@{self.domain}"
+
+    @property
+    def key(self) -> str:
+        """The case-insensitive identity of the address."""
+        return f"{self.local.lower()}@{self.domain}"
+
+
+def parse(text: str, default_domain: str) -> Address:
+    text = text.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].strip()
+    if text.startswith("@") and ":" in text:
+        hops, _, rest = text.partition(":")
+        inner = parse(rest, default_domain)
+        next_hop = hops.split(",")[0].lstrip("@")
+        return Address(f"{inner.local}%{inner.domain}", _domain(next_hop))
+    if "@" not in text and "!" in text:
+        parts = text.split("!")
+        user, path = parts[-1], parts[:-1]
+        local = "%".join([user, *reversed(path[1:])])
+        return Address(local, _domain(path[0]))
+    local, at, domain = text.rpartition("@")
+    if not at:
+        return Address(text, _domain(default_domain))
+    return Address(local, _domain(domain))
+
+
+def _domain(text: str) -> str:
+    return text.strip().rstrip(".").lower()
+
+
+def ip_literal(domain: str) -> str | None:
+    """The IP address a domain part names (`[192.0.2.1]`, `[IPv6:2001:db8::1]`, `192.0.2.1`)."""
+    inner = domain[1:-1] if domain.startswith("[") and domain.endswith("]") else domain
+    if inner.startswith("ipv6:"):
+        inner = inner[5:]
+    try:
+        return str(ipaddress.ip_address(inner))
+    except ValueError:
+        return None
