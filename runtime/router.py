@@ -179,15 +179,14 @@ class Router:
 
     def route(self, text: str, kind: Kind = "mail") -> Routing:
         steps: list[Step] = []
-        seen: set[str] = set()
+        seen: list[str] = []
         current = text
         while True:
             address = parse(current, self.main_domain)
             if address.key in seen or len(steps) >= MAX_REWRITES:
-                cycle = " -> ".join(step.before for step in steps) + f" -> {address}"
-                reason = f"routing loop: {cycle}"
+                reason = _loop(seen, address)
                 return self._result(text, kind, steps, "ERROR", "", current, "5.4.6", reason)
-            seen.add(address.key)
+            seen.append(address.key)
             outcome = self.step(address, kind)
             steps.append(outcome.step)
             if isinstance(outcome, Decision):
@@ -221,6 +220,8 @@ class Router:
         """What happens to `address` next: the first matching record, or the built-in routing."""
         if not address.local or not address.domain:
             return self._error(address, None, "address syntax", "5.1.3", f"bad address: {address}")
+        if address.domain.endswith(SUFFIXES) and not self.hosts(address.domain):
+            return self._builtin(address, kind)
         found = self.index.first(address, kind)
         if found is None:
             return self._builtin(address, kind)
@@ -373,3 +374,12 @@ class Router:
     ) -> Decision:
         before = str(address)
         return Decision(Step(source, what, before, "ERROR"), "ERROR", "", before, status, reason)
+
+
+def _loop(seen: list[str], address: Address) -> str:
+    """The cycle of addresses that came back to `address`, or the first and last of too many."""
+    if address.key in seen:
+        cycle = [*seen[seen.index(address.key) :], address.key]
+        return "routing loop: " + " -> ".join(cycle)
+    shown = [*seen[:2], "...", seen[-1], address.key]
+    return f"routing loop: more than {MAX_REWRITES} rewrites: " + " -> ".join(shown)
