@@ -1,0 +1,169 @@
+"""The `mailplan` command: check, build, route, passwd and schema, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from argon2 import PasswordHasher
+
+from mailplan.cli import main
+from plan import codec
+from tests.conftest import EXAMPLE, ROOT
+
+SITES = ROOT / "tests" / "sites"
+
+
+def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """The installed command, as a user (or CI) runs it, from the repository's root."""
+    return subprocess.run(
+        [sys.executable, "-m", "mailplan", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+
+
+def test_check_example_site_is_ok() -> None:
+    result = run("check", "sites/example.com")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[-2] == "configuration OK"
+    assert lines[-1].startswith("plan digest sha256:")
+    assert "warning MP304" in result.stdout  # the two Relay: records are named
+
+
+def test_check_broken_site_fails_with_every_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["check", str(SITES / "bad-relay-open")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert out.startswith(f"{SITES / 'bad-relay-open'}/router.cgr:2:1: error MP303: open relay")
+    assert out.splitlines()[-1] == "1 error, 0 warnings"
+    assert "configuration OK" not in out
+
+
+def test_check_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["check", str(SITES / "bad-relay-open"), "--format", "json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert report["ok"] is False and report["digest"] is None
+    (only,) = report["diagnostics"]
+    assert only["file"] == f"{SITES / 'bad-relay-open'}/router.cgr"
+    assert (only["line"], only["column"], only["severity"], only["code"]) == (2, 1, "error", "MP303")
+
+
+def test_check_json_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(EXAMPLE), "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["digest"].startswith("sha256:")
+
+
+def test_check_missing_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"{tmp_path}/site.yaml:1:1: error MP100: cannot read {tmp_path}/site.yaml: no such file")
+
+
+def test_build_writes_a_verified_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "plan.json"
+    assert main(["build", str(EXAMPLE), "-o", str(target)]) == 0
+    plan = codec.load(target)
+    assert capsys.readouterr().out.strip() == f"wrote {target} ({codec.digest(plan)})"
+    assert plan.server.main_domain == "example.com"
+
+
+def test_build_refuses_a_broken_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "plan.json"
+    assert main(["build", str(SITES / "bad-relay-open"), "-o", str(target)]) == 1
+    assert "error MP303" in capsys.readouterr().err
+    assert not target.exists()
+
+
+def test_route_through_site_and_plan_agree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["route", "info@example.org", "--site", str(EXAMPLE)]) == 0
+    from_site = capsys.readouterr().out
+    target = tmp_path / "plan.json"
+    main(["build", str(EXAMPLE), "-o", str(target)])
+    capsys.readouterr()
+    assert main(["route", "info@example.org", "--plan", str(target)]) == 0
+    assert capsys.readouterr().out == from_site
+    assert from_site.splitlines() == [
+        "info@example.org (mail)",
+        "  site.yaml:68       domain alias example.org of example.com: "
+        "info@example.org -> info@example.com",
+        "  site.yaml:85       forwarder info@example.com = sales@example.net: "
+        "info@example.com -> sales@example.net  [relay]",
+        "  built-in           example.net is not hosted here: "
+        "sales@example.net -> SMTP(example.net)sales@example.net",
+        "module     SMTP",
+        "queue      example.net",
+        "address    sales@example.net",
+        "relayable  yes",
+    ]
+
+
+def test_route_shows_the_routing_table_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["route", "carol@example.com", "--site", str(EXAMPLE)]) == 2
+    assert capsys.readouterr().out.splitlines() == [
+        "carol@example.com (mail)",
+        '  router.cgr:9       `<carol@example.com> = error "carol has left; please write to '
+        'info@example.com"`: carol@example.com -> ERROR 5.7.1 carol has left; please write to '
+        "info@example.com",
+        "module     ERROR",
+        "reply      5.7.1 carol has left; please write to info@example.com",
+        "relayable  no",
+    ]
+
+
+def test_route_access_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["route", "support", "--kind", "access", "--site", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "router.cgr:15" in out and "queue      recipient@example.com" in out
+
+
+def test_route_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["route", "rcpt@example.org", "--site", str(EXAMPLE), "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["module"], result["queue"], result["target"]) == (
+        "LOCAL",
+        "recipient@example.com",
+        "recipient@example.com",
+    )
+    assert [step["source"]["line"] for step in result["steps"]] == [68, 79, 79]
+
+
+def test_route_refuses_a_tampered_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "plan.json"
+    main(["build", str(EXAMPLE), "-o", str(target)])
+    target.write_text(target.read_text().replace('"clients-only"', '"everybody"'))
+    assert main(["route", "x@example.com", "--plan", str(target)]) == 1
+    assert "plan digest mismatch" in capsys.readouterr().err
+
+
+def test_passwd_makes_an_argon2id_hash_that_verifies() -> None:
+    result = run("passwd", "--stdin", stdin="correct horse\n")
+    assert result.returncode == 0
+    phc = result.stdout.strip()
+    assert phc.startswith("$argon2id$v=19$")
+    assert PasswordHasher().verify(phc, "correct horse")
+
+
+def test_passwd_refuses_an_empty_password() -> None:
+    result = run("passwd", "--stdin", stdin="\n")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "mailplan: an empty password is not allowed"
+
+
+def test_schema_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema", "site"]) == 0
+    site = json.loads(capsys.readouterr().out)
+    assert site["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert main(["schema", "plan"]) == 0
+    assert json.loads(capsys.readouterr().out) == codec.json_schema()

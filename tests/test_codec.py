@@ -1,0 +1,117 @@
+"""The plan's JSON form: canonical, reproducible, schema-checked and digest-checked."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from compiler.pipeline import compile_site
+from plan import codec
+from plan.model import FORMAT, Plan
+from tests.conftest import EXAMPLE
+
+
+def _plan(site: Path = EXAMPLE) -> Plan:
+    unit = compile_site(site)
+    assert unit.plan is not None, unit.diagnostics
+    return unit.plan
+
+
+def test_building_twice_gives_identical_bytes() -> None:
+    assert codec.dumps(_plan()) == codec.dumps(_plan())
+
+
+def test_a_copy_in_another_folder_gives_identical_bytes(tmp_path: Path) -> None:
+    copy = tmp_path / "elsewhere" / "site"
+    shutil.copytree(EXAMPLE, copy)
+    assert codec.dumps(_plan(copy)) == codec.dumps(_plan())
+
+
+def test_plan_file_is_canonical_json_with_format_and_digest() -> None:
+    plan = _plan()
+    document = json.loads(codec.dumps(plan))
+    assert document["format"] == FORMAT
+    assert document["digest"] == codec.digest(plan)
+    assert document["digest"].startswith("sha256:") and len(document["digest"]) == 71
+    assert list(document) == sorted(document)
+    assert codec.dumps(plan) == json.dumps(document, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+
+
+def test_sources_table_hashes_every_file_of_the_site() -> None:
+    plan = _plan()
+    assert [s.path for s in plan.sources] == ["router.cgr", "site.yaml"]
+    text = (EXAMPLE / "router.cgr").read_bytes()
+    assert plan.sources[0].sha256 == hashlib.sha256(text).hexdigest()
+
+
+def test_round_trip_gives_the_same_plan() -> None:
+    plan = _plan()
+    assert codec.loads(codec.dumps(plan)) == plan
+
+
+def test_an_edited_plan_is_refused_for_its_digest() -> None:
+    document = json.loads(codec.dumps(_plan()))
+    document["relaying"]["scope"] = "everybody"
+    with pytest.raises(codec.PlanError) as caught:
+        codec.loads(json.dumps(document), "plan.json")
+    message = str(caught.value)
+    assert message.startswith("plan.json: plan digest mismatch: the file says sha256:")
+    assert message.endswith("the plan was edited after it was built")
+
+
+def test_a_plan_off_its_schema_is_refused() -> None:
+    document = json.loads(codec.dumps(_plan()))
+    document["limits"]["max_recipients"] = "many"
+    with pytest.raises(codec.PlanError) as caught:
+        codec.loads(json.dumps(document), "plan.json")
+    assert str(caught.value) == (
+        "plan.json: plan does not match its schema: at limits/max_recipients: "
+        "'many' is not of type 'integer'"
+    )
+
+
+def test_an_unknown_key_is_refused() -> None:
+    document = json.loads(codec.dumps(_plan()))
+    document["extra"] = 1
+    with pytest.raises(codec.PlanError, match="Additional properties are not allowed"):
+        codec.loads(json.dumps(document), "plan.json")
+
+
+def test_another_format_is_refused() -> None:
+    document = json.loads(codec.dumps(_plan()))
+    document["format"] = FORMAT + 1
+    with pytest.raises(codec.PlanError) as caught:
+        codec.loads(json.dumps(document), "plan.json")
+    assert str(caught.value) == (
+        f"plan.json: plan format {FORMAT + 1} is not supported "
+        f"(this mailplan reads format {FORMAT}); build the plan again"
+    )
+
+
+def test_not_json_is_refused() -> None:
+    with pytest.raises(codec.PlanError, match=r"^plan.json: not JSON: "):
+        codec.loads("{", "plan.json")
+
+
+def test_unreadable_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(codec.PlanError, match="cannot read plan: No such file or directory"):
+        codec.load(tmp_path / "missing.json")
+
+
+def test_schema_is_draft_2020_12_and_closed() -> None:
+    schema = codec.json_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["additionalProperties"] is False
+    assert "digest" in schema["required"]
+    assert all(d["additionalProperties"] is False for d in schema["$defs"].values())
+
+
+def test_the_plan_is_frozen() -> None:
+    plan = _plan()
+    with pytest.raises(AttributeError):
+        plan.limits = plan.limits  # type: ignore[misc]
+    assert isinstance(plan.domains, tuple)
