@@ -49,11 +49,10 @@ def _listener(listener: Listener, plan: Plan) -> list[Diagnostic]:
     elif offers_auth and listener.plaintext_auth and listener.tls == "starttls":
         message = f"listener {name!r} accepts AUTH before STARTTLS (plaintext_auth: true)"
         problems.append(_warning(listener.source, "MP402", message))
-    if listener.tls != "none" and not (plan.tls.certificate and plan.tls.key):
-        message = (
-            f"listener {name!r} uses TLS ({listener.tls}) but the site has no certificate: "
-            "set tls.certificate and tls.key"
-        )
+    missing = [key for key in ("certificate", "key") if not getattr(plan.tls, key)]
+    if listener.tls != "none" and missing:
+        keys = " and ".join(f"tls.{key}" for key in missing)
+        message = f"listener {name!r} uses TLS ({listener.tls}) but {keys} is not set"
         problems.append(_error(listener.source, "MP403", message))
     return problems
 
@@ -61,19 +60,31 @@ def _listener(listener: Listener, plan: Plan) -> list[Diagnostic]:
 def _sockets(listeners: tuple[Listener, ...]) -> list[Diagnostic]:
     """Two listeners on one port of one address (a wildcard address covers its family)."""
     problems = []
-    sockets = [(listener, address) for listener in listeners for address in listener.bind]
-    for k, (listener, address) in enumerate(sockets):
-        for other, theirs in sockets[:k]:
-            same_family = (":" in address) == (":" in theirs)
-            overlap = address == theirs or address in WILDCARDS or theirs in WILDCARDS
-            if other is not listener and other.port == listener.port and same_family and overlap:
+    ordered = sorted(listeners, key=lambda listener: (listener.source.line, listener.name))
+    for k, listener in enumerate(ordered):
+        for other in ordered[:k]:
+            clash = next(
+                (a for a in listener.bind if _overlap(a, other) and other.port == listener.port),
+                None,
+            )
+            if clash is not None:
                 message = (
                     f"listener {listener.name!r} and listener {other.name!r} both listen on "
-                    f"{address} port {listener.port}"
+                    f"{clash} port {listener.port}"
                 )
                 problems.append(_error(listener.source, "MP405", message))
                 break
     return problems
+
+
+def _overlap(address: str, other: Listener) -> bool:
+    """Whether `address` shares sockets with one of `other`'s (a wildcard covers its family)."""
+    for theirs in other.bind:
+        if (":" in address) == (":" in theirs) and (
+            address == theirs or address in WILDCARDS or theirs in WILDCARDS
+        ):
+            return True
+    return False
 
 
 def _error(source: Source, code: str, message: str) -> Diagnostic:

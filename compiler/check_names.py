@@ -7,7 +7,7 @@ member or a routing target is judged exactly as the server will treat it.
 from __future__ import annotations
 
 from compiler.diagnostics import Diagnostic, error
-from plan.model import Domain, Plan, Source
+from plan.model import Domain, Kind, Plan, Source
 from runtime.router import Router
 
 
@@ -25,12 +25,13 @@ def check_names(plan: Plan, router: Router) -> list[Diagnostic]:
         for mailing_list in domain.lists:
             problems += _reference(router, mailing_list.owner, mailing_list.source)
             for member in mailing_list.members:
-                problems += _reference(router, member, mailing_list.source)
+                problems += _reference(router, member.address, member.source)
     for route in plan.routes:
         if route.right.kind == "pipe" and route.right.value not in router.pipes:
-            problems.append(_at(route.source, "MP203", f"no such pipe: {route.right.value}"))
+            problems.append(_at(route.right_source, "MP203", f"no such pipe: {route.right.value}"))
         if route.right.kind == "address" and "*" not in route.right.value:
-            problems += _reference(router, route.right.value, route.source)
+            kind = "mail" if "mail" in route.kinds else route.kinds[0]
+            problems += _reference(router, route.right.value, route.right_source, kind)
     for case in plan.tests:
         if case.authenticated is not None:
             login = router.route(case.authenticated, "access")
@@ -42,8 +43,11 @@ def check_names(plan: Plan, router: Router) -> list[Diagnostic]:
     return problems
 
 
-def _reference(router: Router, address: str, source: Source) -> list[Diagnostic]:
-    routing = router.route(address)
+def _reference(
+    router: Router, address: str, source: Source, kind: Kind = "mail"
+) -> list[Diagnostic]:
+    """A problem when `address`, in one of the site's domains, names nothing there."""
+    routing = router.route(address, kind)
     if routing.module != "ERROR" or routing.status != "5.1.1":
         return []
     reason = routing.reason or ""
@@ -65,7 +69,9 @@ def _clashes(domain: Domain) -> list[Diagnostic]:
     for role, name, source in objects:
         if name in seen:
             other, where = seen[name]
-            message = f"duplicate name: {name}@{domain.name} is also a {other} (line {where.line})"
+            message = (
+                f"duplicate name: {name}@{domain.name} is also {_a(other)} (line {where.line})"
+            )
             problems.append(_at(source, "MP205", message))
         else:
             seen[name] = (role, source)
@@ -74,7 +80,7 @@ def _clashes(domain: Domain) -> list[Diagnostic]:
             if alias in seen:
                 other, where = seen[alias]
                 message = (
-                    f"alias {alias}@{domain.name} of {account.name} shadows the {other} "
+                    f"alias {alias}@{domain.name} of {account.name} shadows {_a(other)} "
                     f"{alias}@{domain.name} (line {where.line})"
                 )
                 problems.append(_at(account.source, "MP206", message))
@@ -98,3 +104,7 @@ def _domain_aliases(plan: Plan) -> list[Diagnostic]:
 
 def _at(source: Source, code: str, message: str) -> Diagnostic:
     return error(source.file, source.line, source.column, code, message)
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun

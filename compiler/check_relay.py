@@ -59,7 +59,8 @@ def _relay_record(i: int, route: Route, router: Router) -> Diagnostic:
         )
         return error(where.file, where.line, where.column, "MP303", message)
     message = (
-        f"Relay: makes what this record produces relayable for any sender: {shown} -> {result}"
+        f"Relay: makes what this record produces relayable for any sender: {shown} "
+        f"(for example {probe} -> {result})"
     )
     if route.open_relay_acknowledged:
         message += f" (open relay acknowledged: {route.open_relay_acknowledged})"

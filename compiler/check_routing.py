@@ -33,7 +33,7 @@ def _loops(plan: Plan, router: Router) -> list[Diagnostic]:
     for domain in plan.domains:
         starts += [(f.source, f"{f.name}@{domain.name}") for f in domain.forwarders]
         if domain.unknown.action == "route":
-            starts.append((domain.unknown.source, f"x-unknown-name@{domain.name}"))
+            starts.append((domain.unknown.source, f"any-unknown-name@{domain.name}"))
     reported: set[frozenset[Source]] = set()
     problems = []
     for source, address in starts:
@@ -64,8 +64,8 @@ def _shadowed(plan: Plan, router: Router) -> list[Diagnostic]:
         if covering:
             earlier: Route = plan.routes[min(covering)]
             message = (
-                f"this record can never fire: {earlier.source} `{earlier.text}` "
-                "matches everything it matches and comes first"
+                f"this record can never fire: {earlier.source} `{earlier.text}` comes first "
+                "and matches every address that this one matches"
             )
             problems.append(
                 warning(route.source.file, route.source.line, route.source.column, "MP302", message)

@@ -122,7 +122,10 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
 
 def _explain(exc: UnexpectedInput, line: str) -> tuple[int, str]:
     if isinstance(exc, UnexpectedCharacters):
-        return exc.column, f"unexpected character {line[exc.column - 1]!r}"
+        character = line[exc.column - 1]
+        if character == "<" and ">" not in line[exc.column :]:
+            return exc.column, "'<' is not closed: an address in angle brackets ends with '>'"
+        return exc.column, f"unexpected character {character!r}"
     if isinstance(exc, UnexpectedEOF):
         return len(line.rstrip()) + 1, f"line ends too early: expected {_expected(exc.expected)}"
     if isinstance(exc, UnexpectedToken):

@@ -12,7 +12,7 @@ from typing import Any
 
 from compiler import defaults
 from compiler.addresslists import addresslists
-from compiler.diagnostics import Diagnostic, error
+from compiler.diagnostics import Diagnostic
 from compiler.routes import routes
 from compiler.unit import Unit
 from compiler.yamlpos import Document
@@ -25,6 +25,7 @@ from plan.model import (
     Limits,
     Listener,
     MailingList,
+    Member,
     MxHost,
     Pipe,
     Plan,
@@ -62,7 +63,7 @@ def resolve(unit: Unit) -> Unit:
     plan = Plan(
         format=FORMAT,
         server=_server(data["server"], _source(document, ("server", "main_domain"))),
-        listeners=_listeners(document, problems),
+        listeners=_listeners(document),
         tls=Tls(data.get("tls", {}).get("certificate"), data.get("tls", {}).get("key")),
         relaying=_relaying(data.get("relaying", {}), _source(document, ("relaying", "scope"))),
         receiving=_receiving(data.get("receiving", {})),
@@ -91,7 +92,14 @@ def resolve(unit: Unit) -> Unit:
     return replace(unit, plan=plan).report(*problems)
 
 
+def _at(document: Document, path: DataPath) -> Source:
+    """Where the value at `path` is written."""
+    position = document.at(path)
+    return Source(document.file, position.line, position.column)
+
+
 def _source(document: Document, path: DataPath) -> Source:
+    """Where the key of `path` is written (the value's place for list items)."""
     position = document.key_at(path)
     return Source(document.file, position.line, position.column)
 
@@ -107,16 +115,12 @@ def _server(server: dict[str, Any], source: Source) -> Server:
     )
 
 
-def _listeners(document: Document, problems: list[Diagnostic]) -> tuple[Listener, ...]:
+def _listeners(document: Document) -> tuple[Listener, ...]:
+    """Listeners in the order written (the schema made sure each has a protocol)."""
     found = []
-    for name, spec in sorted(document.data.get("listeners", {}).items()):
+    for name, spec in document.data.get("listeners", {}).items():
         protocol = spec.get("protocol", name)
         source = _source(document, ("listeners", name))
-        if protocol not in defaults.LISTENERS:
-            known = ", ".join(defaults.LISTENERS)
-            message = f"listener {name!r} needs a protocol (one of: {known})"
-            problems.append(error(source.file, source.line, source.column, "MP103", message))
-            continue
         settled = defaults.LISTENERS[protocol] | spec
         found.append(
             Listener(
@@ -214,7 +218,10 @@ def _domain(document: Document, name: str, spec: dict[str, Any], main: str) -> D
             mailing_list.lower(),
             _source(document, (*path, "lists", mailing_list)),
             _full(value["owner"], name),
-            tuple(value["members"]),
+            tuple(
+                Member(member, _at(document, (*path, "lists", mailing_list, "members", i)))
+                for i, member in enumerate(value["members"])
+            ),
             value.get("posting", defaults.MAILING_LIST_POSTING),
         )
         for mailing_list, value in spec.get("lists", {}).items()

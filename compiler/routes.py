@@ -61,7 +61,10 @@ def _route(record: Record, main_domain: str, problems: list[Diagnostic]) -> Rout
             problems.append(_error(record, record.acknowledgement, "MP104", message))
     text = _canonical(relay, kinds, left, right)
     source = Source(record.file, record.line, record.column)
-    return Route(source, text, relay, tuple(kinds) or KINDS, left, right, acknowledged)
+    right_source = Source(record.file, record.line, record.right.column)
+    return Route(
+        source, right_source, text, relay, tuple(kinds) or KINDS, left, right, acknowledged
+    )
 
 
 def _left(record: Record, main_domain: str, problems: list[Diagnostic]) -> Pattern | None:

@@ -12,7 +12,7 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from compiler.diagnostics import Diagnostic, error
 from compiler.unit import Unit
-from compiler.yamlpos import Document, Path
+from compiler.yamlpos import Document, Path, Position
 
 _TYPES = {
     "object": "a mapping",
@@ -48,43 +48,53 @@ def _problems(document: Document) -> list[Diagnostic]:
     problems = []
     for found in _validator().iter_errors(document.data):
         path: Path = tuple(found.absolute_path)
-        line, column, message = _explain(found, path, document)
-        problems.append(error(document.file, line, column, "MP103", message))
+        for line, column, message in _explain(found, path, document):
+            problems.append(error(document.file, line, column, "MP103", message))
     return problems
 
 
-def _explain(found: ValidationError, path: Path, document: Document) -> tuple[int, int, str]:
+def _explain(found: ValidationError, path: Path, document: Document) -> list[tuple[int, int, str]]:
+    """Position and wording of one schema error (several for several unknown keys)."""
     where = _name(path)
     position = document.at(path)
     rules: dict[str, Any] = found.schema if isinstance(found.schema, dict) else {}
     custom = rules.get("x-message")
+    instance: Any = found.instance
+    if "propertyNames" in found.absolute_schema_path:
+        key = document.key_at((*path, instance))
+        reason = custom or found.message
+        return [(key.line, key.column, f"{where}: {instance!r} is not a valid name: {reason}")]
     if found.validator in ("anyOf", "oneOf") and not custom and found.context:
         return _explain(best_match(found.context), path, document)
     if custom:
-        return position.line, position.column, f"{where}: {custom}"
+        return [(position.line, position.column, f"{where}: {custom}")]
     if found.validator == "additionalProperties":
         allowed = sorted(rules.get("properties", {}))
-        instance: Any = found.instance
-        extra = sorted(set(instance) - set(allowed))
-        key = document.key_at((*path, extra[0])) if extra else position
         hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
-        return key.line, key.column, f"{where}: unknown key {extra[0]!r}{hint}"
+        unknown = [key for key in instance if key not in allowed]
+        return [
+            (*_place(document.key_at((*path, key))), f"{where}: unknown key {key!r}{hint}")
+            for key in unknown
+        ]
     if found.validator == "required":
         missing = found.message.split("'")[1]
-        return position.line, position.column, f"{where}: missing required key {missing!r}"
+        key = document.key_at(path) if path else position
+        return [(key.line, key.column, f"{where}: missing required key {missing!r}")]
     if found.validator == "type":
         expected: Any = found.validator_value
         names = [expected] if isinstance(expected, str) else expected
         wanted = " or ".join(_TYPES.get(n, n) for n in names)
-        return position.line, position.column, f"{where}: expected {wanted}"
+        return [(position.line, position.column, f"{where}: expected {wanted}")]
     if found.validator == "enum":
         values: Any = found.validator_value
         options = ", ".join(str(o) for o in values)
-        shown = found.instance if isinstance(found.instance, str) else repr(found.instance)
-        return position.line, position.column, f"{where}: {shown!r} is not one of: {options}"
-    if found.validator == "propertyNames":
-        return position.line, position.column, f"{where}: {found.message}"
-    return position.line, position.column, f"{where}: {found.message}"
+        shown = instance if isinstance(instance, str) else repr(instance)
+        return [(position.line, position.column, f"{where}: {shown!r} is not one of: {options}")]
+    return [(position.line, position.column, f"{where}: {found.message}")]
+
+
+def _place(position: Position) -> tuple[int, int]:
+    return position.line, position.column
 
 
 def _name(path: Path) -> str:

@@ -85,6 +85,10 @@ def load(text: str, file: str) -> tuple[Document | None, list[Diagnostic]]:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = exc.problem or exc.context or "invalid YAML"
+        context = exc.context_mark
+        if exc.problem and exc.context and context is not None and context.line + 1 != line:
+            start = f"line {context.line + 1}, column {context.column + 1}"
+            problem += f" ({exc.context} that starts at {start})"
         return None, [error(file, line, column, "MP101", f"YAML syntax: {problem}")]
     except yaml.YAMLError as exc:
         return None, [error(file, 1, 1, "MP101", f"YAML syntax: {exc}")]

@@ -74,11 +74,17 @@ class Forwarder:
 
 
 @dataclass(frozen=True)
+class Member:
+    address: str
+    source: Source
+
+
+@dataclass(frozen=True)
 class MailingList:
     name: str
     source: Source
     owner: str
-    members: tuple[str, ...]
+    members: tuple[Member, ...]
     posting: Literal["members", "anyone", "moderated"]
 
 
@@ -245,6 +251,7 @@ class Target:
 @dataclass(frozen=True)
 class Route:
     source: Source
+    right_source: Source
     text: str
     relay: bool
     kinds: tuple[Kind, ...]
