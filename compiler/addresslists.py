@@ -77,7 +77,8 @@ def _build(
                 problems.append(_error(entry, name, "MP207", f"no such address list: {name.value}"))
                 continue
             if included.name.lower() in active:
-                cycle = " -> ".join([*active, included.name.lower()])
+                loop = active[active.index(included.name.lower()) :]
+                cycle = " -> ".join([*loop, included.name.lower()])
                 problems.append(
                     _error(entry, name, "MP108", f"address lists include each other: {cycle}")
                 )

@@ -50,6 +50,11 @@ def parse(unit: Unit) -> Unit:
     lists = []
     for name, path in _list_paths(document.data):
         value = document.data_at(path)
+        if isinstance(value, str) and document.at(path).style == ">":
+            where = document.at(path)
+            message = "write an address list as a literal block (|), not a folded one (>)"
+            problems.append(error(document.file, where.line, where.column, "MP105", message))
+            continue
         if isinstance(value, str):
             file = document.file
             line, column = document.text_origin(path)
@@ -130,9 +135,12 @@ def _explain(exc: UnexpectedInput, line: str) -> tuple[int, str]:
         return len(line.rstrip()) + 1, f"line ends too early: expected {_expected(exc.expected)}"
     if isinstance(exc, UnexpectedToken):
         token = exc.token
-        shown = "the end of the line" if token.type == "$END" else repr(str(token))
-        column = token.column if token.type != "$END" else len(line.rstrip()) + 1
-        return column or 1, f"unexpected {shown}: expected {_expected(exc.expected)}"
+        expected = set(exc.expected)
+        if token.type == "$END":
+            return len(line.rstrip()) + 1, f"line ends too early: expected {_expected(expected)}"
+        if "ACK" in expected:  # the record is complete: it could end here
+            expected.add("$END")
+        return token.column or 1, f"unexpected {str(token)!r}: expected {_expected(expected)}"
     return 1, str(exc)  # pragma: no cover - lark raises only the three above
 
 

@@ -1,6 +1,6 @@
 """Routing records to plan routes: prefixes, the pictures on the left, the targets on the right.
 
-Each route gets a canonical text (`Relay:Mail:<*@old.dom> = *@new.dom`) that traces
+Each route gets a canonical text (`Relay:Mail: <*@old.dom> = *@new.dom`) that traces
 and logs print, and keeps the file, line and column where it was written.
 """
 
@@ -59,6 +59,7 @@ def _route(record: Record, main_domain: str, problems: list[Diagnostic]) -> Rout
         if not acknowledged:
             message = f"'; {ACKNOWLEDGE}:' needs a reason after the colon"
             problems.append(_error(record, record.acknowledgement, "MP104", message))
+    kinds = [kind for kind in KINDS if kind in kinds]
     text = _canonical(relay, kinds, left, right)
     source = Source(record.file, record.line, record.column)
     right_source = Source(record.file, record.line, record.right.column)
@@ -71,6 +72,9 @@ def _left(record: Record, main_domain: str, problems: list[Diagnostic]) -> Patte
     text = record.left.value
     if record.left_form == "angle":
         text = text[1:-1]
+        if not text:
+            problems.append(_error(record, record.left, "MP104", "<> is an empty address"))
+            return None
         if "@" not in text:
             message = f"<{text}> needs a domain: write <{text}@domain> or {text} for a domain"
             problems.append(_error(record, record.left, "MP104", message))
@@ -88,9 +92,12 @@ def _right(record: Record, problems: list[Diagnostic]) -> Target | None:
         if not words:
             problems.append(_error(record, record.right, "MP104", "a pipe target names a program"))
             return None
-        return Target("pipe", words[0], words[1] if len(words) > 1 else None)
+        return Target("pipe", words[0], words[1].strip() if len(words) > 1 else None)
     if record.right_form == "angle":
         value = value[1:-1]
+        if not value:
+            problems.append(_error(record, record.right, "MP104", "<> is an empty address"))
+            return None
     keyword = value.lower()
     message = record.message.value[1:-1] if record.message else None
     if record.message is not None and keyword != "error":

@@ -65,7 +65,9 @@ def _explain(found: ValidationError, path: Path, document: Document) -> list[tup
         reason = custom or found.message
         return [(key.line, key.column, f"{where}: {instance!r} is not a valid name: {reason}")]
     if found.validator in ("anyOf", "oneOf") and not custom and found.context:
-        return _explain(best_match(found.context), path, document)
+        fitting = [e for e in found.context if e.validator != "type" or e.relative_path]
+        chosen = best_match(fitting or found.context)
+        return _explain(chosen, tuple(chosen.absolute_path), document)
     if custom:
         return [(position.line, position.column, f"{where}: {custom}")]
     if found.validator == "additionalProperties":
@@ -88,8 +90,8 @@ def _explain(found: ValidationError, path: Path, document: Document) -> list[tup
     if found.validator == "enum":
         values: Any = found.validator_value
         options = ", ".join(str(o) for o in values)
-        shown = instance if isinstance(instance, str) else repr(instance)
-        return [(position.line, position.column, f"{where}: {shown!r} is not one of: {options}")]
+        shown = repr(instance) if isinstance(instance, str) else json.dumps(instance)
+        return [(position.line, position.column, f"{where}: {shown} is not one of: {options}")]
     return [(position.line, position.column, f"{where}: {found.message}")]
 
 

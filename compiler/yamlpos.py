@@ -57,14 +57,14 @@ class Document:
         """
         position = self.at(path)
         if position.style in ("|", ">"):
-            value = self.data_at(path)
+            value = str(self.data_at(path))
             first = position.line + 1
-            for offset, content in enumerate(str(value).split("\n")):
-                if content.strip():
-                    raw = (
-                        self.lines[first + offset - 1] if first + offset <= len(self.lines) else ""
-                    )
-                    return first, len(raw) - len(raw.lstrip(" ")) + 1
+            for offset, content in enumerate(value.split("\n")):
+                if content.strip() and first + offset <= len(self.lines):
+                    raw = self.lines[first + offset - 1]
+                    if position.style == ">":  # folded: lines are joined, count the indent
+                        return first, len(raw) - len(raw.lstrip(" ")) + 1
+                    return first, len(raw) - len(content) + 1
             return first, 1
         if position.style in ("'", '"'):
             return position.line, position.column + 1
@@ -79,24 +79,29 @@ class Document:
 
 def load(text: str, file: str) -> tuple[Document | None, list[Diagnostic]]:
     """Parse one YAML document; on a syntax error, return the error with its position."""
-    try:
-        node = yaml.compose(text, Loader=_Loader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
-        context = exc.context_mark
-        if exc.problem and exc.context and context is not None and context.line + 1 != line:
-            start = f"line {context.line + 1}, column {context.column + 1}"
-            problem += f" ({exc.context} that starts at {start})"
-        return None, [error(file, line, column, "MP101", f"YAML syntax: {problem}")]
-    except yaml.YAMLError as exc:
-        return None, [error(file, 1, 1, "MP101", f"YAML syntax: {exc}")]
     document = Document(file, None, lines=tuple(text.splitlines()))
     problems: list[Diagnostic] = []
-    if node is not None:
-        document.data = _build(node, (), document, problems)
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        if node is not None:
+            document.data = _build(node, (), document, problems)
+    except yaml.MarkedYAMLError as exc:
+        return None, [_syntax(exc, file)]
+    except yaml.YAMLError as exc:
+        return None, [error(file, 1, 1, "MP101", f"YAML syntax: {exc}")]
     return document, problems
+
+
+def _syntax(exc: yaml.MarkedYAMLError, file: str) -> Diagnostic:
+    """A YAML error at the place it was found, with the place its context starts."""
+    mark = exc.problem_mark or exc.context_mark
+    line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    problem = exc.problem or exc.context or "invalid YAML"
+    context = exc.context_mark
+    if exc.problem and exc.context and context is not None and context.line + 1 != line:
+        start = f"line {context.line + 1}, column {context.column + 1}"
+        problem += f" ({exc.context} that starts at {start})"
+    return error(file, line, column, "MP101", f"YAML syntax: {problem}")
 
 
 _constructor = yaml.constructor.SafeConstructor()

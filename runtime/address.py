@@ -29,11 +29,12 @@ def parse(text: str, default_domain: str) -> Address:
     text = text.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1].strip()
-    if text.startswith("@") and ":" in text:
-        hops, _, rest = text.partition(":")
-        inner = parse(rest, default_domain)
-        next_hop = hops.split(",")[0].lstrip("@")
-        return Address(f"{inner.local}%{inner.domain}", _domain(next_hop))
+    colon = _route_end(text)
+    if colon is not None:
+        hops = [hop.strip().lstrip("@") for hop in text[:colon].split(",")]
+        inner = parse(text[colon + 1 :], default_domain)
+        local = "%".join([inner.local, inner.domain, *reversed(hops[1:])])
+        return Address(local, _domain(hops[0]))
     if "@" not in text and "!" in text:
         parts = text.split("!")
         user, path = parts[-1], parts[:-1]
@@ -45,6 +46,21 @@ def parse(text: str, default_domain: str) -> Address:
     return Address(local, _domain(domain))
 
 
+def _route_end(text: str) -> int | None:
+    """Where the hops of a source route (`@hop,@hop:`) end, or None when it is no such route."""
+    if not text.startswith("@"):
+        return None
+    depth = 0
+    for i, character in enumerate(text):
+        if character == "[":
+            depth += 1
+        elif character == "]":
+            depth -= 1
+        elif character == ":" and depth == 0:
+            return i
+    return None
+
+
 def _domain(text: str) -> str:
     return text.strip().rstrip(".").lower()
 
@@ -52,9 +68,14 @@ def _domain(text: str) -> str:
 def ip_literal(domain: str) -> str | None:
     """The IP address a domain part names (`[192.0.2.1]`, `[IPv6:2001:db8::1]`, `192.0.2.1`)."""
     inner = domain[1:-1] if domain.startswith("[") and domain.endswith("]") else domain
-    if inner.startswith("ipv6:"):
+    if inner.lower().startswith("ipv6:"):
         inner = inner[5:]
     try:
         return str(ipaddress.ip_address(inner))
     except ValueError:
         return None
+
+
+def literal(ip: str) -> str:
+    """The domain-literal form of an IP address: `[192.0.2.1]`, `[IPv6:2001:db8::1]` (RFC 5321)."""
+    return f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from plan.model import Account, Domain, Forwarder, Kind, MailingList, Plan, Route, Source
-from runtime.address import Address, ip_literal, parse
+from runtime.address import Address, ip_literal, literal, parse
 from runtime.picture import Picture, substitute
 
 MAX_REWRITES = 16
@@ -175,7 +175,7 @@ class Router:
                     (domain.name, mailing_list.name.lower()), ("list", mailing_list)
                 )
         self.pipes = {pipe.name: pipe for pipe in plan.pipes}
-        self.own = OWN_ADDRESSES | set(plan.server.addresses)
+        self.own = OWN_ADDRESSES | {ip for a in plan.server.addresses if (ip := ip_literal(a))}
 
     def route(self, text: str, kind: Kind = "mail") -> Routing:
         steps: list[Step] = []
@@ -183,7 +183,7 @@ class Router:
         current = text
         while True:
             address = parse(current, self.main_domain)
-            if address.key in seen or len(steps) >= MAX_REWRITES:
+            if address.key in seen or len(steps) > MAX_REWRITES:
                 reason = _loop(seen, address)
                 return self._result(text, kind, steps, "ERROR", "", current, "5.4.6", reason)
             seen.append(address.key)
@@ -270,7 +270,7 @@ class Router:
             if ip in self.own:
                 after = self._unhack(address.local)
                 return Rewrite(Step(None, f"[{ip}] is this server", before, after))
-            queue = f"[{ip}]"
+            queue = literal(ip)
             target = self._unhack(address.local, default=queue)
             return Decision(
                 Step(None, f"IP literal {queue}", before, target), "SMTP", queue, target
@@ -291,7 +291,7 @@ class Router:
         what = f"module suffix {suffix}"
         if suffix == "._via":
             target = self._unhack(address.local, default=host)
-            queue = f"[{ip}]" if (ip := ip_literal(host)) else host
+            queue = literal(ip) if (ip := ip_literal(host)) else host
             return Decision(Step(None, what, before, target), "SMTP", queue, target)
         if suffix == ".smtp":
             target = f"{address.local}@{host}"

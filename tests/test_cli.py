@@ -56,7 +56,12 @@ def test_check_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["ok"] is False and report["digest"] is None
     (only,) = report["diagnostics"]
     assert only["file"] == f"{SITES / 'bad-relay-open'}/router.cgr"
-    assert (only["line"], only["column"], only["severity"], only["code"]) == (2, 1, "error", "MP303")
+    assert (only["line"], only["column"], only["severity"], only["code"]) == (
+        2,
+        1,
+        "error",
+        "MP303",
+    )
 
 
 def test_check_json_ok(capsys: pytest.CaptureFixture[str]) -> None:
@@ -68,7 +73,9 @@ def test_check_json_ok(capsys: pytest.CaptureFixture[str]) -> None:
 def test_check_missing_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert out.startswith(f"{tmp_path}/site.yaml:1:1: error MP100: cannot read {tmp_path}/site.yaml: no such file")
+    assert out.startswith(
+        f"{tmp_path}/site.yaml:1:1: error MP100: cannot read {tmp_path}/site.yaml: no such file"
+    )
 
 
 def test_build_writes_a_verified_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -86,7 +93,9 @@ def test_build_refuses_a_broken_site(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert not target.exists()
 
 
-def test_route_through_site_and_plan_agree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_route_through_site_and_plan_agree(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["route", "info@example.org", "--site", str(EXAMPLE)]) == 0
     from_site = capsys.readouterr().out
     target = tmp_path / "plan.json"

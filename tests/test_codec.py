@@ -38,7 +38,10 @@ def test_plan_file_is_canonical_json_with_format_and_digest() -> None:
     assert document["digest"] == codec.digest(plan)
     assert document["digest"].startswith("sha256:") and len(document["digest"]) == 71
     assert list(document) == sorted(document)
-    assert codec.dumps(plan) == json.dumps(document, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+    assert (
+        codec.dumps(plan)
+        == json.dumps(document, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+    )
 
 
 def test_sources_table_hashes_every_file_of_the_site() -> None:

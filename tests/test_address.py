@@ -1,0 +1,142 @@
+"""Addresses as the router sees them (docs/router.md, "Addresses")."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime.address import Address, ip_literal, parse
+
+MAIN = "example.com"
+
+
+@pytest.mark.parametrize(
+    ("written", "local", "domain"),
+    [
+        pytest.param("user@example.com", "user", "example.com", id="plain"),
+        pytest.param("<user@example.com>", "user", "example.com", id="angle"),
+        pytest.param("  < user@example.com >  ", "user", "example.com", id="angle-with-spaces"),
+        pytest.param("user", "user", MAIN, id="no-domain-is-main-domain"),
+        pytest.param("<user>", "user", MAIN, id="angle-no-domain"),
+        pytest.param(
+            "user%other.example@hop.example", "user%other.example", "hop.example", id="percent-hack"
+        ),
+        pytest.param(
+            "<@hop.example:user@other.example>",
+            "user%other.example",
+            "hop.example",
+            id="source-route-angle",
+        ),
+        pytest.param(
+            "@hop.example:user@other.example",
+            "user%other.example",
+            "hop.example",
+            id="source-route-without-angle",
+        ),
+        pytest.param(
+            "hop.example!other.example!user",
+            "user%other.example",
+            "hop.example",
+            id="bang-path",
+        ),
+        pytest.param("hop.example!user", "user", "hop.example", id="bang-path-one-hop"),
+        pytest.param(
+            "a.example!b.example!c.example!u",
+            "u%c.example%b.example",
+            "a.example",
+            id="bang-path-three-hops",
+        ),
+        pytest.param(
+            "<@[192.0.2.1]:user@other.example>",
+            "user%other.example",
+            "[192.0.2.1]",
+            id="source-route-through-ipv4-literal",
+        ),
+        pytest.param(
+            "<@[IPv6:2001:db8::1]:user@other.example>",
+            "user%other.example",
+            "[ipv6:2001:db8::1]",
+            id="source-route-through-ipv6-literal",
+        ),
+        pytest.param(
+            "@[IPv6:2001:db8::1]",
+            "",
+            "[ipv6:2001:db8::1]",
+            id="empty-local-part-at-ipv6-literal",
+        ),
+        pytest.param(
+            "User.Name@Example.COM", "User.Name", "example.com", id="domain-lower-local-kept"
+        ),
+        pytest.param("user@example.com.", "user", "example.com", id="final-dot-dropped"),
+        pytest.param("user@[192.0.2.1]", "user", "[192.0.2.1]", id="ipv4-literal"),
+        pytest.param(
+            "user@[IPv6:2001:DB8::1]", "user", "[ipv6:2001:db8::1]", id="ipv6-literal-lower-case"
+        ),
+        pytest.param("user@192.0.2.1", "user", "192.0.2.1", id="bare-ip"),
+        pytest.param("x%y@[127.0.0.1]", "x%y", "[127.0.0.1]", id="percent-at-literal"),
+        pytest.param("a@b@example.com", "a@b", "example.com", id="last-at-separates"),
+        pytest.param("@example.com", "", "example.com", id="empty-local-part"),
+        pytest.param("user@", "user", "", id="empty-domain"),
+        pytest.param("x@host.example._via", "x", "host.example._via", id="module-suffix-kept"),
+    ],
+)
+def test_parse(written: str, local: str, domain: str) -> None:
+    assert parse(written, MAIN) == Address(local, domain)
+
+
+def test_three_source_routed_forms_are_the_same() -> None:
+    forms = [
+        "user%other.example@hop.example",
+        "<@hop.example:user@other.example>",
+        "hop.example!other.example!user",
+    ]
+    assert {parse(form, MAIN) for form in forms} == {Address("user%other.example", "hop.example")}
+
+
+def test_str_keeps_the_spelling_of_the_local_part() -> None:
+    address = parse("John.Doe@EXAMPLE.com", MAIN)
+    assert str(address) == "John.Doe@example.com"
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "john.doe@example.com",
+        "John.Doe@Example.COM",
+        "JOHN.DOE@example.com.",
+        "<john.DOE@example.com>",
+    ],
+)
+def test_key_ignores_case(written: str) -> None:
+    assert parse(written, MAIN).key == "john.doe@example.com"
+
+
+def test_key_tells_different_names_apart() -> None:
+    assert parse("john@example.com", MAIN).key != parse("jane@example.com", MAIN).key
+    assert parse("john@example.com", MAIN).key != parse("john@example.org", MAIN).key
+
+
+@pytest.mark.parametrize(
+    ("domain", "ip"),
+    [
+        pytest.param("[192.0.2.1]", "192.0.2.1", id="ipv4-literal"),
+        pytest.param("192.0.2.1", "192.0.2.1", id="bare-ipv4"),
+        pytest.param("[ipv6:2001:db8::1]", "2001:db8::1", id="ipv6-literal"),
+        pytest.param("[ipv6:2001:db8:0:0:0:0:0:1]", "2001:db8::1", id="ipv6-literal-canonical"),
+        pytest.param("[ipv6:::1]", "::1", id="ipv6-loopback"),
+        pytest.param("[2001:db8::1]", "2001:db8::1", id="ipv6-without-tag"),
+        pytest.param("2001:db8::1", "2001:db8::1", id="bare-ipv6"),
+        pytest.param("example.com", None, id="domain"),
+        pytest.param("[example.com]", None, id="bracketed-name"),
+        pytest.param("[300.1.1.1]", None, id="not-an-ip"),
+        pytest.param("192.0.2", None, id="short-ipv4"),
+        pytest.param("", None, id="empty"),
+    ],
+)
+def test_ip_literal(domain: str, ip: str | None) -> None:
+    """IP literals as the router sees them: domains are lower case by then."""
+    assert ip_literal(domain) == ip
+
+
+def test_ip_literal_of_a_parsed_ipv6_literal() -> None:
+    """`[IPv6:...]` as a client writes it is recognised once parsed (domains are lowered)."""
+    assert ip_literal(parse("user@[IPv6:2001:DB8::1]", MAIN).domain) == "2001:db8::1"
