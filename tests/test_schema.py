@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from compiler.diagnostics import Diagnostic, error, has_errors
 from compiler.pipeline import compile_site
 
