@@ -76,7 +76,7 @@ def _left(record: Record, main_domain: str, problems: list[Diagnostic]) -> Patte
             problems.append(_error(record, record.left, "MP104", "<> is an empty address"))
             return None
         if "@" not in text:
-            message = f"<{text}> needs a domain: write <{text}@domain> or {text} for a domain"
+            message = f"<{text}> needs a domain: write <{text}@domain>, or {text} for a domain"
             problems.append(_error(record, record.left, "MP104", message))
             return None
     if "@" in text or "!" in text:
@@ -97,6 +97,10 @@ def _right(record: Record, problems: list[Diagnostic]) -> Target | None:
         value = value[1:-1]
         if not value:
             problems.append(_error(record, record.right, "MP104", "<> is an empty address"))
+            return None
+        if "@" not in value:
+            message = f"<{value}> needs a domain: write <{value}@domain>, or {value} for a domain"
+            problems.append(_error(record, record.right, "MP104", message))
             return None
     keyword = value.lower()
     message = record.message.value[1:-1] if record.message else None

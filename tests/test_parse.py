@@ -506,7 +506,7 @@ def test_other_record_errors() -> None:
         )
     )
     assert problems == [
-        mp104(1, 1, "<user> needs a domain: write <user@domain> or user for a domain"),
+        mp104(1, 1, "<user> needs a domain: write <user@domain>, or user for a domain"),
         mp104(2, 11, "only 'error' takes a message"),
         mp104(3, 7, "a pipe target names a program"),
         mp104(4, 7, "a pipe target names a program"),
@@ -538,4 +538,12 @@ def test_the_example_routing_table() -> None:
         (22, "Relay: <jim@example.com> = jim@home.example"),
         (25, "Relay: <*@customer.example> = *%customer.example@[192.0.2.77]._via"),
         (28, "*.lab.example.com = *.lab.example.com.smtp"),
+    ]
+
+
+def test_angle_target_without_domain_is_an_error() -> None:
+    built, problems = build("a@b = <null>")
+    assert built == ()
+    assert problems == [
+        mp104(1, 7, "<null> needs a domain: write <null@domain>, or null for a domain")
     ]
