@@ -7,6 +7,7 @@ The order of these tuples is the order in which the compiler works.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -44,7 +45,13 @@ PASSES: tuple[Callable[[Unit], Unit], ...] = (schema, parse, resolve, checks)
 
 def compile_site(site_dir: Path) -> Unit:
     """Compile the site in `site_dir`: a unit with a plan, or with the reasons there is none."""
-    unit = load(site_dir)
-    for step in PASSES:
-        unit = step(unit)
+    collecting = gc.isenabled()
+    gc.disable()  # a big site makes millions of objects that live to the end: no garbage
+    try:
+        unit = load(site_dir)
+        for step in PASSES:
+            unit = step(unit)
+    finally:
+        if collecting:
+            gc.enable()
     return unit

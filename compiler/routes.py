@@ -99,8 +99,8 @@ def _right(record: Record, problems: list[Diagnostic]) -> Target | None:
             problems.append(_error(record, record.right, "MP104", "<> is an empty address"))
             return None
         if "@" not in value:
-            message = f"<{value}> needs a domain: write <{value}@domain>, or {value} for a domain"
-            problems.append(_error(record, record.right, "MP104", message))
+            hint = f"<{value}> needs a domain: write <{value}@domain>, or {value} for a domain"
+            problems.append(_error(record, record.right, "MP104", hint))
             return None
     keyword = value.lower()
     message = record.message.value[1:-1] if record.message else None

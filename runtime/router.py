@@ -78,11 +78,13 @@ _Name = tuple[Literal["account", "alias", "forwarder", "list"], Account | Forwar
 
 
 class RouteIndex:
-    """The routing table indexed by exact address, literal domain and domain suffix.
+    """The routing table indexed so that a look-up tries only records that could match.
 
-    Looking an address up costs the same for ten records or a hundred thousand when
-    their domains are literal or end in a literal suffix; the first match from the
-    top is still the one that wins.
+    Records are filed by exact address; by literal domain, and within it by the literal
+    start (or, failing that, end) of the local-part picture; by literal domain suffix
+    (`*.example.com`); the few whose domain ends in `*` are tried one by one. Looking
+    an address up costs about the same for ten records or a hundred thousand, and the
+    first match from the top is still the one that wins.
     """
 
     def __init__(self, routes: Sequence[Route]) -> None:
@@ -90,14 +92,25 @@ class RouteIndex:
         self.pictures = [Picture.of(route.left.picture) for route in routes]
         self._exact: dict[str, list[int]] = {}
         self._domain: dict[str, list[int]] = {}
+        self._local_start: dict[tuple[str, str], list[int]] = {}
+        self._local_end: dict[tuple[str, str], list[int]] = {}
         self._suffix: dict[str, list[int]] = {}
         self._generic: list[int] = []
         for i, route in enumerate(routes):
             picture = route.left.picture
-            domain = picture.rpartition("@")[2]
+            local, _, domain = picture.rpartition("@")
             if "*" not in picture:
                 table = self._exact if route.left.kind == "address" else self._domain
                 table.setdefault(picture, []).append(i)
+            elif "*" not in domain and route.left.kind == "address" and local != "*":
+                start, _, rest = local.partition("*")
+                end = rest.rpartition("*")[2]
+                if start:
+                    self._local_start.setdefault((domain, start), []).append(i)
+                elif end:
+                    self._local_end.setdefault((domain, end), []).append(i)
+                else:
+                    self._domain.setdefault(domain, []).append(i)
             elif "*" not in domain:
                 self._domain.setdefault(domain, []).append(i)
             elif suffix := domain.rpartition("*")[2]:
@@ -105,13 +118,21 @@ class RouteIndex:
             else:
                 self._generic.append(i)
         self._lengths = sorted({len(suffix) for suffix in self._suffix})
+        self._starts = _lengths_by_domain(self._local_start)
+        self._ends = _lengths_by_domain(self._local_end)
 
     def _buckets(self, address: Address) -> Iterator[list[int]]:
-        key = address.key
-        for bucket in (self._exact.get(key), self._domain.get(address.domain)):
+        domain = address.domain
+        local = address.local.lower()
+        for bucket in (self._exact.get(address.key), self._domain.get(domain)):
             if bucket:
                 yield bucket
-        domain = address.domain
+        for length in self._starts.get(domain, ()):
+            if bucket := self._local_start.get((domain, local[:length])):
+                yield bucket
+        for length in self._ends.get(domain, ()):
+            if bucket := self._local_end.get((domain, local[-length:])):
+                yield bucket
         for length in self._lengths:
             if length > len(domain):
                 break
@@ -383,3 +404,11 @@ def _loop(seen: list[str], address: Address) -> str:
         return "routing loop: " + " -> ".join(cycle)
     shown = [*seen[:2], "...", seen[-1], address.key]
     return f"routing loop: more than {MAX_REWRITES} rewrites: " + " -> ".join(shown)
+
+
+def _lengths_by_domain(table: dict[tuple[str, str], list[int]]) -> dict[str, tuple[int, ...]]:
+    """For each domain, the lengths of the literal local-part pieces filed under it."""
+    lengths: dict[str, set[int]] = {}
+    for domain, piece in table:
+        lengths.setdefault(domain, set()).add(len(piece))
+    return {domain: tuple(sorted(found)) for domain, found in lengths.items()}

@@ -118,3 +118,36 @@ def test_the_plan_is_frozen() -> None:
     with pytest.raises(AttributeError):
         plan.limits = plan.limits  # type: ignore[misc]
     assert isinstance(plan.domains, tuple)
+
+
+def _keywords(schema: object) -> set[str]:
+    if isinstance(schema, list):
+        return set().union(*(_keywords(item) for item in schema))
+    if not isinstance(schema, dict):
+        return set()
+    found = set(schema)
+    for key, value in schema.items():
+        if key in ("properties", "$defs"):
+            found |= set().union(*(_keywords(v) for v in value.values()))
+        elif key != "enum":
+            found |= _keywords(value)
+    return found
+
+
+def test_plan_schema_keeps_to_keywords_both_validators_read_alike() -> None:
+    assert _keywords(codec.json_schema()) <= codec.FAST_KEYWORDS
+
+
+def test_fast_and_full_validation_agree_on_broken_plans() -> None:
+    good = json.loads(codec.dumps(_plan()))
+    breakages = [
+        ("limits", "max_recipients", "x"),
+        ("relaying", "scope", "anyone"),
+        ("server", "hostname", None),
+        ("queue", "retry", [1, "two"]),
+    ]
+    for section, key, value in breakages:
+        broken = json.loads(json.dumps(good))
+        broken[section][key] = value
+        with pytest.raises(codec.PlanError, match=f"at {section}/{key}"):
+            codec.loads(json.dumps(broken))
