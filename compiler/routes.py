@@ -71,13 +71,8 @@ def _route(record: Record, main_domain: str, problems: list[Diagnostic]) -> Rout
 def _left(record: Record, main_domain: str, problems: list[Diagnostic]) -> Pattern | None:
     text = record.left.value
     if record.left_form == "angle":
-        text = text[1:-1]
-        if not text:
-            problems.append(_error(record, record.left, "MP104", "<> is an empty address"))
-            return None
-        if "@" not in text:
-            message = f"<{text}> needs a domain: write <{text}@domain>, or {text} for a domain"
-            problems.append(_error(record, record.left, "MP104", message))
+        text = _inside_angle(record, record.left, problems)
+        if text is None:
             return None
     if "@" in text or "!" in text:
         address = parse(text, main_domain)
@@ -94,14 +89,10 @@ def _right(record: Record, problems: list[Diagnostic]) -> Target | None:
             return None
         return Target("pipe", words[0], words[1].strip() if len(words) > 1 else None)
     if record.right_form == "angle":
-        value = value[1:-1]
-        if not value:
-            problems.append(_error(record, record.right, "MP104", "<> is an empty address"))
+        inside = _inside_angle(record, record.right, problems)
+        if inside is None:
             return None
-        if "@" not in value:
-            hint = f"<{value}> needs a domain: write <{value}@domain>, or {value} for a domain"
-            problems.append(_error(record, record.right, "MP104", hint))
-            return None
+        value = inside
     keyword = value.lower()
     message = record.message.value[1:-1] if record.message else None
     if record.message is not None and keyword != "error":
@@ -114,6 +105,19 @@ def _right(record: Record, problems: list[Diagnostic]) -> Target | None:
     if "@" in value or "!" in value:
         return Target("address", value, None)
     return Target("domain", value, None)
+
+
+def _inside_angle(record: Record, side: Text, problems: list[Diagnostic]) -> str | None:
+    """The address inside `<...>`, or None (and a problem) when it is empty or has no domain."""
+    text = side.value[1:-1]
+    if not text:
+        problems.append(_error(record, side, "MP104", "<> is an empty address"))
+        return None
+    if "@" not in text:
+        message = f"<{text}> needs a domain: write <{text}@domain>, or {text} for a domain"
+        problems.append(_error(record, side, "MP104", message))
+        return None
+    return text
 
 
 def _canonical(relay: bool, kinds: list[Kind], left: Pattern, right: Target) -> str:
