@@ -69,11 +69,11 @@ def _route(record: Record, main_domain: str, problems: list[Diagnostic]) -> Rout
 
 
 def _left(record: Record, main_domain: str, problems: list[Diagnostic]) -> Pattern | None:
-    text = record.left.value
+    text: str | None = record.left.value
     if record.left_form == "angle":
         text = _inside_angle(record, record.left, problems)
-        if text is None:
-            return None
+    if text is None:
+        return None
     if "@" in text or "!" in text:
         address = parse(text, main_domain)
         return Pattern("address", f"{address.local}@{address.domain}".lower())
