@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
 import json
+import logging
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +61,21 @@ def _parser() -> argparse.ArgumentParser:
         "--stdin", action="store_true", help="read the password from standard input"
     )
     passwd.set_defaults(run=_passwd)
+
+    serve = commands.add_parser("serve", help="run the mail server on a site or a plan")
+    origin = serve.add_mutually_exclusive_group(required=True)
+    origin.add_argument("site", type=Path, nargs="?", metavar="SITE_DIR")
+    origin.add_argument("--plan", type=Path, metavar="PLAN")
+    serve.add_argument("--dev", action="store_true", help="loopback, high ports, self-signed TLS")
+    serve.add_argument("--root", type=Path, default=Path("."), help="base of relative paths")
+    serve.set_defaults(run=_serve)
+
+    queue = commands.add_parser("queue", help="list the queued messages by logical queue")
+    origin = queue.add_mutually_exclusive_group(required=True)
+    origin.add_argument("--site", type=Path, metavar="SITE_DIR")
+    origin.add_argument("--plan", type=Path, metavar="PLAN")
+    queue.add_argument("--root", type=Path, default=Path("."), help="base of relative paths")
+    queue.set_defaults(run=_queue)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of site.yaml or of a plan")
     schema.add_argument("which", choices=("site", "plan"))
@@ -142,6 +161,88 @@ def _trace(routing: Routing) -> str:
         lines.append(f"address    {routing.target}")
     lines.append(f"relayable  {'yes' if routing.relayable else 'no'}")
     return "\n".join(lines)
+
+
+class SiteError(Exception):
+    """A site that does not compile: the diagnostics, rendered."""
+
+
+def _loader(site: Path | None, plan: Path | None) -> Callable[[], Plan]:
+    """How the server gets its plan, at start and at every reload."""
+
+    def load() -> Plan:
+        if plan is not None:
+            return codec.load(plan)
+        assert site is not None
+        unit = compile_site(site)
+        if unit.plan is None:
+            raise SiteError(render_text(unit.diagnostics, unit.texts, f"{site}/"))
+        return unit.plan
+
+    return load
+
+
+def _serve(arguments: argparse.Namespace) -> int:
+    from runtime.server import Options, Server, development
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's own chatter
+    try:
+        server = Server(
+            _loader(arguments.site, arguments.plan), Options(arguments.root, arguments.dev)
+        )
+    except (SiteError, codec.PlanError) as exc:
+        print(f"mailplan: cannot serve:\n{exc}", file=sys.stderr)
+        return 1
+    if arguments.dev:
+        plan = server.current.policy.plan
+        print("development mode: listeners on 127.0.0.1")
+        for listener in plan.listeners:
+            moved = development(listener)
+            print(f"  {listener.name:<12} {listener.protocol:<11} port {moved.port}")
+        smtp = next((development(x).port for x in plan.listeners if x.protocol == "smtp"), 2525)
+        rcpt = f"postmaster@{plan.server.main_domain}"
+        print(
+            "send a test message:\n"
+            f"  python3 -c \"import smtplib; smtplib.SMTP('127.0.0.1', {smtp}).sendmail("
+            f"'you@remote.test', ['{rcpt}'], 'Subject: hello\\n\\nhello')\"",
+            flush=True,
+        )
+    asyncio.run(server.run())
+    return 0
+
+
+def _queue(arguments: argparse.Namespace) -> int:
+    from runtime.processor import pending
+    from runtime.spool import Spool
+
+    plan = _load_plan(arguments)
+    if plan is None:
+        return 1
+    directory = Path(plan.queue.directory)
+    spool = Spool(directory if directory.is_absolute() else arguments.root / directory)
+    waiting = pending(spool, Router(plan))
+    now = time.time()
+    queues: dict[str, list[float]] = {}
+    for entry in waiting:
+        queues.setdefault(entry.queue, []).append(entry.arrived)
+    print(f"{'queue':<40} {'recipients':>10} {'oldest':>10}")
+    for name, arrivals in sorted(queues.items()):
+        print(f"{name:<40} {len(arrivals):>10} {_age(now - min(arrivals)):>10}")
+    messages = len({entry.queue_id for entry in waiting})
+    print(f"{messages} message(s), {len(waiting)} recipient(s) waiting")
+    return 0
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 def _passwd(arguments: argparse.Namespace) -> int:

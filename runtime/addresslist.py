@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 
-from plan.model import AddressList
+from plan.model import AddressList, Source
 
 
 class AddressSet:
@@ -18,6 +18,10 @@ class AddressSet:
             firsts = [int(ipaddress.ip_address(i.first)) for i in intervals]
             lasts = [int(ipaddress.ip_address(i.last)) for i in intervals]
             self._families[version] = (firsts, lasts)
+
+    @classmethod
+    def empty(cls) -> AddressSet:
+        return cls(AddressList("", Source("", 0, 0), (), ()))
 
     def __contains__(self, ip: str) -> bool:
         try:

@@ -1,0 +1,52 @@
+"""LOCAL delivery into Maildir: write in `tmp/`, fsync, move to `new/`, fsync the folder.
+
+A mailbox is `MAIL_DIRECTORY/DOMAIN/ACCOUNT/` with `tmp`, `new` and `cur`, readable by
+Dovecot or any Maildir tool. The message gets `Return-Path` on top, as RFC 5321
+says final delivery must add.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from pathlib import Path
+
+_counter = itertools.count()
+_HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+
+
+def mailbox(mail_directory: Path, account: str) -> Path:
+    """The Maildir of `name@domain`."""
+    name, _, domain = account.partition("@")
+    return mail_directory / domain / name
+
+
+def deliver(folder: Path, sender: str, message: bytes) -> Path:
+    """Deliver one message into the Maildir `folder`; returns the file in `new/`."""
+    for sub in ("tmp", "new", "cur"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    unique = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{_HOST}"
+    temporary = folder / "tmp" / unique
+    final = folder / "new" / unique
+    content = f"Return-Path: <{sender}>\r\n".encode("utf-8", "surrogateescape") + message
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(descriptor, view) :]
+        os.fsync(descriptor)
+    except BaseException:
+        os.close(descriptor)
+        temporary.unlink(missing_ok=True)
+        raise
+    os.close(descriptor)
+    os.rename(temporary, final)
+    directory = os.open(folder / "new", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return final

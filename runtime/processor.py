@@ -1,0 +1,143 @@
+"""Queue processing, in the seed's order: route each recipient, (server rules), place the
+message in its logical queues, (domain and account rules), deliver.
+
+LOCAL delivers now, into Maildir. SMTP, PIPE and LIST recipients wait in their
+logical queues (their modules come with the delivery issue), and so do recipients
+that the current plan rejects, until bounces exist: nothing accepted is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime import maildir
+from runtime.router import Router, Routing
+from runtime.spool import BadQueueFile, Spool
+
+log = logging.getLogger("mailplan.queue")
+
+WORKERS = 4
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A recipient of a queued message that waits in a logical queue."""
+
+    queue_id: str
+    recipient: str
+    routing: Routing
+    arrived: float
+
+    @property
+    def queue(self) -> str:
+        return f"{self.routing.module}({self.routing.queue})"
+
+
+def process(spool: Spool, queue_id: str, router: Router, mail_directory: Path) -> list[Waiting]:
+    """Process one queued message by `router`; returns the recipients still waiting.
+
+    Blocking (it reads the queue file and fsyncs mailboxes): run it off the event loop.
+    """
+    try:
+        envelope, message = spool.load(queue_id)
+    except (BadQueueFile, OSError, UnicodeError) as exc:
+        spool.set_aside(queue_id, str(exc))
+        return []
+    finished = spool.finished(queue_id)
+    done: list[str] = []
+    waiting: list[Waiting] = []
+    delivered: set[str] = set()  # one copy per mailbox, however many recipients lead to it
+    for recipient in envelope.recipients:
+        if recipient in finished:
+            continue
+        routing = router.route(recipient)
+        decided = " ".join(str(step.source) for step in routing.steps if step.source) or "built-in"
+        # Server rules will run here (the rules issue); then placement in logical queues.
+        if routing.module == "LOCAL":
+            # Domain and account rules will run here, for LOCAL only.
+            if routing.queue not in delivered:
+                maildir.deliver(
+                    maildir.mailbox(mail_directory, routing.queue), envelope.sender, message
+                )
+                delivered.add(routing.queue)
+            done.append(recipient)
+            log.info("%s <%s> delivered to %s (%s)", queue_id, recipient, routing, decided)
+        elif routing.module == "DISCARD":
+            done.append(recipient)
+            log.info("%s <%s> discarded (%s)", queue_id, recipient, decided)
+        else:
+            waiting.append(Waiting(queue_id, recipient, routing, envelope.arrived))
+            log.info("%s <%s> waits in %s (%s)", queue_id, recipient, routing, decided)
+    if done:
+        spool.done(queue_id, done)
+    if not waiting:
+        spool.remove(queue_id)
+    return waiting
+
+
+def pending(spool: Spool, router: Router) -> list[Waiting]:
+    """Every recipient that is not done, as the plan routes it now (for `mailplan queue`)."""
+    found = []
+    for queue_id in sorted(p.stem for p in spool.directory.glob("*.msg")):
+        try:
+            envelope, _ = spool.load(queue_id)
+        except (BadQueueFile, OSError, UnicodeError):
+            continue
+        finished = spool.finished(queue_id)
+        for recipient in envelope.recipients:
+            if recipient not in finished:
+                found.append(
+                    Waiting(queue_id, recipient, router.route(recipient), envelope.arrived)
+                )
+    return found
+
+
+class Processor:
+    """Feeds queued messages to `process`, a few at a time, with the current plan."""
+
+    def __init__(self, spool: Spool, router: Callable[[], Router], mail_directory: Path) -> None:
+        self.spool = spool
+        self.router = router
+        self.mail_directory = mail_directory
+        self.waiting: dict[str, list[Waiting]] = {}
+        self._ids: asyncio.Queue[str] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+
+    def submit(self, queue_id: str) -> None:
+        self._ids.put_nowait(queue_id)
+
+    def start(self) -> None:
+        """Queue every `.msg` again (nothing accepted is lost), then work."""
+        for queue_id in self.spool.ids():
+            self.submit(queue_id)
+        self._workers = [asyncio.create_task(self._work()) for _ in range(WORKERS)]
+
+    async def drain(self) -> None:
+        """Wait until every submitted message has been processed."""
+        await self._ids.join()
+
+    async def stop(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def _work(self) -> None:
+        while True:
+            queue_id = await self._ids.get()
+            try:
+                started = time.monotonic()
+                waiting = await asyncio.to_thread(
+                    process, self.spool, queue_id, self.router(), self.mail_directory
+                )
+                for entry in waiting:
+                    self.waiting.setdefault(entry.queue, []).append(entry)
+                log.debug("%s processed in %.1f ms", queue_id, (time.monotonic() - started) * 1e3)
+            except Exception:
+                log.exception("%s: processing failed; it stays queued for the next start", queue_id)
+            finally:
+                self._ids.task_done()

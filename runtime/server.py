@@ -1,0 +1,188 @@
+"""The server: listeners from the plan, the queue, reload on SIGHUP, clean stop on SIGTERM.
+
+Every session is bound to the plan that was current when it connected; a reload
+only changes what new sessions get. A plan that fails to load is refused with a log
+line and the old one stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import ssl
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from plan import codec
+from plan.model import Listener, Plan
+from runtime import devtls
+from runtime.policy import Policy
+from runtime.processor import Processor
+from runtime.router import Router
+from runtime.smtp import Handler, Session, Snapshot
+from runtime.spool import Envelope, Spool
+
+log = logging.getLogger("mailplan.server")
+
+# `make run`: every listener moves to 127.0.0.1, on a fixed high port.
+DEV_PORTS = {25: 2525, 587: 2587, 465: 2465, 110: 2110, 995: 2995, 143: 2143, 993: 2993}
+SMTP_PROTOCOLS = ("smtp", "submission", "smtps")
+STOP_GRACE = 60.0
+
+
+@dataclass(frozen=True)
+class Options:
+    root: Path
+    dev: bool = False
+
+
+def snapshot(plan: Plan) -> Snapshot:
+    return Snapshot(codec.digest(plan), Policy(plan, Router(plan)))
+
+
+def development(listener: Listener) -> Listener:
+    """A listener moved to loopback and a high port, for `make run`."""
+    port = DEV_PORTS.get(
+        listener.port, listener.port + 2000 if listener.port < 1024 else listener.port
+    )
+    return replace(listener, bind=("127.0.0.1",), port=port)
+
+
+class Server:
+    def __init__(self, load: Callable[[], Plan], options: Options) -> None:
+        self.load = load
+        self.options = options
+        self.current = snapshot(load())
+        plan = self.current.policy.plan
+        self.spool = Spool(self._path(plan.queue.directory))
+        self.processor = Processor(
+            self.spool, lambda: self.current.policy.router, self._path(plan.queue.mail_directory)
+        )
+        self.sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+        self.servers: list[asyncio.AbstractServer] = []
+        self.stopping = asyncio.Event()
+        self.listeners: list[Listener] = []
+
+    def _path(self, value: str) -> Path:
+        path = Path(value)
+        return path if path.is_absolute() else self.options.root / path
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        self.processor.start()
+        await self.start_listeners()
+        log.info("serving plan %s", self.current.digest)
+        await self.stopping.wait()
+        await self.stop()
+
+    async def start_listeners(self) -> None:
+        plan = self.current.policy.plan
+        context = self._tls_context(plan)
+        for configured in plan.listeners:
+            listener = development(configured) if self.options.dev else configured
+            if listener.protocol not in SMTP_PROTOCOLS:
+                log.info("listener %s (%s) is not served yet", listener.name, listener.protocol)
+                continue
+            for address in listener.bind:
+                server = await self._listen(listener, address, context)
+                self.servers.append(server)
+                log.info(
+                    "listener %s (%s) on %s port %d",
+                    listener.name,
+                    listener.protocol,
+                    address,
+                    listener.port,
+                )
+            self.listeners.append(listener)
+
+    async def _listen(
+        self, listener: Listener, address: str, context: ssl.SSLContext | None
+    ) -> asyncio.AbstractServer:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, listener.port))
+        implicit = listener.tls == "implicit"
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(
+            lambda: self._session(listener, context),
+            sock=sock,
+            ssl=context if implicit else None,
+            backlog=512,
+        )
+
+    def _session(self, listener: Listener, context: ssl.SSLContext | None) -> Session:
+        current = self.current
+        plan = current.policy.plan
+        implicit = listener.tls == "implicit"
+        session = Session(
+            Handler(current, listener, self.store),
+            implicit_tls=implicit,
+            hostname=plan.server.hostname,
+            ident="mailplan",
+            data_size_limit=plan.limits.max_message_size,
+            tls_context=context if listener.tls == "starttls" else None,
+            auth_required=listener.auth == "required",
+            auth_require_tls=not (implicit or listener.plaintext_auth),
+            auth_exclude_mechanism=["CRAM-MD5"] if listener.auth != "none" else ["PLAIN", "LOGIN"],
+            timeout=300,
+        )
+        self.sessions.add(session)
+        return session
+
+    async def store(self, envelope: Envelope, message: bytes) -> None:
+        await asyncio.to_thread(self.spool.store, envelope, message)
+        self.processor.submit(envelope.id)
+
+    def _tls_context(self, plan: Plan) -> ssl.SSLContext | None:
+        if not any(listener.tls != "none" for listener in plan.listeners):
+            return None
+        if self.options.dev:
+            certificate, key = devtls.ensure(
+                self.options.root / "var" / "tls", plan.server.hostname
+            )
+        else:
+            certificate = self._path(plan.tls.certificate or "")
+            key = self._path(plan.tls.key or "")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(certificate, key)
+        return context
+
+    async def reload(self) -> None:
+        """Load the plan again; sessions already open finish on the plan they started with."""
+        try:
+            plan = await asyncio.to_thread(self.load)
+            fresh = await asyncio.to_thread(snapshot, plan)
+        except Exception as exc:
+            log.error("reload refused, still serving plan %s: %s", self.current.digest, exc)
+            return
+        if fresh.policy.plan.listeners != self.current.policy.plan.listeners:
+            log.warning("reload: listeners changed; they take effect at the next start")
+        self.current = fresh
+        log.info("reloaded: serving plan %s", fresh.digest)
+
+    async def stop(self) -> None:
+        """Stop accepting, let the DATA phases under way finish, then stop."""
+        log.info("stopping: no new connections")
+        for server in self.servers:
+            server.close()
+        deadline = asyncio.get_running_loop().time() + STOP_GRACE
+        while (
+            any(s.data_active for s in self.sessions)
+            and asyncio.get_running_loop().time() < deadline
+        ):
+            await asyncio.sleep(0.05)
+        for session in self.sessions:
+            if session.transport is not None:
+                session.transport.close()
+        await self.processor.stop()
+        log.info("stopped")

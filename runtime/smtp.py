@@ -1,0 +1,305 @@
+"""The SMTP side: aiosmtpd speaks the protocol, the handler asks the policy and the queue.
+
+`Session` extends aiosmtpd's SMTP where the protocol engine itself must change:
+a refusal before the greeting (blacklisted IPs), AUTH checked off the event loop,
+AUTH offered inside implicit TLS, and DATA read in large chunks (the end of data is
+only ever `CRLF.CRLF`, so a bare LF or CR before a dot cannot split a message).
+Every decision is the policy's (`runtime.policy`); the handler turns it into replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import format_datetime, localtime
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword
+from aiosmtpd.smtp import Session as SMTPSession
+
+from plan.model import Listener
+from runtime import replies
+from runtime.policy import Client, Policy
+from runtime.spool import Envelope as QueueEnvelope
+from runtime.spool import new_id
+
+log = logging.getLogger("mailplan.smtp")
+
+CHUNK = 256 * 1024
+END_OF_DATA = b"\r\n.\r\n"
+TOO_BIG = b"<too big>"  # compared by identity: what `_read_data` returns for an oversized message
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One plan, ready to serve: what a session uses from its first line to its last."""
+
+    digest: str
+    policy: Policy
+
+
+Store = Callable[[QueueEnvelope, bytes], Awaitable[None]]
+
+
+class Handler:
+    """aiosmtpd hooks for one session, bound to the plan the session started with."""
+
+    def __init__(self, snapshot: Snapshot, listener: Listener, store: Store) -> None:
+        self.snapshot = snapshot
+        self.policy = snapshot.policy
+        self.listener = listener
+        self.store = store
+        self.relayable: set[str] = set()
+
+    def client(self, session: SMTPSession, tls: bool) -> Client:
+        ip = peer_ip(session)
+        account = session.auth_data if session.authenticated else None
+        return Client(ip, ip in self.policy.client_ips, tls, account)
+
+    async def handle_EHLO(
+        self,
+        server: Session,
+        session: SMTPSession,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.listener.auth == "none":
+            responses = [line for line in responses if not line.startswith("250-AUTH")]
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+    async def handle_MAIL(
+        self,
+        server: Session,
+        session: SMTPSession,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        refusal = self.policy.sender(address)
+        if refusal:
+            return refusal
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        self.relayable = set()
+        return replies.SENDER_OK
+
+    async def handle_RCPT(
+        self,
+        server: Session,
+        session: SMTPSession,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        client = self.client(session, server.encrypted)
+        reply, routing = self.policy.recipient(client, address, len(envelope.rcpt_tos))
+        if routing is None:
+            log.info("%s refused <%s>: %s", client.ip, address, reply)
+            return reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        if routing.relayable:
+            self.relayable.add(address)
+        return reply
+
+    async def handle_DATA(self, server: Session, session: SMTPSession, envelope: Envelope) -> str:
+        client = self.client(session, server.encrypted)
+        queue_id = new_id()
+        sender = envelope.mail_from or ""
+        queued = QueueEnvelope(
+            id=queue_id,
+            arrived=time.time(),
+            plan=self.snapshot.digest,
+            listener=self.listener.name,
+            client=client.ip,
+            helo=session.host_name or "",
+            tls=server.tls_version or "none",
+            auth=client.authenticated or "-",
+            sender="" if sender == "<>" else sender,
+            recipients=tuple(envelope.rcpt_tos),
+            relayable=frozenset(self.relayable),
+        )
+        message = self._received(server, session, client, queued) + (
+            envelope.original_content or b""
+        )
+        try:
+            await self.store(queued, message)
+        except OSError as exc:
+            log.error("%s: cannot queue the message from %s: %s", queue_id, client.ip, exc)
+            return replies.QUEUE_WRITE_FAILED
+        log.info(
+            "%s accepted from %s <%s> for %s (%d bytes, plan %s)",
+            queue_id,
+            client.ip,
+            queued.sender,
+            ", ".join(f"<{r}>" for r in queued.recipients),
+            len(message),
+            self.snapshot.digest[:19],
+        )
+        return replies.reply(replies.QUEUED, id=queue_id)
+
+    def _received(
+        self, server: Session, session: SMTPSession, client: Client, queued: QueueEnvelope
+    ) -> bytes:
+        protocol = "ESMTP" if session.extended_smtp else "SMTP"
+        protocol += "S" if server.encrypted else ""
+        protocol += "A" if client.authenticated else ""
+        recipient = f"\r\n\tfor <{queued.recipients[0]}>" if len(queued.recipients) == 1 else ""
+        hostname = self.policy.plan.server.hostname
+        line = (
+            f"Received: from {queued.helo or 'unknown'} ([{client.ip}])\r\n"
+            f"\tby {hostname} (mailplan) with {protocol} id {queued.id}{recipient};\r\n"
+            f"\t{format_datetime(localtime())}\r\n"
+        )
+        return line.encode("utf-8", "surrogateescape")
+
+
+class _QuietSession(SMTPSession):
+    """aiosmtpd's session without its deprecation warning on every login."""
+
+    @property  # type: ignore[override]
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
+
+
+class Session(SMTP):
+    """aiosmtpd's protocol engine, with mailplan's changes (see the module's docstring)."""
+
+    def __init__(self, handler: Handler, *, implicit_tls: bool, **options: Any) -> None:
+        super().__init__(handler, **options)
+        self.implicit_tls = implicit_tls
+        self.handler = handler
+        self.data_active = False
+
+    def _create_session(self) -> SMTPSession:
+        return _QuietSession(self.loop)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.implicit_tls or self._tls_protocol is not None
+
+    @property
+    def tls_version(self) -> str | None:
+        transport = self.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport else None
+        return ssl_object.version() if ssl_object is not None else None
+
+    async def _handle_client(self) -> None:
+        assert self.session is not None
+        handler = self.handler
+        refusal = handler.policy.refuse_connection(handler.client(self.session, self.encrypted))
+        if refusal:
+            log.info("%s refused at connect: blacklisted", peer_ip(self.session))
+            await self.push(refusal)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        # The credentials are checked in `_verify`, off the event loop (argon2id is slow).
+        return AuthResult(success=True, handled=False, auth_data=_Pending(auth_data))
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._verify(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._verify(await super().auth_LOGIN(_, args))
+
+    async def _verify(self, result: AuthResult) -> AuthResult:
+        pending = result.auth_data
+        if not isinstance(pending, _Pending):
+            return result
+        credentials: LoginPassword = pending.credentials
+        login = credentials.login.decode("utf-8", "replace")
+        password = credentials.password.decode("utf-8", "replace")
+        account = await asyncio.to_thread(self.handler.policy.login, login, password)
+        peer = peer_ip(self.session) if self.session else "?"
+        if account is None:
+            log.info("%s failed to log in as %r", peer, login)
+            return AuthResult(success=False, handled=False)
+        log.info("%s logged in as %s (%r)", peer, account, login)
+        return AuthResult(success=True, handled=False, auth_data=account)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self.data_active = True
+        try:
+            content = await self._read_data()
+            if content is None:
+                return
+            limit = self.data_size_limit
+            if content is TOO_BIG or (limit and len(content) > limit):
+                await self.push(replies.reply(replies.TOO_BIG, limit=limit))
+                self._set_post_data_state()  # type: ignore[no-untyped-call]
+                return
+            self.envelope.content = content
+            self.envelope.original_content = content
+            status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(status)
+        finally:
+            self.data_active = False
+
+    async def _read_data(self) -> bytes | None:
+        """The message up to `CRLF.CRLF`, dot-unstuffed; None if the client went away,
+        `TOO_BIG` if it went past the size limit.
+
+        Read in large chunks: the end of data is searched for in the bytes that arrived,
+        never line by line. A message over the size limit is drained, not kept.
+        """
+        limit = self.data_size_limit or 0
+        buffer = bytearray(b"\r\n")  # the CRLF that ended the DATA command line
+        scanned = 0
+        dropped = 0
+        while True:
+            end = buffer.find(END_OF_DATA, scanned)
+            if end >= 0:
+                break
+            scanned = max(len(buffer) - len(END_OF_DATA) + 1, 0)
+            if limit and len(buffer) + dropped > limit + CHUNK:
+                keep = len(END_OF_DATA)
+                dropped += len(buffer) - keep
+                del buffer[:-keep]
+                scanned = 0
+            chunk = await self._reader.read(CHUNK)
+            if not chunk:
+                return None
+            buffer += chunk
+        rest = bytes(buffer[end + len(END_OF_DATA) :])
+        if rest:
+            self._reader._buffer[:0] = rest  # type: ignore[attr-defined]  # pipelined commands
+        if dropped:
+            return TOO_BIG
+        body = bytes(buffer[: end + 2])
+        return body.replace(b"\r\n.", b"\r\n")[2:]
+
+
+def peer_ip(session: SMTPSession) -> str:
+    peer: Any = session.peer
+    return str(peer[0]) if peer else ""
+
+
+@dataclass(frozen=True)
+class _Pending:
+    credentials: LoginPassword
