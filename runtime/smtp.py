@@ -162,7 +162,7 @@ class Handler:
 class _QuietSession(SMTPSession):
     """aiosmtpd's session without its deprecation warning on every login."""
 
-    @property  # type: ignore[override]
+    @property
     def login_data(self) -> Any:
         return self._login_data
 
