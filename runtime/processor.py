@@ -38,7 +38,9 @@ class Waiting:
         return f"{self.routing.module}({self.routing.queue})"
 
 
-def process(spool: Spool, queue_id: str, router: Router, mail_directory: Path) -> list[Waiting]:
+def process(
+    spool: Spool, queue_id: str, router: Router, mail_directory: Path, digest: str = ""
+) -> list[Waiting]:
     """Process one queued message by `router`; returns the recipients still waiting.
 
     Blocking (it reads the queue file and fsyncs mailboxes): run it off the event loop.
@@ -57,6 +59,7 @@ def process(spool: Spool, queue_id: str, router: Router, mail_directory: Path) -
             continue
         routing = router.route(recipient)
         decided = " ".join(str(step.source) for step in routing.steps if step.source) or "built-in"
+        decided += f", plan {digest[:19]}" if digest else ""
         # Server rules will run here (the rules issue); then placement in logical queues.
         if routing.module == "LOCAL":
             # Domain and account rules will run here, for LOCAL only.
@@ -100,9 +103,11 @@ def pending(spool: Spool, router: Router) -> list[Waiting]:
 class Processor:
     """Feeds queued messages to `process`, a few at a time, with the current plan."""
 
-    def __init__(self, spool: Spool, router: Callable[[], Router], mail_directory: Path) -> None:
+    def __init__(
+        self, spool: Spool, current: Callable[[], tuple[str, Router]], mail_directory: Path
+    ) -> None:
         self.spool = spool
-        self.router = router
+        self.current = current
         self.mail_directory = mail_directory
         self.waiting: dict[str, list[Waiting]] = {}
         self._ids: asyncio.Queue[str] = asyncio.Queue()
@@ -131,8 +136,9 @@ class Processor:
             queue_id = await self._ids.get()
             try:
                 started = time.monotonic()
+                digest, router = self.current()
                 waiting = await asyncio.to_thread(
-                    process, self.spool, queue_id, self.router(), self.mail_directory
+                    process, self.spool, queue_id, router, self.mail_directory, digest
                 )
                 for entry in waiting:
                     self.waiting.setdefault(entry.queue, []).append(entry)

@@ -60,7 +60,9 @@ class Server:
         plan = self.current.policy.plan
         self.spool = Spool(self._path(plan.queue.directory))
         self.processor = Processor(
-            self.spool, lambda: self.current.policy.router, self._path(plan.queue.mail_directory)
+            self.spool,
+            lambda: (self.current.digest, self.current.policy.router),
+            self._path(plan.queue.mail_directory),
         )
         self.sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self.servers: list[asyncio.AbstractServer] = []
