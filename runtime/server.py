@@ -134,8 +134,8 @@ class Server:
             data_size_limit=plan.limits.max_message_size,
             tls_context=context if listener.tls == "starttls" else None,
             auth_required=listener.auth == "required",
-            auth_require_tls=not (implicit or listener.plaintext_auth),
-            auth_exclude_mechanism=["CRAM-MD5"] if listener.auth != "none" else ["PLAIN", "LOGIN"],
+            auth_without_starttls=implicit or listener.plaintext_auth,
+            auth_exclude_mechanism=[] if listener.auth != "none" else ["PLAIN", "LOGIN"],
             timeout=300,
         )
         self.sessions.add(session)

@@ -174,8 +174,13 @@ class _QuietSession(SMTPSession):
 class Session(SMTP):
     """aiosmtpd's protocol engine, with mailplan's changes (see the module's docstring)."""
 
-    def __init__(self, handler: Handler, *, implicit_tls: bool, **options: Any) -> None:
+    def __init__(
+        self, handler: Handler, *, implicit_tls: bool, auth_without_starttls: bool, **options: Any
+    ) -> None:
         super().__init__(handler, **options)
+        # Inside implicit TLS the channel is encrypted although aiosmtpd never saw
+        # STARTTLS: AUTH must be offered there (and where the site allows plain AUTH).
+        self._auth_require_tls = not auth_without_starttls
         self.implicit_tls = implicit_tls
         self.handler = handler
         self.data_active = False
