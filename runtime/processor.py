@@ -76,10 +76,10 @@ def process(
         else:
             waiting.append(Waiting(queue_id, recipient, routing, envelope.arrived))
             log.info("%s <%s> waits in %s (%s)", queue_id, recipient, routing, decided)
-    if done:
-        spool.done(queue_id, done)
     if not waiting:
         spool.remove(queue_id)
+    elif done:
+        spool.done(queue_id, done)
     return waiting
 
 

@@ -157,10 +157,13 @@ class Spool:
         return {line for line in text.split("\n") if line}
 
     def remove(self, queue_id: str) -> None:
-        """Forget a message whose recipients are all done."""
+        """Forget a message whose recipients are all done.
+
+        Not synced: should a crash undo the removal, the message is delivered again,
+        which is the safe way to fail.
+        """
         (self.directory / f"{queue_id}.msg").unlink(missing_ok=True)
         (self.directory / f"{queue_id}.done").unlink(missing_ok=True)
-        self._sync_directory()
 
     def load(self, queue_id: str) -> tuple[Envelope, bytes]:
         return parse((self.directory / f"{queue_id}.msg").read_bytes())
