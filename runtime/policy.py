@@ -75,7 +75,7 @@ class Policy:
 
     def sender(self, address: str) -> str | None:
         """The reply that refuses MAIL FROM, or None to accept it (`<>` is always accepted)."""
-        if not address:
+        if address in ("", "<>"):
             return None
         local, at, domain = address.rpartition("@")
         if not at or not domain or not local:

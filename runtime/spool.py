@@ -83,11 +83,13 @@ def parse(data: bytes) -> tuple[Envelope, bytes]:
         if not sep:
             raise BadQueueFile(f"bad envelope line: {line!r}")
         if key == "To":
-            address, _, mark = value.partition("> ")
-            address = address.strip("<>")
-            recipients.append(address)
-            if mark == "relay":
-                relayable.add(address)
+            relay = value.endswith("> relay")
+            address = value.removesuffix(" relay")
+            if not (address.startswith("<") and address.endswith(">")):
+                raise BadQueueFile(f"bad recipient line: {line!r}")
+            recipients.append(address[1:-1])
+            if relay:
+                relayable.add(address[1:-1])
         else:
             fields[key] = value
     try:
@@ -100,7 +102,7 @@ def parse(data: bytes) -> tuple[Envelope, bytes]:
             helo=fields["Helo"],
             tls=fields["Tls"],
             auth=fields["Auth"],
-            sender=fields["From"].strip("<>"),
+            sender=fields["From"][1:-1],
             recipients=tuple(recipients),
             relayable=frozenset(relayable),
         )

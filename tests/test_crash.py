@@ -1,0 +1,409 @@
+"""Crash safety over real sockets: what the server acknowledged survives a SIGKILL.
+
+A real `mailplan serve` runs on loopback; client threads send messages at once, the
+server is killed with SIGKILL while they do, and is started again on the same root.
+Every message that got its 250 must then be in the Maildirs (zero loss); messages
+delivered twice are allowed (at-least-once) and counted. A queue file that cannot be
+read must not stop the server.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.spool import Envelope, Spool, new_id
+
+PROJECT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+ACCOUNTS = ("alice", "bob", "carol", "dave")
+THREADS = 8
+PER_THREAD = 25
+KILL_AFTER = 60  # acknowledged messages before the SIGKILL
+TOKEN = re.compile(rb"^Token: (\S+)\r?$", re.MULTILINE)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def write_site(directory: Path, port: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    accounts = "".join(f"      {name}: {{}}\n" for name in ACCOUNTS)
+    (directory / "site.yaml").write_text(
+        f"""\
+server:
+  hostname: mail.crash.test
+  main_domain: example.com
+  client_ips: |
+    127.0.0.1
+listeners:
+  smtp: {{port: {port}, bind: [{HOST}], tls: none, auth: none}}
+queue:
+  directory: var/queue
+  mail_directory: var/mail
+domains:
+  example.com:
+    accounts:
+{accounts}""",
+        encoding="utf-8",
+    )
+    return directory
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+class Server:
+    """One `mailplan serve SITE --root ROOT` process; its output goes to a log file."""
+
+    def __init__(self, site: Path, root: Path, port: int) -> None:
+        self.site = site
+        self.root = root
+        self.port = port
+        self.log_file = root / "server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0, wait: bool = True) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
+        with open(self.log_file, "ab") as log:
+            log.write(b"---- start ----\n")
+            log.flush()
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mailplan",
+                    "serve",
+                    str(self.site),
+                    "--root",
+                    str(self.root),
+                ],
+                cwd=PROJECT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + timeout
+        while wait and not accepts(self.port):
+            if self.process.poll() is not None:
+                pytest.fail(f"the server exited with {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server did not listen on port {self.port}:\n{self.log()}")
+            time.sleep(0.05)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean stop, no flushing, nothing."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def log(self) -> str:
+        try:
+            return self.log_file.read_text("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    for server in started:
+        server.stop()
+    for server in started:
+        # Shown by pytest only when the test fails.
+        print(f"==== server log ({server.log_file}) ====\n{server.log()[-20000:]}")
+
+
+def queue_files(root: Path, suffix: str) -> list[Path]:
+    directory = root / "var" / "queue"
+    return sorted(directory.glob(f"*{suffix}")) if directory.is_dir() else []
+
+
+def maildir_tokens(root: Path) -> tuple[collections.Counter[tuple[str, str]], list[Path]]:
+    """(token, account) -> how many copies in new/; and the files that hold no token."""
+    found: collections.Counter[tuple[str, str]] = collections.Counter()
+    broken = []
+    for path in sorted((root / "var" / "mail" / "example.com").glob("*/new/*")):
+        data = path.read_bytes()
+        match = TOKEN.search(data)
+        if match is None or not data.endswith(b"END\r\n"):
+            broken.append(path)
+            continue
+        found[(match.group(1).decode(), path.parent.parent.name)] += 1
+    return found, broken
+
+
+def message(token: str, recipients: list[str]) -> bytes:
+    return (
+        f"From: sender@remote.test\r\n"
+        f"To: {', '.join(recipients)}\r\n"
+        f"Subject: crash test {token}\r\n"
+        f"Message-ID: <{token}@crash.test>\r\n"
+        f"\r\n"
+        f"Token: {token}\r\n"
+        f"{'padding ' * 50}\r\n"
+        f"END\r\n"
+    ).encode()
+
+
+def send_one(port: int, token: str, recipients: list[str]) -> None:
+    with smtplib.SMTP(HOST, port, timeout=10) as client:
+        refused = client.sendmail("sender@remote.test", recipients, message(token, recipients))
+        assert refused == {}
+
+
+def test_acknowledged_messages_survive_sigkill(tmp_path: Path, servers: list[Server]) -> None:
+    port = free_port()
+    site = write_site(tmp_path / "site", port)
+    root = tmp_path / "root"
+    root.mkdir()
+    server = Server(site, root, port)
+    servers.append(server)
+    server.start()
+
+    lock = threading.Lock()
+    acknowledged: dict[str, list[str]] = {}  # token -> the accounts it was sent to
+    attempted: dict[str, list[str]] = {}
+    errors: list[str] = []
+    killed = threading.Event()
+
+    def client(number: int) -> None:
+        try:
+            connection = smtplib.SMTP(HOST, port, timeout=10)
+        except OSError as exc:
+            with lock:
+                errors.append(f"thread {number}: connect: {exc!r}")
+            return
+        try:
+            for i in range(PER_THREAD):
+                token = f"T{number:02d}-{i:03d}-{uuid.uuid4().hex}"
+                accounts = ["alice", ACCOUNTS[1 + (number + i) % (len(ACCOUNTS) - 1)]]
+                recipients = [f"{name}@example.com" for name in accounts]
+                with lock:
+                    attempted[token] = accounts
+                try:
+                    refused = connection.sendmail(
+                        "sender@remote.test", recipients, message(token, recipients)
+                    )
+                except (smtplib.SMTPException, OSError) as exc:
+                    with lock:
+                        errors.append(f"thread {number}: {type(exc).__name__}")
+                    return
+                with lock:
+                    if refused:
+                        errors.append(f"thread {number}: refused {refused}")
+                        continue
+                    acknowledged[token] = accounts
+                    if len(acknowledged) == KILL_AFTER and not killed.is_set():
+                        killed.set()
+                        server.kill()  # in the middle: the other threads are mid-transaction
+        finally:
+            with contextlib.suppress(OSError):
+                connection.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(THREADS)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads), "a client thread hung"
+    sending = time.monotonic() - started
+
+    assert killed.is_set(), f"the server was never killed: {len(acknowledged)} acknowledged"
+    assert not server.running
+    assert len(acknowledged) < THREADS * PER_THREAD, "the kill came after everything was sent"
+    left_msg = len(queue_files(root, ".msg"))
+    left_tmp = len(queue_files(root, ".tmp"))
+    left_done = len(queue_files(root, ".done"))
+
+    restarted = Server(site, root, port)
+    servers.append(restarted)
+    restarted.start()
+    drained = wait_until(lambda: not queue_files(root, ".msg"), timeout=20)
+
+    # And the restarted server takes new mail as before.
+    send_one(port, "after-restart", ["alice@example.com"])
+    acknowledged["after-restart"] = ["alice"]
+    wait_until(lambda: not queue_files(root, ".msg"), timeout=10)
+
+    found, broken = maildir_tokens(root)
+    expected = {(token, name) for token, names in acknowledged.items() for name in names}
+    lost = sorted(expected - set(found))
+    duplicates = sum(count - 1 for count in found.values() if count > 1)
+    copies = sum(found.values())
+    unacknowledged_delivered = {
+        token for (token, _) in found if token not in acknowledged and token in attempted
+    }
+    maildir_tmp = list((root / "var" / "mail").glob("*/*/tmp/*"))
+    print(
+        f"\ncrash test: {len(attempted)} attempted, {len(acknowledged)} acknowledged "
+        f"({len(expected)} acknowledged deliveries), killed after {KILL_AFTER} "
+        f"in {sending:.2f} s of sending\n"
+        f"  queue at the kill: {left_msg} .msg, {left_done} .done, {left_tmp} .tmp\n"
+        f"  delivered: {copies} copies of {len(found)} (message, mailbox) pairs; "
+        f"lost: {len(lost)}; duplicates: {duplicates}; "
+        f"unacknowledged but delivered: {len(unacknowledged_delivered)} messages; "
+        f"broken files: {len(broken)}; leftovers in Maildir tmp/: {len(maildir_tmp)}\n"
+        f"  client errors: {collections.Counter(e.split(': ')[-1] for e in errors)}"
+    )
+    assert drained, f"the queue did not drain: {queue_files(root, '.msg')}"
+    assert lost == [], f"{len(lost)} acknowledged deliveries lost: {lost[:10]}"
+    assert broken == [], f"partial messages in new/: {broken[:10]}"
+    assert not queue_files(root, ".bad"), "a crash must not leave unreadable queue files"
+    assert not queue_files(root, ".tmp"), "leftover .tmp files are removed at start"
+    assert not queue_files(root, ".done"), "no .done without its .msg"
+    assert restarted.running
+    assert "Traceback" not in restarted.log()
+
+
+def test_corrupt_queue_file_does_not_stop_the_server(tmp_path: Path, servers: list[Server]) -> None:
+    port = free_port()
+    site = write_site(tmp_path / "site", port)
+    root = tmp_path / "root"
+    spool = Spool(root / "var" / "queue")
+    garbage = b"\x00\xffthis is not a queue file\n\nat all\n" * 20
+    (spool.directory / "XYZ.msg").write_bytes(garbage)
+    (spool.directory / "EMPTY.msg").write_bytes(b"")
+    (spool.directory / "LEFT.tmp").write_bytes(b"never acknowledged")
+    queued = Envelope(
+        id=new_id(),
+        arrived=time.time(),
+        plan="sha256:earlier",
+        listener="smtp",
+        client="127.0.0.1",
+        helo="before.test",
+        tls="none",
+        auth="-",
+        sender="sender@remote.test",
+        recipients=("bob@example.com",),
+    )
+    spool.store(queued, message("queued-before-start", ["bob@example.com"]))
+    (spool.directory / "ZZZ.msg").write_bytes(b"MAILPLAN-QUEUE 1\nId: ZZZ\n")  # truncated
+
+    server = Server(site, root, port)
+    servers.append(server)
+    server.start()
+    send_one(port, "sent-after-start", ["alice@example.com", "carol@example.com"])
+    assert wait_until(lambda: not queue_files(root, ".msg"), timeout=10), queue_files(root, ".msg")
+
+    found, broken = maildir_tokens(root)
+    assert found == {
+        ("queued-before-start", "bob"): 1,
+        ("sent-after-start", "alice"): 1,
+        ("sent-after-start", "carol"): 1,
+    }
+    assert broken == []
+    assert (spool.directory / "XYZ.bad").read_bytes() == garbage
+    assert (spool.directory / "EMPTY.bad").read_bytes() == b""
+    assert (spool.directory / "ZZZ.bad").read_bytes() == b"MAILPLAN-QUEUE 1\nId: ZZZ\n"
+    assert not (spool.directory / "LEFT.tmp").exists()
+    assert server.running
+    log = server.log()
+    assert "XYZ.msg is unreadable" in log
+    assert "Traceback" not in log
+
+
+def test_killed_while_the_queue_is_processed(tmp_path: Path, servers: list[Server]) -> None:
+    """A crash in the middle of delivery (not of acceptance): nothing queued is lost."""
+    port = free_port()
+    site = write_site(tmp_path / "site", port)
+    root = tmp_path / "root"
+    spool = Spool(root / "var" / "queue")
+    total = 400
+    expected: set[tuple[str, str]] = set()
+    for i in range(total):
+        token = f"Q{i:04d}-{uuid.uuid4().hex}"
+        accounts = ["alice", ACCOUNTS[1 + i % (len(ACCOUNTS) - 1)]]
+        recipients = tuple(f"{name}@example.com" for name in accounts)
+        queued = Envelope(
+            id=new_id(),
+            arrived=time.time(),
+            plan="sha256:earlier",
+            listener="smtp",
+            client="127.0.0.1",
+            helo="before.test",
+            tls="none",
+            auth="-",
+            sender="sender@remote.test",
+            recipients=recipients,
+        )
+        spool.store(queued, message(token, list(recipients)))
+        expected.update((token, name) for name in accounts)
+
+    server = Server(site, root, port)
+    servers.append(server)
+    server.start(wait=False)
+    assert wait_until(lambda: len(queue_files(root, ".msg")) < total - 40, 20, 0.002)
+    server.kill()
+    remaining = len(queue_files(root, ".msg"))
+
+    restarted = Server(site, root, port)
+    servers.append(restarted)
+    restarted.start()
+    drained = wait_until(lambda: not queue_files(root, ".msg"), timeout=20)
+    found, broken = maildir_tokens(root)
+    lost = sorted(expected - set(found))
+    duplicates = sum(count - 1 for count in found.values() if count > 1)
+    print(
+        f"\nkilled while delivering: {total} queued ({len(expected)} deliveries), "
+        f"{remaining} .msg left at the kill; delivered {sum(found.values())} copies, "
+        f"lost {len(lost)}, duplicates {duplicates}"
+    )
+    assert remaining > 0, "the kill came after the queue was done"
+    assert drained, f"the queue did not drain: {queue_files(root, '.msg')[:5]}"
+    assert lost == [], f"{len(lost)} queued deliveries lost: {lost[:10]}"
+    assert broken == []
+    assert set(found) == expected
+    assert not queue_files(root, ".bad")
+    assert not queue_files(root, ".done")

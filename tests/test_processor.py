@@ -1,0 +1,268 @@
+"""Queue processing: LOCAL into Maildir once per mailbox, DISCARD done, the rest waits."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from compiler.pipeline import compile_site
+from runtime.processor import Processor, Waiting, pending, process
+from runtime.router import Router
+from runtime.spool import Envelope, Spool, new_id
+
+SITE = """\
+server:
+  hostname: mail.example.com
+  main_domain: example.com
+domains:
+  example.com:
+    aliases: [example.org]
+    accounts:
+      alice:
+        aliases: [al]
+      bob: {}
+    forwarders:
+      info: sales@example.net
+    lists:
+      staff:
+        owner: alice
+        members: [alice@example.com, bob@example.com]
+routing: router.cgr
+"""
+
+ROUTER = """\
+<noreply@example.com> = null
+<carol@example.com> = error "carol has left"
+<spam@example.com> = "spam-report"@pipe
+"""
+
+PIPES = """\
+pipes:
+  spam-report:
+    program: /usr/local/bin/spam-report
+"""
+
+MESSAGE = b"Subject: hi\r\nMessage-ID: <m1@test>\r\n\r\nhello\r\n"
+
+
+@pytest.fixture(scope="module")
+def router(tmp_path_factory: pytest.TempPathFactory) -> Router:
+    directory = tmp_path_factory.mktemp("site")
+    (directory / "site.yaml").write_text(SITE + PIPES, encoding="utf-8")
+    (directory / "router.cgr").write_text(ROUTER, encoding="utf-8")
+    unit = compile_site(directory)
+    assert unit.plan is not None, unit.diagnostics
+    return Router(unit.plan)
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "queue")
+
+
+@pytest.fixture
+def mail(tmp_path: Path) -> Path:
+    return tmp_path / "mail"
+
+
+def queue(spool: Spool, *recipients: str, sender: str = "someone@remote.test") -> str:
+    queued = Envelope(
+        id=new_id(),
+        arrived=1700000000.5,
+        plan="sha256:test",
+        listener="smtp",
+        client="192.0.2.7",
+        helo="client.test",
+        tls="none",
+        auth="-",
+        sender=sender,
+        recipients=recipients,
+    )
+    spool.store(queued, MESSAGE)
+    return queued.id
+
+
+def delivered(mail: Path, account: str) -> list[bytes]:
+    name, _, domain = account.partition("@")
+    new = mail / domain / name / "new"
+    return [path.read_bytes() for path in sorted(new.iterdir())] if new.is_dir() else []
+
+
+def names(spool: Spool) -> list[str]:
+    return sorted(path.name for path in spool.directory.iterdir())
+
+
+def test_local_delivered_and_queue_file_removed(spool: Spool, router: Router, mail: Path) -> None:
+    queue_id = queue(spool, "alice@example.com")
+    assert process(spool, queue_id, router, mail) == []
+    assert delivered(mail, "alice@example.com") == [
+        b"Return-Path: <someone@remote.test>\r\n" + MESSAGE
+    ]
+    assert names(spool) == []
+
+
+def test_empty_sender_gets_empty_return_path(spool: Spool, router: Router, mail: Path) -> None:
+    queue_id = queue(spool, "alice@example.com", sender="")
+    process(spool, queue_id, router, mail)
+    (only,) = delivered(mail, "alice@example.com")
+    assert only.startswith(b"Return-Path: <>\r\n")
+
+
+def test_one_copy_per_mailbox(spool: Spool, router: Router, mail: Path) -> None:
+    queue_id = queue(
+        spool, "alice@example.com", "al@example.com", "ALICE@example.org", "bob@example.com"
+    )
+    assert process(spool, queue_id, router, mail) == []
+    assert len(delivered(mail, "alice@example.com")) == 1
+    assert len(delivered(mail, "bob@example.com")) == 1
+    assert names(spool) == []
+
+
+def test_discard_is_done(spool: Spool, router: Router, mail: Path) -> None:
+    queue_id = queue(spool, "noreply@example.com")
+    assert process(spool, queue_id, router, mail) == []
+    assert names(spool) == []
+    assert not mail.exists() or not any(mail.rglob("new/*"))
+
+
+def test_smtp_recipients_wait_and_done_lists_the_delivered(
+    spool: Spool, router: Router, mail: Path
+) -> None:
+    queue_id = queue(
+        spool,
+        "alice@example.com",
+        "someone@elsewhere.test",
+        "al@example.com",
+        "info@example.com",
+        "noreply@example.com",
+    )
+    waiting = process(spool, queue_id, router, mail)
+    assert [entry.recipient for entry in waiting] == ["someone@elsewhere.test", "info@example.com"]
+    assert [entry.queue for entry in waiting] == ["SMTP(elsewhere.test)", "SMTP(example.net)"]
+    assert all(entry.queue_id == queue_id for entry in waiting)
+    assert all(entry.arrived == 1700000000.5 for entry in waiting)
+    assert waiting[1].routing.relayable
+    assert names(spool) == [f"{queue_id}.done", f"{queue_id}.msg"]
+    assert spool.finished(queue_id) == {
+        "alice@example.com",
+        "al@example.com",
+        "noreply@example.com",
+    }
+    assert len(delivered(mail, "alice@example.com")) == 1
+
+
+def test_reprocessing_after_a_partial_done_does_not_deliver_twice(
+    spool: Spool, router: Router, mail: Path
+) -> None:
+    queue_id = queue(spool, "alice@example.com", "bob@example.com", "someone@elsewhere.test")
+    first = process(spool, queue_id, router, mail)
+    second = process(spool, queue_id, router, mail)  # a restart queues the .msg again
+    assert [entry.recipient for entry in first] == ["someone@elsewhere.test"]
+    assert [entry.recipient for entry in second] == ["someone@elsewhere.test"]
+    assert len(delivered(mail, "alice@example.com")) == 1
+    assert len(delivered(mail, "bob@example.com")) == 1
+    assert spool.finished(queue_id) == {"alice@example.com", "bob@example.com"}
+
+
+def test_a_crash_after_some_recipients_were_recorded(
+    spool: Spool, router: Router, mail: Path
+) -> None:
+    """`.done` from an earlier run names alice: only bob is delivered now."""
+    queue_id = queue(spool, "alice@example.com", "bob@example.com")
+    spool.done(queue_id, ["alice@example.com"])
+    assert process(spool, queue_id, router, mail) == []
+    assert delivered(mail, "alice@example.com") == []
+    assert len(delivered(mail, "bob@example.com")) == 1
+    assert names(spool) == []
+
+
+def test_all_done_but_not_removed_is_removed(spool: Spool, router: Router, mail: Path) -> None:
+    """A crash between `.done` and the removal: nothing is delivered again."""
+    queue_id = queue(spool, "alice@example.com", "noreply@example.com")
+    spool.done(queue_id, ["alice@example.com", "noreply@example.com"])
+    assert process(spool, queue_id, router, mail) == []
+    assert delivered(mail, "alice@example.com") == []
+    assert names(spool) == []
+
+
+def test_rejected_pipe_and_list_recipients_wait(spool: Spool, router: Router, mail: Path) -> None:
+    """Nothing accepted is dropped: what the plan now rejects waits, as do PIPE and LIST."""
+    queue_id = queue(
+        spool, "carol@example.com", "spam@example.com", "staff@example.com", "nobody@example.com"
+    )
+    waiting = process(spool, queue_id, router, mail)
+    modules = {entry.recipient: entry.routing.module for entry in waiting}
+    assert modules == {
+        "carol@example.com": "ERROR",
+        "spam@example.com": "PIPE",
+        "staff@example.com": "LIST",
+        "nobody@example.com": "ERROR",
+    }
+    assert names(spool) == [f"{queue_id}.msg"]
+
+
+def test_corrupt_queue_file_is_set_aside(spool: Spool, router: Router, mail: Path) -> None:
+    garbage = b"\xffnot a queue file\n\n"
+    (spool.directory / "XYZ.msg").write_bytes(garbage)
+    assert process(spool, "XYZ", router, mail) == []
+    assert names(spool) == ["XYZ.bad"]
+    assert (spool.directory / "XYZ.bad").read_bytes() == garbage
+
+
+def test_queue_file_without_recipients_is_set_aside(
+    spool: Spool, router: Router, mail: Path
+) -> None:
+    queue_id = queue(spool, "alice@example.com")
+    path = spool.directory / f"{queue_id}.msg"
+    path.write_bytes(path.read_bytes().replace(b"To: <alice@example.com>\n", b""))
+    assert process(spool, queue_id, router, mail) == []
+    assert names(spool) == [f"{queue_id}.bad"]
+    assert delivered(mail, "alice@example.com") == []
+
+
+def test_pending_lists_waiting_recipients(spool: Spool, router: Router, mail: Path) -> None:
+    first = queue(spool, "alice@example.com", "someone@elsewhere.test", "info@example.com")
+    second = queue(spool, "bob@example.com")
+    (spool.directory / "XYZ.msg").write_bytes(b"garbage")  # skipped, not fatal
+    process(spool, first, router, mail)
+    found = pending(spool, router)
+    assert all(isinstance(entry, Waiting) for entry in found)
+    listed = [(entry.queue_id, entry.recipient, entry.queue) for entry in found]
+    assert listed == [
+        (first, "someone@elsewhere.test", "SMTP(elsewhere.test)"),
+        (first, "info@example.com", "SMTP(example.net)"),
+        (second, "bob@example.com", "LOCAL(bob@example.com)"),
+    ]
+    process(spool, second, router, mail)
+    assert [entry.queue_id for entry in pending(spool, router)] == [first, first]
+
+
+def test_pending_of_an_empty_queue(spool: Spool, router: Router) -> None:
+    assert pending(spool, router) == []
+
+
+def test_processor_start_delivers_everything_queued(
+    spool: Spool, router: Router, mail: Path
+) -> None:
+    ids = [queue(spool, "alice@example.com") for _ in range(10)]
+    waiting_id = queue(spool, "bob@example.com", "someone@elsewhere.test")
+    (spool.directory / "left.tmp").write_bytes(b"never acknowledged")
+    (spool.directory / "XYZ.msg").write_bytes(b"garbage")
+
+    async def run() -> Processor:
+        processor = Processor(spool, lambda: ("sha256:test", router), mail)
+        processor.start()
+        await asyncio.wait_for(processor.drain(), 10)
+        await processor.stop()
+        return processor
+
+    processor = asyncio.run(run())
+    assert len(ids) == 10
+    assert len(delivered(mail, "alice@example.com")) == 10
+    assert len(delivered(mail, "bob@example.com")) == 1
+    assert [entry.recipient for entry in processor.waiting["SMTP(elsewhere.test)"]] == [
+        "someone@elsewhere.test"
+    ]
+    assert set(names(spool)) == {"XYZ.bad", f"{waiting_id}.done", f"{waiting_id}.msg"}
