@@ -42,8 +42,27 @@ def parse(text: str, default_domain: str) -> Address:
         return Address(local, _domain(path[0]))
     local, at, domain = text.rpartition("@")
     if not at:
-        return Address(text, _domain(default_domain))
-    return Address(local, _domain(domain))
+        return Address(_unquote(text), _domain(default_domain))
+    return Address(_unquote(local), _domain(domain))
+
+
+_ATEXT = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~."
+)
+
+
+def _unquote(local: str) -> str:
+    """`"alice"` is `alice` (RFC 5321 4.1.2); a quoted part that needs its quotes keeps them."""
+    if len(local) > 2 and local[0] == local[-1] == '"':
+        inner = local[1:-1]
+        if (
+            set(inner) <= _ATEXT
+            and not inner.startswith(".")
+            and not inner.endswith(".")
+            and ".." not in inner
+        ):
+            return inner
+    return local
 
 
 def _route_end(text: str) -> int | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -80,6 +81,10 @@ class Handler:
         address: str,
         options: list[str],
     ) -> str:
+        if _unsafe(address):
+            return replies.reply(
+                replies.BAD_ADDRESS, address=address.encode("unicode_escape").decode()
+            )
         refusal = self.policy.sender(address)
         if refusal:
             return refusal
@@ -96,6 +101,10 @@ class Handler:
         address: str,
         options: list[str],
     ) -> str:
+        if _unsafe(address):
+            return replies.reply(
+                replies.BAD_ADDRESS, address=address.encode("unicode_escape").decode()
+            )
         client = self.client(session, server.encrypted)
         reply, routing = self.policy.recipient(client, address, len(envelope.rcpt_tos))
         if routing is None:
@@ -198,6 +207,28 @@ class Session(SMTP):
         ssl_object = transport.get_extra_info("ssl_object") if transport else None
         return ssl_object.version() if ssl_object is not None else None
 
+    async def smtp_HELO(self, hostname: str) -> None:
+        if _unsafe(hostname):
+            await self.push(replies.BAD_HELO)
+            return
+        await super().smtp_HELO(hostname)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if _unsafe(hostname):
+            await self.push(replies.BAD_HELO)
+            return
+        await super().smtp_EHLO(hostname)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
+            return
+        announced = _SIZE.search(arg or "")
+        limit = self.data_size_limit
+        if announced and limit and int(announced.group(1)) > limit:
+            await self.push(replies.reply(replies.TOO_BIG, limit=limit))
+            return
+        await super().smtp_MAIL(arg)
+
     async def _handle_client(self) -> None:
         assert self.session is not None
         handler = self.handler
@@ -298,6 +329,14 @@ class Session(SMTP):
             return TOO_BIG
         body = bytes(buffer[: end + 2])
         return body.replace(b"\r\n.", b"\r\n")[2:]
+
+
+_SIZE = re.compile(r"(?i)(?:^|\s)SIZE=(\d+)(?:\s|$)")
+
+
+def _unsafe(text: str) -> bool:
+    """Control characters that would end or forge a header line where the text is copied."""
+    return any(character in text for character in "\r\n\x00")
 
 
 def peer_ip(session: SMTPSession) -> str:

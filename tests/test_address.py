@@ -140,3 +140,18 @@ def test_ip_literal(domain: str, ip: str | None) -> None:
 def test_ip_literal_of_a_parsed_ipv6_literal() -> None:
     """`[IPv6:...]` as a client writes it is recognised once parsed (domains are lowered)."""
     assert ip_literal(parse("user@[IPv6:2001:DB8::1]", MAIN).domain) == "2001:db8::1"
+
+
+@pytest.mark.parametrize(
+    ("text", "local"),
+    [
+        ('"alice"@example.com', "alice"),
+        ('"a.b"@example.com', "a.b"),
+        ('"john doe"@example.com', '"john doe"'),
+        ('"a..b"@example.com', '"a..b"'),
+        ('".a"@example.com', '".a"'),
+    ],
+    ids=["plain", "dotted", "needs-quotes", "double-dot", "leading-dot"],
+)
+def test_quotes_that_are_not_needed_are_dropped(text: str, local: str) -> None:
+    assert parse(text, "example.com").local == local
