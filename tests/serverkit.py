@@ -129,6 +129,11 @@ class MailServer:
         ]
 
     def start(self, timeout: float = 20.0) -> MailServer:
+        if self.running:
+            raise ServerError("the server is already running")
+        for host, port in self.ports:
+            if accepts(host, port, timeout=0.2):
+                raise ServerError(f"something else already listens on {host} port {port}")
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
