@@ -7,12 +7,14 @@ import asyncio
 import getpass
 import json
 import logging
+import logging.handlers
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any
 
 from compiler.diagnostics import has_errors, render_json, render_text
@@ -185,12 +187,14 @@ def _loader(site: Path | None, plan: Path | None) -> Callable[[], Plan]:
 def _serve(arguments: argparse.Namespace) -> int:
     from runtime.server import Options, Server, development
 
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    # Log lines are written by a thread of their own, never by the event loop.
+    output = logging.StreamHandler(sys.stderr)
+    output.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    lines: SimpleQueue[logging.LogRecord] = SimpleQueue()
+    writer = logging.handlers.QueueListener(lines, output)
+    logging.basicConfig(level=logging.INFO, handlers=[logging.handlers.QueueHandler(lines)])
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's own chatter
+    writer.start()
     try:
         server = Server(
             _loader(arguments.site, arguments.plan), Options(arguments.root, arguments.dev)
@@ -212,7 +216,10 @@ def _serve(arguments: argparse.Namespace) -> int:
             f"'you@remote.test', ['{rcpt}'], 'Subject: hello\\n\\nhello')\"",
             flush=True,
         )
-    asyncio.run(server.run())
+    try:
+        asyncio.run(server.run())
+    finally:
+        writer.stop()
     return 0
 
 

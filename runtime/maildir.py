@@ -23,10 +23,27 @@ def mailbox(mail_directory: Path, account: str) -> Path:
     return mail_directory / domain / name
 
 
-def deliver(folder: Path, sender: str, message: bytes) -> Path:
-    """Deliver one message into the Maildir `folder`; returns the file in `new/`."""
+_made: set[Path] = set()  # Maildirs known to exist, so as not to make them for every message
+
+
+def _make(folder: Path) -> None:
     for sub in ("tmp", "new", "cur"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
+    _made.add(folder)
+
+
+def deliver(folder: Path, sender: str, message: bytes) -> Path:
+    """Deliver one message into the Maildir `folder`; returns the file in `new/`."""
+    if folder not in _made:
+        _make(folder)
+    try:
+        return _write(folder, sender, message)
+    except FileNotFoundError:  # removed since we made it: make it again
+        _make(folder)
+        return _write(folder, sender, message)
+
+
+def _write(folder: Path, sender: str, message: bytes) -> Path:
     now = time.time()
     unique = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{_HOST}"
     temporary = folder / "tmp" / unique

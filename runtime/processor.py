@@ -17,7 +17,7 @@ from pathlib import Path
 
 from runtime import maildir
 from runtime.router import Router, Routing
-from runtime.spool import BadQueueFile, Spool
+from runtime.spool import BadQueueFile, Envelope, Spool
 
 log = logging.getLogger("mailplan.queue")
 
@@ -39,18 +39,28 @@ class Waiting:
 
 
 def process(
-    spool: Spool, queue_id: str, router: Router, mail_directory: Path, digest: str = ""
+    spool: Spool,
+    queue_id: str,
+    router: Router,
+    mail_directory: Path,
+    digest: str = "",
+    fresh: tuple[Envelope, bytes] | None = None,
 ) -> list[Waiting]:
     """Process one queued message by `router`; returns the recipients still waiting.
 
-    Blocking (it reads the queue file and fsyncs mailboxes): run it off the event loop.
+    `fresh` is the envelope and message of a message that was just stored (none of its
+    recipients is done yet), to save reading them back. Blocking (it reads the queue
+    file and fsyncs mailboxes): run it off the event loop.
     """
-    try:
-        envelope, message = spool.load(queue_id)
-    except (BadQueueFile, OSError, UnicodeError) as exc:
-        spool.set_aside(queue_id, str(exc))
-        return []
-    finished = spool.finished(queue_id)
+    if fresh is not None:
+        (envelope, message), finished = fresh, set()
+    else:
+        try:
+            envelope, message = spool.load(queue_id)
+        except (BadQueueFile, OSError, UnicodeError) as exc:
+            spool.set_aside(queue_id, str(exc))
+            return []
+        finished = spool.finished(queue_id)
     done: list[str] = []
     waiting: list[Waiting] = []
     delivered: set[str] = set()  # one copy per mailbox, however many recipients lead to it
@@ -110,11 +120,12 @@ class Processor:
         self.current = current
         self.mail_directory = mail_directory
         self.waiting: dict[str, list[Waiting]] = {}
-        self._ids: asyncio.Queue[str] = asyncio.Queue()
+        self._ids: asyncio.Queue[tuple[str, tuple[Envelope, bytes] | None]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
 
-    def submit(self, queue_id: str) -> None:
-        self._ids.put_nowait(queue_id)
+    def submit(self, queue_id: str, fresh: tuple[Envelope, bytes] | None = None) -> None:
+        """Process `queue_id` soon; `fresh` is its envelope and message when just stored."""
+        self._ids.put_nowait((queue_id, fresh))
 
     def start(self) -> None:
         """Queue every `.msg` again (nothing accepted is lost), then work."""
@@ -133,12 +144,12 @@ class Processor:
 
     async def _work(self) -> None:
         while True:
-            queue_id = await self._ids.get()
+            queue_id, fresh = await self._ids.get()
             try:
                 started = time.monotonic()
                 digest, router = self.current()
                 waiting = await asyncio.to_thread(
-                    process, self.spool, queue_id, router, self.mail_directory, digest
+                    process, self.spool, queue_id, router, self.mail_directory, digest, fresh
                 )
                 for entry in waiting:
                     self.waiting.setdefault(entry.queue, []).append(entry)

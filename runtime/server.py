@@ -143,7 +143,7 @@ class Server:
 
     async def store(self, envelope: Envelope, message: bytes) -> None:
         await asyncio.to_thread(self.spool.store, envelope, message)
-        self.processor.submit(envelope.id)
+        self.processor.submit(envelope.id, (envelope, message))
 
     def _tls_context(self, plan: Plan) -> ssl.SSLContext | None:
         if not any(listener.tls != "none" for listener in plan.listeners):
