@@ -13,6 +13,8 @@ import socket
 import time
 from pathlib import Path
 
+from runtime import durable
+
 _counter = itertools.count()
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
@@ -48,22 +50,6 @@ def _write(folder: Path, sender: str, message: bytes) -> Path:
     unique = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{_HOST}"
     temporary = folder / "tmp" / unique
     final = folder / "new" / unique
-    content = f"Return-Path: <{sender}>\r\n".encode("utf-8", "surrogateescape") + message
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(content)
-        while view:
-            view = view[os.write(descriptor, view) :]
-        os.fsync(descriptor)
-    except BaseException:
-        os.close(descriptor)
-        temporary.unlink(missing_ok=True)
-        raise
-    os.close(descriptor)
-    os.rename(temporary, final)
-    directory = os.open(folder / "new", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    content = f"Return-Path: <{sender}>\r\n".encode("utf-8", "surrogateescape")
+    durable.publish(temporary, final, content, message)
     return final

@@ -82,9 +82,7 @@ class Handler:
         options: list[str],
     ) -> str:
         if _unsafe(address):
-            return replies.reply(
-                replies.BAD_ADDRESS, address=address.encode("unicode_escape").decode()
-            )
+            return _bad_address(address)
         refusal = self.policy.sender(address)
         if refusal:
             return refusal
@@ -102,9 +100,7 @@ class Handler:
         options: list[str],
     ) -> str:
         if _unsafe(address):
-            return replies.reply(
-                replies.BAD_ADDRESS, address=address.encode("unicode_escape").decode()
-            )
+            return _bad_address(address)
         client = self.client(session, server.encrypted)
         reply, routing = self.policy.recipient(client, address, len(envelope.rcpt_tos))
         if routing is None:
@@ -356,6 +352,10 @@ class Session(SMTP):
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_ADDRESS = re.compile(rf"\s*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 _SIZE = re.compile(r"(?i)(?:^|\s)SIZE=(\d+)(?:\s|$)")
+
+
+def _bad_address(address: str) -> str:
+    return replies.reply(replies.BAD_ADDRESS, address=address.encode("unicode_escape").decode())
 
 
 def _unsafe(text: str) -> bool:

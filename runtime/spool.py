@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime import durable
+
 log = logging.getLogger("mailplan.queue")
 
 MAGIC = b"MAILPLAN-QUEUE 1\n"
@@ -124,20 +126,7 @@ class Spool:
         """Write a message durably: when this returns, it survives a crash."""
         temporary = self.directory / f"{envelope.id}.tmp"
         final = self.directory / f"{envelope.id}.msg"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(descriptor, envelope.header())
-            view = memoryview(message)
-            while view:
-                view = view[os.write(descriptor, view) :]
-            os.fsync(descriptor)
-        except BaseException:
-            os.close(descriptor)
-            temporary.unlink(missing_ok=True)
-            raise
-        os.close(descriptor)
-        os.rename(temporary, final)
-        self._sync_directory()
+        durable.publish(temporary, final, envelope.header(), message)
 
     def done(self, queue_id: str, recipients: list[str]) -> None:
         """Record recipients as done (delivered, or given up) for good."""
@@ -182,12 +171,5 @@ class Spool:
         """Move an unreadable queue file out of the way as `.bad`, keeping its bytes."""
         source = self.directory / f"{queue_id}.msg"
         source.rename(source.with_suffix(".bad"))
-        self._sync_directory()
+        durable.sync_directory(self.directory)
         log.error("%s.msg is unreadable (%s): moved aside as %s.bad", queue_id, reason, queue_id)
-
-    def _sync_directory(self) -> None:
-        descriptor = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
