@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import json
 import logging
@@ -16,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any
+
+import uvloop
 
 from compiler.diagnostics import has_errors, render_json, render_text
 from compiler.load import SITE_FILE
@@ -217,7 +218,7 @@ def _serve(arguments: argparse.Namespace) -> int:
             flush=True,
         )
     try:
-        asyncio.run(server.run())
+        uvloop.run(server.run())
     finally:
         writer.stop()
     return 0
