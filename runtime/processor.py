@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,27 +110,15 @@ def pending(spool: Spool, router: Router) -> list[Waiting]:
     return found
 
 
-Runner = Callable[[str, "tuple[Envelope, bytes] | None"], Awaitable[list[Waiting]]]
-
-
 class Processor:
-    """Feeds queued messages to `process`, a few at a time, with the current plan.
-
-    By default `process` runs in threads of this process; `runner` can run it
-    elsewhere (the server uses `delivery.DeliveryPool`, in processes of their own).
-    """
+    """Feeds queued messages to `process`, a few at a time, with the current plan."""
 
     def __init__(
-        self,
-        spool: Spool,
-        current: Callable[[], tuple[str, Router]],
-        mail_directory: Path,
-        runner: Runner | None = None,
+        self, spool: Spool, current: Callable[[], tuple[str, Router]], mail_directory: Path
     ) -> None:
         self.spool = spool
         self.current = current
         self.mail_directory = mail_directory
-        self.runner = runner or self._in_thread
         self.waiting: dict[str, list[Waiting]] = {}
         self._ids: asyncio.Queue[tuple[str, tuple[Envelope, bytes] | None]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
@@ -159,7 +147,10 @@ class Processor:
             queue_id, fresh = await self._ids.get()
             try:
                 started = time.monotonic()
-                waiting = await self.runner(queue_id, fresh)
+                digest, router = self.current()
+                waiting = await asyncio.to_thread(
+                    process, self.spool, queue_id, router, self.mail_directory, digest, fresh
+                )
                 for entry in waiting:
                     self.waiting.setdefault(entry.queue, []).append(entry)
                 log.debug("%s processed in %.1f ms", queue_id, (time.monotonic() - started) * 1e3)
@@ -167,11 +158,3 @@ class Processor:
                 log.exception("%s: processing failed; it stays queued for the next start", queue_id)
             finally:
                 self._ids.task_done()
-
-    async def _in_thread(
-        self, queue_id: str, fresh: tuple[Envelope, bytes] | None
-    ) -> list[Waiting]:
-        digest, router = self.current()
-        return await asyncio.to_thread(
-            process, self.spool, queue_id, router, self.mail_directory, digest, fresh
-        )

@@ -20,7 +20,6 @@ from pathlib import Path
 from plan import codec
 from plan.model import Listener, Plan
 from runtime import devtls
-from runtime.delivery import DeliveryPool
 from runtime.policy import Policy
 from runtime.processor import Processor
 from runtime.router import Router
@@ -60,14 +59,10 @@ class Server:
         self.current = snapshot(load())
         plan = self.current.policy.plan
         self.spool = Spool(self._path(plan.queue.directory))
-        mail_directory = self._path(plan.queue.mail_directory)
-        self.delivery = DeliveryPool(self.spool.directory, mail_directory)
-        self.delivery.use(self.current.digest, codec.dumps(plan))
         self.processor = Processor(
             self.spool,
             lambda: (self.current.digest, self.current.policy.router),
-            mail_directory,
-            self.delivery.run,
+            self._path(plan.queue.mail_directory),
         )
         self.sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self.servers: list[asyncio.AbstractServer] = []
@@ -174,7 +169,6 @@ class Server:
             return
         if fresh.policy.plan.listeners != self.current.policy.plan.listeners:
             log.warning("reload: listeners changed; they take effect at the next start")
-        self.delivery.use(fresh.digest, await asyncio.to_thread(codec.dumps, plan))
         self.current = fresh
         log.info("reloaded: serving plan %s", fresh.digest)
 
@@ -193,5 +187,4 @@ class Server:
             if session.transport is not None:
                 session.transport.close()
         await self.processor.stop()
-        await asyncio.to_thread(self.delivery.shutdown)
         log.info("stopped")
