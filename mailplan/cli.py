@@ -186,7 +186,7 @@ def _loader(site: Path | None, plan: Path | None) -> Callable[[], Plan]:
 
 
 def _serve(arguments: argparse.Namespace) -> int:
-    from runtime.server import Options, Server, development
+    from runtime.server import SMTP_PROTOCOLS, Options, Server, development
 
     # Log lines are written by a thread of their own, never by the event loop.
     output = logging.StreamHandler(sys.stderr)
@@ -208,7 +208,8 @@ def _serve(arguments: argparse.Namespace) -> int:
         print("development mode: listeners on 127.0.0.1")
         for listener in plan.listeners:
             moved = development(listener)
-            print(f"  {listener.name:<12} {listener.protocol:<11} port {moved.port}")
+            later = "" if listener.protocol in SMTP_PROTOCOLS else "  (not served yet)"
+            print(f"  {listener.name:<12} {listener.protocol:<11} port {moved.port}{later}")
         smtp = next((development(x).port for x in plan.listeners if x.protocol == "smtp"), 2525)
         rcpt = f"postmaster@{plan.server.main_domain}"
         print(
