@@ -121,13 +121,12 @@ class Spool:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self._folder = durable.DirectorySync(directory)
 
     def store(self, envelope: Envelope, message: bytes) -> None:
         """Write a message durably: when this returns, it survives a crash."""
         temporary = self.directory / f"{envelope.id}.tmp"
         final = self.directory / f"{envelope.id}.msg"
-        durable.publish(temporary, final, envelope.header(), message, folder=self._folder)
+        durable.publish(temporary, final, envelope.header(), message)
 
     def done(self, queue_id: str, recipients: list[str]) -> None:
         """Record recipients as done (delivered, or given up) for good."""
