@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import os
 import re
-import signal
 import smtplib
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from serverkit import MailServer, free_port, wait_until
 
 from runtime.spool import Envelope, Spool, new_id
 
@@ -35,13 +31,6 @@ THREADS = 8
 PER_THREAD = 25
 KILL_AFTER = 60  # acknowledged messages before the SIGKILL
 TOKEN = re.compile(rb"^Token: (\S+)\r?$", re.MULTILINE)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def write_site(directory: Path, port: int) -> Path:
@@ -68,94 +57,9 @@ domains:
     return directory
 
 
-def accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
-class Server:
-    """One `mailplan serve SITE --root ROOT` process; its output goes to a log file."""
-
-    def __init__(self, site: Path, root: Path, port: int) -> None:
-        self.site = site
-        self.root = root
-        self.port = port
-        self.log_file = root / "server.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 20.0, wait: bool = True) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
-        with open(self.log_file, "ab") as log:
-            log.write(b"---- start ----\n")
-            log.flush()
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "mailplan",
-                    "serve",
-                    str(self.site),
-                    "--root",
-                    str(self.root),
-                ],
-                cwd=PROJECT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + timeout
-        while wait and not accepts(self.port):
-            if self.process.poll() is not None:
-                pytest.fail(f"the server exited with {self.process.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not listen on port {self.port}:\n{self.log()}")
-            time.sleep(0.05)
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no clean stop, no flushing, nothing."""
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-    def log(self) -> str:
-        try:
-            return self.log_file.read_text("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
-
-
 @pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
+def servers() -> Iterator[list[MailServer]]:
+    started: list[MailServer] = []
     yield started
     for server in started:
         server.stop()
@@ -202,12 +106,12 @@ def send_one(port: int, token: str, recipients: list[str]) -> None:
         assert refused == {}
 
 
-def test_acknowledged_messages_survive_sigkill(tmp_path: Path, servers: list[Server]) -> None:
+def test_acknowledged_messages_survive_sigkill(tmp_path: Path, servers: list[MailServer]) -> None:
     port = free_port()
     site = write_site(tmp_path / "site", port)
     root = tmp_path / "root"
     root.mkdir()
-    server = Server(site, root, port)
+    server = MailServer(site, root, [port])
     servers.append(server)
     server.start()
 
@@ -267,7 +171,7 @@ def test_acknowledged_messages_survive_sigkill(tmp_path: Path, servers: list[Ser
     left_tmp = len(queue_files(root, ".tmp"))
     left_done = len(queue_files(root, ".done"))
 
-    restarted = Server(site, root, port)
+    restarted = MailServer(site, root, [port])
     servers.append(restarted)
     restarted.start()
     drained = wait_until(lambda: not queue_files(root, ".msg"), timeout=20)
@@ -307,7 +211,9 @@ def test_acknowledged_messages_survive_sigkill(tmp_path: Path, servers: list[Ser
     assert "Traceback" not in restarted.log()
 
 
-def test_corrupt_queue_file_does_not_stop_the_server(tmp_path: Path, servers: list[Server]) -> None:
+def test_corrupt_queue_file_does_not_stop_the_server(
+    tmp_path: Path, servers: list[MailServer]
+) -> None:
     port = free_port()
     site = write_site(tmp_path / "site", port)
     root = tmp_path / "root"
@@ -331,7 +237,7 @@ def test_corrupt_queue_file_does_not_stop_the_server(tmp_path: Path, servers: li
     spool.store(queued, message("queued-before-start", ["bob@example.com"]))
     (spool.directory / "ZZZ.msg").write_bytes(b"MAILPLAN-QUEUE 1\nId: ZZZ\n")  # truncated
 
-    server = Server(site, root, port)
+    server = MailServer(site, root, [port])
     servers.append(server)
     server.start()
     send_one(port, "sent-after-start", ["alice@example.com", "carol@example.com"])
@@ -354,7 +260,7 @@ def test_corrupt_queue_file_does_not_stop_the_server(tmp_path: Path, servers: li
     assert "Traceback" not in log
 
 
-def test_killed_while_the_queue_is_processed(tmp_path: Path, servers: list[Server]) -> None:
+def test_killed_while_the_queue_is_processed(tmp_path: Path, servers: list[MailServer]) -> None:
     """A crash in the middle of delivery (not of acceptance): nothing queued is lost."""
     port = free_port()
     site = write_site(tmp_path / "site", port)
@@ -381,14 +287,15 @@ def test_killed_while_the_queue_is_processed(tmp_path: Path, servers: list[Serve
         spool.store(queued, message(token, list(recipients)))
         expected.update((token, name) for name in accounts)
 
-    server = Server(site, root, port)
+    server = MailServer(site, root, [port])
     servers.append(server)
-    server.start(wait=False)
+    server.ports = []  # do not wait for it to listen
+    server.start()
     assert wait_until(lambda: len(queue_files(root, ".msg")) < total - 40, 20, 0.002)
     server.kill()
     remaining = len(queue_files(root, ".msg"))
 
-    restarted = Server(site, root, port)
+    restarted = MailServer(site, root, [port])
     servers.append(restarted)
     restarted.start()
     drained = wait_until(lambda: not queue_files(root, ".msg"), timeout=20)
