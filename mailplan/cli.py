@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     passwd.set_defaults(run=_passwd)
 
+    test = commands.add_parser("test", help="prove the site's own tests (tests: in site.yaml)")
+    origin = test.add_mutually_exclusive_group(required=True)
+    origin.add_argument("site", type=Path, nargs="?", metavar="SITE_DIR")
+    origin.add_argument("--plan", type=Path, metavar="PLAN")
+    test.set_defaults(run=_test)
+
     serve = commands.add_parser("serve", help="run the mail server on a site or a plan")
     origin = serve.add_mutually_exclusive_group(required=True)
     origin.add_argument("site", type=Path, nargs="?", metavar="SITE_DIR")
@@ -223,6 +229,30 @@ def _serve(arguments: argparse.Namespace) -> int:
     finally:
         writer.stop()
     return 0
+
+
+def _test(arguments: argparse.Namespace) -> int:
+    from runtime.casework import judge
+    from runtime.policy import Policy
+
+    try:
+        plan = _loader(arguments.site, arguments.plan)()
+    except (SiteError, codec.PlanError) as exc:
+        print(f"mailplan: {exc}", file=sys.stderr)
+        return 1
+    policy = Policy(plan)
+    verdicts = [judge(policy, case) for case in plan.tests]
+    for verdict in verdicts:
+        case = verdict.case
+        if verdict.passed:
+            print(f"ok    {case.source}  {case.name}: {verdict.outcome}")
+        else:
+            print(
+                f"FAIL  {case.source}  {case.name}: expected {case.expect}, got {verdict.outcome}"
+            )
+    failed = sum(not verdict.passed for verdict in verdicts)
+    print(f"{len(verdicts) - failed} passed, {failed} failed")
+    return 1 if failed else 0
 
 
 def _queue(arguments: argparse.Namespace) -> int:

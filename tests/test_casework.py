@@ -1,0 +1,67 @@
+"""`mailplan test`: the site's own tests, judged by the server's own decisions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailplan.cli import main
+from tests.conftest import EXAMPLE
+
+SITE = """\
+server:
+  hostname: mail.example.com
+  main_domain: example.com
+  client_ips: |
+    10.0.0.0/8
+domains:
+  example.com:
+    accounts:
+      alice: {}
+routing: router.cgr
+tests:
+  - {name: local, client: 203.0.113.5, to: alice@example.com, expect: local alice@example.com}
+  - {name: wrong module, to: alice@example.com, expect: smtp example.com}
+  - {name: relay refused, client: 203.0.113.5, to: x@elsewhere.test, expect: reject 5.7.1}
+  - {name: any reject, client: 203.0.113.5, to: bob@example.com, expect: reject}
+  - {name: wrong code, client: 203.0.113.5, to: bob@example.com, expect: reject 5.7.1}
+  - {name: client relays, client: 10.1.2.3, to: x@elsewhere.test, expect: smtp elsewhere.test}
+  - {name: bad sender, from: x@bad.test, to: alice@example.com, expect: reject 5.7.1}
+  - {name: login, kind: access, to: "alice%example.com", expect: local alice@example.com}
+  - {name: no login, kind: access, to: nobody, expect: reject 5.1.1}
+"""
+
+ROUTER = "<*@bad.test> = error\n"
+
+
+def test_every_case_is_judged_and_failures_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "site.yaml").write_text(SITE)
+    (tmp_path / "router.cgr").write_text(ROUTER)
+    assert main(["test", str(tmp_path)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "ok    site.yaml:12  local: local alice@example.com",
+        "FAIL  site.yaml:13  wrong module: expected smtp example.com, got local alice@example.com",
+        "ok    site.yaml:14  relay refused: reject 5.7.1",
+        "ok    site.yaml:15  any reject: reject 5.1.1",
+        "FAIL  site.yaml:16  wrong code: expected reject 5.7.1, got reject 5.1.1",
+        "ok    site.yaml:17  client relays: smtp elsewhere.test",
+        "ok    site.yaml:18  bad sender: reject 5.7.1",
+        "ok    site.yaml:19  login: local alice@example.com",
+        "ok    site.yaml:20  no login: reject 5.1.1",
+        "7 passed, 2 failed",
+    ]
+
+
+def test_the_example_site_proves_its_tests(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["test", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"{len(out) - 1} passed, 0 failed"
+
+
+def test_a_broken_site_is_not_tested(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "site.yaml").write_text("server: {}\n")
+    assert main(["test", str(tmp_path)]) == 1
+    assert "MP103" in capsys.readouterr().err
