@@ -130,16 +130,12 @@ def _build(arguments: argparse.Namespace) -> int:
 
 
 def _load_plan(arguments: argparse.Namespace) -> Plan | None:
-    if arguments.plan is not None:
-        try:
-            return codec.load(arguments.plan)
-        except codec.PlanError as exc:
-            print(f"mailplan: {exc}", file=sys.stderr)
-            return None
-    unit = compile_site(arguments.site)
-    if unit.plan is None:
-        print(render_text(unit.diagnostics, unit.texts, f"{arguments.site}/"), file=sys.stderr)
-    return unit.plan
+    """The plan of `--plan`, or of the site compiled; None (and why, on stderr) if neither."""
+    try:
+        return _loader(arguments.site, arguments.plan)()
+    except (SiteError, codec.PlanError) as exc:
+        print(f"mailplan: {exc}", file=sys.stderr)
+        return None
 
 
 def _route(arguments: argparse.Namespace) -> int:
@@ -235,10 +231,8 @@ def _test(arguments: argparse.Namespace) -> int:
     from runtime.casework import judge
     from runtime.policy import Policy
 
-    try:
-        plan = _loader(arguments.site, arguments.plan)()
-    except (SiteError, codec.PlanError) as exc:
-        print(f"mailplan: {exc}", file=sys.stderr)
+    plan = _load_plan(arguments)
+    if plan is None:
         return 1
     policy = Policy(plan)
     verdicts = [judge(policy, case) for case in plan.tests]
