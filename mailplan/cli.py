@@ -195,7 +195,9 @@ def _serve(arguments: argparse.Namespace) -> int:
     output.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     lines: SimpleQueue[logging.LogRecord] = SimpleQueue()
     writer = logging.handlers.QueueListener(lines, output)
-    logging.basicConfig(level=logging.INFO, handlers=[logging.handlers.QueueHandler(lines)])
+    enqueue = logging.handlers.QueueHandler(lines)
+    enqueue.setFormatter(logging.Formatter("%(message)s"))  # the writer adds time and level
+    logging.basicConfig(level=logging.INFO, handlers=[enqueue])
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's own chatter
     writer.start()
     try:

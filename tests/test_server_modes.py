@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
 from pathlib import Path
@@ -45,7 +46,7 @@ def test_one_listener_serves_ipv4_and_ipv6(tmp_path: Path) -> None:
 
 
 def test_development_mode_moves_listeners_and_makes_a_certificate(tmp_path: Path) -> None:
-    with MailServer(EXAMPLE, tmp_path, [2525, 2587, 2465], extra_arguments=["--dev"]):
+    with MailServer(EXAMPLE, tmp_path, [2525, 2587, 2465], extra_arguments=["--dev"]) as server:
         assert (tmp_path / "var/tls/dev.crt").exists()
         assert (tmp_path / "var/tls/dev.key").stat().st_mode & 0o077 == 0
         with smtplib.SMTP("127.0.0.1", 2525, timeout=10) as client:
@@ -60,4 +61,10 @@ def test_development_mode_moves_listeners_and_makes_a_certificate(tmp_path: Path
             assert code == 250 and client.has_extn("auth")
         (message,) = Maildir(tmp_path / "var/mail/example.com/postmaster").wait(1)
     assert message.startswith(b"Return-Path: <you@remote.test>\r\nReceived: from ")
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert re.search(
+        rf"(?m)^{stamp} mailplan.server INFO serving plan sha256:[0-9a-f]{{64}}$", server.log()
+    )
+    delivered = rf"(?m)^{stamp} mailplan.queue INFO \w+ <postmaster@example.com> delivered to "
+    assert re.search(delivered, server.log())
     assert message.endswith(b"\r\n\r\nhello\r\n")

@@ -840,6 +840,22 @@ def test_bare_cr_from_the_client_never_reaches_the_headers(site: Site, case: str
     assert re.search(rb"\r(?!\n)", header) is None, header
 
 
+def test_control_characters_are_refused_with_exact_replies(site: Site) -> None:
+    with Raw(site) as raw:
+        raw.reply()
+        assert raw.command(b"EHLO evil.example\rX-Injected: yes") == (
+            b"501 5.5.4 Syntax error: control characters in the host name"
+        )
+        assert raw.command(b"EHLO client.example").startswith(b"250")
+        assert raw.command(b'MAIL FROM:<"s\rX-Injected: yes"@remote.example>') == (
+            b'501 5.1.3 Bad address syntax: <"s\\rX-Injected: yes"@remote.example>'
+        )
+        assert raw.command(b"MAIL FROM:<sender@remote.example>") == b"250 2.1.0 Sender OK"
+        assert raw.command(b"RCPT TO:<a\rb@example.com>") == (
+            b"501 5.1.3 Bad address syntax: <a\\rb@example.com>"
+        )
+
+
 def test_postmaster_without_domain_accepted(site: Site) -> None:
     """RFC 5321 4.5.1: RCPT TO:<Postmaster> (no domain) must be accepted."""
     with Raw(site) as raw:
