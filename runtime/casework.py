@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from plan.model import TestCase
-from runtime.policy import Client, Policy
+from runtime.policy import Policy
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,11 @@ def outcome(policy: Policy, case: TestCase) -> str:
         if routing.module == "ERROR":
             return f"reject {routing.status}"
     else:
-        client = policy.client(case.client or "", tls=False)
+        login = None
         if case.authenticated is not None:
             account = router.route(case.authenticated, "access")
             login = account.queue if account.module == "LOCAL" else None
-            client = Client(client.ip, client.trusted, client.tls, login)
+        client = policy.client(case.client or "", tls=False, authenticated=login)
         reply, accepted = policy.recipient(client, case.to, 0)
         if accepted is None:
             return f"reject {_status(reply)}"

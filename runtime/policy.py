@@ -57,8 +57,9 @@ class Policy:
             for account in domain.accounts
         }
 
-    def client(self, ip: str, tls: bool) -> Client:
-        return Client(ip, ip in self.client_ips, tls)
+    def client(self, ip: str, tls: bool, authenticated: str | None = None) -> Client:
+        """A session's client: trusted when its IP is one of the Client IPs."""
+        return Client(ip, ip in self.client_ips, tls, authenticated)
 
     def refuse_connection(self, client: Client) -> str | None:
         """The greeting that refuses a blacklisted client, or None to serve it."""
@@ -83,7 +84,7 @@ class Policy:
         routing = self.router.route(address)
         if routing.module == "ERROR" and routing.status == "5.7.1":
             return replies.reply(
-                replies.SENDER_REJECTED, status="5.7.1", address=address, reason=routing.reason
+                replies.REJECTED, status="5.7.1", address=address, reason=routing.reason
             )
         return None
 

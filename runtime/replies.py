@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 GREETING_REFUSED = "554 5.7.1 Access denied: your address is blacklisted here"
-OK = "250 2.0.0 OK"
 SENDER_OK = "250 2.1.0 Sender OK"
 RECIPIENT_OK = "250 2.1.5 Recipient OK"
 QUEUED = "250 2.0.0 OK: queued as {id}"
-AUTH_REQUIRED = "530 5.7.0 Authentication required"
 RELAY_DENIED = "550 5.7.1 Relaying denied: <{address}> is not a local address"
-UNKNOWN_USER = "550 5.1.1 <{address}>: {reason}"
 REJECTED = "550 {status} <{address}>: {reason}"
-SENDER_REJECTED = "550 {status} <{address}>: {reason}"
 BAD_SENDER_DOMAIN = "553 5.1.7 <{address}>: the sender's domain is missing"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients (at most {limit} in one message)"
 TOO_BIG = "552 5.3.4 Message too big (at most {limit} bytes)"
 BAD_HELO = "501 5.5.4 Syntax error: control characters in the host name"
 BAD_ADDRESS = "501 5.1.3 Bad address syntax: <{address}>"
-TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
 QUEUE_WRITE_FAILED = "451 4.3.0 The message could not be queued, please try again later"
-SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"
 
 
 def reply(template: str, **values: object) -> str:

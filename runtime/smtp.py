@@ -56,9 +56,8 @@ class Handler:
         self.relayable: set[str] = set()
 
     def client(self, session: SMTPSession, tls: bool) -> Client:
-        ip = peer_ip(session)
         account = session.auth_data if session.authenticated else None
-        return Client(ip, ip in self.policy.client_ips, tls, account)
+        return self.policy.client(peer_ip(session), tls, account)
 
     async def handle_EHLO(
         self,

@@ -100,6 +100,22 @@ def message(token: str, recipients: list[str]) -> bytes:
     ).encode()
 
 
+def earlier(recipients: tuple[str, ...]) -> Envelope:
+    """The envelope of a message queued before the server started."""
+    return Envelope(
+        id=new_id(),
+        arrived=time.time(),
+        plan="sha256:earlier",
+        listener="smtp",
+        client="127.0.0.1",
+        helo="before.test",
+        tls="none",
+        auth="-",
+        sender="sender@remote.test",
+        recipients=recipients,
+    )
+
+
 def send_one(port: int, token: str, recipients: list[str]) -> None:
     with smtplib.SMTP(HOST, port, timeout=10) as client:
         refused = client.sendmail("sender@remote.test", recipients, message(token, recipients))
@@ -222,19 +238,7 @@ def test_corrupt_queue_file_does_not_stop_the_server(
     (spool.directory / "XYZ.msg").write_bytes(garbage)
     (spool.directory / "EMPTY.msg").write_bytes(b"")
     (spool.directory / "LEFT.tmp").write_bytes(b"never acknowledged")
-    queued = Envelope(
-        id=new_id(),
-        arrived=time.time(),
-        plan="sha256:earlier",
-        listener="smtp",
-        client="127.0.0.1",
-        helo="before.test",
-        tls="none",
-        auth="-",
-        sender="sender@remote.test",
-        recipients=("bob@example.com",),
-    )
-    spool.store(queued, message("queued-before-start", ["bob@example.com"]))
+    spool.store(earlier(("bob@example.com",)), message("queued-before-start", ["bob@example.com"]))
     (spool.directory / "ZZZ.msg").write_bytes(b"MAILPLAN-QUEUE 1\nId: ZZZ\n")  # truncated
 
     server = MailServer(site, root, [port])
@@ -272,19 +276,7 @@ def test_killed_while_the_queue_is_processed(tmp_path: Path, servers: list[MailS
         token = f"Q{i:04d}-{uuid.uuid4().hex}"
         accounts = ["alice", ACCOUNTS[1 + i % (len(ACCOUNTS) - 1)]]
         recipients = tuple(f"{name}@example.com" for name in accounts)
-        queued = Envelope(
-            id=new_id(),
-            arrived=time.time(),
-            plan="sha256:earlier",
-            listener="smtp",
-            client="127.0.0.1",
-            helo="before.test",
-            tls="none",
-            auth="-",
-            sender="sender@remote.test",
-            recipients=recipients,
-        )
-        spool.store(queued, message(token, list(recipients)))
+        spool.store(earlier(recipients), message(token, list(recipients)))
         expected.update((token, name) for name in accounts)
 
     server = MailServer(site, root, [port])
