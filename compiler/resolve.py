@@ -27,6 +27,7 @@ from plan.model import (
     MailingList,
     Member,
     MxHost,
+    Outbound,
     Pipe,
     Plan,
     Queue,
@@ -69,6 +70,9 @@ def resolve(unit: Unit) -> Unit:
         receiving=_receiving(data.get("receiving", {})),
         limits=_limits(data.get("limits", {})),
         queue=_queue(data.get("queue", {})),
+        outbound=Outbound(
+            tuple(name.lower() for name in data.get("outbound", {}).get("require_tls", []))
+        ),
         address_lists=lists,
         domains=tuple(
             _domain(document, name.lower(), spec or {}, main)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from queue import SimpleQueue
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 
@@ -25,6 +25,9 @@ from compiler.schema import site_schema
 from plan import codec
 from plan.model import Plan
 from runtime.router import Router, Routing
+
+if TYPE_CHECKING:
+    from runtime.spool import Spool
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,9 +80,19 @@ def _parser() -> argparse.ArgumentParser:
     origin.add_argument("--plan", type=Path, metavar="PLAN")
     serve.add_argument("--dev", action="store_true", help="loopback, high ports, self-signed TLS")
     serve.add_argument("--root", type=Path, default=Path("."), help="base of relative paths")
+    serve.add_argument(
+        "--resolver", metavar="IP[:PORT]", help="DNS server for MX look-ups (default: the system's)"
+    )
+    serve.add_argument(
+        "--smtp-port", type=int, default=25, metavar="PORT", help="port of other SMTP servers"
+    )
     serve.set_defaults(run=_serve)
 
-    queue = commands.add_parser("queue", help="list the queued messages by logical queue")
+    queue = commands.add_parser(
+        "queue", help="list the logical queues; flush [DOMAIN] retries now; show ID"
+    )
+    queue.add_argument("action", nargs="?", choices=("list", "flush", "show"), default="list")
+    queue.add_argument("name", nargs="?", metavar="DOMAIN|ID")
     origin = queue.add_mutually_exclusive_group(required=True)
     origin.add_argument("--site", type=Path, metavar="SITE_DIR")
     origin.add_argument("--plan", type=Path, metavar="PLAN")
@@ -188,6 +201,7 @@ def _loader(site: Path | None, plan: Path | None) -> Callable[[], Plan]:
 
 
 def _serve(arguments: argparse.Namespace) -> int:
+    from runtime.delivery import Remote
     from runtime.server import SMTP_PROTOCOLS, Options, Server, development
 
     # Log lines are written by a thread of their own, never by the event loop.
@@ -202,7 +216,12 @@ def _serve(arguments: argparse.Namespace) -> int:
     writer.start()
     try:
         server = Server(
-            _loader(arguments.site, arguments.plan), Options(arguments.root, arguments.dev)
+            _loader(arguments.site, arguments.plan),
+            Options(
+                arguments.root,
+                arguments.dev,
+                Remote(arguments.smtp_port, arguments.resolver),
+            ),
         )
     except (SiteError, codec.PlanError) as exc:
         print(f"mailplan: cannot serve:\n{exc}", file=sys.stderr)
@@ -252,7 +271,6 @@ def _test(arguments: argparse.Namespace) -> int:
 
 
 def _queue(arguments: argparse.Namespace) -> int:
-    from runtime.processor import pending
     from runtime.spool import Spool
 
     plan = _load_plan(arguments)
@@ -260,6 +278,16 @@ def _queue(arguments: argparse.Namespace) -> int:
         return 1
     directory = Path(plan.queue.directory)
     spool = Spool(directory if directory.is_absolute() else arguments.root / directory)
+    if arguments.action == "show":
+        return _queue_show(spool, plan, arguments.name)
+    if arguments.action == "flush":
+        return _queue_flush(spool, plan, arguments.name)
+    return _queue_list(spool, plan)
+
+
+def _queue_list(spool: Spool, plan: Plan) -> int:
+    from runtime.processor import pending
+
     waiting = pending(spool, Router(plan))
     now = time.time()
     queues: dict[str, list[float]] = {}
@@ -270,6 +298,69 @@ def _queue(arguments: argparse.Namespace) -> int:
         print(f"{name:<40} {len(arrivals):>10} {_age(now - min(arrivals)):>10}")
     messages = len({entry.queue_id for entry in waiting})
     print(f"{messages} message(s), {len(waiting)} recipient(s) waiting")
+    return 0
+
+
+def _queue_flush(spool: Spool, plan: Plan, domain: str | None) -> int:
+    from runtime import retry
+    from runtime.processor import pending
+    from runtime.server import PIDFILE
+
+    chosen = sorted(
+        {
+            entry.queue_id
+            for entry in pending(spool, Router(plan))
+            if domain is None or entry.routing.queue.lower() == domain.lower()
+        }
+    )
+    now = time.time()
+    for queue_id in chosen:
+        spool.journal(queue_id, retry.event_line("F", now))
+    print(f"{len(chosen)} message(s) to be tried again now")
+    try:
+        pid = int((spool.directory / PIDFILE).read_text())
+        os.kill(pid, signal.SIGUSR1)
+    except (OSError, ValueError):
+        print("no server is running on this queue: they are tried at its next start")
+    return 0
+
+
+def _queue_show(spool: Spool, plan: Plan, queue_id: str | None) -> int:
+    from runtime import retry
+    from runtime.spool import BadQueueFile
+
+    if not queue_id:
+        print("mailplan: queue show needs a queue id", file=sys.stderr)
+        return 2
+    try:
+        envelope, message = spool.load(queue_id)
+    except (OSError, BadQueueFile, ValueError) as exc:
+        print(f"mailplan: no queued message {queue_id}: {exc}", file=sys.stderr)
+        return 1
+    history = spool.history(queue_id)
+    finished = spool.finished(queue_id)
+    router = Router(plan)
+    arrived = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(envelope.arrived))
+    print(f"id         {envelope.id}")
+    print(f"arrived    {arrived} ({_age(time.time() - envelope.arrived)} ago)")
+    print(f"from       <{envelope.sender}>")
+    print(f"client     {envelope.client} helo {envelope.helo} tls {envelope.tls}")
+    print(f"auth       {envelope.auth or '-'}")
+    print(f"listener   {envelope.listener}, plan {envelope.plan[:19]}")
+    print(f"size       {len(message)} bytes")
+    for recipient in envelope.recipients:
+        if recipient in finished:
+            print(f"to         <{recipient}>  done")
+            continue
+        routing = router.route(recipient)
+        state = f"waits in {routing.module}({routing.queue})"
+        tries = history.attempts.get(recipient, 0)
+        if tries:
+            status, reason = history.reasons[recipient]
+            due = retry.due(history, recipient, envelope.arrived, plan.queue.retry)
+            state += f", {tries} failed attempt(s), last: {status} {reason}"
+            state += f", next try in {_age(max(0.0, due - time.time()))}"
+        print(f"to         <{recipient}>  {state}")
     return 0
 
 

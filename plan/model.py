@@ -224,6 +224,13 @@ class Queue:
 
 
 @dataclass(frozen=True)
+class Outbound:
+    """How mail leaves: domains whose mail is sent only over TLS."""
+
+    require_tls: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Pattern:
     """A routing record's left side: a `*` picture of an address or of a domain (lower case)."""
 
@@ -290,6 +297,7 @@ class Plan:
     receiving: Receiving
     limits: Limits
     queue: Queue
+    outbound: Outbound
     address_lists: tuple[AddressList, ...]
     domains: tuple[Domain, ...]
     pipes: tuple[Pipe, ...]

@@ -1,9 +1,10 @@
 """Queue processing, in the seed's order: route each recipient, (server rules), place the
 message in its logical queues, (domain and account rules), deliver.
 
-LOCAL delivers now, into Maildir. SMTP, PIPE and LIST recipients wait in their
-logical queues (their modules come with the delivery issue), and so do recipients
-that the current plan rejects, until bounces exist: nothing accepted is dropped.
+LOCAL delivers here, at once, into Maildir. Every other recipient (SMTP, PIPE,
+LIST, and ERROR for one that the current plan refuses) is handed to
+`runtime.delivery` as a `Waiting` entry, due now for a fresh message or when its
+retry journal says for one found in the queue at start.
 """
 
 from __future__ import annotations
@@ -12,30 +13,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from runtime import maildir
-from runtime.router import Router, Routing
+from runtime import maildir, retry
+from runtime.delivery import Waiting
+from runtime.router import Router
 from runtime.spool import BadQueueFile, Envelope, Spool
 
 log = logging.getLogger("mailplan.queue")
 
 WORKERS = 4
-
-
-@dataclass(frozen=True)
-class Waiting:
-    """A recipient of a queued message that waits in a logical queue."""
-
-    queue_id: str
-    recipient: str
-    routing: Routing
-    arrived: float
-
-    @property
-    def queue(self) -> str:
-        return f"{self.routing.module}({self.routing.queue})"
 
 
 def process(
@@ -52,6 +39,7 @@ def process(
     recipients is done yet), to save reading them back. Blocking (it reads the queue
     file and fsyncs mailboxes): run it off the event loop.
     """
+    history: retry.History | None = None
     if fresh is not None:
         (envelope, message), finished = fresh, set()
     else:
@@ -61,6 +49,8 @@ def process(
             spool.set_aside(queue_id, str(exc))
             return []
         finished = spool.finished(queue_id)
+        history = spool.history(queue_id)
+    schedule = router.plan.queue.retry
     done: list[str] = []
     waiting: list[Waiting] = []
     delivered: set[str] = set()  # one copy per mailbox, however many recipients lead to it
@@ -84,8 +74,21 @@ def process(
             done.append(recipient)
             log.info("%s <%s> discarded (%s)", queue_id, recipient, decided)
         else:
-            waiting.append(Waiting(queue_id, recipient, routing, envelope.arrived))
-            log.info("%s <%s> waits in %s (%s)", queue_id, recipient, routing, decided)
+            if history is None:  # fresh: due now, and its bytes are at hand for the first try
+                entry = Waiting(
+                    queue_id,
+                    recipient,
+                    routing,
+                    envelope.arrived,
+                    envelope=envelope,
+                    message=message,
+                )
+            else:
+                due = retry.due(history, recipient, envelope.arrived, schedule)
+                attempts = history.attempts.get(recipient, 0)
+                entry = Waiting(queue_id, recipient, routing, envelope.arrived, due, attempts)
+            waiting.append(entry)
+            log.info("%s <%s> queued in %s (%s)", queue_id, recipient, entry.queue, decided)
     if not waiting:
         spool.remove(queue_id)
     elif done:
@@ -114,12 +117,16 @@ class Processor:
     """Feeds queued messages to `process`, a few at a time, with the current plan."""
 
     def __init__(
-        self, spool: Spool, current: Callable[[], tuple[str, Router]], mail_directory: Path
+        self,
+        spool: Spool,
+        current: Callable[[], tuple[str, Router]],
+        mail_directory: Path,
+        hand_over: Callable[[list[Waiting]], None],
     ) -> None:
         self.spool = spool
         self.current = current
         self.mail_directory = mail_directory
-        self.waiting: dict[str, list[Waiting]] = {}
+        self.hand_over = hand_over  # where waiting recipients go: `Delivery.add`
         self._ids: asyncio.Queue[tuple[str, tuple[Envelope, bytes] | None]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
 
@@ -151,8 +158,7 @@ class Processor:
                 waiting = await asyncio.to_thread(
                     process, self.spool, queue_id, router, self.mail_directory, digest, fresh
                 )
-                for entry in waiting:
-                    self.waiting.setdefault(entry.queue, []).append(entry)
+                self.hand_over(waiting)
                 log.debug("%s processed in %.1f ms", queue_id, (time.monotonic() - started) * 1e3)
             except Exception:
                 log.exception("%s: processing failed; it stays queued for the next start", queue_id)

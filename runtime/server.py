@@ -1,4 +1,5 @@
-"""The server: listeners from the plan, the queue, reload on SIGHUP, clean stop on SIGTERM.
+"""The server: listeners from the plan, the queue, reload on SIGHUP, clean stop on SIGTERM,
+the retry journals read again on SIGUSR1 (`mailplan queue flush`).
 
 Every session is bound to the plan that was current when it connected; a reload
 only changes what new sessions get. A plan that fails to load is refused with a log
@@ -9,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import ssl
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from plan import codec
 from plan.model import Listener, Plan
 from runtime import devtls
+from runtime.delivery import Delivery, Remote
 from runtime.policy import Policy
 from runtime.processor import Processor
 from runtime.router import Router
@@ -32,12 +35,14 @@ log = logging.getLogger("mailplan.server")
 DEV_PORTS = {25: 2525, 587: 2587, 465: 2465, 110: 2110, 995: 2995, 143: 2143, 993: 2993}
 SMTP_PROTOCOLS = ("smtp", "submission", "smtps")
 STOP_GRACE = 60.0
+PIDFILE = "mailplan.pid"
 
 
 @dataclass(frozen=True)
 class Options:
     root: Path
     dev: bool = False
+    remote: Remote = field(default_factory=Remote)
 
 
 def snapshot(plan: Plan) -> Snapshot:
@@ -59,15 +64,27 @@ class Server:
         self.current = snapshot(load())
         plan = self.current.policy.plan
         self.spool = Spool(self._path(plan.queue.directory))
+        self.delivery = Delivery(
+            self.spool,
+            lambda: self.current.policy.router,
+            options.remote,
+            lambda queue_id: self.processor.submit(queue_id),
+        )
         self.processor = Processor(
             self.spool,
             lambda: (self.current.digest, self.current.policy.router),
             self._path(plan.queue.mail_directory),
+            self.delivery.add,
         )
         self.sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self.servers: list[asyncio.AbstractServer] = []
         self.stopping = asyncio.Event()
         self.listeners: list[Listener] = []
+
+    @property
+    def pidfile(self) -> Path:
+        """Where `mailplan queue flush` finds the server to signal (SIGUSR1)."""
+        return self.spool.directory / PIDFILE
 
     def _path(self, value: str) -> Path:
         path = Path(value)
@@ -78,6 +95,9 @@ class Server:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(signal.SIGUSR1, self.delivery.flush)
+        self.pidfile.write_text(f"{os.getpid()}\n")
+        self.delivery.start()
         self.processor.start()
         await self.start_listeners()
         log.info("serving plan %s", self.current.digest)
@@ -187,4 +207,6 @@ class Server:
             if session.transport is not None:
                 session.transport.close()
         await self.processor.stop()
+        await self.delivery.stop()
+        self.pidfile.unlink(missing_ok=True)
         log.info("stopped")

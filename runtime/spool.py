@@ -4,7 +4,8 @@ A message arrives into `Queue/ID.tmp`; once complete it is fsynced, renamed to
 `ID.msg`, and the directory is fsynced; only then is it acknowledged. A queue file
 is the envelope (text lines), a blank line, and the message as received.
 Recipients that are done are appended, one line each, to `ID.done` (fsynced); when
-every recipient is done both files go. On start every `.msg` is queued again; a
+every recipient is done the files go. Temporary failures go to `ID.tries`, the
+retry journal (`runtime.retry`). On start every `.msg` is queued again; a
 file that cannot be read is moved aside as `.bad`. docs/running.md shows the format.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime import durable
+from runtime import durable, retry
 
 log = logging.getLogger("mailplan.queue")
 
@@ -147,6 +148,18 @@ class Spool:
             return set()
         return {line for line in text.split("\n") if line}
 
+    def journal(self, queue_id: str, lines: str) -> None:
+        """Append events to the message's retry journal (see `runtime.retry`); not fsynced."""
+        with (self.directory / f"{queue_id}.tries").open("a", encoding="utf-8") as journal:
+            journal.write(lines)
+
+    def history(self, queue_id: str) -> retry.History:
+        try:
+            text = (self.directory / f"{queue_id}.tries").read_text("utf-8", "replace")
+        except FileNotFoundError:
+            return retry.History()
+        return retry.parse(text)
+
     def remove(self, queue_id: str) -> None:
         """Forget a message whose recipients are all done.
 
@@ -155,6 +168,7 @@ class Spool:
         """
         (self.directory / f"{queue_id}.msg").unlink(missing_ok=True)
         (self.directory / f"{queue_id}.done").unlink(missing_ok=True)
+        (self.directory / f"{queue_id}.tries").unlink(missing_ok=True)
 
     def load(self, queue_id: str) -> tuple[Envelope, bytes]:
         return parse((self.directory / f"{queue_id}.msg").read_bytes())

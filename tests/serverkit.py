@@ -95,6 +95,11 @@ class MailServer:
 
     `ports` are the (host, port) pairs, or bare ports on 127.0.0.1, that must accept
     connections before `start()` returns. Also a context manager.
+
+    Outbound mail stays on loopback: the server asks `resolver` (`IP:PORT`) for MX
+    records and connects to other SMTP servers on `smtp_port`. By default both are
+    loopback ports where nothing listens, so that a test that does not care about
+    delivery sees its remote recipients wait (DNS time-out: a temporary failure).
     """
 
     def __init__(
@@ -105,11 +110,15 @@ class MailServer:
         *,
         extra_arguments: Iterable[str] = (),
         log_file: Path | None = None,
+        resolver: str | None = None,
+        smtp_port: int | None = None,
     ) -> None:
         self.site = Path(site)
         self.root = Path(root)
         self.ports = [(LOOPBACK, p) if isinstance(p, int) else p for p in ports]
         self.extra_arguments = list(extra_arguments)
+        self.resolver = resolver or f"{LOOPBACK}:{free_port()}"
+        self.smtp_port = smtp_port or free_port()
         self.log_file = log_file or self.root / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
@@ -125,6 +134,10 @@ class MailServer:
             str(self.site),
             "--root",
             str(self.root),
+            "--resolver",
+            self.resolver,
+            "--smtp-port",
+            str(self.smtp_port),
             *self.extra_arguments,
         ]
 

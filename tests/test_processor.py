@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from compiler.pipeline import compile_site
-from runtime.processor import Processor, Waiting, pending, process
+from runtime.delivery import Waiting
+from runtime.processor import Processor, pending, process
 from runtime.router import Router
 from runtime.spool import Envelope, Spool, new_id
 
@@ -187,8 +188,10 @@ def test_all_done_but_not_removed_is_removed(spool: Spool, router: Router, mail:
     assert names(spool) == []
 
 
-def test_rejected_pipe_and_list_recipients_wait(spool: Spool, router: Router, mail: Path) -> None:
-    """Nothing accepted is dropped: what the plan now rejects waits, as do PIPE and LIST."""
+def test_rejected_pipe_and_list_recipients_are_handed_over(
+    spool: Spool, router: Router, mail: Path
+) -> None:
+    """What the plan now rejects goes to delivery (which bounces it), as do PIPE and LIST."""
     queue_id = queue(
         spool, "carol@example.com", "spam@example.com", "staff@example.com", "nobody@example.com"
     )
@@ -251,18 +254,19 @@ def test_processor_start_delivers_everything_queued(
     (spool.directory / "left.tmp").write_bytes(b"never acknowledged")
     (spool.directory / "XYZ.msg").write_bytes(b"garbage")
 
-    async def run() -> Processor:
-        processor = Processor(spool, lambda: ("sha256:test", router), mail)
+    handed: list[Waiting] = []
+
+    async def run() -> None:
+        processor = Processor(spool, lambda: ("sha256:test", router), mail, handed.extend)
         processor.start()
         await asyncio.wait_for(processor.drain(), 10)
         await processor.stop()
-        return processor
 
-    processor = asyncio.run(run())
+    asyncio.run(run())
     assert len(ids) == 10
     assert len(delivered(mail, "alice@example.com")) == 10
     assert len(delivered(mail, "bob@example.com")) == 1
-    assert [entry.recipient for entry in processor.waiting["SMTP(elsewhere.test)"]] == [
-        "someone@elsewhere.test"
+    assert [(entry.queue, entry.recipient) for entry in handed] == [
+        ("SMTP(elsewhere.test)", "someone@elsewhere.test")
     ]
     assert set(names(spool)) == {"XYZ.bad", f"{waiting_id}.done", f"{waiting_id}.msg"}

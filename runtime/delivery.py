@@ -1,0 +1,433 @@
+"""Delivery beyond the mailbox: the SMTP, PIPE and LIST queues, retries and bounces.
+
+Recipients that `runtime.processor` could not deliver at once arrive here as
+`Waiting` entries and wait in their logical queue (`SMTP(domain)`, `PIPE(name)`,
+`LIST(list@domain)`) until they are due. A due queue gets a worker: the SMTP
+module sends every due message of its queue over one connection (a few
+connections at most per queue), PIPE runs the declared program once per
+recipient, LIST turns a post into a new queued message for the members. Recipients
+that the plan refuses (`ERROR`) fail at once.
+
+`settle` records what happened, in the order that loses nothing: a bounce is
+queued durably before the failed recipient is marked done, and a message's files
+go only when every recipient is done. Temporary failures go into the message's
+retry journal (`runtime.retry`) and the recipient waits again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import dns.asyncresolver
+
+from plan.model import MailingList, Plan
+from runtime import dsn, lists, mx, outbound, pipe, retry
+from runtime.outbound import Outcome, Parcel
+from runtime.router import Router, Routing
+from runtime.spool import BadQueueFile, Envelope, Spool, new_id
+
+log = logging.getLogger("mailplan.delivery")
+
+BATCH = 50  # messages one SMTP worker takes from its queue
+CONNECTIONS = {"SMTP": 4, "PIPE": 2, "LIST": 1, "ERROR": 1}  # workers per queue
+
+
+@dataclass
+class Waiting:
+    """A recipient of a queued message that waits in a logical queue."""
+
+    queue_id: str
+    recipient: str
+    routing: Routing
+    arrived: float
+    due: float = 0.0
+    attempts: int = 0
+    envelope: Envelope | None = None
+    message: bytes | None = None  # kept only while the message is fresh
+
+    @property
+    def queue(self) -> str:
+        return f"{self.routing.module}({self.routing.queue})"
+
+
+@dataclass(frozen=True)
+class Remote:
+    """How this server reaches others: the serve command's options (tests and split DNS)."""
+
+    port: int = 25
+    resolver: str | None = None
+    timeout: float = 60.0
+
+
+@dataclass
+class _Queue:
+    name: str
+    module: str
+    ready: list[Waiting] = field(default_factory=list)
+    later: list[tuple[float, int, Waiting]] = field(default_factory=list)
+    active: int = 0
+
+
+_sequence = itertools.count()
+
+
+def settle(
+    spool: Spool,
+    plan: Plan,
+    entries: list[Waiting],
+    outcomes: list[Outcome],
+    now: float,
+) -> tuple[list[Waiting], list[str]]:
+    """Record `outcomes` of `entries` (one message); returns who waits again and new queue ids.
+
+    Blocking (fsync): run it off the event loop.
+    """
+    queue_id = entries[0].queue_id
+    try:
+        envelope, message = _contents(spool, entries[0])
+    except (BadQueueFile, OSError, UnicodeError) as exc:
+        log.error("%s: cannot read the message to settle it: %s", queue_id, exc)
+        return [], []
+    by_recipient = {entry.recipient: entry for entry in entries}
+    done: list[str] = []
+    failures: list[dsn.Failure] = []
+    delayed: list[dsn.Failure] = []
+    again: list[Waiting] = []
+    journal = ""
+    history = spool.history(queue_id)
+    for outcome in outcomes:
+        entry = by_recipient[outcome.recipient]
+        failure = dsn.Failure(
+            outcome.recipient, outcome.status, outcome.text, outcome.remote, outcome.smtp
+        )
+        if outcome.kind == "delivered":
+            done.append(outcome.recipient)
+            log.info("%s <%s> delivered: %s", queue_id, outcome.recipient, outcome.text)
+        elif outcome.kind == "permanent":
+            failures.append(failure)
+            done.append(outcome.recipient)
+            log.info("%s <%s> failed: %s", queue_id, outcome.recipient, outcome.text)
+        elif retry.expired(envelope.arrived, now, plan.queue.give_up_after):
+            gave_up = f"gave up after {_span(now - envelope.arrived)}: {outcome.text}"
+            failures.append(replace(failure, status="4.4.7", diagnostic=gave_up))
+            done.append(outcome.recipient)
+            log.info("%s <%s> %s", queue_id, outcome.recipient, gave_up)
+        else:
+            journal += retry.failure_line(now, outcome.status, outcome.recipient, outcome.text)
+            attempts = entry.attempts + 1
+            interval = plan.queue.retry[min(attempts, len(plan.queue.retry)) - 1]
+            again.append(replace(entry, due=now + interval, attempts=attempts, message=None))
+            delayed.append(failure)
+            log.info(
+                "%s <%s> deferred (%s), next try in %s",
+                queue_id,
+                outcome.recipient,
+                outcome.text,
+                _span(interval),
+            )
+    hostname = plan.server.hostname
+    new: list[str] = []
+    if delayed and retry.should_warn(history, envelope.arrived, now, plan.queue.warn_after):
+        journal += retry.event_line("W", now)
+        if envelope.sender:
+            until = envelope.arrived + plan.queue.give_up_after
+            warning = dsn.report(
+                hostname=hostname,
+                sender=envelope.sender,
+                queue_id=queue_id,
+                arrived=envelope.arrived,
+                failures=delayed,
+                action="delayed",
+                original=message,
+                now=now,
+                retry_until=until,
+            )
+            new.append(_queue_bounce(spool, envelope, warning, now))
+    if journal:
+        spool.journal(queue_id, journal)
+    if failures:
+        if envelope.sender:
+            bounce = dsn.report(
+                hostname=hostname,
+                sender=envelope.sender,
+                queue_id=queue_id,
+                arrived=envelope.arrived,
+                failures=failures,
+                action="failed",
+                original=message,
+                now=now,
+            )
+            new.append(_queue_bounce(spool, envelope, bounce, now))
+        else:
+            log.info("%s: no bounce for a message with the null return path", queue_id)
+    if done:
+        spool.done(queue_id, done)
+        if spool.finished(queue_id) >= set(envelope.recipients):
+            spool.remove(queue_id)
+    return again, new
+
+
+def _queue_bounce(spool: Spool, original: Envelope, report: bytes, now: float) -> str:
+    envelope = Envelope(
+        id=new_id(),
+        arrived=now,
+        plan=original.plan,
+        listener="bounce",
+        client="127.0.0.1",
+        helo="localhost",
+        tls="none",
+        auth="",
+        sender="",
+        recipients=(original.sender,),
+    )
+    spool.store(envelope, report)
+    log.info("%s: DSN for %s queued as %s", original.id, original.sender, envelope.id)
+    return envelope.id
+
+
+def _contents(spool: Spool, entry: Waiting) -> tuple[Envelope, bytes]:
+    if entry.envelope is not None and entry.message is not None:
+        return entry.envelope, entry.message
+    return spool.load(entry.queue_id)
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+class Delivery:
+    """The logical queues that wait, and the workers that empty them."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        current: Callable[[], Router],
+        remote: Remote,
+        submit: Callable[[str], None],
+    ) -> None:
+        self.spool = spool
+        self.current = current
+        self.remote = remote
+        self.submit = submit
+        self.queues: dict[str, _Queue] = {}
+        self._timers: list[tuple[float, int, str]] = []
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._resolver: dns.asyncresolver.Resolver | None = None
+
+    def start(self) -> None:
+        self._runner = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks, *([self._runner] if self._runner else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def add(self, entries: list[Waiting]) -> None:
+        now = time.time()
+        for entry in entries:
+            queue = self.queues.get(entry.queue)
+            if queue is None:
+                queue = self.queues[entry.queue] = _Queue(entry.queue, entry.routing.module)
+            if entry.due <= now:
+                queue.ready.append(entry)
+            else:
+                heapq.heappush(queue.later, (entry.due, next(_sequence), entry))
+                heapq.heappush(self._timers, (entry.due, next(_sequence), queue.name))
+                self._wake.set()
+        for name in {entry.queue for entry in entries}:
+            self._kick(self.queues[name])
+
+    def waiting(self) -> list[Waiting]:
+        """Every recipient waiting here now (for the log and the tests)."""
+        return [
+            entry
+            for queue in self.queues.values()
+            for entry in [*queue.ready, *(item[2] for item in queue.later)]
+        ]
+
+    def flush(self) -> None:
+        """Read the retry journals again: `mailplan queue flush` wrote `F` lines there."""
+        for queue in self.queues.values():
+            keep = []
+            for due, sequence, entry in queue.later:
+                history = self.spool.history(entry.queue_id)
+                if history.flushed > history.last.get(entry.recipient, 0.0):
+                    queue.ready.append(entry)
+                else:
+                    keep.append((due, sequence, entry))
+            if len(keep) != len(queue.later):
+                heapq.heapify(keep)
+                queue.later = keep
+                self._kick(queue)
+
+    async def _run(self) -> None:
+        """Move entries whose time has come to their queue's ready list."""
+        while True:
+            now = time.time()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, name = heapq.heappop(self._timers)
+                queue = self.queues[name]
+                while queue.later and queue.later[0][0] <= now:
+                    queue.ready.append(heapq.heappop(queue.later)[2])
+                self._kick(queue)
+            self._wake.clear()
+            timeout = self._timers[0][0] - now if self._timers else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _kick(self, queue: _Queue) -> None:
+        limit = CONNECTIONS.get(queue.module, 1)
+        while queue.ready and queue.active < limit:
+            size = BATCH if queue.module == "SMTP" else 1
+            batch, queue.ready = queue.ready[:size], queue.ready[size:]
+            queue.active += 1
+            task = asyncio.create_task(self._work(queue, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _work(self, queue: _Queue, batch: list[Waiting]) -> None:
+        try:
+            router = self.current()
+            outcomes = await self._deliver(queue, batch, router)
+            await self._settle(router.plan, batch, outcomes)
+        except Exception:
+            log.exception("%s: delivery failed; its recipients wait for the next start", queue.name)
+        finally:
+            queue.active -= 1
+            self._kick(queue)
+
+    async def _settle(self, plan: Plan, batch: list[Waiting], outcomes: list[Outcome]) -> None:
+        by_message: dict[str, list[Waiting]] = {}
+        for entry in batch:
+            by_message.setdefault(entry.queue_id, []).append(entry)
+        for queue_id, entries in by_message.items():
+            mine = [o for o in outcomes if o.queue_id == queue_id]
+            again, new = await asyncio.to_thread(
+                settle, self.spool, plan, entries, mine, time.time()
+            )
+            self.add(again)
+            for created in new:
+                self.submit(created)
+
+    async def _deliver(self, queue: _Queue, batch: list[Waiting], router: Router) -> list[Outcome]:
+        if queue.module == "SMTP":
+            return await self._smtp(batch, router)
+        if queue.module == "PIPE":
+            return [await self._pipe(entry, router) for entry in batch]
+        if queue.module == "LIST":
+            outcomes = []
+            for entry in batch:
+                outcome, created = await asyncio.to_thread(self._list, entry, router)
+                outcomes.append(outcome)
+                if created is not None:
+                    self.submit(created)
+            return outcomes
+        return [
+            _failed(entry, entry.routing.status or "5.1.1", entry.routing.reason or "refused")
+            for entry in batch
+        ]
+
+    async def _smtp(self, batch: list[Waiting], router: Router) -> list[Outcome]:
+        plan = router.plan
+        first = batch[0].routing
+        domain = first.target.rpartition("@")[2].lower()
+        parcels: dict[str, Parcel] = {}
+        asked: dict[tuple[str, str], list[str]] = {}  # (queue id, target) → recipients
+        for entry in batch:
+            key = (entry.queue_id, entry.routing.target)
+            if key in asked:  # two recipients routed to one address: one copy
+                asked[key].append(entry.recipient)
+                continue
+            asked[key] = [entry.recipient]
+            envelope, message = await asyncio.to_thread(_contents, self.spool, entry)
+            known = parcels.get(entry.queue_id)
+            targets = (
+                (*known.recipients, entry.routing.target) if known else (entry.routing.target,)
+            )
+            parcels[entry.queue_id] = Parcel(entry.queue_id, envelope.sender, targets, message)
+        settings = outbound.Settings(
+            helo=plan.server.hostname,
+            port=self.remote.port,
+            require_tls=domain in plan.outbound.require_tls,
+            timeout=self.remote.timeout,
+        )
+        if self._resolver is None:
+            self._resolver = mx.resolver(self.remote.resolver)
+        results = await outbound.deliver(
+            first.queue, domain, list(parcels.values()), settings, self._resolver
+        )
+        # Outcomes name the routed target; settle knows recipients as the client gave them.
+        return [
+            replace(outcome, recipient=recipient)
+            for outcome in results
+            for recipient in asked[(outcome.queue_id, outcome.recipient)]
+        ]
+
+    async def _pipe(self, entry: Waiting, router: Router) -> Outcome:
+        declared = router.pipes.get(entry.routing.queue)
+        if declared is None:
+            return _failed(entry, "5.3.5", f"no such pipe: {entry.routing.queue}")
+        envelope, message = await asyncio.to_thread(_contents, self.spool, entry)
+        facts = pipe.Envelope(
+            entry.queue_id,
+            envelope.sender,
+            entry.recipient,
+            envelope.client,
+            envelope.helo,
+            envelope.auth,
+        )
+        result = await pipe.run(
+            declared, pipe.arguments(entry.routing.target, declared), facts, message
+        )
+        return Outcome(entry.queue_id, entry.recipient, result.kind, result.status, result.text)  # type: ignore[arg-type]
+
+    def _list(self, entry: Waiting, router: Router) -> tuple[Outcome, str | None]:
+        """Expand a post (blocking: it queues the members' copy durably)."""
+        name, _, domain = entry.routing.queue.partition("@")
+        found = _mailing_list(router.plan, name, domain)
+        if found is None:
+            return _failed(entry, "5.1.1", f"no such list: {entry.routing.queue}"), None
+        envelope, message = _contents(self.spool, entry)
+        post = lists.expand(found, domain, envelope.sender, message)
+        if isinstance(post, lists.Refusal):
+            return _failed(entry, post.status, post.reason), None
+        expanded = Envelope(
+            id=new_id(),
+            arrived=time.time(),
+            plan=envelope.plan,
+            listener=f"list {entry.routing.queue}",
+            client=envelope.client,
+            helo=envelope.helo,
+            tls=envelope.tls,
+            auth=envelope.auth,
+            sender=post.sender,
+            recipients=post.recipients,
+            relayable=frozenset(post.recipients),
+        )
+        self.spool.store(expanded, post.message)
+        text = f"expanded to {len(post.recipients)} member(s) as {expanded.id}"
+        return Outcome(entry.queue_id, entry.recipient, "delivered", "2.0.0", text), expanded.id
+
+
+def _mailing_list(plan: Plan, name: str, domain: str) -> MailingList | None:
+    for hosted in plan.domains:
+        if hosted.name == domain:
+            return next((found for found in hosted.lists if found.name == name), None)
+    return None
+
+
+def _failed(entry: Waiting, status: str, reason: str) -> Outcome:
+    return Outcome(entry.queue_id, entry.recipient, "permanent", status, reason)

@@ -1,0 +1,129 @@
+"""Delivery status notifications (RFC 3464): the bounce and the delay warning.
+
+A DSN is a `multipart/report; report-type=delivery-status` message with three
+parts: a text a person can read, the `message/delivery-status` fields (one block
+for the message, one per recipient), and the original message's header
+(`text/rfc822-headers`). It goes from the null return path, so that a DSN that
+cannot be delivered is never answered by another. Pure: the caller queues it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage, Message
+from email.policy import SMTP
+from email.utils import format_datetime, make_msgid
+from typing import Literal
+
+Action = Literal["failed", "delayed"]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What happened to one recipient: its status (`5.1.1`) and the reply or reason."""
+
+    recipient: str
+    status: str
+    diagnostic: str
+    remote: str | None = None  # the host that answered, when one did
+    smtp: bool = False  # whether `diagnostic` is a remote SMTP reply
+
+
+def header_block(message: bytes) -> bytes:
+    """The header of a message, up to (not including) the empty line."""
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        end = message.find(separator)
+        if end >= 0:
+            return message[: end + len(separator) // 2]
+    return message
+
+
+def report(
+    *,
+    hostname: str,
+    sender: str,
+    queue_id: str,
+    arrived: float,
+    failures: list[Failure],
+    action: Action,
+    original: bytes,
+    now: float,
+    retry_until: float | None = None,
+) -> bytes:
+    """The DSN for `failures` of one message, addressed to its return path `sender`."""
+    failed = action == "failed"
+    message = EmailMessage(policy=SMTP)
+    message["From"] = f"Mail Delivery System <MAILER-DAEMON@{hostname}>"
+    message["To"] = sender
+    subject = "Undelivered Mail Returned to Sender" if failed else "Delayed Mail (still trying)"
+    message["Subject"] = subject
+    message["Date"] = format_datetime(_when(now))
+    message["Message-ID"] = make_msgid(domain=hostname)
+    message["Auto-Submitted"] = "auto-replied"
+    message.set_content(_explanation(hostname, failures, failed, retry_until))
+
+    per_message = Message(policy=SMTP)
+    per_message["Reporting-MTA"] = f"dns; {hostname}"
+    per_message["X-Mailplan-Queue-ID"] = queue_id
+    per_message["Arrival-Date"] = format_datetime(_when(arrived))
+    blocks = [per_message]
+    for failure in failures:
+        block = Message(policy=SMTP)
+        block["Final-Recipient"] = f"rfc822; {failure.recipient}"
+        block["Action"] = action
+        block["Status"] = failure.status
+        if failure.remote:
+            block["Remote-MTA"] = f"dns; {failure.remote}"
+        kind = "smtp" if failure.smtp else "x-mailplan"
+        block["Diagnostic-Code"] = f"{kind}; {_one_line(failure.diagnostic)}"
+        block["Last-Attempt-Date"] = format_datetime(_when(now))
+        if retry_until is not None and not failed:
+            block["Will-Retry-Until"] = format_datetime(_when(retry_until))
+        blocks.append(block)
+    status = Message(policy=SMTP)
+    status["Content-Type"] = "message/delivery-status"
+    status.set_payload(blocks)  # type: ignore[arg-type]
+    message.make_mixed()
+    message.attach(status)  # type: ignore[arg-type]  # a plain Message part is valid MIME
+    headers = Message(policy=SMTP)
+    headers["Content-Type"] = "text/rfc822-headers"
+    headers["Content-Transfer-Encoding"] = "8bit"
+    headers.set_payload(header_block(original).decode("ascii", "surrogateescape"))
+    message.attach(headers)  # type: ignore[arg-type]
+    message.set_type("multipart/report")
+    message.set_param("report-type", "delivery-status")
+    return message.as_bytes()
+
+
+def _explanation(hostname: str, failures: list[Failure], failed: bool, until: float | None) -> str:
+    if failed:
+        lines = [
+            f"This is the mail system at {hostname}.",
+            "",
+            "Your message could not be delivered to one or more recipients.",
+            "It is attached below. The reasons:",
+        ]
+    else:
+        lines = [
+            f"This is the mail system at {hostname}.",
+            "",
+            "Your message has not been delivered yet to the recipients below.",
+            "No action is needed: delivery will be tried again",
+        ]
+        if until is not None:
+            lines[-1] += f" until {format_datetime(_when(until))}"
+        lines[-1] += "."
+    lines.append("")
+    for failure in failures:
+        where = f" (from {failure.remote})" if failure.remote else ""
+        lines.append(f"<{failure.recipient}>: {_one_line(failure.diagnostic)}{where}")
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _when(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)

@@ -1,0 +1,229 @@
+"""The SMTP module's client: one connection carries every message waiting for a queue.
+
+For one logical queue (a domain, a relay host or an IP literal) the hosts from
+`runtime.mx` are tried in order until one takes the connection. Over it, each
+message is one transaction with all its recipients of this queue (MAIL, one RCPT
+each, DATA), so a reply can fail one recipient and not the others. STARTTLS is
+used whenever the host offers it (without checking its certificate, as
+opportunistic TLS does); a site can require it for a domain, and then a host
+that does not offer it, or whose TLS fails, is a temporary failure.
+
+aiosmtplib speaks the protocol; this module decides what each reply means for
+each recipient.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Literal
+
+import aiosmtplib
+import dns.asyncresolver
+
+from runtime import mx
+
+log = logging.getLogger("mailplan.smtp-out")
+
+Kind = Literal["delivered", "temporary", "permanent"]
+MAX_PER_CONNECTION = 100
+
+
+@dataclass(frozen=True)
+class Parcel:
+    """One message to send to some of its recipients."""
+
+    queue_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    message: bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one recipient of one message."""
+
+    queue_id: str
+    recipient: str
+    kind: Kind
+    status: str
+    text: str
+    remote: str | None = None
+    smtp: bool = False  # `text` is the remote server's reply
+
+    @property
+    def final(self) -> bool:
+        return self.kind != "temporary"
+
+
+@dataclass(frozen=True)
+class Settings:
+    helo: str
+    port: int = 25
+    require_tls: bool = False
+    timeout: float = 60.0
+
+
+class _Refused(Exception):
+    """The host would not take the connection (connect, greeting, EHLO, TLS)."""
+
+
+def _status(code: int, text: str) -> str:
+    """The enhanced status in a reply, or one made from its basic code."""
+    first = text.split(" ", 1)[0]
+    parts = first.split(".")
+    if len(parts) == 3 and all(part.isdigit() for part in parts) and first[0] in "245":
+        return first
+    return f"{code // 100}.0.0"
+
+
+def _outcome(parcel: Parcel, recipient: str, code: int, text: str, host: str) -> Outcome:
+    kind: Kind = "delivered" if code < 400 else "temporary" if code < 500 else "permanent"
+    reply = f"{code} {' '.join(text.split())}"
+    return Outcome(parcel.queue_id, recipient, kind, _status(code, text), reply, host, True)
+
+
+def _everyone(
+    parcels: list[Parcel], status: str, text: str, remote: str | None = None
+) -> list[Outcome]:
+    kind: Kind = "permanent" if status.startswith("5") else "temporary"
+    return [
+        Outcome(parcel.queue_id, recipient, kind, status, text, remote)
+        for parcel in parcels
+        for recipient in parcel.recipients
+    ]
+
+
+_NO_VERIFY = ssl.create_default_context()
+_NO_VERIFY.check_hostname = False
+_NO_VERIFY.verify_mode = ssl.CERT_NONE
+
+
+async def deliver(
+    queue: str,
+    domain: str,
+    parcels: list[Parcel],
+    settings: Settings,
+    resolve: dns.asyncresolver.Resolver,
+) -> list[Outcome]:
+    """Send `parcels` (all for the SMTP queue `queue` of `domain`); an outcome per recipient."""
+    try:
+        hosts = await mx.destinations(queue, domain, resolve)
+    except mx.LookupFailed as failure:
+        return _everyone(parcels, failure.status, failure.reason)
+    outcomes: list[Outcome] = []
+    left = parcels
+    last = "no host took the connection"
+    for host in hosts:
+        for address in host.addresses:
+            while left:  # a connection carries at most MAX_PER_CONNECTION messages
+                try:
+                    done = await _session(host.name, address, left, settings)
+                except _Refused as refused:
+                    last = f"{host.name}[{address}]: {refused}"
+                    log.info("%s: %s", queue, last)
+                    break
+                if not done:
+                    last = f"{host.name}[{address}]: the connection ended"
+                    break
+                outcomes.extend(done)
+                left = _unfinished(left, {(o.queue_id, o.recipient) for o in done})
+    status = "4.7.4" if settings.require_tls and "TLS" in last else "4.4.1"
+    return outcomes + _everyone(left, status, last)
+
+
+def _unfinished(parcels: list[Parcel], finished: set[tuple[str, str]]) -> list[Parcel]:
+    return [
+        Parcel(p.queue_id, p.sender, rest, p.message)
+        for p in parcels
+        if (rest := tuple(r for r in p.recipients if (p.queue_id, r) not in finished))
+    ]
+
+
+async def _session(
+    name: str, address: str, parcels: list[Parcel], settings: Settings
+) -> list[Outcome]:
+    """One connection to one address; outcomes for the parcels it finished before it ended.
+
+    Parcels it did not get to (the connection dropped) are left for the next host.
+    """
+    host = f"{name}[{address}]"
+    client = aiosmtplib.SMTP(
+        hostname=address,
+        port=settings.port,
+        local_hostname=settings.helo,
+        timeout=settings.timeout,
+        start_tls=False,
+    )
+    try:
+        await client.connect()
+        try:
+            await client.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            await client.helo()
+        if client.supports_extension("starttls"):
+            await client.starttls(tls_context=_NO_VERIFY, server_hostname=name)
+            await client.ehlo()
+        elif settings.require_tls:
+            raise _Refused("TLS is required, but was not offered")
+    except _Refused:
+        client.close()
+        raise
+    except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+        client.close()
+        raise _Refused(str(exc) or type(exc).__name__) from None
+    outcomes: list[Outcome] = []
+    try:
+        for parcel in parcels[:MAX_PER_CONNECTION]:
+            outcomes.extend(await _transaction(client, parcel, host))
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        log.info("%s: connection ended: %s", host, exc)
+        client.close()
+    return outcomes
+
+
+async def _transaction(client: aiosmtplib.SMTP, parcel: Parcel, host: str) -> list[Outcome]:
+    options = []
+    if client.supports_extension("size"):
+        options.append(f"SIZE={len(parcel.message)}")
+    if client.supports_extension("8bitmime") and not parcel.message.isascii():
+        options.append("BODY=8BITMIME")
+    try:
+        await client.mail(parcel.sender, options=options)
+    except aiosmtplib.SMTPResponseException as refused:
+        await _reset(client, refused)
+        return [_outcome(parcel, r, refused.code, refused.message, host) for r in parcel.recipients]
+    accepted: list[str] = []
+    outcomes: list[Outcome] = []
+    for recipient in parcel.recipients:
+        try:
+            await client.rcpt(recipient)
+        except aiosmtplib.SMTPResponseException as refused:
+            _raise_if_gone(refused)
+            outcomes.append(_outcome(parcel, recipient, refused.code, refused.message, host))
+            continue
+        accepted.append(recipient)
+    if not accepted:
+        await client.rset()
+        return outcomes
+    try:
+        reply = await client.data(parcel.message)
+    except aiosmtplib.SMTPResponseException as refused:
+        _raise_if_gone(refused)
+        return outcomes + [
+            _outcome(parcel, r, refused.code, refused.message, host) for r in accepted
+        ]
+    return outcomes + [_outcome(parcel, r, reply.code, reply.message, host) for r in accepted]
+
+
+async def _reset(client: aiosmtplib.SMTP, refused: aiosmtplib.SMTPResponseException) -> None:
+    _raise_if_gone(refused)
+    await client.rset()
+
+
+def _raise_if_gone(refused: aiosmtplib.SMTPResponseException) -> None:
+    """A 421 closes the connection: what is left must go to the next host, or wait."""
+    if refused.code == 421:
+        raise aiosmtplib.SMTPServerDisconnected(refused.message)
