@@ -17,6 +17,7 @@ from email.utils import format_datetime, make_msgid
 from typing import Literal
 
 Action = Literal["failed", "delayed"]
+FIELDS = SMTP.clone(max_line_length=998)  # fields are not folded for looks
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,13 @@ def report(
     message["Auto-Submitted"] = "auto-replied"
     message.set_content(_explanation(hostname, failures, failed, retry_until))
 
-    per_message = Message(policy=SMTP)
+    per_message = Message(policy=FIELDS)
     per_message["Reporting-MTA"] = f"dns; {hostname}"
     per_message["X-Mailplan-Queue-ID"] = queue_id
     per_message["Arrival-Date"] = format_datetime(_when(arrived))
     blocks = [per_message]
     for failure in failures:
-        block = Message(policy=SMTP)
+        block = Message(policy=FIELDS)
         block["Final-Recipient"] = f"rfc822; {failure.recipient}"
         block["Action"] = action
         block["Status"] = failure.status
@@ -93,7 +94,7 @@ def report(
     message.attach(headers)  # type: ignore[arg-type]
     message.set_type("multipart/report")
     message.set_param("report-type", "delivery-status")
-    return message.as_bytes()
+    return message.as_bytes(policy=FIELDS)
 
 
 def _explanation(hostname: str, failures: list[Failure], failed: bool, until: float | None) -> str:
