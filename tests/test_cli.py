@@ -93,6 +93,12 @@ def test_build_refuses_a_broken_site(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert not target.exists()
 
 
+def line_of(text: str) -> int:
+    """The line of the example site.yaml where `text` ends (so edits elsewhere do not matter)."""
+    content = (EXAMPLE / "site.yaml").read_text(encoding="utf-8")
+    return content[: content.index(text) + len(text)].count("\n") + 1
+
+
 def test_route_through_site_and_plan_agree(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -103,11 +109,12 @@ def test_route_through_site_and_plan_agree(
     capsys.readouterr()
     assert main(["route", "info@example.org", "--plan", str(target)]) == 0
     assert capsys.readouterr().out == from_site
+    alias, forwarder = line_of("\n  example.com:"), line_of("info: sales@example.net")
     assert from_site.splitlines() == [
         "info@example.org (mail)",
-        "  site.yaml:68       domain alias example.org of example.com: "
+        f"  {'site.yaml:' + str(alias):<19}domain alias example.org of example.com: "
         "info@example.org -> info@example.com",
-        "  site.yaml:85       forwarder info@example.com = sales@example.net: "
+        f"  {'site.yaml:' + str(forwarder):<19}forwarder info@example.com = sales@example.net: "
         "info@example.com -> sales@example.net  [relay]",
         "  built-in           example.net is not hosted here: "
         "sales@example.net -> SMTP(example.net)sales@example.net",
@@ -145,7 +152,8 @@ def test_route_json(capsys: pytest.CaptureFixture[str]) -> None:
         "recipient@example.com",
         "recipient@example.com",
     )
-    assert [step["source"]["line"] for step in result["steps"]] == [68, 79, 79]
+    domain, account = line_of("\n  example.com:"), line_of("\n      recipient:")
+    assert [step["source"]["line"] for step in result["steps"]] == [domain, account, account]
 
 
 def test_route_refuses_a_tampered_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
