@@ -168,9 +168,13 @@ def settle(
         else:
             log.info("%s: no bounce for a message with the null return path", queue_id)
     if done:
-        spool.done(queue_id, done)
-        if spool.finished(queue_id) >= set(envelope.recipients):
-            spool.remove(queue_id)
+        finished = spool.finished(queue_id) | set(done)
+        if finished >= set(envelope.recipients):
+            spool.remove(queue_id)  # all done: no need to record who first
+        else:
+            spool.done(queue_id, done)
+            if spool.finished(queue_id) >= set(envelope.recipients):
+                spool.remove(queue_id)  # another worker finished the rest meanwhile
     return again, new
 
 
@@ -196,6 +200,13 @@ def _contents(spool: Spool, entry: Waiting) -> tuple[Envelope, bytes]:
     if entry.envelope is not None and entry.message is not None:
         return entry.envelope, entry.message
     return spool.load(entry.queue_id)
+
+
+async def _read(spool: Spool, entry: Waiting) -> tuple[Envelope, bytes]:
+    """The envelope and message of an entry: at hand while fresh, else from the queue file."""
+    if entry.envelope is not None and entry.message is not None:
+        return entry.envelope, entry.message
+    return await asyncio.to_thread(spool.load, entry.queue_id)
 
 
 def _span(seconds: float) -> str:
@@ -352,7 +363,7 @@ class Delivery:
                 asked[key].append(entry.recipient)
                 continue
             asked[key] = [entry.recipient]
-            envelope, message = await asyncio.to_thread(_contents, self.spool, entry)
+            envelope, message = await _read(self.spool, entry)
             known = parcels.get(entry.queue_id)
             targets = (
                 (*known.recipients, entry.routing.target) if known else (entry.routing.target,)
@@ -380,7 +391,7 @@ class Delivery:
         declared = router.pipes.get(entry.routing.queue)
         if declared is None:
             return _failed(entry, "5.3.5", f"no such pipe: {entry.routing.queue}")
-        envelope, message = await asyncio.to_thread(_contents, self.spool, entry)
+        envelope, message = await _read(self.spool, entry)
         facts = pipe.Envelope(
             entry.queue_id,
             envelope.sender,

@@ -52,6 +52,7 @@ def resolver(nameserver: str | None, timeout: float = 10.0) -> dns.asyncresolver
         chosen.nameservers = [host]
         chosen.port = port
     chosen.timeout = chosen.lifetime = timeout
+    chosen.cache = dns.resolver.Cache()  # answers kept for their TTL
     return chosen
 
 
