@@ -269,20 +269,26 @@ class Delivery:
             for entry in [*queue.ready, *(item[2] for item in queue.later)]
         ]
 
-    def flush(self) -> None:
-        """Read the retry journals again: `mailplan queue flush` wrote `F` lines there."""
+    def reschedule(self) -> None:
+        """Work out every waiting recipient's next try again, from its retry journal and
+        the current plan's schedule: after `mailplan queue flush` (which wrote `F` lines
+        in the journals) and after a reload."""
+        schedule = self.current().plan.queue.retry
+        now = time.time()
         for queue in self.queues.values():
-            keep = []
-            for due, sequence, entry in queue.later:
+            later = []
+            for _, _, entry in queue.later:
                 history = self.spool.history(entry.queue_id)
-                if history.flushed > history.last.get(entry.recipient, 0.0):
+                entry.due = retry.due(history, entry.recipient, entry.arrived, schedule)
+                if entry.due <= now:
                     queue.ready.append(entry)
                 else:
-                    keep.append((due, sequence, entry))
-            if len(keep) != len(queue.later):
-                heapq.heapify(keep)
-                queue.later = keep
-                self._kick(queue)
+                    later.append((entry.due, next(_sequence), entry))
+                    heapq.heappush(self._timers, (entry.due, next(_sequence), queue.name))
+            heapq.heapify(later)
+            queue.later = later
+            self._kick(queue)
+        self._wake.set()
 
     async def _run(self) -> None:
         """Move entries whose time has come to their queue's ready list."""

@@ -95,7 +95,7 @@ class Server:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
-        loop.add_signal_handler(signal.SIGUSR1, self.delivery.flush)
+        loop.add_signal_handler(signal.SIGUSR1, self.delivery.reschedule)
         self.pidfile.write_text(f"{os.getpid()}\n")
         self.delivery.start()
         self.processor.start()
@@ -190,6 +190,7 @@ class Server:
         if fresh.policy.plan.listeners != self.current.policy.plan.listeners:
             log.warning("reload: listeners changed; they take effect at the next start")
         self.current = fresh
+        self.delivery.reschedule()  # a new retry schedule applies to what waits already
         log.info("reloaded: serving plan %s", fresh.digest)
 
     async def stop(self) -> None:

@@ -384,6 +384,24 @@ def test_retries_on_schedule_warn_then_give_up(make_relay: Any, sinks: dict[str,
     assert queue_id in relay.server.log()
 
 
+def test_a_reloaded_schedule_applies_to_mail_already_waiting(
+    make_relay: Any, sinks: dict[str, Sink]
+) -> None:
+    relay = make_relay(queue="retry: [1h], warn_after: 1d, give_up_after: 1d")
+    relay.send(["x@defer.test"], subject="waiting")
+    assert wait_until(lambda: relay.queue_files("tries"), TIMEOUT), relay.server.log()
+    site = relay.directory / "site.yaml"
+    site.write_text(
+        site.read_text()
+        .replace("retry: [1h]", "retry: [1s]")
+        .replace("give_up_after: 1d", "give_up_after: 2s")
+    )
+    relay.server.reload()
+    (report,) = bounces(relay)
+    assert delivery_status(report)[1]["Status"] == "4.4.7"
+    relay.wait_empty()
+
+
 def test_dropped_connection_is_temporary(make_relay: Any, sinks: dict[str, Sink]) -> None:
     relay = make_relay(queue="retry: [1h], warn_after: 1h, give_up_after: 1d")
     queue_id = relay.send(["x@drop.test"], subject="dropped")
