@@ -14,7 +14,7 @@ HEAD = "server:\n  hostname: mail.example.com\n  main_domain: example.com\n"  # 
 DOMAINS = "domains:\n  example.com:\n"
 
 TOP_KEYS = (
-    "address_lists, domains, limits, listeners, pipes, queue, receiving, relaying, routing, "
+    "address_lists, dns, domains, limits, listeners, pipes, queue, receiving, relaying, routing, "
     "server, server_rules, tests, tls"
 )
 SERVER_KEYS = "addresses, blacklisted_ips, client_ips, hostname, main_domain"
