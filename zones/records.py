@@ -99,12 +99,16 @@ def zones(plan: Plan) -> tuple[Zone, ...]:
             placed.setdefault(home, []).append(
                 Record(owner, kind, ttl, address, f"address of mail host {host}")
             )
+    reports: dict[str, list[Record]] = {}
+    for zone in found:
+        for receiver, record in _report_authorisations(plan, zone, names):
+            reports.setdefault(receiver, []).append(record)
     result = []
     for zone in found:
-        extra = tuple(placed.get(zone.name, ()))
         mx = tuple(r for r in zone.records if r.type == "MX")
         rest = tuple(r for r in zone.records if r.type != "MX")
-        result.append(Zone(zone.name, zone.domain, mx + extra + rest, zone.mta_sts_policy))
+        records = (*mx, *placed.get(zone.name, ()), *rest, *reports.get(zone.name, ()))
+        result.append(Zone(zone.name, zone.domain, records, zone.mta_sts_policy))
     return tuple(sorted(result, key=lambda z: z.name))
 
 
@@ -174,6 +178,27 @@ def _mta_sts_policy(domain: Domain) -> str:
     lines += [f"mx: {host}" for host in dict.fromkeys(h.host for h in domain.dns.mx)]
     lines.append(f"max_age: {domain.dns.mta_sts.max_age}")
     return "\n".join(lines) + "\n"
+
+
+def _report_authorisations(
+    plan: Plan, zone: Zone, names: list[str]
+) -> list[tuple[str, Record]]:
+    """RFC 7489 §7.1: a zone of the site that receives another's DMARC reports says it will.
+
+    Each (receiving zone, `NAME._report._dmarc` record) the zone's report addresses need.
+    """
+    domain = next(d for d in plan.domains if d.name == zone.domain)
+    if domain.dns is None or not domain.sends_mail:
+        return []
+    found = []
+    dmarc = domain.dns.dmarc
+    for uri in dict.fromkeys((*dmarc.rua, *dmarc.ruf)):
+        receiver = uri.rsplit("@", 1)[-1].lower()
+        if receiver != zone.name and receiver in names:
+            why = f"DMARC: {receiver} takes the reports of {zone.name}"
+            owner = f"{zone.name}._report._dmarc"
+            found.append((receiver, Record(owner, "TXT", domain.dns.ttl, "v=DMARC1", why)))
+    return found
 
 
 def _hosts(plan: Plan) -> dict[str, tuple[str, ...]]:

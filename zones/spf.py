@@ -12,7 +12,7 @@ import ipaddress
 from plan.model import Domain, Plan
 
 # RFC 7208 §4.6.4: these terms cost a DNS look-up each; at most 10 per evaluation.
-LOOKUP_TERMS = ("include:", "a", "a:", "a/", "mx", "mx:", "mx/", "ptr", "exists:", "redirect=")
+LOOKUP_TERMS = ("include:", "a:", "a/", "mx:", "mx/", "ptr:", "exists:", "redirect=")
 MAX_LOOKUPS = 10
 # RFC 7208 §3.4: a record that fits in a 512-octet UDP answer.
 MAX_LENGTH = 450
