@@ -140,7 +140,7 @@ def _spf(
             if got != result:
                 detail = f": {explanation}" if got in ("permerror", "temperror") else ""
                 wrong.append(f"{address} {got}{detail} (should {result})")
-    note = f"{lookups} DNS look-ups" if not wrong else "; ".join(wrong)
+    note = f"{lookups} DNS look-up{'' if lookups == 1 else 's'}" if not wrong else "; ".join(wrong)
     judged = ", ".join(f"{a} {r}" for a, r in want.items())
     if wrong:
         return Finding("different", owner, "TXT", expected, found, note)

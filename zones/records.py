@@ -180,9 +180,7 @@ def _mta_sts_policy(domain: Domain) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _report_authorisations(
-    plan: Plan, zone: Zone, names: list[str]
-) -> list[tuple[str, Record]]:
+def _report_authorisations(plan: Plan, zone: Zone, names: list[str]) -> list[tuple[str, Record]]:
     """RFC 7489 §7.1: a zone of the site that receives another's DMARC reports says it will.
 
     Each (receiving zone, `NAME._report._dmarc` record) the zone's report addresses need.
