@@ -178,7 +178,7 @@ def _ask(resolver: dns.resolver.Resolver, owner: str, kind: str) -> tuple[tuple[
             values.append(str(ipaddress.ip_address(rdata.address)))
         else:
             values.append(rdata.to_text().lower())
-    return tuple(values), ""
+    return tuple(sorted(values)), ""  # servers rotate the order of a record set
 
 
 def _value(record: Record) -> str:
