@@ -327,7 +327,7 @@ def _dns(arguments: argparse.Namespace) -> int:
     from zones.render import files, policies, render_all
 
     checking = arguments.words[0] == "check" and len(arguments.words) == 2
-    if len(arguments.words) != 1 and not checking:
+    if arguments.words == ["check"] or (len(arguments.words) != 1 and not checking):
         print("mailplan: usage: mailplan dns [check] SITE_DIR [options]", file=sys.stderr)
         return 2
     plan = _load_plan(argparse.Namespace(site=Path(arguments.words[-1]), plan=None))

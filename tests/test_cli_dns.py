@@ -50,6 +50,7 @@ def test_dns_mta_sts_policies(capsys: pytest.CaptureFixture[str]) -> None:
     ("args", "code", "message"),
     [
         (["dns", "a", "b"], 2, "mailplan: usage: mailplan dns [check] SITE_DIR [options]\n"),
+        (["dns", "check"], 2, "mailplan: usage: mailplan dns [check] SITE_DIR [options]\n"),
         (
             ["dns", str(EXAMPLE), "--domain", "no.test"],
             1,
