@@ -14,6 +14,7 @@ from dnskit import NameServer, Silent, zone_text
 from compiler.pipeline import compile_site
 from plan.model import Plan
 from tests.conftest import EXAMPLE
+from tests.test_zones_records import plan_of
 from zones.check import Finding, check, resolver_for
 from zones.records import Zone, zones
 from zones.render import render
@@ -189,3 +190,20 @@ def test_resolver_address(given: str, host: str, port: int) -> None:
 def test_resolver_address_refused(given: str) -> None:
     with pytest.raises(ValueError, match="not IP\\[:PORT\\]"):
         resolver_for(given)
+
+
+def test_the_address_that_may_not_send_is_outside_every_authorised_network(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "site").mkdir()
+    plan = plan_of(tmp_path / "site", "spf: {ip4: [198.51.100.0/24, 203.0.113.0/25]}\n")
+    found = zones(plan)
+    texts = {z.name: zone_text(z.name, render(z, "bind")) for z in found}
+    with NameServer(tmp_path / "named", texts) as server:
+        findings = check(plan, found, resolver_for(server.address))
+    (spf,) = [f for f in findings if is_spf(f)]
+    assert spf.status == "present"
+    assert spf.note == (
+        "192.0.2.10 pass, 2001:db8::10 pass, 198.51.100.0 pass, 203.0.113.0 pass, "
+        "203.0.113.254 fail; 1 DNS look-up"
+    )
