@@ -167,7 +167,7 @@ def test_spf_over_the_lookup_limit_counted_live(
 def test_a_server_that_does_not_answer(plan: Plan, example_zones: tuple[Zone, ...]) -> None:
     (parked,) = [z for z in example_zones if z.name == "parked.example"]
     with Silent() as silent:
-        findings = check(plan, (parked,), resolver_for(silent.address, timeout=0.2))
+        findings = check(plan, (parked,), resolver_for(silent.address, timeout=0.1))
     assert {f.status for f in findings} == {"missing"}
     assert all(f.note.startswith("no answer: ") for f in findings)
 

@@ -55,7 +55,12 @@ class Finding:
 def resolver_for(address: str | None, timeout: float = 5.0) -> dns.resolver.Resolver:
     """A resolver asking `IP`, `IP:PORT` or `[IPv6]:PORT`; the system's when None."""
     if address is None:
-        return dns.resolver.Resolver()
+        try:
+            return dns.resolver.Resolver()
+        except dns.resolver.NoResolverConfiguration:
+            raise ValueError(
+                "no system resolver is configured: give --resolver IP[:PORT]"
+            ) from None
     host, port = address, 53
     if address.startswith("["):
         host, _, rest = address[1:].partition("]")
