@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 # Per protocol: port, TLS mode and whether AUTH is required, offered, or not offered.
 LISTENERS: dict[str, dict[str, Any]] = {
@@ -43,6 +43,21 @@ PIPE_TIMEOUT = "60s"
 DOMAIN: dict[str, Any] = {"sends_mail": True, "unknown": "reject"}
 SPF: dict[str, Any] = {"policy": "-all", "include": [], "ip4": [], "ip6": []}
 MAILING_LIST_POSTING = "members"
+
+# DNS records (`mailplan dns`): TTL, the MX a domain without `mx:` gets (the server's
+# hostname), DMARC (a domain that sends no mail always publishes p=reject), MTA-STS.
+DNS_TTL = "1h"
+MX_PRIORITY = 10
+DMARC: dict[str, Any] = {
+    "policy": "quarantine",
+    "rua": [],
+    "ruf": [],
+    "adkim": "relaxed",
+    "aspf": "relaxed",
+    "percent": 100,
+}
+DMARC_NO_MAIL: Final = "reject"
+MTA_STS: dict[str, Any] = {"mode": "enforce", "max_age": "1w"}
 
 # Every main domain has a postmaster; when the site does not name one, it gets this
 # account, which receives mail but cannot log in until a password is given.

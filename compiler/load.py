@@ -60,6 +60,10 @@ def references(data: Any) -> Iterator[DataPath]:
             continue
         if isinstance(domain.get("rules"), str):
             yield ("domains", name, "rules")
+        keys = domain.get("dkim")
+        for i, key in enumerate(keys) if isinstance(keys, list) else ():
+            if isinstance(key, dict) and isinstance(key.get("public_key"), str):
+                yield ("domains", name, "dkim", i, "public_key")
         accounts = domain.get("accounts")
         for account, value in accounts.items() if isinstance(accounts, dict) else ():
             if isinstance(value, dict) and isinstance(value.get("rules"), str):

@@ -1,6 +1,6 @@
 """The compiler's pipeline: the passes in order, and the checks run over the plan.
 
-    load -> schema -> parse -> resolve -> checks      (then plan.codec freezes the plan)
+    load -> schema -> parse -> resolve -> resolve_dns -> checks   (then plan.codec freezes it)
 
 The order of these tuples is the order in which the compiler works.
 """
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from compiler.check_dns import check_dns
 from compiler.check_listeners import check_listeners
 from compiler.check_names import check_names
 from compiler.check_relay import check_relay
@@ -20,6 +21,7 @@ from compiler.diagnostics import Diagnostic, has_errors
 from compiler.load import load
 from compiler.parse import parse
 from compiler.resolve import resolve
+from compiler.resolve_dns import resolve_dns
 from compiler.schema import schema
 from compiler.unit import Unit
 from plan.model import Plan
@@ -27,7 +29,7 @@ from runtime.router import Router
 
 Check = Callable[[Plan, Router], list[Diagnostic]]
 
-CHECKS: tuple[Check, ...] = (check_names, check_routing, check_relay, check_listeners)
+CHECKS: tuple[Check, ...] = (check_names, check_routing, check_relay, check_listeners, check_dns)
 
 
 def checks(unit: Unit) -> Unit:
@@ -40,7 +42,7 @@ def checks(unit: Unit) -> Unit:
     return replace(unit, plan=None) if has_errors(unit.diagnostics) else unit
 
 
-PASSES: tuple[Callable[[Unit], Unit], ...] = (schema, parse, resolve, checks)
+PASSES: tuple[Callable[[Unit], Unit], ...] = (schema, parse, resolve, resolve_dns, checks)
 
 
 def compile_site(site_dir: Path) -> Unit:

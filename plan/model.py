@@ -115,6 +115,64 @@ class Spf:
 
 
 @dataclass(frozen=True)
+class DkimKey:
+    """A DKIM public key published at `selector._domainkey.DOMAIN`: `public_key` is `p=`."""
+
+    source: Source
+    selector: str
+    algorithm: Literal["rsa", "ed25519"]
+    public_key: str
+    file: str
+
+
+@dataclass(frozen=True)
+class Dmarc:
+    """The `_dmarc` record: policy, subdomain policy, report addresses, alignment, percentage."""
+
+    source: Source
+    policy: Literal["none", "quarantine", "reject"]
+    subdomain_policy: Literal["none", "quarantine", "reject"] | None
+    rua: tuple[str, ...]
+    ruf: tuple[str, ...]
+    adkim: Literal["r", "s"]
+    aspf: Literal["r", "s"]
+    percent: int
+
+
+@dataclass(frozen=True)
+class MtaSts:
+    """MTA-STS (RFC 8461): the policy's mode and max_age; its mx lines are the domain's MX."""
+
+    source: Source
+    mode: Literal["enforce", "testing", "none"]
+    max_age: int
+
+
+@dataclass(frozen=True)
+class TlsRpt:
+    """SMTP TLS reporting (RFC 8460): where reports go (mailto: or https: URIs)."""
+
+    source: Source
+    rua: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MailDns:
+    """What a domain publishes in DNS beyond `spf` (`mailplan dns` renders it all).
+
+    `mx` is the domain's `mx`, or the server's hostname when the site names none.
+    """
+
+    ttl: int
+    spf_source: Source
+    mx: tuple[MxHost, ...]
+    dkim: tuple[DkimKey, ...]
+    dmarc: Dmarc
+    mta_sts: MtaSts | None
+    tls_rpt: TlsRpt | None
+
+
+@dataclass(frozen=True)
 class Domain:
     name: str
     source: Source
@@ -127,6 +185,7 @@ class Domain:
     mx: tuple[MxHost, ...]
     spf: Spf
     rules: str | None
+    dns: MailDns | None = None  # filled by compiler.resolve_dns
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,11 @@ def test_plan_file_is_canonical_json_with_format_and_digest() -> None:
 
 def test_sources_table_hashes_every_file_of_the_site() -> None:
     plan = _plan()
-    assert [s.path for s in plan.sources] == ["router.cgr", "site.yaml"]
+    sources = {s.path: s.sha256 for s in plan.sources}
+    keys = ["dkim/ed2026.example.com.pub", "dkim/mail2026.example.com.pub"]
+    assert list(sources) == [*keys, "router.cgr", "site.yaml"]
     text = (EXAMPLE / "router.cgr").read_bytes()
-    assert plan.sources[0].sha256 == hashlib.sha256(text).hexdigest()
+    assert sources["router.cgr"] == hashlib.sha256(text).hexdigest()
 
 
 def test_round_trip_gives_the_same_plan() -> None:

@@ -16,7 +16,10 @@ DOMAINS = "domains:\n  example.com:\n"
 
 TOP_KEYS = ", ".join(sorted(site_schema()["properties"]))
 SERVER_KEYS = "addresses, blacklisted_ips, client_ips, hostname, main_domain"
-DOMAIN_KEYS = "accounts, aliases, forwarders, lists, mx, rules, sends_mail, spf, unknown"
+DOMAIN_KEYS = (
+    "accounts, aliases, dkim, dmarc, forwarders, lists, mta_sts, mx, rules, sends_mail, spf, "
+    "tls_rpt, unknown"
+)
 SCOPES = "everybody, clients-only, everybody-except-clients, nobody"
 DURATION = "not a duration (seconds, or a number followed by s, m, h, d or w)"
 SIZE = "not a size (bytes, or a number followed by K, M or G)"

@@ -1,0 +1,1 @@
+"""DNS for a mail site: records generated from a plan, rendered as zone snippets, checked live."""
