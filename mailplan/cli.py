@@ -87,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--smtp-port", type=int, default=25, metavar="PORT", help="port of other SMTP servers"
     )
+    serve.add_argument(
+        "--dns-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a receiving check waits for DNS (default 10)",
+    )
     serve.set_defaults(run=_serve)
 
     queue = commands.add_parser(
@@ -245,7 +252,7 @@ def _serve(arguments: argparse.Namespace) -> int:
             Options(
                 arguments.root,
                 arguments.dev,
-                Remote(arguments.smtp_port, arguments.resolver),
+                Remote(arguments.smtp_port, arguments.resolver, dns_timeout=arguments.dns_timeout),
             ),
         )
     except (SiteError, codec.PlanError) as exc:

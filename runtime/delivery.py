@@ -63,7 +63,8 @@ class Remote:
 
     port: int = 25
     resolver: str | None = None
-    timeout: float = 60.0
+    timeout: float = 60.0  # an SMTP command to another server
+    dns_timeout: float = 10.0  # a DNS look-up of the receiving checks
 
 
 @dataclass

@@ -23,8 +23,10 @@ from plan import codec
 from plan.model import Listener, Plan
 from runtime import devtls
 from runtime.delivery import Delivery, Remote
+from runtime.lookup import Answerer, Dns
 from runtime.policy import Policy
 from runtime.processor import Processor
+from runtime.receiving import CallbackCache, Checks
 from runtime.router import Router
 from runtime.smtp import Handler, Session, Snapshot
 from runtime.spool import Envelope, Spool
@@ -45,8 +47,16 @@ class Options:
     remote: Remote = field(default_factory=Remote)
 
 
-def snapshot(plan: Plan) -> Snapshot:
-    return Snapshot(codec.digest(plan), Policy(plan, Router(plan)))
+def snapshot(
+    plan: Plan,
+    answerer: Answerer | None = None,
+    cache: CallbackCache | None = None,
+    smtp_port: int = 25,
+) -> Snapshot:
+    """A plan ready to serve; with `answerer` (DNS), its receiving checks run too."""
+    router = Router(plan)
+    checks = Checks(plan, router, answerer, cache, smtp_port) if answerer is not None else None
+    return Snapshot(codec.digest(plan), Policy(plan, router), checks)
 
 
 def development(listener: Listener) -> Listener:
@@ -61,7 +71,9 @@ class Server:
     def __init__(self, load: Callable[[], Plan], options: Options) -> None:
         self.load = load
         self.options = options
-        self.current = snapshot(load())
+        self.answerer = Dns(options.remote.resolver, timeout=options.remote.dns_timeout)
+        self.callbacks = CallbackCache()
+        self.current = self._snapshot(load())
         plan = self.current.policy.plan
         self.spool = Spool(self._path(plan.queue.directory))
         self.delivery = Delivery(
@@ -80,6 +92,9 @@ class Server:
         self.servers: list[asyncio.AbstractServer] = []
         self.stopping = asyncio.Event()
         self.listeners: list[Listener] = []
+
+    def _snapshot(self, plan: Plan) -> Snapshot:
+        return snapshot(plan, self.answerer, self.callbacks, self.options.remote.port)
 
     @property
     def pidfile(self) -> Path:
@@ -183,7 +198,7 @@ class Server:
         """Load the plan again; sessions already open finish on the plan they started with."""
         try:
             plan = await asyncio.to_thread(self.load)
-            fresh = await asyncio.to_thread(snapshot, plan)
+            fresh = await asyncio.to_thread(self._snapshot, plan)
         except Exception as exc:
             log.error("reload refused, still serving plan %s: %s", self.current.digest, exc)
             return

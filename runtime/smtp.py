@@ -24,6 +24,7 @@ from aiosmtpd.smtp import Session as SMTPSession
 from plan.model import Listener
 from runtime import replies
 from runtime.policy import Client, Policy
+from runtime.receiving import Checks
 from runtime.spool import Envelope as QueueEnvelope
 from runtime.spool import new_id
 
@@ -40,6 +41,7 @@ class Snapshot:
 
     digest: str
     policy: Policy
+    checks: Checks | None = None  # the receiving checks (None: none run)
 
 
 Store = Callable[[QueueEnvelope, bytes], Awaitable[None]]
@@ -54,6 +56,7 @@ class Handler:
         self.listener = listener
         self.store = store
         self.relayable: set[str] = set()
+        self.trace: list[str] = []  # header lines the receiving checks add to the message
 
     def client(self, session: SMTPSession, tls: bool) -> Client:
         account = session.auth_data if session.authenticated else None
@@ -85,6 +88,17 @@ class Handler:
         refusal = self.policy.sender(address)
         if refusal:
             return refusal
+        self.trace = []
+        if self.snapshot.checks is not None:
+            client = self.client(session, server.encrypted)
+            sender = "" if address == "<>" else address
+            for verdict in await self.snapshot.checks.at_mail(
+                client, session.host_name or "", sender
+            ):
+                if verdict.reply:
+                    return verdict.reply
+                if verdict.header:
+                    self.trace.append(verdict.header)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         self.relayable = set()
@@ -128,8 +142,11 @@ class Handler:
             recipients=tuple(envelope.rcpt_tos),
             relayable=frozenset(self.relayable),
         )
-        message = self._received(server, session, client, queued) + (
-            envelope.original_content or b""
+        trace = "".join(f"{line}\r\n" for line in self.trace).encode("utf-8", "surrogateescape")
+        message = (
+            trace
+            + self._received(server, session, client, queued)
+            + (envelope.original_content or b"")
         )
         try:
             await self.store(queued, message)

@@ -125,6 +125,9 @@ listeners:
   smtps:      {{port: {ports["smtps"]}, bind: [{LOOPBACK}]}}
 tls: {{certificate: tls/dev.crt, key: tls/dev.key}}
 limits: {{max_message_size: {MAX_SIZE}, max_recipients: {MAX_RECIPIENTS}}}
+receiving:  # not what these tests are about: tests/test_receiving.py is
+  return_path: {{scope: nobody}}
+  spf: {{scope: nobody}}
 queue: {{directory: var/queue, mail_directory: var/mail}}
 domains:
   example.com:
