@@ -358,6 +358,7 @@ class Server:
 class Mailplan(Server):
     work: Path = Path()
     command: tuple[str, ...] = ()  # what runs `mailplan`; the virtualenv's by default
+    options: tuple[str, ...] = ()  # more options of `mailplan serve`
     variant: bool = False
     log_path: Path = Path()
     log: Any = None
@@ -385,7 +386,7 @@ class Mailplan(Server):
         self.log_path = self.work / "mailplan.log"
         self.log = self.log_path.open("wb")
         mailplan = self.command or (str(Path(sys.executable).with_name("mailplan")),)
-        command = [*mailplan, "serve", str(site), "--root", str(self.work / "root")]
+        command = [*mailplan, "serve", str(site), "--root", str(self.work / "root"), *self.options]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=self.log, cwd=self.work)
         wait_port(self.port, self.process, "mailplan")
         self.accepts = LogCounter(self.log_path, r" accepted from ")

@@ -422,6 +422,9 @@ class Delivery:
         post = lists.expand(found, domain, envelope.sender, message)
         if isinstance(post, lists.Refusal):
             return _failed(entry, post.status, post.reason), None
+        if not post.recipients:
+            text = f"list {entry.routing.queue} has no members"
+            return Outcome(entry.queue_id, entry.recipient, "delivered", "2.0.0", text), None
         expanded = Envelope(
             id=new_id(),
             arrived=time.time(),

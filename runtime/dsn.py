@@ -33,11 +33,15 @@ class Failure:
 
 def header_block(message: bytes) -> bytes:
     """The header of a message, up to (not including) the empty line."""
-    for separator in (b"\r\n\r\n", b"\n\n"):
-        end = message.find(separator)
-        if end >= 0:
-            return message[: end + len(separator) // 2]
-    return message
+    ends = [
+        (end, len(separator) // 2)
+        for separator in (b"\r\n\r\n", b"\n\n")
+        if (end := message.find(separator)) >= 0
+    ]
+    if not ends:
+        return message
+    end, line_end = min(ends)
+    return message[: end + line_end]
 
 
 def report(
@@ -77,7 +81,8 @@ def report(
         if failure.remote:
             block["Remote-MTA"] = f"dns; {failure.remote}"
         kind = "smtp" if failure.smtp else "x-mailplan"
-        block["Diagnostic-Code"] = f"{kind}; {_one_line(failure.diagnostic)}"
+        diagnostic = _one_line(failure.diagnostic).encode("ascii", "replace").decode()
+        block["Diagnostic-Code"] = f"{kind}; {diagnostic}"
         block["Last-Attempt-Date"] = format_datetime(_when(now))
         if retry_until is not None and not failed:
             block["Will-Retry-Until"] = format_datetime(_when(retry_until))

@@ -34,6 +34,12 @@ def owner(mailing_list: MailingList, domain: str) -> str:
     return mailing_list.owner if "@" in mailing_list.owner else f"{mailing_list.owner}@{domain}"
 
 
+def _identity(value: str) -> str:
+    """The list identifier of a `List-Id` value: what stands between `<` and `>` (RFC 2919)."""
+    start, end = value.rfind("<"), value.rfind(">")
+    return value[start + 1 : end].strip().lower() if 0 <= start < end else value.strip().lower()
+
+
 def list_id(mailing_list: MailingList, domain: str) -> str:
     return f"{mailing_list.name}.{domain}"
 
@@ -45,11 +51,14 @@ def expand(
     address = f"{mailing_list.name}@{domain}"
     identity = list_id(mailing_list, domain)
     headers = BytesHeaderParser(policy=SMTP).parsebytes(message)
-    if any(identity in str(value) for value in headers.get_all("List-Id", [])):
+    seen = {_identity(str(value)) for value in headers.get_all("List-Id", [])}
+    if identity in seen:
         return Refusal("5.4.6", f"mail loop: the message has been through list {address}")
+    if not sender:
+        return Refusal("5.7.1", f"list {address} does not pass bounces on to its members")
     members = tuple(member.address for member in mailing_list.members)
     if mailing_list.posting == "moderated":
-        return Refusal("5.7.1", f"list {address} is moderated: posts go through its owner")
+        return Refusal("5.7.1", f"list {address} is moderated: it takes no direct posts")
     if mailing_list.posting == "members":
         authors = {sender.lower()} | {
             found.lower() for _, found in getaddresses(headers.get_all("From", []))

@@ -8,14 +8,15 @@ the record data, an empty list when the name exists without records of that type
 (time-out, server failure, refusal) — a check must turn that into a temporary
 failure, never a permanent one.
 
-pyspf does its own look-ups through a module function; `spf_lookup` adapts either
-answerer to it.
+pyspf does its own look-ups through a module function; `spf_answers` sends them to
+either answerer, for one thread at a time.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import dns.asyncresolver
@@ -60,9 +61,9 @@ class Dns:
             return list(await self.resolver.resolve(name, rdtype))
         except dns.resolver.NoAnswer:
             return []
-        except dns.resolver.NXDOMAIN:
+        except (dns.resolver.NXDOMAIN, dns.exception.SyntaxError, dns.name.NameTooLong):
             raise NoSuchDomain(name) from None
-        except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.name.EmptyLabel) as exc:
+        except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
             raise DnsTrouble(f"{name} {rdtype}: {_why(exc)}") from None
 
     def query_blocking(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
@@ -70,9 +71,9 @@ class Dns:
             return list(self.blocking.resolve(name, rdtype))
         except dns.resolver.NoAnswer:
             return []
-        except dns.resolver.NXDOMAIN:
+        except (dns.resolver.NXDOMAIN, dns.exception.SyntaxError, dns.name.NameTooLong):
             raise NoSuchDomain(name) from None
-        except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.name.EmptyLabel) as exc:
+        except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
             raise DnsTrouble(f"{name} {rdtype}: {_why(exc)}") from None
 
 
@@ -103,44 +104,62 @@ class Zones:
         raise NoSuchDomain(name)
 
 
-def spf_lookup(answerer: Answerer) -> Callable[..., list[tuple[tuple[str, str], Any]]]:
-    """A replacement for pyspf's `DNSLookup`, answering through `answerer` (blocking)."""
+_asking = threading.local()  # the answerer pyspf's look-ups go to, in this thread
+
+
+@contextmanager
+def spf_answers(answerer: Answerer) -> Iterator[None]:
+    """Within this block, in this thread, pyspf asks `answerer` (other threads and other
+    users of pyspf are left alone: they keep its own dnspython look-ups)."""
+    _install()
+    _asking.answerer = answerer
+    try:
+        yield
+    finally:
+        _asking.answerer = None
+
+
+def _install() -> None:
     import spf
 
-    def lookup(
-        name: str, qtype: str, *_: object, **__: object
-    ) -> list[tuple[tuple[str, str], Any]]:
-        try:
-            records = answerer.query_blocking(name, qtype)
-        except NoSuchDomain:
-            return []
-        except DnsTrouble as trouble:
-            raise spf.TempError(f"DNS {trouble}") from None
-        found: list[tuple[tuple[str, str], Any]] = []
-        for rdata in records:
-            value: Any
-            if qtype in ("A", "AAAA"):
-                value = rdata.address  # type: ignore[attr-defined]
-            elif qtype == "MX":
-                value = (rdata.preference, rdata.exchange)  # type: ignore[attr-defined]
-            elif qtype == "PTR":
-                value = rdata.target.to_text(True)  # type: ignore[attr-defined]
-            else:  # TXT, SPF
-                value = rdata.strings  # type: ignore[attr-defined]
-            found.append(((name, qtype), value))
-        return found
+    if getattr(spf.DNSLookup, "mailplan", False):
+        return
+    own = spf.DNSLookup
 
-    return lookup
+    def lookup(name: str, qtype: str, *rest: Any, **options: Any) -> list[Any]:
+        answerer = getattr(_asking, "answerer", None)
+        if answerer is None:
+            return own(name, qtype, *rest, **options)  # type: ignore[no-any-return]
+        return _answer(answerer, name, qtype)
+
+    lookup.mailplan = True  # type: ignore[attr-defined]
+    spf.DNSLookup = lookup
 
 
-async def gather_quietly(*queries: Any) -> list[Any]:
-    """Run queries together; each result is its answer or the exception it raised."""
-    return list(await asyncio.gather(*queries, return_exceptions=True))
+def _answer(answerer: Answerer, name: str, qtype: str) -> list[tuple[tuple[str, str], Any]]:
+    """An answer in the shape pyspf's `DNSLookup` gives."""
+    import spf
+
+    try:
+        records = answerer.query_blocking(name, qtype)
+    except NoSuchDomain:
+        return []
+    except DnsTrouble as trouble:
+        raise spf.TempError(f"DNS {trouble}") from None
+    found: list[tuple[tuple[str, str], Any]] = []
+    for rdata in records:
+        value: Any
+        if qtype in ("A", "AAAA"):
+            value = rdata.address  # type: ignore[attr-defined]
+        elif qtype == "MX":
+            value = (rdata.preference, rdata.exchange)  # type: ignore[attr-defined]
+        elif qtype == "PTR":
+            value = rdata.target.to_text(True)  # type: ignore[attr-defined]
+        else:  # TXT, SPF
+            value = rdata.strings  # type: ignore[attr-defined]
+        found.append(((name, qtype), value))
+    return found
 
 
 def _why(exc: Exception) -> str:
-    if isinstance(exc, dns.exception.Timeout):
-        return "time-out"
-    if isinstance(exc, dns.name.EmptyLabel):
-        return "bad name"
-    return "server failure"
+    return "time-out" if isinstance(exc, dns.exception.Timeout) else "server failure"

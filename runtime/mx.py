@@ -77,6 +77,7 @@ async def destinations(queue: str, domain: str, resolve: dns.asyncresolver.Resol
         return [Host(queue, (ip,))]
     if queue != domain:
         return [Host(queue, await addresses(queue, resolve, fail=True))]
+    _valid(domain)
     try:
         answer = await resolve.resolve(domain, "MX")
     except dns.resolver.NoAnswer:
@@ -92,22 +93,27 @@ async def destinations(queue: str, domain: str, resolve: dns.asyncresolver.Resol
     if len(records) == 1 and records[0][2] == dns.name.root:
         raise LookupFailed("5.1.10", f"{domain} accepts no mail (null MX)")
     hosts = []
+    trouble: LookupFailed | None = None
     for _, _, exchange in records:
         if exchange == dns.name.root:
             continue
         name = exchange.to_text(omit_final_dot=True)
-        found = await addresses(name, resolve, fail=False)
-        if found:
-            hosts.append(Host(name, found))
-    if not hosts:
-        raise LookupFailed("4.4.4", f"{domain}: no exchanger has an address")
-    return hosts
+        try:
+            hosts.append(Host(name, await addresses(name, resolve, fail=True)))
+        except LookupFailed as failure:
+            trouble = failure if not failure.permanent else trouble
+    if hosts:
+        return hosts
+    if trouble is not None:
+        raise trouble
+    raise LookupFailed("5.4.4", f"{domain}: none of its exchangers has an address")
 
 
 async def addresses(
     name: str, resolve: dns.asyncresolver.Resolver, *, fail: bool
 ) -> tuple[str, ...]:
     """The IPv4 then IPv6 addresses of `name`; with `fail`, none is an error."""
+    _valid(name)
     found: list[str] = []
     temporary: str | None = None
     missing = 0
@@ -130,6 +136,14 @@ async def addresses(
     if missing:
         raise LookupFailed("5.1.2", f"{name}: no such domain")
     raise LookupFailed("5.1.2", f"{name}: no address")
+
+
+def _valid(name: str) -> None:
+    """Refuse, for good, a name that DNS cannot even ask for (empty or overlong labels)."""
+    try:
+        dns.name.from_text(name)
+    except (dns.exception.SyntaxError, dns.name.NameTooLong) as exc:
+        raise LookupFailed("5.1.2", f"{name}: not a valid domain name ({exc})") from None
 
 
 def _why(exc: Exception) -> str:

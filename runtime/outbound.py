@@ -69,11 +69,15 @@ class _Refused(Exception):
     """The host would not take the connection (connect, greeting, EHLO, TLS)."""
 
 
+class _TlsFailed(_Refused):
+    """STARTTLS was offered but the handshake failed, or TLS is required and not offered."""
+
+
 def _status(code: int, text: str) -> str:
     """The enhanced status in a reply, or one made from its basic code."""
     first = text.split(" ", 1)[0]
     parts = first.split(".")
-    if len(parts) == 3 and all(part.isdigit() for part in parts) and first[0] in "245":
+    if len(parts) == 3 and all(part.isdigit() for part in parts) and first[0] == str(code)[0]:
         return first
     return f"{code // 100}.0.0"
 
@@ -114,22 +118,29 @@ async def deliver(
         return _everyone(parcels, failure.status, failure.reason)
     outcomes: list[Outcome] = []
     left = parcels
-    last = "no host took the connection"
+    last, status = "no host took the connection", "4.4.1"
     for host in hosts:
         for address in host.addresses:
+            tls = True
             while left:  # a connection carries at most MAX_PER_CONNECTION messages
                 try:
-                    done = await _session(host.name, address, left, settings)
+                    done = await _session(host.name, address, left, settings, tls)
+                except _TlsFailed as refused:
+                    last, status = f"{host.name}[{address}]: {refused}", "4.7.4"
+                    log.info("%s: %s", queue, last)
+                    if settings.require_tls or not tls:
+                        break
+                    tls = False  # opportunistic TLS falls back to clear text (RFC 7435)
+                    continue
                 except _Refused as refused:
-                    last = f"{host.name}[{address}]: {refused}"
+                    last, status = f"{host.name}[{address}]: {refused}", "4.4.1"
                     log.info("%s: %s", queue, last)
                     break
                 if not done:
-                    last = f"{host.name}[{address}]: the connection ended"
+                    last, status = f"{host.name}[{address}]: the connection ended", "4.4.2"
                     break
                 outcomes.extend(done)
                 left = _unfinished(left, {(o.queue_id, o.recipient) for o in done})
-    status = "4.7.4" if settings.require_tls and "TLS" in last else "4.4.1"
     return outcomes + _everyone(left, status, last)
 
 
@@ -142,13 +153,14 @@ def _unfinished(parcels: list[Parcel], finished: set[tuple[str, str]]) -> list[P
 
 
 async def _session(
-    name: str, address: str, parcels: list[Parcel], settings: Settings
+    name: str, address: str, parcels: list[Parcel], settings: Settings, tls: bool
 ) -> list[Outcome]:
     """One connection to one address; outcomes for the parcels it finished before it ended.
 
     Parcels it did not get to (the connection dropped) are left for the next host.
+    STARTTLS is used when offered, unless `tls` is false (a fallback after it failed).
     """
-    host = f"{name}[{address}]"
+    host = name
     client = aiosmtplib.SMTP(
         hostname=address,
         port=settings.port,
@@ -162,11 +174,14 @@ async def _session(
             await client.ehlo()
         except aiosmtplib.SMTPHeloError:
             await client.helo()
-        if client.supports_extension("starttls"):
-            await client.starttls(tls_context=_NO_VERIFY, server_hostname=name)
-            await client.ehlo()
+        if tls and client.supports_extension("starttls"):
+            try:
+                await client.starttls(tls_context=_NO_VERIFY, server_hostname=name)
+                await client.ehlo()
+            except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+                raise _TlsFailed(f"TLS failed: {exc or type(exc).__name__}") from None
         elif settings.require_tls:
-            raise _Refused("TLS is required, but was not offered")
+            raise _TlsFailed("TLS is required, but was not offered")
     except _Refused:
         client.close()
         raise
@@ -190,8 +205,18 @@ async def _transaction(client: aiosmtplib.SMTP, parcel: Parcel, host: str) -> li
         options.append(f"SIZE={len(parcel.message)}")
     if client.supports_extension("8bitmime") and not parcel.message.isascii():
         options.append("BODY=8BITMIME")
+    international = not all(a.isascii() for a in (parcel.sender, *parcel.recipients))
+    if international:
+        if not client.supports_extension("smtputf8"):
+            reason = "a non-ASCII address, and the server does not offer SMTPUTF8"
+            return [
+                Outcome(parcel.queue_id, r, "permanent", "5.6.7", reason, host)
+                for r in parcel.recipients
+            ]
+        options.append("SMTPUTF8")
+    encoding = "utf-8" if international else "ascii"
     try:
-        await client.mail(parcel.sender, options=options)
+        await client.mail(parcel.sender, options=options, encoding=encoding)
     except aiosmtplib.SMTPResponseException as refused:
         await _reset(client, refused)
         return [_outcome(parcel, r, refused.code, refused.message, host) for r in parcel.recipients]
@@ -199,7 +224,7 @@ async def _transaction(client: aiosmtplib.SMTP, parcel: Parcel, host: str) -> li
     outcomes: list[Outcome] = []
     for recipient in parcel.recipients:
         try:
-            await client.rcpt(recipient)
+            await client.rcpt(recipient, encoding=encoding)
         except aiosmtplib.SMTPResponseException as refused:
             _raise_if_gone(refused)
             outcomes.append(_outcome(parcel, recipient, refused.code, refused.message, host))

@@ -3,8 +3,8 @@
 Only programs declared under `pipes:` run, directly (never through a shell), with
 the declared arguments, then those the routing record gave. The envelope is in
 the environment; nothing else of the server's environment is passed on. Exit
-status 0 delivers, 75 (EX_TEMPFAIL) and a time-out retry later, anything else
-fails the recipient and the program's output goes into the bounce. A program that
+status 0 delivers, 75 (EX_TEMPFAIL), death by a signal and a time-out retry later,
+anything else fails the recipient and the program's output goes into the bounce. A program that
 cannot be started is a temporary failure: a broken installation must not bounce
 mail.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shlex
 from dataclasses import dataclass
 
 from plan.model import Pipe
@@ -45,7 +44,7 @@ def arguments(target: str, pipe: Pipe) -> list[str]:
     """The command line for a routing target `"name args"@pipe`: program, site args, route args."""
     inner = target.removesuffix("@pipe").strip('"')
     _, _, extra = inner.partition(" ")
-    return [pipe.program, *pipe.args, *shlex.split(extra)]
+    return [pipe.program, *pipe.args, *extra.split()]
 
 
 def environment(envelope: Envelope) -> dict[str, str]:
@@ -84,11 +83,14 @@ async def run(pipe: Pipe, argv: list[str], envelope: Envelope, message: bytes) -
         return Result("temporary", "4.3.0", f"pipe {pipe.name}: no answer in {pipe.timeout} s")
     text = output[:OUTPUT_LIMIT].decode("utf-8", "replace").strip()
     said = f": {text}" if text else ""
-    if process.returncode == 0:
+    status = process.returncode if process.returncode is not None else -1
+    if status == 0:
         return Result("delivered", "2.0.0", f"pipe {pipe.name}: delivered")
-    if process.returncode == EX_TEMPFAIL:
+    if status < 0:
+        return Result("temporary", "4.3.0", f"pipe {pipe.name}: killed by signal {-status}{said}")
+    if status == EX_TEMPFAIL:
         return Result("temporary", "4.3.0", f"pipe {pipe.name}: exit status 75{said}")
-    return Result("permanent", "5.3.0", f"pipe {pipe.name}: exit status {process.returncode}{said}")
+    return Result("permanent", "5.3.0", f"pipe {pipe.name}: exit status {status}{said}")
 
 
 def _kill(process: asyncio.subprocess.Process) -> None:

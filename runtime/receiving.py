@@ -35,7 +35,7 @@ import aiosmtplib
 
 from plan.model import Plan, Scope
 from runtime import mx
-from runtime.lookup import Answerer, Dns, DnsTrouble, NoSuchDomain, spf_lookup
+from runtime.lookup import Answerer, Dns, DnsTrouble, NoSuchDomain, spf_answers
 from runtime.policy import Client, in_scope
 from runtime.router import Router
 
@@ -208,9 +208,9 @@ class Checks:
     def spf_blocking(self, ip: str, helo: str, sender: str) -> Verdict:
         import spf
 
-        spf.DNSLookup = spf_lookup(self.answerer)
         query = spf.query(i=ip, s=sender or f"postmaster@{helo}", h=helo or "unknown", timeout=20)
-        result, _, explanation = query.check()
+        with spf_answers(self.answerer):
+            result, _, explanation = query.check()
         header = "Received-SPF: " + query.get_header(result, self.hostname)
         action = self.plan.receiving.spf.action
         refused = result == "fail" or (result == "softfail" and action == "reject-softfail")

@@ -4,6 +4,7 @@ Each queued message has a journal, `ID.tries` next to `ID.msg`: one line per eve
 appended, never rewritten.
 
     T <time> <status> <recipient> <reason>   a temporary failure of one recipient
+                                              (in the recipient, `%` is `%25`, a space `%20`)
     W <time>                                  the delay warning was sent
     F <time>                                  `mailplan queue flush`: try now
 
@@ -41,6 +42,7 @@ def parse(text: str) -> History:
         if kind == "T":
             status, _, rest = rest.partition(" ")
             recipient, _, reason = rest.partition(" ")
+            recipient = recipient.replace("%20", " ").replace("%25", "%")
             if recipient:
                 history.attempts[recipient] = history.attempts.get(recipient, 0) + 1
                 history.last[recipient] = when
@@ -53,7 +55,8 @@ def parse(text: str) -> History:
 
 
 def failure_line(when: float, status: str, recipient: str, reason: str) -> str:
-    return f"T {when:.3f} {status} {recipient} {' '.join(reason.split())}\n"
+    field = recipient.replace("%", "%25").replace(" ", "%20")
+    return f"T {when:.3f} {status} {field} {' '.join(reason.split())}\n"
 
 
 def event_line(kind: str, when: float) -> str:
