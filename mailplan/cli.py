@@ -188,7 +188,7 @@ def _loader(site: Path | None, plan: Path | None) -> Callable[[], Plan]:
 
 
 def _serve(arguments: argparse.Namespace) -> int:
-    from runtime.server import SMTP_PROTOCOLS, Options, Server, development
+    from runtime.server import POP3_PROTOCOLS, SMTP_PROTOCOLS, Options, Server, development
 
     # Log lines are written by a thread of their own, never by the event loop.
     output = logging.StreamHandler(sys.stderr)
@@ -212,7 +212,8 @@ def _serve(arguments: argparse.Namespace) -> int:
         print("development mode: listeners on 127.0.0.1")
         for listener in plan.listeners:
             moved = development(listener)
-            later = "" if listener.protocol in SMTP_PROTOCOLS else "  (not served yet)"
+            served = listener.protocol in (*SMTP_PROTOCOLS, *POP3_PROTOCOLS)
+            later = "" if served else "  (served by Dovecot: mailplan dovecot)"
             print(f"  {listener.name:<12} {listener.protocol:<11} port {moved.port}{later}")
         smtp = next((development(x).port for x in plan.listeners if x.protocol == "smtp"), 2525)
         rcpt = f"postmaster@{plan.server.main_domain}"
