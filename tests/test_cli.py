@@ -105,9 +105,9 @@ def test_route_through_site_and_plan_agree(
     assert capsys.readouterr().out == from_site
     assert from_site.splitlines() == [
         "info@example.org (mail)",
-        "  site.yaml:68       domain alias example.org of example.com: "
+        "  site.yaml:70       domain alias example.org of example.com: "
         "info@example.org -> info@example.com",
-        "  site.yaml:85       forwarder info@example.com = sales@example.net: "
+        "  site.yaml:87       forwarder info@example.com = sales@example.net: "
         "info@example.com -> sales@example.net  [relay]",
         "  built-in           example.net is not hosted here: "
         "sales@example.net -> SMTP(example.net)sales@example.net",
@@ -145,7 +145,7 @@ def test_route_json(capsys: pytest.CaptureFixture[str]) -> None:
         "recipient@example.com",
         "recipient@example.com",
     )
-    assert [step["source"]["line"] for step in result["steps"]] == [68, 79, 79]
+    assert [step["source"]["line"] for step in result["steps"]] == [70, 81, 81]
 
 
 def test_route_refuses_a_tampered_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,6 +20,7 @@ import signal
 import smtplib
 import ssl
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -213,13 +214,19 @@ class Dovecot:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int], MailServer]]:
+def served() -> Iterator[tuple[Path, dict[str, int], MailServer]]:
     """A site, its mailplan server, the mail in alice's Maildir, and Dovecot on its files."""
-    # Dovecot's processes (dovenull, dovecot) must reach the files under the test's folder.
-    for parent in (tmp_path, *tmp_path.parents):
-        if parent == Path("/"):
-            break
-        os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    # Dovecot's unprivileged processes must reach the files: not under pytest's folder,
+    # which pytest keeps at mode 0700.
+    tmp_path = Path(tempfile.mkdtemp(prefix="mailplan-dovecot-"))
+    os.chmod(tmp_path, 0o711)
+    try:
+        yield from _served(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _served(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int], MailServer]]:
     ports = dict(zip(("smtp", "pop3s", "imap", "imaps"), free_ports(4), strict=True))
     directory = write_site(tmp_path, ports)
     server = MailServer(directory, tmp_path, [ports["smtp"], ports["pop3s"]])
