@@ -57,6 +57,12 @@ def network_form(content: bytes) -> bytes:
     return lines if lines.endswith(b"\r\n") or not lines else lines + b"\r\n"
 
 
+def network_size(content: bytes) -> int:
+    """`len(network_form(content))`, without making it: each bare LF gains a CR."""
+    size = len(content) + content.count(b"\n") - content.count(b"\r\n")
+    return size + 2 if content and not content.endswith(b"\n") else size
+
+
 def _order(file_name: str) -> tuple[int, str]:
     """Delivery order: Maildir names start with the delivery time in seconds."""
     head = file_name.split(".", 1)[0]
@@ -96,7 +102,9 @@ class Maildrop:
 
     def read(self, message: Message) -> bytes:
         """The message in network form; FileNotFoundError if no reader has it any more."""
-        for path in (message.path, *self._where(message.name)):
+        with contextlib.suppress(FileNotFoundError):
+            return network_form(message.path.read_bytes())
+        for path in self._where(message.name):  # only when another reader moved it
             with contextlib.suppress(FileNotFoundError):
                 return network_form(path.read_bytes())
         raise FileNotFoundError(message.name)
@@ -145,7 +153,7 @@ def _scan(folder: Path) -> tuple[Message, ...]:
         if name in seen_names:  # a copy left by an interrupted rename: list it once
             continue
         try:
-            size = len(network_form(path.read_bytes()))
+            size = network_size(path.read_bytes())
         except (FileNotFoundError, IsADirectoryError):
             continue
         seen_names.add(name)

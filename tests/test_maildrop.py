@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from runtime import maildir
-from runtime.maildrop import Locked, Maildrop, network_form, uidl
+from runtime.maildrop import Locked, Maildrop, network_form, network_size, uidl
 
 
 def delivered(folder: Path, *bodies: bytes) -> list[Path]:
@@ -27,6 +27,7 @@ def delivered(folder: Path, *bodies: bytes) -> list[Path]:
 )
 def test_network_form(content: bytes, expected: bytes) -> None:
     assert network_form(content) == expected
+    assert network_size(content) == len(expected)
 
 
 def test_uidl_is_the_base_name_when_it_can_be() -> None:
