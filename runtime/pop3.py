@@ -63,7 +63,7 @@ UPDATE_FAILED = "-ERR [SYS/TEMP] Some messages could not be changed; they are st
 @dataclass(frozen=True)
 class Command:
     keyword: str  # upper case; "" for an empty line
-    arguments: list[str]
+    arguments: tuple[str, ...]
     rest: str  # everything after the keyword and one space (PASS allows spaces)
 
 
@@ -71,7 +71,7 @@ def parse(line: bytes) -> Command:
     """A command line: its keyword, its arguments and the raw rest of the line."""
     text = line.decode("utf-8", "replace").rstrip("\r\n")
     keyword, _, rest = text.partition(" ")
-    return Command(keyword.upper(), [word for word in rest.split(" ") if word], rest)
+    return Command(keyword.upper(), tuple(word for word in rest.split(" ") if word), rest)
 
 
 def plaintext_allowed(listener: Listener, tls: bool) -> bool:
@@ -98,11 +98,15 @@ def stuffed(content: bytes) -> bytes:
 
 def top(content: bytes, lines: int) -> bytes:
     """The header, the blank line and the first `lines` lines of the body (network form)."""
-    head, separator, body = content.partition(b"\r\n\r\n")
-    if not separator:
-        return content
+    if content.startswith(b"\r\n"):  # no header at all
+        head, separator, body = b"", b"", content[2:]
+    else:
+        head, separator, body = content.partition(b"\r\n\r\n")
+        if not separator:
+            return content
     kept = body.split(b"\r\n")[:-1][:lines]
-    return head + b"\r\n\r\n" + b"".join(line + b"\r\n" for line in kept)
+    blank = b"\r\n\r\n" if separator else b"\r\n"
+    return head + blank + b"".join(line + b"\r\n" for line in kept)
 
 
 def sasl_plain(response: str) -> tuple[str, str] | None:
@@ -218,12 +222,12 @@ class Pop3:
 
     # -- AUTHORIZATION ----------------------------------------------------------------
 
-    async def capa(self, arguments: list[str]) -> bool:
+    async def capa(self, arguments: tuple[str, ...]) -> bool:
         found = capabilities(self.listener, self.tls, self.state.maildrop is not None)
         await self._send(CAPA_OK, *found, ".")
         return True
 
-    async def stls(self, arguments: list[str]) -> bool:
+    async def stls(self, arguments: tuple[str, ...]) -> bool:
         if self.listener.tls != "starttls" or self.tls or self.context is None:
             return await self._error(STLS_REFUSED)
         # Whatever the client sent after STLS, before the handshake, is discarded: it
@@ -235,7 +239,7 @@ class Pop3:
         self.state.user = None
         return True
 
-    async def user(self, arguments: list[str]) -> bool:
+    async def user(self, arguments: tuple[str, ...]) -> bool:
         if not plaintext_allowed(self.listener, self.tls):
             return await self._error(PLAINTEXT_REFUSED)
         if len(arguments) != 1:
@@ -244,7 +248,7 @@ class Pop3:
         await self._send("+OK Send PASS")
         return True
 
-    async def pass_(self, arguments: list[str]) -> bool:
+    async def pass_(self, arguments: tuple[str, ...]) -> bool:
         if not plaintext_allowed(self.listener, self.tls):
             return await self._error(PLAINTEXT_REFUSED)
         if self.state.user is None:
@@ -252,7 +256,7 @@ class Pop3:
         name, self.state.user = self.state.user, None
         return await self._login(name, self.rest)
 
-    async def auth(self, arguments: list[str]) -> bool:
+    async def auth(self, arguments: tuple[str, ...]) -> bool:
         if not arguments:
             await self._send("+OK Mechanisms follow", "PLAIN", ".")
             return True
@@ -310,7 +314,7 @@ class Pop3:
         await self._send(AUTH_FAILED)
         return True
 
-    async def quit(self, arguments: list[str]) -> bool:
+    async def quit(self, arguments: tuple[str, ...]) -> bool:
         drop = self.state.maildrop
         if drop is None:
             await self._send(BYE)
@@ -353,18 +357,20 @@ class Pop3:
             if message not in self.state.deleted
         ]
 
-    async def stat(self, arguments: list[str]) -> bool:
+    async def stat(self, arguments: tuple[str, ...]) -> bool:
         listed = self._listed()
         await self._send(f"+OK {len(listed)} {sum(m.size for _, m in listed)}")
         return True
 
-    async def list_(self, arguments: list[str]) -> bool:
+    async def list_(self, arguments: tuple[str, ...]) -> bool:
         return await self._scan_listing(arguments, lambda m: str(m.size))
 
-    async def uidl(self, arguments: list[str]) -> bool:
+    async def uidl(self, arguments: tuple[str, ...]) -> bool:
         return await self._scan_listing(arguments, lambda m: m.uid)
 
-    async def _scan_listing(self, arguments: list[str], value: Callable[[Message], str]) -> bool:
+    async def _scan_listing(
+        self, arguments: tuple[str, ...], value: Callable[[Message], str]
+    ) -> bool:
         if len(arguments) > 1:
             return await self._error(BAD_SYNTAX)
         if arguments:
@@ -377,7 +383,7 @@ class Pop3:
         await self._send("+OK", *lines, ".")
         return True
 
-    async def retr(self, arguments: list[str]) -> bool:
+    async def retr(self, arguments: tuple[str, ...]) -> bool:
         message = self._message(arguments[0]) if len(arguments) == 1 else None
         if message is None:
             return await self._error(NO_MESSAGE if arguments else BAD_SYNTAX)
@@ -388,7 +394,7 @@ class Pop3:
         await self._multiline(f"+OK {len(content)} octets", content)
         return True
 
-    async def top(self, arguments: list[str]) -> bool:
+    async def top(self, arguments: tuple[str, ...]) -> bool:
         if len(arguments) != 2 or not arguments[1].isdigit():
             return await self._error(BAD_SYNTAX)
         message = self._message(arguments[0])
@@ -415,7 +421,7 @@ class Pop3:
         self.writer.write(first.encode() + b"\r\n" + stuffed(content))
         await self.writer.drain()
 
-    async def dele(self, arguments: list[str]) -> bool:
+    async def dele(self, arguments: tuple[str, ...]) -> bool:
         message = self._message(arguments[0]) if len(arguments) == 1 else None
         if message is None:
             return await self._error(NO_MESSAGE if arguments else BAD_SYNTAX)
@@ -423,17 +429,17 @@ class Pop3:
         await self._send(f"+OK Message {arguments[0]} deleted")
         return True
 
-    async def noop(self, arguments: list[str]) -> bool:
+    async def noop(self, arguments: tuple[str, ...]) -> bool:
         await self._send("+OK")
         return True
 
-    async def rset(self, arguments: list[str]) -> bool:
+    async def rset(self, arguments: tuple[str, ...]) -> bool:
         self.state.deleted.clear()
         await self._send(f"+OK {len(self._listed())} messages")
         return True
 
 
-_Handler = Callable[[Pop3, list[str]], Awaitable[bool]]
+_Handler = Callable[[Pop3, tuple[str, ...]], Awaitable[bool]]
 _AUTHORIZATION: dict[str, _Handler] = {
     "CAPA": Pop3.capa,
     "STLS": Pop3.stls,

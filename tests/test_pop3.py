@@ -24,6 +24,7 @@ import pytest
 from argon2 import PasswordHasher
 from serverkit import LOOPBACK, MailServer, free_ports, wait_until
 
+from plan.model import Listener, Source
 from runtime import devtls, pop3
 from runtime.maildrop import LOCK_FILE
 
@@ -361,7 +362,7 @@ def test_another_reader_moving_messages_changes_no_uidl(site: Site) -> None:
 def test_parse_keeps_the_raw_rest_for_pass() -> None:
     command = pop3.parse(b"pass  two  spaces \r\n")
     assert command.keyword == "PASS"
-    assert command.arguments == ["two", "spaces"]
+    assert command.arguments == ("two", "spaces")
     assert command.rest == " two  spaces "
     assert pop3.parse(b"\r\n").keyword == ""
 
@@ -386,6 +387,7 @@ def test_top_keeps_the_header_and_n_body_lines() -> None:
     assert pop3.top(content, 2) == b"A: 1\r\nB: 2\r\n\r\none\r\ntwo\r\n"
     assert pop3.top(content, 9) == content
     assert pop3.top(b"A: 1\r\n", 3) == b"A: 1\r\n"
+    assert pop3.top(b"\r\nbody only\r\nsecond\r\n", 1) == b"\r\nbody only\r\n"
 
 
 @pytest.mark.parametrize(
@@ -402,3 +404,41 @@ def test_top_keeps_the_header_and_n_body_lines() -> None:
 )
 def test_sasl_plain(response: str, expected: tuple[str, str] | None) -> None:
     assert pop3.sasl_plain(response) == expected
+
+
+def listener(tls: str, plaintext_auth: bool = False) -> Listener:
+    source = Source("site.yaml", 1, 1)
+    return Listener("pop3", source, "pop3", ("127.0.0.1",), 110, tls, "required", plaintext_auth)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("tls", "plaintext", "encrypted", "logged_in", "expected"),
+    [
+        ("starttls", False, False, False, ["STLS"]),
+        ("starttls", False, True, False, ["USER", "SASL PLAIN"]),
+        ("starttls", True, False, False, ["USER", "SASL PLAIN", "STLS"]),
+        ("implicit", False, True, False, ["USER", "SASL PLAIN"]),
+        ("none", True, False, False, ["USER", "SASL PLAIN"]),
+        ("implicit", False, True, True, []),
+    ],
+    ids=["before-stls", "after-stls", "plaintext-allowed", "implicit", "no-tls", "logged-in"],
+)
+def test_capabilities(
+    tls: str, plaintext: bool, encrypted: bool, logged_in: bool, expected: list[str]
+) -> None:
+    found = pop3.capabilities(listener(tls, plaintext), encrypted, logged_in)
+    common = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+    assert found == [*common, *expected, "IMPLEMENTATION mailplan"]
+
+
+def test_unknown_commands_misplaced_commands_and_long_lines(site: Site) -> None:
+    with socket.create_connection((LOOPBACK, site.ports["pop3plain"]), TIMEOUT) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+        sock.sendall(b"HELO there\r\nSTAT\r\nPASS before user\r\n")
+        assert reader.readline() == b"-ERR Unknown command\r\n"
+        assert reader.readline() == b"-ERR Command not valid in this state\r\n"
+        assert reader.readline() == b"-ERR [AUTH] Give USER first\r\n"
+        sock.sendall(b"USER " + b"x" * 10_000 + b"\r\n")
+        assert reader.readline() == b"-ERR Line too long; closing\r\n"
+        assert reader.readline() == b""
