@@ -12,6 +12,7 @@ to `nobody` (as if that user had delivered them) and names it with `--user`.
 
 from __future__ import annotations
 
+import grp
 import imaplib
 import os
 import poplib
@@ -246,6 +247,8 @@ def _served(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int], MailServer]]
             "dovecot", directory, "-o", output, "--root", tmp_path, "--user", MAIL_USER
         )
         assert result.returncode == 0, result.stderr
+        written = (output / dovecot.PASSWD).stat()
+        assert (written.st_mode & 0o777, written.st_gid) == (0o640, grp.getgrnam("dovecot").gr_gid)
         imap = Dovecot(output, tmp_path, [ports["imap"], ports["imaps"]])
         imap.start()
         try:
