@@ -8,6 +8,7 @@ from plan.model import Listener, Plan, Source
 from runtime.router import Router
 
 SUBMISSION = ("submission", "smtps")
+READING = ("pop3", "pop3s", "imap", "imaps")
 WILDCARDS = ("0.0.0.0", "::")
 
 
@@ -15,6 +16,7 @@ def check_listeners(plan: Plan, router: Router) -> list[Diagnostic]:
     problems: list[Diagnostic] = []
     for listener in plan.listeners:
         problems += _listener(listener, plan)
+        problems += _reading(listener)
     problems += _sockets(plan.listeners)
     addressed = {mx.host for d in plan.domains for mx in d.mx if mx.ipv4 or mx.ipv6}
     hosted = [*router.domains, *router.aliases]
@@ -55,6 +57,35 @@ def _listener(listener: Listener, plan: Plan) -> list[Diagnostic]:
         message = f"listener {name!r} uses TLS ({listener.tls}) but {keys} is not set"
         problems.append(_error(listener.source, "MP403", message))
     return problems
+
+
+def _reading(listener: Listener) -> list[Diagnostic]:
+    """POP3 and IMAP: every session logs in, so a login must be possible and safe."""
+    if listener.protocol not in READING:
+        return []
+    name, protocol = listener.name, listener.protocol
+    if listener.auth == "none":
+        message = (
+            f"{protocol} listener {name!r} cannot do without a login: mail is read only "
+            "by its owner (remove auth: none)"
+        )
+        return [_error(listener.source, "MP411", message)]
+    if listener.tls == "none" and not listener.plaintext_auth:
+        message = (
+            f"{protocol} listener {name!r} has no TLS, so it would refuse every login; "
+            "use tls: starttls or implicit, or plaintext_auth: true"
+        )
+        return [_error(listener.source, "MP410", message)]
+    if listener.tls == "none":
+        message = (
+            f"{protocol} listener {name!r} takes passwords without TLS: they would cross "
+            "the network in clear (plaintext_auth: true)"
+        )
+        return [_warning(listener.source, "MP410", message)]
+    if listener.plaintext_auth and listener.tls == "starttls":
+        message = f"{protocol} listener {name!r} accepts logins before STLS (plaintext_auth: true)"
+        return [_warning(listener.source, "MP410", message)]
+    return []
 
 
 def _sockets(listeners: tuple[Listener, ...]) -> list[Diagnostic]:

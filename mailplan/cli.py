@@ -131,6 +131,19 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("-o", "--output", type=Path, default=Path("."), metavar="DIR")
     keygen.set_defaults(run=_dkim_keygen)
 
+    dovecot = commands.add_parser(
+        "dovecot", help="write the passwd-file and configuration Dovecot needs to serve IMAP"
+    )
+    origin = dovecot.add_mutually_exclusive_group(required=True)
+    origin.add_argument("site", type=Path, nargs="?", metavar="SITE_DIR")
+    origin.add_argument("--plan", type=Path, metavar="PLAN")
+    dovecot.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")
+    dovecot.add_argument("--root", type=Path, default=Path("."), help="base of relative paths")
+    dovecot.add_argument(
+        "--user", help="who owns the Maildirs (default: the owner of the mail directory)"
+    )
+    dovecot.set_defaults(run=_dovecot)
+
     schema = commands.add_parser("schema", help="print the JSON Schema of site.yaml or of a plan")
     schema.add_argument("which", choices=("site", "plan"))
     schema.set_defaults(run=_schema)
@@ -234,7 +247,7 @@ def _loader(site: Path | None, plan: Path | None) -> Callable[[], Plan]:
 
 def _serve(arguments: argparse.Namespace) -> int:
     from runtime.delivery import Remote
-    from runtime.server import SMTP_PROTOCOLS, Options, Server, development
+    from runtime.server import POP3_PROTOCOLS, SMTP_PROTOCOLS, Options, Server, development
 
     # Log lines are written by a thread of their own, never by the event loop.
     output = logging.StreamHandler(sys.stderr)
@@ -263,7 +276,8 @@ def _serve(arguments: argparse.Namespace) -> int:
         print("development mode: listeners on 127.0.0.1")
         for listener in plan.listeners:
             moved = development(listener)
-            later = "" if listener.protocol in SMTP_PROTOCOLS else "  (not served yet)"
+            served = listener.protocol in (*SMTP_PROTOCOLS, *POP3_PROTOCOLS)
+            later = "" if served else "  (served by Dovecot: mailplan dovecot)"
             print(f"  {listener.name:<12} {listener.protocol:<11} port {moved.port}{later}")
         smtp = next((development(x).port for x in plan.listeners if x.protocol == "smtp"), 2525)
         rcpt = f"postmaster@{plan.server.main_domain}"
@@ -494,6 +508,65 @@ def _dkim_keygen(arguments: argparse.Namespace) -> int:
         f"in site.yaml, under domains: {domain}:\n"
         f"    dkim: [{{selector: {selector}, public_key: PATH/{selector}.{domain}.pub}}]"
     )
+    return 0
+
+
+def _dovecot(arguments: argparse.Namespace) -> int:
+    import grp
+    import pwd
+
+    from runtime import dovecot
+
+    plan = _load_plan(arguments)
+    if plan is None:
+        return 1
+    root = arguments.root.resolve()
+
+    def absolute(value: str) -> Path:
+        return Path(value) if Path(value).is_absolute() else root / value
+
+    mail_directory = absolute(plan.queue.mail_directory)
+    try:
+        if arguments.user is not None:
+            entry = pwd.getpwnam(arguments.user)
+            uid, gid = entry.pw_uid, entry.pw_gid
+        elif mail_directory.exists():
+            uid, gid = mail_directory.stat().st_uid, mail_directory.stat().st_gid
+        else:
+            uid, gid = os.getuid(), os.getgid()
+    except KeyError:
+        print(f"mailplan: no such user: {arguments.user}", file=sys.stderr)
+        return 1
+    if uid == 0:
+        print(
+            "mailplan: Dovecot does not read mail as root: run `mailplan serve` as a user of "
+            "its own and name it with --user",
+            file=sys.stderr,
+        )
+        return 1
+    output = arguments.output.resolve()
+    certificate, key = plan.tls.certificate, plan.tls.key
+    place = dovecot.Place(
+        output,
+        mail_directory,
+        absolute(certificate) if certificate else None,
+        absolute(key) if key else None,
+        uid,
+        gid,
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    for name, text in dovecot.files(plan, place).items():
+        target = output / name
+        temporary = target.with_name(f".{name}.tmp")
+        temporary.write_text(text, encoding="utf-8")
+        if name == dovecot.PASSWD:  # hashes: readable by Dovecot's auth process only
+            temporary.chmod(0o640)
+            try:
+                os.chown(temporary, -1, grp.getgrnam("dovecot").gr_gid)
+            except (KeyError, PermissionError):
+                temporary.chmod(0o644)
+        os.replace(temporary, target)
+        print(f"wrote {target}")
     return 0
 
 

@@ -25,17 +25,20 @@ from runtime import devtls
 from runtime.delivery import Delivery, Remote
 from runtime.lookup import Answerer, Dns
 from runtime.policy import Policy
+from runtime.pop3 import LINE_LIMIT, Pop3
 from runtime.processor import Processor
 from runtime.receiving import CallbackCache, Checks
 from runtime.router import Router
 from runtime.smtp import Handler, Session, Snapshot
 from runtime.spool import Envelope, Spool
+from runtime.throttle import Throttle
 
 log = logging.getLogger("mailplan.server")
 
 # `make run`: every listener moves to 127.0.0.1, on a fixed high port.
 DEV_PORTS = {25: 2525, 587: 2587, 465: 2465, 110: 2110, 995: 2995, 143: 2143, 993: 2993}
 SMTP_PROTOCOLS = ("smtp", "submission", "smtps")
+POP3_PROTOCOLS = ("pop3", "pop3s")
 STOP_GRACE = 60.0
 PIDFILE = "mailplan.pid"
 
@@ -89,6 +92,8 @@ class Server:
             self.delivery.add,
         )
         self.sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+        self.pop3_sessions: set[asyncio.StreamWriter] = set()
+        self.throttle = Throttle()  # failed logins per client IP, shared by all POP3 sessions
         self.servers: list[asyncio.AbstractServer] = []
         self.stopping = asyncio.Event()
         self.listeners: list[Listener] = []
@@ -124,8 +129,12 @@ class Server:
         context = self._tls_context(plan)
         for configured in plan.listeners:
             listener = development(configured) if self.options.dev else configured
-            if listener.protocol not in SMTP_PROTOCOLS:
-                log.info("listener %s (%s) is not served yet", listener.name, listener.protocol)
+            if listener.protocol not in (*SMTP_PROTOCOLS, *POP3_PROTOCOLS):
+                log.info(
+                    "listener %s (%s) is served by Dovecot (see `mailplan dovecot`), not here",
+                    listener.name,
+                    listener.protocol,
+                )
                 continue
             for address in listener.bind:
                 server = await self._listen(listener, address, context)
@@ -149,6 +158,14 @@ class Server:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((address, listener.port))
         implicit = listener.tls == "implicit"
+        if listener.protocol in POP3_PROTOCOLS:
+            return await asyncio.start_server(
+                lambda reader, writer: self._pop3(listener, context, reader, writer),
+                sock=sock,
+                ssl=context if implicit else None,
+                backlog=512,
+                limit=LINE_LIMIT,
+            )
         loop = asyncio.get_running_loop()
         return await loop.create_server(
             lambda: self._session(listener, context),
@@ -175,6 +192,22 @@ class Server:
         )
         self.sessions.add(session)
         return session
+
+    async def _pop3(
+        self,
+        listener: Listener,
+        context: ssl.SSLContext | None,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        policy = self.current.policy
+        mail_directory = self._path(policy.plan.queue.mail_directory)
+        session = Pop3(policy, listener, context, mail_directory, self.throttle, reader, writer)
+        self.pop3_sessions.add(writer)
+        try:
+            await session.serve()
+        finally:
+            self.pop3_sessions.discard(writer)
 
     async def store(self, envelope: Envelope, message: bytes) -> None:
         await asyncio.to_thread(self.spool.store, envelope, message)
@@ -222,6 +255,11 @@ class Server:
         for session in self.sessions:
             if session.transport is not None:
                 session.transport.close()
+        for writer in list(self.pop3_sessions):
+            writer.transport.abort()  # a POP3 session that did not QUIT changes nothing
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while self.pop3_sessions and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)  # each session sees its connection end, and unlocks
         await self.processor.stop()
         await self.delivery.stop()
         self.pidfile.unlink(missing_ok=True)

@@ -1,0 +1,54 @@
+"""The failed-login delay: grows per client IP, resets on success and after a quiet spell."""
+
+from __future__ import annotations
+
+from runtime import throttle
+from runtime.throttle import Throttle
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_delay_doubles_per_failure_up_to_the_longest() -> None:
+    limiter = Throttle(Clock())
+    assert limiter.delay("192.0.2.1") == 0.0
+    delays = [limiter.failed("192.0.2.1") for _ in range(8)]
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+
+
+def test_each_client_ip_has_its_own_count() -> None:
+    limiter = Throttle(Clock())
+    limiter.failed("192.0.2.1")
+    limiter.failed("192.0.2.1")
+    assert limiter.failed("192.0.2.2") == 1.0
+    assert limiter.delay("192.0.2.1") == 2.0
+
+
+def test_a_success_forgets_the_failures() -> None:
+    limiter = Throttle(Clock())
+    limiter.failed("192.0.2.1")
+    limiter.succeeded("192.0.2.1")
+    assert limiter.failed("192.0.2.1") == 1.0
+
+
+def test_a_quiet_spell_forgets_the_failures() -> None:
+    clock = Clock()
+    limiter = Throttle(clock)
+    limiter.failed("192.0.2.1")
+    limiter.failed("192.0.2.1")
+    clock.now += throttle.FORGET + 1
+    assert limiter.delay("192.0.2.1") == 0.0
+    assert limiter.failed("192.0.2.1") == 1.0
+
+
+def test_the_table_stays_bounded() -> None:
+    limiter = Throttle(Clock())
+    for n in range(throttle.MAX_CLIENTS + 5):
+        limiter.failed(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}")
+    assert len(limiter.records) == throttle.MAX_CLIENTS
+    assert limiter.delay("10.0.0.0") == 0.0  # the oldest went first
