@@ -1,6 +1,6 @@
 """The compiler's pipeline: the passes in order, and the checks run over the plan.
 
-    load -> schema -> parse -> resolve -> checks      (then plan.codec freezes the plan)
+    load -> schema -> parse -> parse_rules -> resolve -> checks   (then plan.codec freezes the plan)
 
 The order of these tuples is the order in which the compiler works.
 """
@@ -19,6 +19,7 @@ from compiler.check_routing import check_routing
 from compiler.diagnostics import Diagnostic, has_errors
 from compiler.load import load
 from compiler.parse import parse
+from compiler.parse_rules import parse_rules
 from compiler.resolve import resolve
 from compiler.schema import schema
 from compiler.unit import Unit
@@ -40,7 +41,7 @@ def checks(unit: Unit) -> Unit:
     return replace(unit, plan=None) if has_errors(unit.diagnostics) else unit
 
 
-PASSES: tuple[Callable[[Unit], Unit], ...] = (schema, parse, resolve, checks)
+PASSES: tuple[Callable[[Unit], Unit], ...] = (schema, parse, parse_rules, resolve, checks)
 
 
 def compile_site(site_dir: Path) -> Unit:

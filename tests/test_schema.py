@@ -14,7 +14,7 @@ HEAD = "server:\n  hostname: mail.example.com\n  main_domain: example.com\n"  # 
 DOMAINS = "domains:\n  example.com:\n"
 
 TOP_KEYS = (
-    "address_lists, domains, limits, listeners, pipes, queue, receiving, relaying, routing, "
+    "account_rules, address_lists, domains, limits, listeners, pipes, queue, receiving, relaying, routing, "
     "server, server_rules, tests, tls"
 )
 SERVER_KEYS = "addresses, blacklisted_ips, client_ips, hostname, main_domain"
@@ -92,7 +92,8 @@ def test_unknown_key_in_a_list_item(tmp_path: Path) -> None:
             9,
             5,
             "tests[0]: unknown key 'frm' "
-            "(expected one of: authenticated, client, expect, from, kind, name, to)",
+            "(expected one of: actions, at, authenticated, client, expect, from, headers, kind, name, "
+            "size, subject, tls, to)",
         ),
     ]
 
@@ -309,7 +310,7 @@ def test_other_custom_messages(tmp_path: Path) -> None:
             14,
             33,
             "tests[0].expect: expect is one of: local ACCOUNT, smtp QUEUE, pipe NAME, "
-            "list LIST, discard, reject [CODE]",
+            "list LIST, discard, reject [CODE], rule NAME, no rule",
         ),
     ]
 
