@@ -105,6 +105,7 @@ class _Reading:
     header: Header
     conditions: list[ConditionLine] = field(default_factory=list)
     actions: list[ActionLine] = field(default_factory=list)
+    complete: bool = True
 
 
 def rule_file(text: str, file: str) -> tuple[tuple[RuleText, ...], list[Diagnostic]]:
@@ -120,7 +121,15 @@ def rule_file(text: str, file: str) -> tuple[tuple[RuleText, ...], list[Diagnost
         if not current.actions:
             message = f"rule {header.name.value!r} has no actions: add a line `then ACTION`"
             problems.append(error(file, header.line, header.column, "MP601", message))
-        rules.append(RuleText(file, header, tuple(current.conditions), tuple(current.actions)))
+        rules.append(
+            RuleText(
+                file,
+                header,
+                tuple(current.conditions),
+                tuple(current.actions),
+                current.complete,
+            )
+        )
 
     for number, line in _lines(text):
         start = len(line) - len(line.lstrip()) + 1
@@ -143,12 +152,20 @@ def rule_file(text: str, file: str) -> tuple[tuple[RuleText, ...], list[Diagnost
         misplaced = _misplaced(first, current)
         if misplaced:
             problems.append(error(file, number, start, "MP601", misplaced))
+            current.complete = current.complete and acting
+            continue
+        if acting and first == "and" and _parses(line, "condition"):
+            message = "conditions come before the actions: move this line above the `then`"
+            problems.append(error(file, number, start, "MP601", message))
+            current.complete = False
             continue
         node = _parse(line, "action" if acting else "condition", file, number, problems)
         if isinstance(node, ActionLine):
             current.actions.append(node)
         elif isinstance(node, ConditionLine):
             current.conditions.append(node)
+        elif not acting:
+            current.complete = False
     close()
     return tuple(rules), problems
 
@@ -177,6 +194,14 @@ def _parse(
         return None
     node: object = RuleLineBuilder(number).transform(tree)
     return node
+
+
+def _parses(line: str, start: str) -> bool:
+    try:
+        parser("rules", start).parse(line)
+    except UnexpectedInput:
+        return False
+    return True
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
@@ -208,6 +233,8 @@ def _explain(exc: UnexpectedInput, line: str) -> tuple[str, int, str]:
         written = re.split(r'[",]', rest, maxsplit=1)[0].strip()
         return "MP603", column, f"unknown action {written!r}{_hint(written, VERBS)}"
     if isinstance(exc, UnexpectedCharacters):
+        if line[column - 1] == '"':
+            return "MP601", column, 'a quoted value is not closed: it ends with "'
         return "MP601", column, f"unexpected character {line[column - 1]!r}"
     assert isinstance(exc, UnexpectedToken)
     return "MP601", column, f"unexpected {str(exc.token)!r}: expected {_expected(expected)}"

@@ -16,6 +16,7 @@ from compiler.check_listeners import check_listeners
 from compiler.check_names import check_names
 from compiler.check_relay import check_relay
 from compiler.check_routing import check_routing
+from compiler.check_rules import check_rules
 from compiler.diagnostics import Diagnostic, has_errors
 from compiler.load import load
 from compiler.parse import parse
@@ -28,7 +29,13 @@ from runtime.router import Router
 
 Check = Callable[[Plan, Router], list[Diagnostic]]
 
-CHECKS: tuple[Check, ...] = (check_names, check_routing, check_relay, check_listeners)
+CHECKS: tuple[Check, ...] = (
+    check_names,
+    check_routing,
+    check_relay,
+    check_listeners,
+    check_rules,
+)
 
 
 def checks(unit: Unit) -> Unit:

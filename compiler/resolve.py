@@ -214,7 +214,7 @@ def _domain(
             (value or {}).get("password"),
             tuple(alias.lower() for alias in (value or {}).get("aliases", ())),
             rules.get((value or {}).get("rules", "")),
-            tuple((value or {}).get("folders", ())),
+            tuple(dict.fromkeys((*defaults.FOLDERS, *(value or {}).get("folders", ())))),
         )
         for account, value in spec.get("accounts", {}).items()
     ]
@@ -243,7 +243,7 @@ def _domain(
     names = {a.name for a in accounts} | {alias for a in accounts for alias in a.aliases}
     names |= {f.name for f in forwarders} | {m.name for m in lists}
     if name == main and defaults.POSTMASTER not in names:
-        accounts.append(Account(defaults.POSTMASTER, source, None, (), None, ()))
+        accounts.append(Account(defaults.POSTMASTER, source, None, (), None, defaults.FOLDERS))
     unknown = settled["unknown"]
     unknown_source = _source(document, (*path, "unknown")) if "unknown" in spec else source
     spf = defaults.SPF | spec.get("spf", {})

@@ -83,7 +83,8 @@ def rulesets(
                 problems.append(_error(text.header.name, file, text.header.line, "MP607", message))
             else:
                 seen[key] = text.header.line
-            rules.append(rule)
+            if text.complete:
+                rules.append(rule)
         found[file] = RuleSet(file, tuple(rules))
     return found, problems
 

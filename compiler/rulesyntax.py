@@ -52,12 +52,16 @@ class ActionLine:
 
 @dataclass(frozen=True)
 class RuleText:
-    """A rule as written: its header line, then its condition and action lines."""
+    """A rule as written: its header line, then its condition and action lines.
+
+    A rule one of whose conditions did not parse is not `complete`: it would match
+    more than was written, so no later pass may reason about what it matches."""
 
     file: str
     header: Header
     conditions: tuple[ConditionLine, ...]
     actions: tuple[ActionLine, ...]
+    complete: bool
 
 
 def _text(token: Token) -> Text:

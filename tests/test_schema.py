@@ -14,8 +14,8 @@ HEAD = "server:\n  hostname: mail.example.com\n  main_domain: example.com\n"  # 
 DOMAINS = "domains:\n  example.com:\n"
 
 TOP_KEYS = (
-    "account_rules, address_lists, domains, limits, listeners, pipes, queue, receiving, relaying, routing, "
-    "server, server_rules, tests, tls"
+    "account_rules, address_lists, domains, limits, listeners, pipes, queue, receiving, "
+    "relaying, routing, server, server_rules, tests, tls"
 )
 SERVER_KEYS = "addresses, blacklisted_ips, client_ips, hostname, main_domain"
 DOMAIN_KEYS = "accounts, aliases, forwarders, lists, mx, rules, sends_mail, spf, unknown"
@@ -92,8 +92,8 @@ def test_unknown_key_in_a_list_item(tmp_path: Path) -> None:
             9,
             5,
             "tests[0]: unknown key 'frm' "
-            "(expected one of: actions, at, authenticated, client, expect, from, headers, kind, name, "
-            "size, subject, tls, to)",
+            "(expected one of: actions, at, authenticated, client, expect, from, headers, "
+            "kind, name, size, subject, tls, to)",
         ),
     ]
 
