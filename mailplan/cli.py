@@ -232,19 +232,25 @@ def _serve(arguments: argparse.Namespace) -> int:
 def _test(arguments: argparse.Namespace) -> int:
     from runtime.casework import judge
     from runtime.policy import Policy
+    from runtime.rules import RuleBook
 
     plan = _load_plan(arguments)
     if plan is None:
         return 1
     policy = Policy(plan)
-    verdicts = [judge(policy, case) for case in plan.tests]
+    book = RuleBook(plan)
+    verdicts = [judge(policy, case, book) for case in plan.tests]
     for verdict in verdicts:
         case = verdict.case
+        done = "" if verdict.actions is None else f" [{'; '.join(verdict.actions)}]"
         if verdict.passed:
-            print(f"ok    {case.source}  {case.name}: {verdict.outcome}")
+            print(f"ok    {case.source}  {case.name}: {verdict.outcome}{done}")
         else:
+            wanted = case.expect
+            if case.message.actions is not None:
+                wanted += f" [{'; '.join(case.message.actions)}]"
             print(
-                f"FAIL  {case.source}  {case.name}: expected {case.expect}, got {verdict.outcome}"
+                f"FAIL  {case.source}  {case.name}: expected {wanted}, got {verdict.outcome}{done}"
             )
     failed = sum(not verdict.passed for verdict in verdicts)
     print(f"{len(verdicts) - failed} passed, {failed} failed")
