@@ -53,7 +53,7 @@ class Headers:
             end = message.find(b"\n\n")
         block = message if end < 0 else message[: end + 2]
         parsed = _PARSER.parsebytes(block, headersonly=True)
-        return cls((name, _unfold(value)) for name, value in parsed.items())
+        return cls((name, _unfold(value)) for name, value in parsed.raw_items())
 
     def names(self) -> Iterable[str]:
         return self._fields.keys()

@@ -107,7 +107,7 @@ def test_route_through_site_and_plan_agree(
         "info@example.org (mail)",
         "  site.yaml:68       domain alias example.org of example.com: "
         "info@example.org -> info@example.com",
-        "  site.yaml:85       forwarder info@example.com = sales@example.net: "
+        "  site.yaml:89       forwarder info@example.com = sales@example.net: "
         "info@example.com -> sales@example.net  [relay]",
         "  built-in           example.net is not hosted here: "
         "sales@example.net -> SMTP(example.net)sales@example.net",

@@ -46,7 +46,14 @@ def test_plan_file_is_canonical_json_with_format_and_digest() -> None:
 
 def test_sources_table_hashes_every_file_of_the_site() -> None:
     plan = _plan()
-    assert [s.path for s in plan.sources] == ["router.cgr", "site.yaml"]
+    assert [s.path for s in plan.sources] == [
+        "router.cgr",
+        "rules/alice.rules",
+        "rules/example.com.rules",
+        "rules/recipient.rules",
+        "rules/server.rules",
+        "site.yaml",
+    ]
     text = (EXAMPLE / "router.cgr").read_bytes()
     assert plan.sources[0].sha256 == hashlib.sha256(text).hexdigest()
 
