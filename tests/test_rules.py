@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from compiler.pipeline import compile_site
-from runtime.rules import Headers, Rules, RuleBook
+from runtime.rules import Headers, RuleBook, Rules
 from tests.conftest import EXAMPLE
 from tests.rulekit import MESSAGE, compiled, facts
 
@@ -107,7 +107,10 @@ def test_each_condition_and_operation(
 
 
 def test_all_conditions_must_hold() -> None:
-    text = 'rule "Both" priority 5\n  if From is *@remote.test\n  and Subject is nope\n  then Discard\n'
+    text = (
+        'rule "Both" priority 5\n  if From is *@remote.test\n  and Subject is nope\n'
+        "  then Discard\n"
+    )
     assert Rules(compiled(text)).evaluate(facts()).fired == ()
 
 
