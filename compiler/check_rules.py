@@ -49,7 +49,7 @@ def check_rules(plan: Plan, router: Router) -> list[Diagnostic]:
         for account in domain.accounts:
             if account.rules is not None:
                 problems += _never(_local_order(domain, account))
-    return problems
+    return list(dict.fromkeys(problems))  # domain rules are judged once per account
 
 
 def _server(rules: RuleSet) -> Iterator[Diagnostic]:

@@ -106,6 +106,7 @@ class _Reading:
     conditions: list[ConditionLine] = field(default_factory=list)
     actions: list[ActionLine] = field(default_factory=list)
     complete: bool = True
+    tried_acting: bool = False
 
 
 def rule_file(text: str, file: str) -> tuple[tuple[RuleText, ...], list[Diagnostic]]:
@@ -118,7 +119,7 @@ def rule_file(text: str, file: str) -> tuple[tuple[RuleText, ...], list[Diagnost
         if current is None:
             return
         header = current.header
-        if not current.actions:
+        if not current.actions and not current.tried_acting:
             message = f"rule {header.name.value!r} has no actions: add a line `then ACTION`"
             problems.append(error(file, header.line, header.column, "MP601", message))
         rules.append(
@@ -166,6 +167,8 @@ def rule_file(text: str, file: str) -> tuple[tuple[RuleText, ...], list[Diagnost
             current.conditions.append(node)
         elif not acting:
             current.complete = False
+        else:
+            current.tried_acting = True
     close()
     return tuple(rules), problems
 

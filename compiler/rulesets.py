@@ -133,6 +133,8 @@ def _condition(line: ConditionLine, file: str) -> tuple[RuleCondition, list[Diag
     if operation not in allowed:
         message = f"{field} cannot be compared with {operation!r}: use {' or '.join(allowed)}"
         bad(line.operation, message, "MP604")
+        written = tuple(value.value for value in line.values)
+        return RuleCondition(source, field, operation, written, None, None), problems
     values = line.values
     single = operation in ("is", "is not", "greater than", "less than")
     if single and len(values) > 1:
