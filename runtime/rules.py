@@ -37,13 +37,14 @@ _SYSTEM_SENDERS = re.compile(
 class Headers:
     """The header block of one message, parsed once; derived values are computed on demand."""
 
-    __slots__ = ("_addresses", "_fields")
+    __slots__ = ("_addresses", "_fields", "_lowered")
 
     def __init__(self, fields: Iterable[tuple[str, str]]) -> None:
         self._fields: dict[str, list[str]] = {}
         for name, value in fields:
             self._fields.setdefault(name.lower(), []).append(value)
         self._addresses: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._lowered: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     @classmethod
     def parse(cls, message: bytes) -> Headers:
@@ -78,6 +79,23 @@ class Headers:
 
     def addresses(self, *names: str) -> tuple[str, ...]:
         return tuple(address for name in names for _, address in self.mailboxes(name))
+
+    def lowered(self, kind: str, *names: str) -> tuple[str, ...]:
+        """What rules match pictures against, in lower case, computed once per message:
+        the `addresses`, the display `names`, or the `values` of the fields `names`."""
+        key = (kind, *names)
+        found = self._lowered.get(key)
+        if found is None:
+            if kind == "addresses":
+                found = tuple(a.lower() for a in self.addresses(*names))
+            elif kind == "names":
+                found = tuple(n.lower() for n, _ in self.mailboxes(names[0]) if n)
+            elif kind == "ids":
+                found = tuple(v.strip().strip("<>").lower() for v in self.all(names[0]))
+            else:
+                found = tuple(v.lower() for v in self.all(names[0]))
+            self._lowered[key] = found
+        return found
 
 
 def _unfold(value: str) -> str:
@@ -257,11 +275,7 @@ def predicate(condition: RuleCondition) -> Predicate:
         return lambda facts: (automated(facts.headers, facts.sender) is None) == human
     if field_name == "Existing Mailbox":
         return lambda facts: any(facts.mailboxes(name) for name in values) != negated
-    pictures = tuple(Picture.of(value) for value in values)
-
-    def matches(subject: str) -> bool:
-        return any(picture.match(subject) is not None for picture in pictures)
-
+    matches = _matcher(values)
     subjects = _subjects(condition)
     if field_name in ("Each To or Cc", "Each Recipient"):
         return lambda facts: (
@@ -269,7 +283,36 @@ def predicate(condition: RuleCondition) -> Predicate:
         )
     if field_name in ("Any To or Cc", "Any Recipient"):
         return lambda facts: any(matches(s) != negated for s in subjects(facts))
-    return lambda facts: any(matches(s) for s in subjects(facts)) != negated
+    if negated:
+        return lambda facts: not any(map(matches, subjects(facts)))
+    return lambda facts: any(map(matches, subjects(facts)))
+
+
+def _matcher(values: Sequence[str]) -> Callable[[str], bool]:
+    """Whether a lower-case subject matches one of the `*` pictures `values`."""
+    tests = [_test(value.lower()) for value in values]
+    if len(tests) == 1:
+        return tests[0]
+    return lambda subject: any(test(subject) for test in tests)
+
+
+def _test(picture: str) -> Callable[[str], bool]:
+    """One picture as the cheapest test that decides it (the common shapes have one)."""
+    stars = picture.count("*")
+    inner = picture.strip("*")
+    if stars == 0:
+        return picture.__eq__
+    if "*" not in inner:
+        if picture == "*" * stars:
+            return lambda subject: True
+        if stars == 2 and picture[0] == picture[-1] == "*":
+            return lambda subject: inner in subject
+        if stars == 1 and picture[-1] == "*":
+            return lambda subject: subject.startswith(inner)
+        if stars == 1 and picture[0] == "*":
+            return lambda subject: subject.endswith(inner)
+    compiled = Picture.of(picture)
+    return lambda subject: compiled.match(subject) is not None
 
 
 def _minutes(facts: Facts) -> int:
@@ -293,24 +336,26 @@ _WORDS: dict[str, Callable[[Facts], Iterable[str]]] = {
 
 
 def _subjects(condition: RuleCondition) -> Callable[[Facts], Sequence[str]]:
-    """What a condition's pictures are matched against (empty when the field is absent)."""
+    """What a condition's pictures are matched against, in lower case (empty when the
+    field is absent)."""
     name = condition.field
     if name in ("From", "Sender", "To", "Cc", "Reply-To"):
-        return lambda facts: facts.headers.addresses(name)
+        header = name.lower()
+        return lambda facts: facts.headers.lowered("addresses", header)
     if name in ("Any To or Cc", "Each To or Cc"):
-        return lambda facts: facts.headers.addresses("to", "cc")
+        return lambda facts: facts.headers.lowered("addresses", "to", "cc")
     if name == "Return-Path":
-        return lambda facts: (facts.sender,) if facts.sender else ()
+        return lambda facts: (facts.sender.lower(),) if facts.sender else ()
     if name in ("Any Recipient", "Each Recipient"):
-        return lambda facts: facts.recipients
+        return lambda facts: tuple(r.lower() for r in facts.recipients)
     if name == "'From' Name":
-        return lambda facts: tuple(n for n, _ in facts.headers.mailboxes("from") if n)
+        return lambda facts: facts.headers.lowered("names", "from")
     if name == "Message-ID":
-        return lambda facts: tuple(v.strip().strip("<>") for v in facts.headers.all("message-id"))
+        return lambda facts: facts.headers.lowered("ids", "message-id")
     if name == "Submit Address":
-        return lambda facts: (facts.submit_address,) if facts.submit_address else ()
+        return lambda facts: (facts.submit_address.lower(),) if facts.submit_address else ()
     if name == "Current Date":
         return lambda facts: (facts.now.date().isoformat(),)
-    header = condition.header if name == "Header Field" else "subject"
-    assert header is not None
-    return lambda facts: facts.headers.all(header)
+    field = condition.header if name == "Header Field" else "subject"
+    assert field is not None
+    return lambda facts: facts.headers.lowered("values", field)
