@@ -7,7 +7,9 @@ Human Generated), compiles them once with the compiler (`rule_file` + `rulesets`
 `runtime.rules.Rules`, then runs a set of distinct ~2 KB messages through them, as
 LOCAL delivery will: parse the header block once (`Headers.parse`), build the
 `Facts`, `Rules.evaluate`. The baseline, measured in the same run, is parsing the
-header block alone: the ratio says what the rules add to it. Every run checks that
+header block alone: the ratio says what the rules add to it. "no index" is the same
+evaluation with `RuleIndex` off (every rule's conditions tried on every message);
+both give the same outcome for every message (checked). Every run checks that
 the rules that should fire do; nothing here asserts a timing.
 
     .venv/bin/python bench/rules_scale.py                 # 10, 100, 1000 rules; ~20 s
@@ -22,7 +24,6 @@ import platform
 import random
 import sys
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -74,13 +75,17 @@ def message(i: int, tag: int, rng: random.Random) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def rate(work: Callable[[bytes], object], messages: list[bytes], seconds: float) -> float:
-    """Messages per second of `work`, repeated over `messages` for about `seconds`."""
+def rate(work: Rules | None, messages: list[bytes], seconds: float) -> float:
+    """Messages per second through `work` (or parsing headers alone, for None), repeated
+    over `messages` for about `seconds`."""
     done = 0
     start = time.perf_counter()
     while True:
         for raw in messages:
-            work(raw)
+            if work is None:
+                Headers.parse(raw)
+            else:
+                work.evaluate(facts(raw))
         done += len(messages)
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
@@ -113,13 +118,14 @@ def main() -> None:
     print(
         f"python {platform.python_version()} on {platform.machine()}, {options.messages} messages"
     )
-    columns = ("rules", "compile s", "msg/s", "µs/msg", "baseline msg/s", "x baseline", "fired")
+    columns = ("rules", "compile s", "msg/s", "µs/msg", "no index msg/s", "baseline msg/s")
+    columns += ("x baseline", "fired")
     print(" ".join(f"{name:>{len(name) + 2}}" for name in columns))
     for count in options.sizes:
         # each message is tagged for a rule among the first `count`, or for none (tag -1)
         tags = [rng.randrange(count) if i % 2 else -1 for i in range(options.messages)]
         messages = [message(i, tag, rng) for i, tag in enumerate(tags)]
-        baseline = rate(Headers.parse, messages, options.seconds)
+        baseline = rate(None, messages, options.seconds)
         start = time.perf_counter()
         parsed, problems = rule_file(rules_text(count), "bench.rules")
         sets, trouble = rulesets({"bench.rules": parsed})
@@ -131,12 +137,15 @@ def main() -> None:
             names = {rule.name for rule in engine.evaluate(facts(raw)).fired}
             assert (f"r{tag}" in names) == (tag >= 0), (tag, names)
             fired += bool(names)
-        speed = rate(
-            lambda raw, rules=engine: rules.evaluate(facts(raw)), messages, options.seconds
-        )
+        plain = Rules(sets["bench.rules"], indexed=False)
+        for raw in messages:
+            assert engine.evaluate(facts(raw)) == plain.evaluate(facts(raw))
+        speed = rate(engine, messages, options.seconds)
+        unindexed = rate(plain, messages, options.seconds)
+        row = (count, f"{compiled:.3f}", f"{speed:.0f}", f"{1e6 / speed:.1f}")
+        row += (f"{unindexed:.0f}", f"{baseline:.0f}", f"{baseline / speed:.1f}", fired)
         print(
-            f"{count:>6} {compiled:>10.3f} {speed:>10.0f} {1e6 / speed:>8.1f} {baseline:>15.0f} "
-            f"{baseline / speed:>10.1f} {fired:>6}"
+            " ".join(f"{value:>{len(name) + 2}}" for name, value in zip(columns, row, strict=True))
         )
     print("baseline: parsing the header block alone (Headers.parse), same messages, same run")
 

@@ -20,6 +20,7 @@ from email.utils import getaddresses
 
 from plan.model import Plan, Rule, RuleAction, RuleCondition, RuleSet, Source
 from runtime.picture import Picture
+from runtime.ruleindex import RuleIndex
 
 # Actions after which the message is not delivered where it was going.
 DIVERTING = frozenset({"Store in", "Redirect to", "Forward to", "Discard", "Reject with"})
@@ -204,9 +205,10 @@ Predicate = Callable[[Facts], bool]
 class Rules:
     """Rule sets merged in the order they run: higher priority first, then the earlier
     set (domain rules before account rules), then the order written. Inactive rules
-    are kept in the plan and never applied."""
+    are kept in the plan and never applied. `indexed` (the default) skips, per message,
+    the rules that `RuleIndex` proves cannot fire."""
 
-    def __init__(self, *sets: RuleSet | None) -> None:
+    def __init__(self, *sets: RuleSet | None, indexed: bool = True) -> None:
         ranked = [
             ((-rule.priority, rank, index), rule)
             for rank, rule_set in enumerate(s for s in sets if s is not None)
@@ -219,11 +221,13 @@ class Rules:
             (rule, tuple(predicate(condition) for condition in rule.conditions))
             for rule in self.rules
         )
+        index = RuleIndex(self.rules, _subjects) if indexed else None
+        self._index = index if index is not None and index.useful else None
 
     def evaluate(self, facts: Facts) -> Outcome:
         steps: list[Step] = []
         fired: list[Rule] = []
-        for rule, conditions in self._compiled:
+        for rule, conditions in self._candidates(facts):
             if not all(holds(facts) for holds in conditions):
                 continue
             fired.append(rule)
@@ -232,6 +236,15 @@ class Rules:
                 if action.verb in ENDING:
                     return Outcome(tuple(steps), tuple(fired), True)
         return Outcome(tuple(steps), tuple(fired), False)
+
+    def candidates(self, facts: Facts) -> tuple[Rule, ...]:
+        """The rules that could fire for this message (all, without an index), in order."""
+        return tuple(rule for rule, _ in self._candidates(facts))
+
+    def _candidates(self, facts: Facts) -> Sequence[tuple[Rule, tuple[Predicate, ...]]]:
+        if self._index is None:
+            return self._compiled
+        return [self._compiled[i] for i in self._index.candidates(facts)]
 
 
 class RuleBook:

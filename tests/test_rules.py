@@ -243,3 +243,58 @@ def test_headers_are_parsed_from_the_header_block_only() -> None:
     headers = Headers.parse(b"Subject: one\r\n two\r\n\r\nSubject: not a header\r\n")
     assert headers.all("subject") == ["one two"]
     assert Headers.parse(b"Subject: caf\xc3\xa9\n\nbody").get("SUBJECT") == "café"
+
+
+INDEXED = """\
+rule "invoice" priority 5
+  if Subject is "*invoice*"
+  then Store in Invoices
+rule "domain" priority 5
+  if From in *@billing.example.net, *@bills.example.org
+  then Mark Seen
+rule "list" priority 4
+  if Header Field is "X-List: weekly*"
+  and Subject is not "*urgent*"
+  then Tag Subject [weekly]
+rule "everyone" priority 4
+  if Each To or Cc is *@example.com
+  then Mark Flagged
+rule "short picture" priority 3
+  if Subject is "*ab*"
+  then Mark Draft
+rule "negative" priority 3
+  if From is not *@billing.example.net
+  then Add Header "X-Outside: 1"
+rule "always" priority 1
+  then Mark Answered
+"""
+
+
+def _message(subject: str, sender: str, to: str, extra: str = "") -> str:
+    return f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n{extra}\r\nbody\r\n"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        _message("Your INVOICE 42", "a@billing.example.net", "alice@example.com"),
+        _message("hello", "a@bills.example.org", "alice@example.com, b@else.test"),
+        _message("about abba", "x@y.test", "alice@example.com", "X-List: Weekly news\r\n"),
+        _message("urgent weekly", "x@y.test", "a@b.test", "X-List: weekly\r\n"),
+        _message("", "", ""),
+        "Subject: inv\r\n\r\n",
+    ],
+)
+def test_the_index_never_changes_an_outcome(message: str) -> None:
+    rule_set = compiled(INDEXED)
+    about = facts(message)
+    assert Rules(rule_set).evaluate(about) == Rules(rule_set, indexed=False).evaluate(about)
+
+
+def test_the_index_skips_rules_that_cannot_fire() -> None:
+    rules = Rules(compiled(INDEXED))
+    about = facts(_message("hello", "x@y.test", "a@b.test"))
+    names = [rule.name for rule in rules.candidates(about)]
+    assert names == ["short picture", "negative", "always"]
+    every = Rules(compiled(INDEXED), indexed=False).candidates(about)
+    assert len(every) == 7
