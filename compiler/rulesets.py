@@ -255,6 +255,10 @@ def _action(line: ActionLine, file: str) -> tuple[RuleAction, list[Diagnostic]]:
             bad(values[0], problem)
     elif not words[0].strip():
         bad(values[0], f"{verb} needs a value that is not empty")
+    if verb not in ("Reply with", "Reply to All with"):
+        for value in values:
+            if any(ord(c) < 32 or ord(c) == 127 for c in value.value):
+                bad(value, f"{verb} takes a value on one line, without control characters")
     period = None
     if line.period is not None:
         if verb not in ("Reply with", "Reply to All with"):

@@ -79,6 +79,15 @@ def resent(message: bytes, by: str, to: Sequence[str], now: datetime, domain: st
     return newline.join(line.encode("utf-8") for line in fields) + newline + message
 
 
+def rejection(text: str | None) -> str:
+    """The SMTP reply of Reject with: the rule's text, with `550 5.7.1` unless it gives a
+    code of its own."""
+    text = (text or "").strip()
+    if re.match(r"[45][0-9][0-9](?: |$)", text):
+        return text
+    return f"550 5.7.1 {text or 'rejected by a rule'}"
+
+
 def envelope_sender(verb: RuleVerb, original: str, account: str) -> str:
     """The envelope sender of a copy that Redirect, Mirror or Forward sends."""
     return account if verb == "Forward to" else original

@@ -251,6 +251,18 @@ def test_condition_problems(line: str, code: str, column: int, message: str) -> 
         ),
         ('  then Tag Subject ""', "MP605", 20, "Tag Subject needs a value that is not empty"),
         (
+            '  then Tag Subject "[x]\\nBcc: all@example.com"',
+            "MP605",
+            20,
+            "Tag Subject takes a value on one line, without control characters",
+        ),
+        (
+            '  then Reject with "550 no\\r\\n250 ok"',
+            "MP605",
+            20,
+            "Reject with takes a value on one line, without control characters",
+        ),
+        (
             "  then Discard once per 1d",
             "MP605",
             25,

@@ -20,6 +20,7 @@ from runtime.ruleactions import (
     envelope_sender,
     flags,
     pipe_command,
+    rejection,
     reply_recipients,
     resent,
     tag_subject,
@@ -178,3 +179,10 @@ def test_the_auto_reply_says_what_it_is() -> None:
     parsed = email.message_from_bytes(again, _class=EmailMessage, policy=default)
     assert parsed["Subject"] == "Re: x"
     assert parsed["In-Reply-To"] is None
+
+
+def test_reject_with_gives_an_smtp_reply() -> None:
+    assert rejection("550 5.7.1 no executables") == "550 5.7.1 no executables"
+    assert rejection("451 4.7.1 try later") == "451 4.7.1 try later"
+    assert rejection("not wanted here") == "550 5.7.1 not wanted here"
+    assert rejection(None) == "550 5.7.1 rejected by a rule"
