@@ -18,6 +18,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from compiler.diagnostics import Diagnostic, error
 from compiler.load import references
 from compiler.rulesyntax import ActionLine, ConditionLine, Header, RuleLineBuilder, RuleText
+from compiler.syntax import Text
 from compiler.unit import Unit
 from grammar import parser
 
@@ -107,6 +108,7 @@ class _Reading:
     actions: list[ActionLine] = field(default_factory=list)
     complete: bool = True
     tried_acting: bool = False
+    broken: bool = False  # its `rule` line did not parse: its lines are checked, then dropped
 
 
 def rule_file(text: str, file: str) -> tuple[tuple[RuleText, ...], list[Diagnostic]]:
@@ -116,7 +118,7 @@ def rule_file(text: str, file: str) -> tuple[tuple[RuleText, ...], list[Diagnost
     current: _Reading | None = None
 
     def close() -> None:
-        if current is None:
+        if current is None or current.broken:
             return
         header = current.header
         if not current.actions and not current.tried_acting:
@@ -137,9 +139,12 @@ def rule_file(text: str, file: str) -> tuple[tuple[RuleText, ...], list[Diagnost
         first = line.split(None, 1)[0].lower()
         if first == "rule":
             node = _parse(line, "header", file, number, problems)
+            close()
             if isinstance(node, Header):
-                close()
                 current = _Reading(node)
+            else:
+                current = _Reading(Header(number, start, Text("", start), None, False))
+                current.broken = True
             continue
         if first not in ("if", "and", "then"):
             message = "a line of a rule file starts with rule, if, and or then"

@@ -318,3 +318,13 @@ def test_a_rule_whose_condition_did_not_parse_is_left_out() -> None:
     sets, _ = rulesets({"t": parsed})
     assert [d.message for d in problems] == ['a quoted value is not closed: it ends with "']
     assert sets["t"] == RuleSet("t", ())
+
+
+def test_the_lines_of_a_rule_whose_header_is_broken_join_no_other_rule() -> None:
+    text = (
+        'rule "A" priority 5\n  then Mark Seen\n'
+        'rule "B" priority\n  if Subject is x\n  then Discard\n  and Frob\n'
+    )
+    parsed, problems = rule_file(text, "t")
+    assert [(d.line, d.code) for d in problems] == [(3, "MP601"), (6, "MP603")]
+    assert [(r.header.name.value, len(r.actions)) for r in parsed] == [("A", 1)]
