@@ -66,9 +66,14 @@ def _plain(action: str) -> str:
 def rules(policy: Policy, book: RuleBook, case: TestCase) -> Outcome:
     """What the server rules, then (for local delivery) the domain's and the account's
     rules decide about the message the case describes."""
-    facts = _facts(policy, case)
+    return decide(policy, book, _facts(policy, case), case.to)
+
+
+def decide(policy: Policy, book: RuleBook, facts: Facts, to: str) -> Outcome:
+    """The server rules' outcome, followed (when `to` is delivered locally and the server
+    rules did not stop) by that of the domain's and the account's rules."""
     server = book.server.evaluate(facts)
-    routing = policy.router.route(case.to, "mail")
+    routing = policy.router.route(to, "mail")
     if server.stopped or routing.module != "LOCAL":
         return server
     account = policy.accounts.get(routing.queue)

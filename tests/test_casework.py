@@ -146,3 +146,26 @@ def test_cases_assert_rule_outcomes(tmp_path: Path, capsys: pytest.CaptureFixtur
         "FAIL  site.yaml:47  refused before any rule: expected rule Spam, got reject 5.1.1 []",
         "4 passed, 3 failed",
     ]
+
+
+def test_mailplan_rules_shows_what_the_rules_do_with_a_message_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    message = tmp_path / "m.eml"
+    message.write_bytes(
+        b"Return-Path: <boss@example.net>\r\nFrom: boss@example.net\r\n"
+        b"To: alice@example.com\r\nCc: partner@example.net\r\nSubject: now\r\n\r\nhi\r\n"
+    )
+    arguments = ["rules", str(message), "--to", "alice@example.com", "--site", str(EXAMPLE)]
+    arguments += ["--at", "2026-11-26 12:00"]  # a Thursday, before the evening
+    assert main(arguments) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == ["rules fired: none", "stopped: no; the message goes on: yes"]
+    message.write_bytes(message.read_bytes().replace(b"Subject", b"X-Spam-Flag: YES\r\nSubject"))
+    assert main([*arguments, "--from", "someone@remote.test"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "rules/example.com.rules:6 rule 'Spam to Junk': Store in Junk",
+        "rules/example.com.rules:7 rule 'Spam to Junk': Stop Processing",
+        "rules fired: Spam to Junk",
+        "stopped: yes; the message goes on: no",
+    ]
