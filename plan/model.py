@@ -320,7 +320,8 @@ class RuleCondition:
     number: int | None
 
     def __str__(self) -> str:
-        shown = ", ".join(_quoted(value) for value in self.values)
+        named = [f"{self.header}: {v}" if self.header else v for v in self.values]
+        shown = ", ".join(_quoted(value) for value in named)
         return f"{self.field} {self.operation} {shown}".rstrip()
 
 

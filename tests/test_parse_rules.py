@@ -74,7 +74,7 @@ def test_every_condition_and_action_compiles_to_its_canonical_form() -> None:
         'Subject is "*\\"quoted\\"*"',
         "Message-ID is *@remote.test",
         "Message Size greater than 10K",
-        "Header Field is YES*",
+        'Header Field is "x-spam-flag: YES*"',
         "Any Recipient is alice@*",
         "Each Recipient is *@example.com",
         "Source in trusted, authenticated",
