@@ -83,3 +83,28 @@ def seconds(value: int | str) -> int:
 def size(value: int | str) -> int:
     """A size from the site (`1000`, `512K`, `25M`, `1G`) in bytes."""
     return value if isinstance(value, int) else int(value[:-1]) * _UNITS[value[-1]]
+
+
+# Rules: how often an auto-reply (Reply with) may answer one sender, when the rule
+# does not say (`once per 1d`); and what account rules may do when the site does not
+# say (`account_rules: {actions: [...]}`): everything an account rule can do but
+# Execute, which runs a program of the administrator's.
+REPLY_PERIOD = "7d"
+ACCOUNT_RULE_ACTIONS = (
+    "Store in",
+    "Redirect to",
+    "Forward to",
+    "Mirror to",
+    "Reject with",
+    "Discard",
+    "Stop Processing",
+    "Mark",
+    "Add Header",
+    "Tag Subject",
+    "Reply with",
+    "Reply to All with",
+    "Remember 'From' in",
+    "Copy Attachments into",
+)
+# Folders every account has (Store in may name them without `folders:`).
+FOLDERS = ("INBOX", "Sent", "Drafts", "Trash", "Junk")

@@ -1,6 +1,7 @@
 """The compiler's pipeline: the passes in order, and the checks run over the plan.
 
-    load -> schema -> parse -> resolve -> resolve_dns -> checks   (then plan.codec freezes it)
+    load -> schema -> parse -> parse_rules -> resolve -> resolve_dns -> checks
+    (then plan.codec freezes the plan)
 
 The order of these tuples is the order in which the compiler works.
 """
@@ -17,9 +18,11 @@ from compiler.check_listeners import check_listeners
 from compiler.check_names import check_names
 from compiler.check_relay import check_relay
 from compiler.check_routing import check_routing
+from compiler.check_rules import check_rules
 from compiler.diagnostics import Diagnostic, has_errors
 from compiler.load import load
 from compiler.parse import parse
+from compiler.parse_rules import parse_rules
 from compiler.resolve import resolve
 from compiler.resolve_dns import resolve_dns
 from compiler.schema import schema
@@ -29,7 +32,14 @@ from runtime.router import Router
 
 Check = Callable[[Plan, Router], list[Diagnostic]]
 
-CHECKS: tuple[Check, ...] = (check_names, check_routing, check_relay, check_listeners, check_dns)
+CHECKS: tuple[Check, ...] = (
+    check_names,
+    check_routing,
+    check_relay,
+    check_listeners,
+    check_rules,
+    check_dns,
+)
 
 
 def checks(unit: Unit) -> Unit:
@@ -42,7 +52,14 @@ def checks(unit: Unit) -> Unit:
     return replace(unit, plan=None) if has_errors(unit.diagnostics) else unit
 
 
-PASSES: tuple[Callable[[Unit], Unit], ...] = (schema, parse, resolve, resolve_dns, checks)
+PASSES: tuple[Callable[[Unit], Unit], ...] = (
+    schema,
+    parse,
+    parse_rules,
+    resolve,
+    resolve_dns,
+    checks,
+)
 
 
 def compile_site(site_dir: Path) -> Unit:

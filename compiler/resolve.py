@@ -14,12 +14,14 @@ from compiler import defaults
 from compiler.addresslists import addresslists
 from compiler.diagnostics import Diagnostic
 from compiler.routes import routes
+from compiler.rulesets import rulesets
 from compiler.unit import Unit
 from compiler.yamlpos import Document
 from compiler.yamlpos import Path as DataPath
 from plan.model import (
     FORMAT,
     Account,
+    AccountRules,
     Domain,
     Forwarder,
     Limits,
@@ -37,11 +39,14 @@ from plan.model import (
     Relaying,
     ReturnPathCheck,
     ReverseConnectCheck,
+    RuleSet,
     Server,
     Source,
     Spf,
     SpfCheck,
     TestCase,
+    TestHeader,
+    TestMessage,
     Tls,
     Unknown,
 )
@@ -61,6 +66,8 @@ def resolve(unit: Unit) -> Unit:
     problems += trouble
     table, trouble = routes(unit.records, main)
     problems += trouble
+    rules, trouble = rulesets(unit.rulefiles)
+    problems += trouble
     plan = Plan(
         format=FORMAT,
         server=_server(data["server"], _source(document, ("server", "main_domain"))),
@@ -75,7 +82,7 @@ def resolve(unit: Unit) -> Unit:
         ),
         address_lists=lists,
         domains=tuple(
-            _domain(document, name.lower(), spec or {}, main)
+            _domain(document, name.lower(), spec or {}, main, rules)
             for name, spec in sorted(data["domains"].items(), key=lambda item: item[0].lower())
         ),
         pipes=tuple(
@@ -89,7 +96,10 @@ def resolve(unit: Unit) -> Unit:
             for name, spec in sorted(data.get("pipes", {}).items())
         ),
         routes=table,
-        server_rules=data.get("server_rules"),
+        server_rules=rules.get(data.get("server_rules", "")),
+        account_rules=AccountRules(
+            tuple(data.get("account_rules", {}).get("actions", defaults.ACCOUNT_RULE_ACTIONS))
+        ),
         tests=_tests(document),
         sources=unit.files,
     )
@@ -195,7 +205,9 @@ def _queue(spec: dict[str, Any]) -> Queue:
     )
 
 
-def _domain(document: Document, name: str, spec: dict[str, Any], main: str) -> Domain:
+def _domain(
+    document: Document, name: str, spec: dict[str, Any], main: str, rules: dict[str, RuleSet]
+) -> Domain:
     written = next(key for key in document.data["domains"] if key.lower() == name)
     path: DataPath = ("domains", written)
     settled = defaults.DOMAIN | spec
@@ -205,7 +217,8 @@ def _domain(document: Document, name: str, spec: dict[str, Any], main: str) -> D
             _source(document, (*path, "accounts", account)),
             (value or {}).get("password"),
             tuple(alias.lower() for alias in (value or {}).get("aliases", ())),
-            (value or {}).get("rules"),
+            rules.get((value or {}).get("rules", "")),
+            tuple(dict.fromkeys((*defaults.FOLDERS, *(value or {}).get("folders", ())))),
         )
         for account, value in spec.get("accounts", {}).items()
     ]
@@ -234,7 +247,7 @@ def _domain(document: Document, name: str, spec: dict[str, Any], main: str) -> D
     names = {a.name for a in accounts} | {alias for a in accounts for alias in a.aliases}
     names |= {f.name for f in forwarders} | {m.name for m in lists}
     if name == main and defaults.POSTMASTER not in names:
-        accounts.append(Account(defaults.POSTMASTER, source, None, (), None))
+        accounts.append(Account(defaults.POSTMASTER, source, None, (), None, defaults.FOLDERS))
     unknown = settled["unknown"]
     unknown_source = _source(document, (*path, "unknown")) if "unknown" in spec else source
     spf = defaults.SPF | spec.get("spf", {})
@@ -262,7 +275,7 @@ def _domain(document: Document, name: str, spec: dict[str, Any], main: str) -> D
             for i, mx in enumerate(spec.get("mx", ()))
         ),
         spf=Spf(spf["policy"], tuple(spf["include"]), tuple(spf["ip4"]), tuple(spf["ip6"])),
-        rules=spec.get("rules"),
+        rules=rules.get(spec.get("rules", "")),
     )
 
 
@@ -281,6 +294,14 @@ def _tests(document: Document) -> tuple[TestCase, ...]:
             client=case.get("client"),
             authenticated=case.get("authenticated"),
             expect=case["expect"],
+            message=TestMessage(
+                subject=case.get("subject"),
+                headers=tuple(TestHeader(k, v) for k, v in case.get("headers", {}).items()),
+                size=defaults.size(case["size"]) if "size" in case else None,
+                tls=case.get("tls", False),
+                at=case.get("at"),
+                actions=tuple(case["actions"]) if "actions" in case else None,
+            ),
         )
         for i, case in enumerate(document.data.get("tests", ()))
     )

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from compiler.diagnostics import Diagnostic
+from compiler.rulesyntax import RuleText
 from compiler.syntax import Entry, Record
 from compiler.yamlpos import Document
 from plan.model import Plan, SourceFile
@@ -31,6 +32,7 @@ class Unit:
     files: tuple[SourceFile, ...]
     records: tuple[Record, ...] = ()
     lists: tuple[ListSource, ...] = ()
+    rulefiles: Mapping[str, tuple[RuleText, ...]] = field(default_factory=dict)
     plan: Plan | None = None
     diagnostics: tuple[Diagnostic, ...] = field(default=())
 

@@ -75,6 +75,19 @@ def _parser() -> argparse.ArgumentParser:
     origin.add_argument("--plan", type=Path, metavar="PLAN")
     test.set_defaults(run=_test)
 
+    rules = commands.add_parser("rules", help="show what the rules do with a message file")
+    rules.add_argument("message", type=Path, metavar="MESSAGE")
+    rules.add_argument("--to", required=True, help="the envelope recipient")
+    rules.add_argument("--from", dest="sender", help="the envelope sender (default Return-Path)")
+    rules.add_argument("--client", default="", help="the submitting client's IP")
+    rules.add_argument("--authenticated", action="store_true")
+    rules.add_argument("--tls", action="store_true")
+    rules.add_argument("--at", help="the local time the rules see (YYYY-MM-DD HH:MM; default now)")
+    origin = rules.add_mutually_exclusive_group(required=True)
+    origin.add_argument("--site", type=Path, metavar="SITE_DIR")
+    origin.add_argument("--plan", type=Path, metavar="PLAN")
+    rules.set_defaults(run=_rules)
+
     serve = commands.add_parser("serve", help="run the mail server on a site or a plan")
     origin = serve.add_mutually_exclusive_group(required=True)
     origin.add_argument("site", type=Path, nargs="?", metavar="SITE_DIR")
@@ -297,23 +310,69 @@ def _serve(arguments: argparse.Namespace) -> int:
 def _test(arguments: argparse.Namespace) -> int:
     from runtime.casework import judge
     from runtime.policy import Policy
+    from runtime.rules import RuleBook
 
     plan = _load_plan(arguments)
     if plan is None:
         return 1
     policy = Policy(plan)
-    verdicts = [judge(policy, case) for case in plan.tests]
+    book = RuleBook(plan)
+    verdicts = [judge(policy, case, book) for case in plan.tests]
     for verdict in verdicts:
         case = verdict.case
+        done = "" if verdict.actions is None else f" [{'; '.join(verdict.actions)}]"
         if verdict.passed:
-            print(f"ok    {case.source}  {case.name}: {verdict.outcome}")
+            print(f"ok    {case.source}  {case.name}: {verdict.outcome}{done}")
         else:
+            wanted = case.expect
+            if case.message.actions is not None:
+                wanted += f" [{'; '.join(case.message.actions)}]"
             print(
-                f"FAIL  {case.source}  {case.name}: expected {case.expect}, got {verdict.outcome}"
+                f"FAIL  {case.source}  {case.name}: expected {wanted}, got {verdict.outcome}{done}"
             )
     failed = sum(not verdict.passed for verdict in verdicts)
     print(f"{len(verdicts) - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def _rules(arguments: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from runtime.casework import decide
+    from runtime.policy import Policy
+    from runtime.rules import Facts, Headers, RuleBook
+
+    plan = _load_plan(arguments)
+    if plan is None:
+        return 1
+    raw = arguments.message.read_bytes()
+    headers = Headers.parse(raw)
+    policy = Policy(plan)
+    sources = {"remote"}
+    if arguments.client and arguments.client in policy.client_ips:
+        sources.add("trusted")
+    if arguments.authenticated:
+        sources.add("authenticated")
+    return_path = headers.addresses("return-path")
+    sender = arguments.sender if arguments.sender is not None else next(iter(return_path), "")
+    facts = Facts(
+        headers=headers,
+        sender=sender,
+        recipients=(arguments.to,),
+        size=len(raw),
+        sources=frozenset(sources),
+        tls=arguments.tls,
+        submit_address=arguments.client,
+        now=datetime.fromisoformat(arguments.at) if arguments.at else datetime.now(),
+    )
+    outcome = decide(policy, RuleBook(plan), facts, arguments.to)
+    for line in outcome.log():
+        print(line)
+    fired = ", ".join(rule.name for rule in outcome.fired) or "none"
+    print(f"rules fired: {fired}")
+    print(f"stopped: {'yes' if outcome.stopped else 'no'}; the message goes on: ", end="")
+    print("yes" if outcome.keep else "no")
+    return 0
 
 
 def _queue(arguments: argparse.Namespace) -> int:

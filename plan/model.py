@@ -63,7 +63,8 @@ class Account:
     source: Source
     password: str | None
     aliases: tuple[str, ...]
-    rules: str | None
+    rules: RuleSet | None
+    folders: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ class Domain:
     sends_mail: bool
     mx: tuple[MxHost, ...]
     spf: Spf
-    rules: str | None
+    rules: RuleSet | None
     dns: MailDns | None = None  # filled by compiler.resolve_dns
 
 
@@ -326,6 +327,118 @@ class Route:
     open_relay_acknowledged: str | None
 
 
+RuleField = Literal[
+    "From",
+    "Sender",
+    "Return-Path",
+    "To",
+    "Cc",
+    "Any To or Cc",
+    "Each To or Cc",
+    "Reply-To",
+    "'From' Name",
+    "Subject",
+    "Message-ID",
+    "Message Size",
+    "Header Field",
+    "Any Recipient",
+    "Each Recipient",
+    "Source",
+    "Security",
+    "Submit Address",
+    "Time Of Day",
+    "Current Date",
+    "Current Day",
+    "Existing Mailbox",
+    "Human Generated",
+]
+RuleOperation = Literal["is", "is not", "in", "not in", "greater than", "less than"]
+RuleVerb = Literal[
+    "Store in",
+    "Redirect to",
+    "Forward to",
+    "Mirror to",
+    "Reject with",
+    "Discard",
+    "Stop Processing",
+    "Mark",
+    "Add Header",
+    "Tag Subject",
+    "Reply with",
+    "Reply to All with",
+    "Execute",
+    "Remember 'From' in",
+    "Copy Attachments into",
+]
+
+
+@dataclass(frozen=True)
+class RuleCondition:
+    """`FIELD OPERATION VALUES`: values are pictures (or canonical words: weekdays, `yes`);
+    `header` is the field a Header Field condition reads (lower case); `number` is what
+    `greater than` / `less than` compare with (bytes, minute of the day, or YYYYMMDD)."""
+
+    source: Source
+    field: RuleField
+    operation: RuleOperation
+    values: tuple[str, ...]
+    header: str | None
+    number: int | None
+
+    def __str__(self) -> str:
+        named = [f"{self.header}: {v}" if self.header else v for v in self.values]
+        shown = ", ".join(_quoted(value) for value in named)
+        return f"{self.field} {self.operation} {shown}".rstrip()
+
+
+@dataclass(frozen=True)
+class RuleAction:
+    """`VERB VALUES`; `period` is how often a Reply answers one sender (seconds)."""
+
+    source: Source
+    verb: RuleVerb
+    values: tuple[str, ...]
+    period: int | None
+
+    def __str__(self) -> str:
+        shown = ", ".join(_quoted(value) for value in self.values)
+        return f"{self.verb} {shown}".rstrip()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A CommuniGate Pro rule: when every condition holds, its actions run in order."""
+
+    name: str
+    source: Source
+    priority: int
+    inactive: bool
+    conditions: tuple[RuleCondition, ...]
+    actions: tuple[RuleAction, ...]
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """The rules of one rule file, in the order written."""
+
+    file: str
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class AccountRules:
+    """What the site lets account rules do (`account_rules:` in site.yaml)."""
+
+    actions: tuple[RuleVerb, ...]
+
+
+def _quoted(value: str) -> str:
+    if value and not any(c in value for c in ' \t\n,"#\\'):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
 @dataclass(frozen=True)
 class TestCase:
     """One assertion in the site's `tests:`, proven by `mailplan test`."""
@@ -338,6 +451,26 @@ class TestCase:
     client: str | None
     authenticated: str | None
     expect: str
+    message: TestMessage
+
+
+@dataclass(frozen=True)
+class TestHeader:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class TestMessage:
+    """What a test case says of the message itself, for the rules (`subject:`, `headers:`, ...);
+    `at` is the local time the rules see, `actions` the actions the case expects, in order."""
+
+    subject: str | None
+    headers: tuple[TestHeader, ...]
+    size: int | None
+    tls: bool
+    at: str | None
+    actions: tuple[str, ...] | None
 
 
 @dataclass(frozen=True)
@@ -361,6 +494,7 @@ class Plan:
     domains: tuple[Domain, ...]
     pipes: tuple[Pipe, ...]
     routes: tuple[Route, ...]
-    server_rules: str | None
+    server_rules: RuleSet | None
+    account_rules: AccountRules
     tests: tuple[TestCase, ...]
     sources: tuple[SourceFile, ...]

@@ -3,32 +3,117 @@
 Each case is an SMTP transaction in brief (client IP, login, sender, recipient) or a
 login name; its outcome is what the server's policy and router would do, written as
 the case's `expect` is: `local ACCOUNT`, `smtp QUEUE`, `pipe NAME`, `list LIST`,
-`discard`, or `reject CODE`.
+`discard`, or `reject CODE`. A case about rules (`expect: rule NAME`, `no rule`, or
+`actions: [...]`) builds the message the case describes and runs it through the server
+rules and, when it is delivered locally, the domain's and the account's rules, with the
+same evaluator the server uses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
+from email.message import EmailMessage
+from email.policy import SMTP
 
 from plan.model import TestCase
 from runtime.policy import Policy
+from runtime.rules import Facts, Headers, Outcome, RuleBook
 
 
 @dataclass(frozen=True)
 class Verdict:
     case: TestCase
     outcome: str
+    actions: tuple[str, ...] | None = None
 
     @property
     def passed(self) -> bool:
         expected = self.case.expect
+        wanted = self.case.message.actions
+        if wanted is not None and (
+            self.actions is None or [_plain(a) for a in self.actions] != [_plain(a) for a in wanted]
+        ):
+            return False
         if expected == "reject":
             return self.outcome.startswith("reject")
         return self.outcome == expected
 
 
-def judge(policy: Policy, case: TestCase) -> Verdict:
-    return Verdict(case, outcome(policy, case))
+def judge(policy: Policy, case: TestCase, book: RuleBook | None = None) -> Verdict:
+    result = outcome(policy, case)
+    about_rules = case.expect.startswith("rule ") or case.expect == "no rule"
+    if not about_rules and case.message.actions is None:
+        return Verdict(case, result)
+    if result.startswith("reject") and about_rules:
+        return Verdict(case, result, ())
+    decided = rules(policy, book or RuleBook(policy.plan), case)
+    names = [rule.name for rule in decided.fired]
+    if about_rules:
+        wanted = case.expect[len("rule ") :]
+        if case.expect != "no rule" and wanted in names:
+            result = case.expect
+        else:
+            result = "; ".join(f"rule {name}" for name in names) or "no rule"
+    return Verdict(case, result, decided.actions())
+
+
+def _plain(action: str) -> str:
+    """An action's text compared loosely: case, quotes and runs of spaces do not matter."""
+    return " ".join(action.replace('"', "").lower().split())
+
+
+def rules(policy: Policy, book: RuleBook, case: TestCase) -> Outcome:
+    """What the server rules, then (for local delivery) the domain's and the account's
+    rules decide about the message the case describes."""
+    return decide(policy, book, _facts(policy, case), case.to)
+
+
+def decide(policy: Policy, book: RuleBook, facts: Facts, to: str) -> Outcome:
+    """The server rules' outcome, followed (when `to` is delivered locally and the server
+    rules did not stop) by that of the domain's and the account's rules."""
+    server = book.server.evaluate(facts)
+    routing = policy.router.route(to, "mail")
+    if server.stopped or routing.module != "LOCAL":
+        return server
+    account = policy.accounts.get(routing.queue)
+    if account is not None:
+        folders = {folder.lower() for folder in account.folders}
+        facts = replace(facts, mailboxes=lambda name: name.lower() in folders)
+    local = book.local(routing.queue).evaluate(facts)
+    return Outcome(server.steps + local.steps, server.fired + local.fired, local.stopped)
+
+
+def _facts(policy: Policy, case: TestCase) -> Facts:
+    described = case.message
+    message = EmailMessage()
+    given = {header.name.lower() for header in described.headers}
+    if case.sender and "from" not in given:
+        message["From"] = case.sender
+    if "to" not in given:
+        message["To"] = case.to
+    if described.subject is not None:
+        message["Subject"] = described.subject
+    for header in described.headers:
+        message[header.name] = header.value
+    message.set_content("A message described by a test case.\n")
+    raw = message.as_bytes(policy=SMTP)
+    sources = {"remote"}
+    if case.client is not None and case.client in policy.client_ips:
+        sources.add("trusted")
+    if case.authenticated is not None:
+        sources.add("authenticated")
+    now = datetime.fromisoformat(described.at) if described.at else datetime.now()
+    return Facts(
+        headers=Headers.parse(raw),
+        sender=case.sender or "",
+        recipients=(case.to,),
+        size=described.size if described.size is not None else len(raw),
+        sources=frozenset(sources),
+        tls=described.tls,
+        submit_address=case.client or "",
+        now=now,
+    )
 
 
 def outcome(policy: Policy, case: TestCase) -> str:

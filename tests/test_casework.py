@@ -65,3 +65,107 @@ def test_a_broken_site_is_not_tested(tmp_path: Path, capsys: pytest.CaptureFixtu
     (tmp_path / "site.yaml").write_text("server: {}\n")
     assert main(["test", str(tmp_path)]) == 1
     assert "MP103" in capsys.readouterr().err
+
+
+RULES_SITE = """\
+server:
+  hostname: mail.example.com
+  main_domain: example.com
+  client_ips: |
+    10.0.0.0/8
+domains:
+  example.com:
+    rules: domain.rules
+    accounts:
+      alice:
+        folders: [Archive]
+        rules: alice.rules
+server_rules: server.rules
+tests:
+  - name: spam
+    from: x@remote.test
+    to: alice@example.com
+    headers: {X-Spam: "yes"}
+    expect: rule Spam
+    actions: [Store in Junk, stop processing]
+  - name: outgoing
+    client: 10.1.2.3
+    from: alice@example.com
+    to: x@elsewhere.test
+    expect: rule Outgoing
+  - name: archive exists
+    from: x@remote.test
+    to: alice@example.com
+    subject: keep this
+    expect: rule Keep
+  - name: wrong rule
+    from: x@remote.test
+    to: alice@example.com
+    subject: keep this
+    expect: rule Spam
+  - name: nothing
+    from: x@remote.test
+    to: alice@example.com
+    at: "2026-11-28 09:00"
+    expect: no rule
+  - name: wrong actions
+    from: x@remote.test
+    to: alice@example.com
+    headers: {X-Spam: "yes"}
+    expect: local alice@example.com
+    actions: [Discard]
+  - name: refused before any rule
+    from: x@remote.test
+    to: nobody@example.com
+    expect: rule Spam
+"""
+RULES = {
+    "server.rules": 'rule "Outgoing" priority 5\n  if Source is trusted\n'
+    '  then Add Header "X-Out: 1"\n',
+    "domain.rules": 'rule "Spam" priority 5\n  if Header Field is "X-Spam: yes"\n'
+    "  then Store in Junk\n  and Stop Processing\n",
+    "alice.rules": 'rule "Keep" priority 4\n  if Existing Mailbox is archive\n'
+    "  and Subject is keep*\n"
+    "  then Store in Archive\n",
+}
+
+
+def test_cases_assert_rule_outcomes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "site.yaml").write_text(RULES_SITE)
+    for name, text in RULES.items():
+        (tmp_path / name).write_text(text)
+    assert main(["test", str(tmp_path)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "ok    site.yaml:15  spam: rule Spam [Store in Junk; Stop Processing]",
+        'ok    site.yaml:21  outgoing: rule Outgoing [Add Header "X-Out: 1"]',
+        "ok    site.yaml:26  archive exists: rule Keep [Store in Archive]",
+        "FAIL  site.yaml:31  wrong rule: expected rule Spam, got rule Keep [Store in Archive]",
+        "ok    site.yaml:36  nothing: no rule []",
+        "FAIL  site.yaml:41  wrong actions: expected local alice@example.com [Discard], "
+        "got local alice@example.com [Store in Junk; Stop Processing]",
+        "FAIL  site.yaml:47  refused before any rule: expected rule Spam, got reject 5.1.1 []",
+        "4 passed, 3 failed",
+    ]
+
+
+def test_mailplan_rules_shows_what_the_rules_do_with_a_message_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    message = tmp_path / "m.eml"
+    message.write_bytes(
+        b"Return-Path: <boss@example.net>\r\nFrom: boss@example.net\r\n"
+        b"To: alice@example.com\r\nCc: partner@example.net\r\nSubject: now\r\n\r\nhi\r\n"
+    )
+    arguments = ["rules", str(message), "--to", "alice@example.com", "--site", str(EXAMPLE)]
+    arguments += ["--at", "2026-11-26 12:00"]  # a Thursday, before the evening
+    assert main(arguments) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == ["rules fired: none", "stopped: no; the message goes on: yes"]
+    message.write_bytes(message.read_bytes().replace(b"Subject", b"X-Spam-Flag: YES\r\nSubject"))
+    assert main([*arguments, "--from", "someone@remote.test"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "rules/example.com.rules:6 rule 'Spam to Junk': Store in Junk",
+        "rules/example.com.rules:7 rule 'Spam to Junk': Stop Processing",
+        "rules fired: Spam to Junk",
+        "stopped: yes; the message goes on: no",
+    ]

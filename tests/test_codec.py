@@ -47,8 +47,16 @@ def test_plan_file_is_canonical_json_with_format_and_digest() -> None:
 def test_sources_table_hashes_every_file_of_the_site() -> None:
     plan = _plan()
     sources = {s.path: s.sha256 for s in plan.sources}
-    keys = ["dkim/ed2026.example.com.pub", "dkim/mail2026.example.com.pub"]
-    assert list(sources) == [*keys, "router.cgr", "site.yaml"]
+    assert list(sources) == [
+        "dkim/ed2026.example.com.pub",
+        "dkim/mail2026.example.com.pub",
+        "router.cgr",
+        "rules/alice.rules",
+        "rules/example.com.rules",
+        "rules/recipient.rules",
+        "rules/server.rules",
+        "site.yaml",
+    ]
     text = (EXAMPLE / "router.cgr").read_bytes()
     assert sources["router.cgr"] == hashlib.sha256(text).hexdigest()
 

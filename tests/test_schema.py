@@ -93,7 +93,8 @@ def test_unknown_key_in_a_list_item(tmp_path: Path) -> None:
             9,
             5,
             "tests[0]: unknown key 'frm' "
-            "(expected one of: authenticated, client, expect, from, kind, name, to)",
+            "(expected one of: actions, at, authenticated, client, expect, from, headers, "
+            "kind, name, size, subject, tls, to)",
         ),
     ]
 
@@ -310,7 +311,7 @@ def test_other_custom_messages(tmp_path: Path) -> None:
             14,
             33,
             "tests[0].expect: expect is one of: local ACCOUNT, smtp QUEUE, pipe NAME, "
-            "list LIST, discard, reject [CODE]",
+            "list LIST, discard, reject [CODE], rule NAME, no rule",
         ),
     ]
 
