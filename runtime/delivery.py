@@ -180,20 +180,36 @@ def settle(
 
 
 def _queue_bounce(spool: Spool, original: Envelope, report: bytes, now: float) -> str:
+    queue_id = enqueue(spool, original, "", (original.sender,), report, "bounce", now)
+    log.info("%s: DSN for %s queued as %s", original.id, original.sender, queue_id)
+    return queue_id
+
+
+def enqueue(
+    spool: Spool,
+    original: Envelope,
+    sender: str,
+    recipients: tuple[str, ...],
+    message: bytes,
+    listener: str,
+    now: float,
+) -> str:
+    """Queue a message the server makes itself (a bounce, a rule's copy, an auto-reply),
+    durably, keeping the original's client facts; returns its queue id."""
     envelope = Envelope(
         id=new_id(),
         arrived=now,
         plan=original.plan,
-        listener="bounce",
-        client="127.0.0.1",
-        helo="localhost",
-        tls="none",
-        auth="",
-        sender="",
-        recipients=(original.sender,),
+        listener=listener,
+        client=original.client,
+        helo=original.helo,
+        tls=original.tls,
+        auth=original.auth,
+        sender=sender,
+        recipients=recipients,
+        relayable=frozenset(recipients),
     )
-    spool.store(envelope, report)
-    log.info("%s: DSN for %s queued as %s", original.id, original.sender, envelope.id)
+    spool.store(envelope, message)
     return envelope.id
 
 

@@ -1,8 +1,8 @@
 """LOCAL delivery into Maildir: write in `tmp/`, fsync, move to `new/`, fsync the folder.
 
 A mailbox is `MAIL_DIRECTORY/DOMAIN/ACCOUNT/` with `tmp`, `new` and `cur`, readable by
-Dovecot or any Maildir tool. The message gets `Return-Path` on top, as RFC 5321
-says final delivery must add.
+Dovecot or any Maildir tool; its folders are Maildir++ subfolders (`ACCOUNT/.Junk/`).
+The message gets `Return-Path` on top, as RFC 5321 says final delivery must add.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ _counter = itertools.count()
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
 
-def mailbox(mail_directory: Path, account: str) -> Path:
-    """The Maildir of `name@domain`."""
+def mailbox(mail_directory: Path, account: str, folder: str = "INBOX") -> Path:
+    """The Maildir of `name@domain`, or of one of its folders (Maildir++: `.Folder`)."""
     name, _, domain = account.partition("@")
-    return mail_directory / domain / name
+    inbox = mail_directory / domain / name
+    return inbox if folder.upper() == "INBOX" else inbox / f".{folder.replace('/', '.')}"
 
 
 _made: set[Path] = set()  # Maildirs known to exist, so as not to make them for every message
@@ -34,22 +35,23 @@ def _make(folder: Path) -> None:
     _made.add(folder)
 
 
-def deliver(folder: Path, sender: str, message: bytes) -> Path:
-    """Deliver one message into the Maildir `folder`; returns the file in `new/`."""
+def deliver(folder: Path, sender: str, message: bytes, flags: str = "") -> Path:
+    """Deliver one message into the Maildir `folder`; returns its file: in `new/`, or in
+    `cur/` with its info (`:2,FLAGS`) when it has flags."""
     if folder not in _made:
         _make(folder)
     try:
-        return _write(folder, sender, message)
+        return _write(folder, sender, message, flags)
     except FileNotFoundError:  # removed since we made it: make it again
         _make(folder)
-        return _write(folder, sender, message)
+        return _write(folder, sender, message, flags)
 
 
-def _write(folder: Path, sender: str, message: bytes) -> Path:
+def _write(folder: Path, sender: str, message: bytes, flags: str) -> Path:
     now = time.time()
     unique = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{_HOST}"
     temporary = folder / "tmp" / unique
-    final = folder / "new" / unique
+    final = folder / "cur" / f"{unique}:2,{flags}" if flags else folder / "new" / unique
     content = f"Return-Path: <{sender}>\r\n".encode("utf-8", "surrogateescape")
     durable.publish(temporary, final, content, message)
     return final

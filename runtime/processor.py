@@ -1,28 +1,55 @@
-"""Queue processing, in the seed's order: route each recipient, (server rules), place the
-message in its logical queues, (domain and account rules), deliver.
+"""Queue processing, in the seed's order: route each recipient, place the message in its
+logical queues, run the domain and account rules, deliver. (Server rules ran before
+the message was queued: `runtime.smtp`.)
 
-LOCAL delivers here, at once, into Maildir. Every other recipient (SMTP, PIPE,
-LIST, and ERROR for one that the current plan refuses) is handed to
-`runtime.delivery` as a `Waiting` entry, due now for a fresh message or when its
-retry journal says for one found in the queue at start.
+LOCAL delivers here, at once, into Maildir, after the rules of the domain and the
+account (`runtime.enact` says what their outcome means: folders, flags, copies,
+auto-replies, a bounce). Every other recipient (SMTP, PIPE, LIST, and ERROR for one
+that the current plan refuses) is handed to `runtime.delivery` as a `Waiting` entry,
+due now for a fresh message or when its retry journal says for one found in the
+queue at start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from runtime import maildir, retry
-from runtime.delivery import Waiting
+from runtime import dsn, enact, maildir, pipe, retry, ruleactions
+from runtime.addresslist import AddressSet
+from runtime.delivery import Waiting, enqueue
 from runtime.router import Router
+from runtime.rules import Facts, Headers, RuleBook
 from runtime.spool import BadQueueFile, Envelope, Spool
 
 log = logging.getLogger("mailplan.queue")
 
 WORKERS = 4
+REPLY_LOG = "replies.sqlite"  # in the mail directory: who was auto-answered when
+
+
+@dataclass
+class Effects:
+    """What processing asked the event loop to do next: new messages to process, and
+    programs to run (Execute)."""
+
+    created: list[str] = field(default_factory=list)
+    commands: list[tuple[enact.Command, pipe.Envelope]] = field(default_factory=list)
+
+
+@functools.lru_cache(maxsize=4)
+def _rules_of(router: Router) -> tuple[RuleBook, AddressSet]:
+    """The rules of the router's plan, compiled once, and its Client IPs."""
+    plan = router.plan
+    lists = {compiled.name: AddressSet(compiled) for compiled in plan.address_lists}
+    return RuleBook(plan), lists.get(plan.server.client_ips, AddressSet.empty())
 
 
 def process(
@@ -32,6 +59,8 @@ def process(
     mail_directory: Path,
     digest: str = "",
     fresh: tuple[Envelope, bytes] | None = None,
+    effects: Effects | None = None,
+    replies: ruleactions.ReplyLog | None = None,
 ) -> list[Waiting]:
     """Process one queued message by `router`; returns the recipients still waiting.
 
@@ -51,6 +80,8 @@ def process(
         finished = spool.finished(queue_id)
         history = spool.history(queue_id)
     schedule = router.plan.queue.retry
+    effects = effects if effects is not None else Effects()
+    replies = replies if replies is not None else ruleactions.MemoryReplyLog()
     done: list[str] = []
     waiting: list[Waiting] = []
     delivered: set[str] = set()  # one copy per mailbox, however many recipients lead to it
@@ -62,11 +93,9 @@ def process(
         decided += f", plan {digest[:19]}" if digest else ""
         # Server rules will run here (the rules issue); then placement in logical queues.
         if routing.module == "LOCAL":
-            # Domain and account rules will run here, for LOCAL only.
             if routing.queue not in delivered:
-                maildir.deliver(
-                    maildir.mailbox(mail_directory, routing.queue), envelope.sender, message
-                )
+                local = Local(spool, router, mail_directory, envelope, message, effects, replies)
+                local.deliver(routing.queue)
                 delivered.add(routing.queue)
             done.append(recipient)
             log.info("%s <%s> delivered to %s (%s)", queue_id, recipient, routing, decided)
@@ -96,6 +125,127 @@ def process(
     return waiting
 
 
+@dataclass
+class Local:
+    """LOCAL delivery of one message to the accounts it goes to, through their rules."""
+
+    spool: Spool
+    router: Router
+    mail_directory: Path
+    envelope: Envelope
+    message: bytes
+    effects: Effects
+    replies: ruleactions.ReplyLog
+
+    def deliver(self, account: str) -> None:
+        book, clients = _rules_of(self.router)
+        rules = book.local(account)
+        if not rules.rules:
+            self._store(account, "INBOX", self.message, "")
+            return
+        facts = self._facts(account, clients)
+        outcome = rules.evaluate(facts)
+        for line in outcome.log():
+            log.info("%s <%s> %s", self.envelope.id, account, line)
+        placement = enact.at_delivery(outcome, facts, self.message, account, self.router.plan.pipes)
+        for folder in placement.folders:
+            self._store(account, folder, placement.message, placement.flags)
+        for folder, parts in placement.attachments:
+            self._store(account, folder, parts, "")
+        for copy in placement.copies:
+            self._queue(copy.sender, copy.recipients, copy.message, f"rule copy for {account}")
+        if placement.rejection is not None:
+            self._bounce(account, placement.rejection)
+        for text, everyone, period in placement.replies:
+            self._reply(facts, account, text, everyone, period)
+        for book_name, address in placement.remember:
+            self._remember(account, book_name, address)
+        for command in placement.commands:
+            facts_for_pipe = pipe.Envelope(
+                self.envelope.id,
+                self.envelope.sender,
+                account,
+                self.envelope.client,
+                self.envelope.helo,
+                self.envelope.auth,
+            )
+            self.effects.commands.append((command, facts_for_pipe))
+
+    def _facts(self, account: str, clients: AddressSet) -> Facts:
+        envelope = self.envelope
+        internal = envelope.listener == "bounce" or envelope.listener.startswith(("list ", "rule "))
+        sources = {"local" if internal else "remote"}
+        if envelope.client in clients:
+            sources.add("trusted")
+        if envelope.auth not in ("", "-"):
+            sources.add("authenticated")
+        return Facts(
+            headers=Headers.parse(self.message),
+            sender=envelope.sender,
+            recipients=envelope.recipients,
+            size=len(self.message),
+            sources=frozenset(sources),
+            tls=envelope.tls != "none",
+            submit_address=envelope.client,
+            now=datetime.now().astimezone(),
+            mailboxes=lambda name: maildir.mailbox(self.mail_directory, account, name).is_dir(),
+        )
+
+    def _store(self, account: str, folder: str, message: bytes, flags: str) -> None:
+        box = maildir.mailbox(self.mail_directory, account, folder)
+        maildir.deliver(box, self.envelope.sender, message, flags)
+
+    def _queue(self, sender: str, recipients: tuple[str, ...], message: bytes, why: str) -> None:
+        queue_id = enqueue(self.spool, self.envelope, sender, recipients, message, why, time.time())
+        self.effects.created.append(queue_id)
+        shown = ", ".join(f"<{r}>" for r in recipients)
+        log.info("%s: %s queued as %s for %s", self.envelope.id, why, queue_id, shown)
+
+    def _bounce(self, account: str, reply: str) -> None:
+        if not self.envelope.sender:
+            log.info(
+                "%s <%s> rejected by a rule; no bounce to the null sender",
+                self.envelope.id,
+                account,
+            )
+            return
+        _, _, text = reply.partition(" ")
+        status, _, reason = text.partition(" ")
+        failure = dsn.Failure(account, status, reason or text)
+        report = dsn.report(
+            hostname=self.router.plan.server.hostname,
+            sender=self.envelope.sender,
+            queue_id=self.envelope.id,
+            arrived=self.envelope.arrived,
+            failures=[failure],
+            action="failed",
+            original=self.message,
+            now=time.time(),
+        )
+        self._queue("", (self.envelope.sender,), report, "bounce")
+
+    def _reply(self, facts: Facts, account: str, text: str, everyone: bool, period: int) -> None:
+        last = self.replies.last(account, facts.sender)
+        why = ruleactions.why_not_reply(facts, account, last, period)
+        if why is not None:
+            log.info("%s <%s> no auto-reply: %s", self.envelope.id, account, why)
+            return
+        to = ruleactions.reply_recipients(facts, account, everyone)
+        answer = ruleactions.auto_reply(facts.headers, account, to, text, facts.now)
+        self._queue("", to, answer, f"auto-reply of {account}")
+        self.replies.record(account, facts.sender, facts.now.timestamp())
+
+    def _remember(self, account: str, book: str, address: str) -> None:
+        """Remember 'From' in: one address a line in `ACCOUNT/addressbooks/BOOK.txt`."""
+        folder = maildir.mailbox(self.mail_directory, account) / "addressbooks"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{book.replace('/', '_')}.txt"
+        known = path.read_text(encoding="utf-8").split("\n") if path.exists() else []
+        if address.lower() not in (line.lower() for line in known):
+            with path.open("a", encoding="utf-8") as file:
+                file.write(f"{address}\n")
+
+
 def pending(spool: Spool, router: Router) -> list[Waiting]:
     """Every recipient that is not done, as the plan routes it now (for `mailplan queue`)."""
     found = []
@@ -113,6 +263,12 @@ def pending(spool: Spool, router: Router) -> list[Waiting]:
     return found
 
 
+async def execute(command: enact.Command, facts: pipe.Envelope) -> None:
+    """An Execute action: the declared program gets the message; its result is logged."""
+    result = await pipe.run(command.pipe, list(command.argv), facts, command.message)
+    log.info("%s Execute %s: %s", facts.queue_id, command.pipe.name, result.text)
+
+
 class Processor:
     """Feeds queued messages to `process`, a few at a time, with the current plan."""
 
@@ -127,8 +283,11 @@ class Processor:
         self.current = current
         self.mail_directory = mail_directory
         self.hand_over = hand_over  # where waiting recipients go: `Delivery.add`
+        mail_directory.mkdir(parents=True, exist_ok=True)
+        self.replies = ruleactions.SqliteReplyLog(mail_directory / REPLY_LOG)
         self._ids: asyncio.Queue[tuple[str, tuple[Envelope, bytes] | None]] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
+        self._commands: set[asyncio.Task[None]] = set()
 
     def submit(self, queue_id: str, fresh: tuple[Envelope, bytes] | None = None) -> None:
         """Process `queue_id` soon; `fresh` is its envelope and message when just stored."""
@@ -147,7 +306,13 @@ class Processor:
     async def stop(self) -> None:
         for worker in self._workers:
             worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*self._workers, *self._commands, return_exceptions=True)
+        self.replies.close()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
 
     async def _work(self) -> None:
         while True:
@@ -155,10 +320,23 @@ class Processor:
             try:
                 started = time.monotonic()
                 digest, router = self.current()
+                effects = Effects()
                 waiting = await asyncio.to_thread(
-                    process, self.spool, queue_id, router, self.mail_directory, digest, fresh
+                    process,
+                    self.spool,
+                    queue_id,
+                    router,
+                    self.mail_directory,
+                    digest,
+                    fresh,
+                    effects,
+                    self.replies,
                 )
                 self.hand_over(waiting)
+                for created in effects.created:
+                    self.submit(created)
+                for command, facts in effects.commands:
+                    self._spawn(execute(command, facts))
                 log.debug("%s processed in %.1f ms", queue_id, (time.monotonic() - started) * 1e3)
             except Exception:
                 log.exception("%s: processing failed; it stays queued for the next start", queue_id)

@@ -29,6 +29,7 @@ from runtime.pop3 import LINE_LIMIT, Pop3
 from runtime.processor import Processor
 from runtime.receiving import CallbackCache, Checks
 from runtime.router import Router
+from runtime.rules import Rules
 from runtime.smtp import Handler, Session, Snapshot
 from runtime.spool import Envelope, Spool
 from runtime.throttle import Throttle
@@ -59,7 +60,8 @@ def snapshot(
     """A plan ready to serve; with `answerer` (DNS), its receiving checks run too."""
     router = Router(plan)
     checks = Checks(plan, router, answerer, cache, smtp_port) if answerer is not None else None
-    return Snapshot(codec.digest(plan), Policy(plan, router), checks)
+    rules = Rules(plan.server_rules) if plan.server_rules is not None else None
+    return Snapshot(codec.digest(plan), Policy(plan, router), checks, rules)
 
 
 def development(listener: Listener) -> Listener:

@@ -13,8 +13,9 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, replace
+from datetime import datetime
 from email.utils import format_datetime, localtime
 from typing import Any
 
@@ -22,9 +23,11 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword
 from aiosmtpd.smtp import Session as SMTPSession
 
 from plan.model import Listener
-from runtime import replies
+from runtime import enact, pipe, replies
 from runtime.policy import Client, Policy
+from runtime.processor import execute
 from runtime.receiving import Checks
+from runtime.rules import Facts, Headers, Rules
 from runtime.spool import Envelope as QueueEnvelope
 from runtime.spool import new_id
 
@@ -42,9 +45,17 @@ class Snapshot:
     digest: str
     policy: Policy
     checks: Checks | None = None  # the receiving checks (None: none run)
+    server_rules: Rules | None = None
 
 
 Store = Callable[[QueueEnvelope, bytes], Awaitable[None]]
+_running: set[asyncio.Task[None]] = set()  # Execute actions under way
+
+
+def _spawn(coroutine: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(coroutine)
+    _running.add(task)
+    task.add_done_callback(_running.discard)
 
 
 class Handler:
@@ -148,6 +159,42 @@ class Handler:
             + self._received(server, session, client, queued)
             + (envelope.original_content or b"")
         )
+        rules = self.snapshot.server_rules
+        if rules is not None and rules.rules:
+            decided = self._server_rules(rules, client, queued, message)
+            if decided.rejection is not None:
+                log.info("%s refused by a server rule: %s", client.ip, decided.rejection)
+                return decided.rejection
+            message = decided.message
+            queued = replace(queued, recipients=decided.recipients)
+            copies = [
+                replace(
+                    queued, id=new_id(), sender=c.sender, recipients=c.recipients, listener="rule"
+                )
+                for c in decided.copies
+            ]
+            try:
+                for copy, made in zip(copies, decided.copies, strict=True):
+                    await self.store(copy, made.message)
+                    log.info("%s: %s: queued as %s", queue_id, made.why, copy.id)
+            except OSError as exc:
+                log.error("%s: cannot queue a rule's copy: %s", queue_id, exc)
+                return replies.QUEUE_WRITE_FAILED
+            for command in decided.commands:
+                facts = pipe.Envelope(
+                    queue_id,
+                    queued.sender,
+                    ",".join(envelope.rcpt_tos),
+                    client.ip,
+                    queued.helo,
+                    queued.auth,
+                )
+                _spawn(execute(command, facts))
+            if not queued.recipients:
+                log.info(
+                    "%s from %s: no recipient left after the server rules", queue_id, client.ip
+                )
+                return replies.reply(replies.QUEUED, id=queue_id)
         try:
             await self.store(queued, message)
         except OSError as exc:
@@ -163,6 +210,39 @@ class Handler:
             self.snapshot.digest[:19],
         )
         return replies.reply(replies.QUEUED, id=queue_id)
+
+    def _server_rules(
+        self, rules: Rules, client: Client, queued: QueueEnvelope, message: bytes
+    ) -> enact.Enqueue:
+        """What the server rules make of a message about to be queued (pure but for the log)."""
+        sources = {"remote"}
+        if client.trusted:
+            sources.add("trusted")
+        if client.authenticated is not None:
+            sources.add("authenticated")
+        facts = Facts(
+            headers=Headers.parse(message),
+            sender=queued.sender,
+            recipients=queued.recipients,
+            size=len(message),
+            sources=frozenset(sources),
+            tls=queued.tls != "none",
+            submit_address=client.ip,
+            now=datetime.now().astimezone(),
+        )
+        outcome = rules.evaluate(facts)
+        for line in outcome.log():
+            log.info("%s %s", queued.id, line)
+        plan = self.policy.plan
+        return enact.at_enqueue(
+            outcome,
+            message,
+            queued.sender,
+            queued.recipients,
+            plan.pipes,
+            f"postmaster@{plan.server.main_domain}",
+            facts.now,
+        )
 
     def _received(
         self, server: Session, session: SMTPSession, client: Client, queued: QueueEnvelope
