@@ -19,6 +19,7 @@ from compiler.check_names import check_names
 from compiler.check_relay import check_relay
 from compiler.check_routing import check_routing
 from compiler.check_rules import check_rules
+from compiler.check_tests import check_tests
 from compiler.diagnostics import Diagnostic, has_errors
 from compiler.load import load
 from compiler.parse import parse
@@ -39,6 +40,7 @@ CHECKS: tuple[Check, ...] = (
     check_listeners,
     check_rules,
     check_dns,
+    check_tests,
 )
 
 

@@ -47,6 +47,7 @@ from plan.model import (
     TestCase,
     TestHeader,
     TestMessage,
+    TestZone,
     Tls,
     Unknown,
 )
@@ -301,6 +302,11 @@ def _tests(document: Document) -> tuple[TestCase, ...]:
                 tls=case.get("tls", False),
                 at=case.get("at"),
                 actions=tuple(case["actions"]) if "actions" in case else None,
+            ),
+            helo=case.get("helo"),
+            dns=tuple(
+                TestZone(origin.lower().rstrip("."), records)
+                for origin, records in sorted(case.get("dns", {}).items())
             ),
         )
         for i, case in enumerate(document.data.get("tests", ()))

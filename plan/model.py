@@ -452,6 +452,16 @@ class TestCase:
     authenticated: str | None
     expect: str
     message: TestMessage
+    helo: str | None = None
+    dns: tuple[TestZone, ...] = ()  # the DNS the receiving checks see; none: they do not run
+
+
+@dataclass(frozen=True)
+class TestZone:
+    """A zone a test case brings (`dns:`): its origin and its records, in zone-file syntax."""
+
+    origin: str
+    records: str
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,23 @@ the case's `expect` is: `local ACCOUNT`, `smtp QUEUE`, `pipe NAME`, `list LIST`,
 `discard`, or `reject CODE`. A case about rules (`expect: rule NAME`, `no rule`, or
 `actions: [...]`) builds the message the case describes and runs it through the server
 rules and, when it is delivered locally, the domain's and the account's rules, with the
-same evaluator the server uses.
+same evaluator the server uses. A case that brings DNS (`dns:` zones) also runs the
+receiving checks (DNSBL, Return-Path, SPF) on its client IP, HELO and sender, asking
+only those zones, so that it needs no network.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, replace
 from datetime import datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 
 from plan.model import TestCase
+from runtime.lookup import Zones, zone_of
 from runtime.policy import Policy
+from runtime.receiving import Checks
 from runtime.rules import Facts, Headers, Outcome, RuleBook
 
 
@@ -128,6 +133,10 @@ def outcome(policy: Policy, case: TestCase) -> str:
         refusal = policy.sender(case.sender)
         if refusal:
             return f"reject {_status(refusal)}"
+    if case.dns:
+        refusal = _checks(policy, case)
+        if refusal:
+            return f"reject {_status(refusal)}"
     if case.client is None and case.authenticated is None:
         routing = router.route(case.to, case.kind)
         if routing.module == "ERROR":
@@ -145,6 +154,19 @@ def outcome(policy: Policy, case: TestCase) -> str:
     if routing.module == "DISCARD":
         return "discard"
     return f"{routing.module.lower()} {routing.queue}"
+
+
+def _checks(policy: Policy, case: TestCase) -> str | None:
+    """The receiving checks' refusal of the case's MAIL FROM, with the DNS the case brings."""
+    answerer = Zones({zone.origin: zone_of(zone.origin, zone.records) for zone in case.dns})
+    checks = Checks(policy.plan, policy.router, answerer)
+    login = None
+    if case.authenticated is not None:
+        account = policy.router.route(case.authenticated, "access")
+        login = account.queue if account.module == "LOCAL" else None
+    client = policy.client(case.client or "192.0.2.0", tls=False, authenticated=login)
+    verdicts = asyncio.run(checks.at_mail(client, case.helo or "", case.sender or ""))
+    return next((verdict.reply for verdict in verdicts if verdict.reply), None)
 
 
 def _status(reply: str) -> str:

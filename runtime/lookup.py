@@ -77,6 +77,16 @@ class Dns:
             raise DnsTrouble(f"{name} {rdtype}: {_why(exc)}") from None
 
 
+def zone_of(origin: str, records: str) -> str:
+    """A whole zone file for `origin`: an SOA and NS on top of `records` (zone-file lines,
+    names relative to the origin), as `mailplan test` cases write them."""
+    origin = origin.rstrip(".") + "."
+    return (
+        f"$ORIGIN {origin}\n$TTL 300\n@ IN SOA ns hostmaster 1 3600 600 86400 300\n"
+        f"@ IN NS ns\n{records}\n"
+    )
+
+
 class Zones:
     """Answers from zone-file texts (origin → text); a name in none of them does not exist."""
 

@@ -169,3 +169,71 @@ def test_mailplan_rules_shows_what_the_rules_do_with_a_message_file(
         "rules fired: Spam to Junk",
         "stopped: yes; the message goes on: no",
     ]
+
+
+CHECKS_SITE = """\
+server:
+  hostname: mail.example.com
+  main_domain: example.com
+  client_ips: |
+    10.0.0.0/8
+receiving:
+  spf: {scope: everybody-except-clients, action: reject-softfail}
+  rbl: {scope: everybody-except-clients, zones: [bl.test]}
+domains:
+  example.com:
+    accounts:
+      alice: {}
+tests:
+  - name: softfail refused
+    client: 203.0.113.5
+    from: x@soft.test
+    to: alice@example.com
+    dns: {soft.test: "@ IN A 203.0.113.80\\n@ IN TXT \\"v=spf1 a ~all\\"\\n"}
+    expect: reject 5.7.23
+  - name: the same sender from its own address
+    client: 203.0.113.80
+    from: x@soft.test
+    to: alice@example.com
+    dns: {soft.test: "@ IN A 203.0.113.80\\n@ IN TXT \\"v=spf1 a ~all\\"\\n"}
+    expect: local alice@example.com
+  - name: listed
+    client: 203.0.113.7
+    from: x@soft.test
+    to: alice@example.com
+    dns: {bl.test: "7.113.0.203 IN A 127.0.0.2\\n"}
+    expect: reject 5.7.1
+  - name: a client is not checked
+    client: 10.0.0.7
+    from: x@nowhere.test
+    to: alice@example.com
+    dns: {bl.test: "7.0.0.10 IN A 127.0.0.2\\n"}
+    expect: local alice@example.com
+  - name: an unknown domain, temporary helo
+    client: 203.0.113.5
+    helo: client.test
+    from: x@nowhere.test
+    to: alice@example.com
+    dns: {bl.test: ""}
+    expect: reject 5.1.8
+"""
+
+
+def test_cases_with_dns_run_the_receiving_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "site.yaml").write_text(CHECKS_SITE)
+    assert main(["test", str(tmp_path)]) == 0, capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines()[-1] == "5 passed, 0 failed"
+
+
+def test_dns_of_a_case_that_does_not_parse_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = CHECKS_SITE.replace(
+        '"7.113.0.203 IN A 127.0.0.2\\n"', '"7.113.0.203 IN A not-an-ip\\n"'
+    )
+    (tmp_path / "site.yaml").write_text(broken)
+    assert main(["check", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "error MP110: test 'listed': the records of bl.test do not parse" in out

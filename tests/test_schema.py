@@ -93,8 +93,8 @@ def test_unknown_key_in_a_list_item(tmp_path: Path) -> None:
             9,
             5,
             "tests[0]: unknown key 'frm' "
-            "(expected one of: actions, at, authenticated, client, expect, from, headers, "
-            "kind, name, size, subject, tls, to)",
+            "(expected one of: actions, at, authenticated, client, dns, expect, from, headers, "
+            "helo, kind, name, size, subject, tls, to)",
         ),
     ]
 
