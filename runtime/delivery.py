@@ -253,15 +253,25 @@ class Delivery:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._resolver: dns.asyncresolver.Resolver | None = None
+        self.connections = outbound.Connections()
+        self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._runner = asyncio.create_task(self._run())
+        self._sweeper = asyncio.create_task(self._sweep())
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *([self._runner] if self._runner else [])]
+        tasks = [*self._tasks, *(t for t in (self._runner, self._sweeper) if t is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.connections.sweep(everything=True)
+
+    async def _sweep(self) -> None:
+        """Close the kept connections that nobody used for a while."""
+        while True:
+            await asyncio.sleep(self.connections.idle / 2)
+            await self.connections.sweep()
 
     def add(self, entries: list[Waiting]) -> None:
         now = time.time()
@@ -397,6 +407,7 @@ class Delivery:
             port=self.remote.port,
             require_tls=domain in plan.outbound.require_tls,
             timeout=self.remote.timeout,
+            connections=self.connections,
         )
         if self._resolver is None:
             self._resolver = mx.resolver(self.remote.resolver)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +29,7 @@ log = logging.getLogger("mailplan.smtp-out")
 
 Kind = Literal["delivered", "temporary", "permanent"]
 MAX_PER_CONNECTION = 100
+IDLE = 2.0  # seconds a connection is kept open for the next message to its server
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,58 @@ class Outcome:
         return self.kind != "temporary"
 
 
+class Connections:
+    """Connections kept open for a moment after use, by address, as Postfix's connection
+    cache does: the next message for the same server (of any domain) skips connect,
+    EHLO and STARTTLS. One worker uses a connection at a time."""
+
+    def __init__(self, idle: float = IDLE) -> None:
+        self.idle = idle
+        self._free: dict[tuple[str, int], list[tuple[float, aiosmtplib.SMTP, bool]]] = {}
+
+    def take(self, address: str, port: int, need_tls: bool) -> tuple[aiosmtplib.SMTP, bool] | None:
+        """An idle connection to address:port (encrypted when `need_tls`), or None."""
+        free = self._free.get((address, port), [])
+        now = time.monotonic()
+        for index in range(len(free) - 1, -1, -1):
+            until, client, encrypted = free[index]
+            if until > now and client.is_connected and (encrypted or not need_tls):
+                del free[index]
+                return client, encrypted
+        return None
+
+    def give(self, address: str, port: int, client: aiosmtplib.SMTP, encrypted: bool) -> None:
+        until = time.monotonic() + self.idle
+        self._free.setdefault((address, port), []).append((until, client, encrypted))
+
+    async def sweep(self, everything: bool = False) -> None:
+        """Say QUIT on the connections idle for too long (or on all of them)."""
+        now = time.monotonic()
+        for key, free in list(self._free.items()):
+            keep = [entry for entry in free if entry[0] > now and not everything]
+            for entry in free:
+                if entry not in keep:
+                    await _quit(entry[1])
+            if keep:
+                self._free[key] = keep
+            else:
+                del self._free[key]
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.quit(timeout=5)
+    except (aiosmtplib.SMTPException, OSError):
+        client.close()
+
+
 @dataclass(frozen=True)
 class Settings:
     helo: str
     port: int = 25
     require_tls: bool = False
     timeout: float = 60.0
+    connections: Connections | None = None  # keep connections open between batches
 
 
 class _Refused(Exception):
@@ -124,7 +172,7 @@ async def deliver(
             tls = True
             while left:  # a connection carries at most MAX_PER_CONNECTION messages
                 try:
-                    done = await _session(host.name, address, left, settings, tls)
+                    done, reused = await _session(host.name, address, left, settings, tls)
                 except _TlsFailed as refused:
                     last, status = f"{host.name}[{address}]: {refused}", "4.7.4"
                     log.info("%s: %s", queue, last)
@@ -137,6 +185,8 @@ async def deliver(
                     log.info("%s: %s", queue, last)
                     break
                 if not done:
+                    if reused:
+                        continue  # a kept connection the server had closed: a fresh one
                     last, status = f"{host.name}[{address}]: the connection ended", "4.4.2"
                     break
                 outcomes.extend(done)
@@ -154,13 +204,22 @@ def _unfinished(parcels: list[Parcel], finished: set[tuple[str, str]]) -> list[P
 
 async def _session(
     name: str, address: str, parcels: list[Parcel], settings: Settings, tls: bool
-) -> list[Outcome]:
+) -> tuple[list[Outcome], bool]:
     """One connection to one address; outcomes for the parcels it finished before it ended.
 
     Parcels it did not get to (the connection dropped) are left for the next host.
     STARTTLS is used when offered, unless `tls` is false (a fallback after it failed).
+    Also says whether the connection was a kept one.
     """
     host = name
+    cache = settings.connections
+    kept = cache.take(address, settings.port, settings.require_tls) if cache else None
+    if kept is not None:
+        client, encrypted = kept
+        outcomes = await _transactions(client, parcels, host)
+        if client.is_connected and cache is not None:
+            cache.give(address, settings.port, client, encrypted)
+        return outcomes, True
     client = aiosmtplib.SMTP(
         hostname=address,
         port=settings.port,
@@ -168,6 +227,7 @@ async def _session(
         timeout=settings.timeout,
         start_tls=False,
     )
+    encrypted = False
     try:
         await client.connect()
         try:
@@ -178,6 +238,7 @@ async def _session(
             try:
                 await client.starttls(tls_context=_NO_VERIFY, server_hostname=name)
                 await client.ehlo()
+                encrypted = True
             except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
                 raise _TlsFailed(f"TLS failed: {exc or type(exc).__name__}") from None
         elif settings.require_tls:
@@ -188,11 +249,22 @@ async def _session(
     except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
         client.close()
         raise _Refused(str(exc) or type(exc).__name__) from None
+    outcomes = await _transactions(client, parcels, host)
+    if not client.is_connected:
+        return outcomes, False
+    if cache is not None:
+        cache.give(address, settings.port, client, encrypted)
+    else:
+        await _quit(client)
+    return outcomes, False
+
+
+async def _transactions(client: aiosmtplib.SMTP, parcels: list[Parcel], host: str) -> list[Outcome]:
+    """Up to MAX_PER_CONNECTION transactions; those finished before the connection ended."""
     outcomes: list[Outcome] = []
     try:
         for parcel in parcels[:MAX_PER_CONNECTION]:
             outcomes.extend(await _transaction(client, parcel, host))
-        await client.quit()
     except (aiosmtplib.SMTPException, OSError) as exc:
         log.info("%s: connection ended: %s", host, exc)
         client.close()

@@ -51,6 +51,7 @@ class Sink:
     mode: str
     lock: threading.Lock = field(default_factory=threading.Lock)
     connections: int = 0
+    asked: int = 0  # RCPT commands
     messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
 
     async def handle_EHLO(
@@ -74,6 +75,8 @@ class Sink:
         address: str,
         options: list[str],
     ) -> str:
+        with self.lock:
+            self.asked += 1
         if self.mode == "defer":
             return "451 4.3.0 try again later"
         if self.mode == "refuse" or address.startswith("bad"):
@@ -110,7 +113,7 @@ class World:
     def reset(self) -> None:
         for name, sink in self.sinks.items():
             sink.mode = name
-            sink.connections = 0
+            sink.connections = sink.asked = 0
             sink.messages.clear()
 
 
@@ -362,7 +365,8 @@ def test_temporary_failure_waits_then_many_messages_share_one_connection(
     assert "8 message(s) to be tried again now" in relay.mailplan("queue", "flush", "accept.test")
     received = sinks["accept"].received(len(ids))
     assert sorted(r[0] for _, r, _ in received) == sorted(f"m{n}@accept.test" for n in range(8))
-    assert sinks["accept"].connections == 1
+    # One connection at most: the one kept open since the deferrals, or a new one.
+    assert sinks["accept"].connections <= 1
     relay.wait_empty()
 
 
@@ -379,7 +383,7 @@ def test_retries_on_schedule_warn_then_give_up(make_relay: Any, sinks: dict[str,
     assert failed["Action"] == "failed"
     assert failed["Status"] == "4.4.7"
     assert "gave up after" in failed["Diagnostic-Code"]
-    assert sinks["defer"].connections >= 2  # tried again on the schedule
+    assert sinks["defer"].asked >= 2  # tried again on the schedule
     relay.wait_empty()
     assert queue_id in relay.server.log()
 

@@ -315,6 +315,52 @@ def test_many_messages_go_over_one_connection(servers: Servers) -> None:
     assert all(o.text == ACCEPTED and o.smtp and o.final for o in outcomes)
 
 
+def test_a_kept_connection_serves_the_next_batch_of_any_domain(servers: Servers) -> None:
+    mailbox = servers.smtp("127.0.0.2")
+
+    async def run() -> list[Outcome]:
+        kept = outbound.Connections()
+        settings = Settings(helo=HELO, port=servers.port, timeout=5.0, connections=kept)
+        resolve = mx.resolver("127.0.0.1:9", 1.0)
+        outcomes = []
+        for n, domain in enumerate(("one.test", "two.test", "one.test")):
+            batch = [parcel(f"Q{n}", f"user@{domain}")]
+            outcomes += await outbound.deliver("[127.0.0.2]", domain, batch, settings, resolve)
+        await kept.sweep(everything=True)
+        await closed()
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert [o.kind for o in outcomes] == ["delivered"] * 3
+    assert len(mailbox.transactions) == 3
+    assert len(mailbox.peers) == 1  # one connection for the three batches
+
+
+def test_a_kept_connection_the_server_closed_is_replaced(servers: Servers) -> None:
+    mailbox = servers.smtp("127.0.0.2")
+
+    async def run() -> list[Outcome]:
+        kept = outbound.Connections()
+        settings = Settings(helo=HELO, port=servers.port, timeout=5.0, connections=kept)
+        resolve = mx.resolver("127.0.0.1:9", 1.0)
+        first = await outbound.deliver(
+            "[127.0.0.2]", "a.test", [parcel("Q1", "x@a.test")], settings, resolve
+        )
+        for free in kept._free.values():  # the server went away meanwhile
+            for _, client, _ in free:
+                client.close()
+        second = await outbound.deliver(
+            "[127.0.0.2]", "a.test", [parcel("Q2", "y@a.test")], settings, resolve
+        )
+        await kept.sweep(everything=True)
+        await closed()
+        return first + second
+
+    outcomes = asyncio.run(run())
+    assert [o.kind for o in outcomes] == ["delivered", "delivered"]
+    assert len(mailbox.peers) == 2
+
+
 def test_more_messages_than_one_connection_carries(servers: Servers) -> None:
     mailbox = servers.smtp("127.0.0.2")
     count = outbound.MAX_PER_CONNECTION + 3
