@@ -272,10 +272,11 @@ def machine_busy() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
-def count_files(directory: Path) -> int:
+def count_files(directory: Path, suffix: str = "") -> int:
+    """How many files in `directory` (whose names end with `suffix`, when given)."""
     try:
         with os.scandir(directory) as entries:
-            return sum(1 for _ in entries)
+            return sum(1 for entry in entries if entry.name.endswith(suffix))
     except FileNotFoundError:
         return 0
 
@@ -416,7 +417,8 @@ class Mailplan(Server):
     def drain(self) -> None:
         deadline = time.monotonic() + DRAIN_TIMEOUT
         while time.monotonic() < deadline:
-            if count_files(self.queue) == 0 and count_files(self.maildir) >= self.accepted():
+            queued = count_files(self.queue, ".msg")  # not the server's pid file
+            if queued == 0 and count_files(self.maildir) >= self.accepted():
                 return
             time.sleep(0.05)
         print("  mailplan: deliveries still pending after the drain timeout", flush=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, get_args
+
+from plan.model import RuleVerb
 
 # Per protocol: port, TLS mode and whether AUTH is required, offered, or not offered.
 LISTENERS: dict[str, dict[str, Any]] = {
@@ -90,21 +92,6 @@ def size(value: int | str) -> int:
 # say (`account_rules: {actions: [...]}`): everything an account rule can do but
 # Execute, which runs a program of the administrator's.
 REPLY_PERIOD = "7d"
-ACCOUNT_RULE_ACTIONS = (
-    "Store in",
-    "Redirect to",
-    "Forward to",
-    "Mirror to",
-    "Reject with",
-    "Discard",
-    "Stop Processing",
-    "Mark",
-    "Add Header",
-    "Tag Subject",
-    "Reply with",
-    "Reply to All with",
-    "Remember 'From' in",
-    "Copy Attachments into",
-)
+ACCOUNT_RULE_ACTIONS = tuple(verb for verb in get_args(RuleVerb) if verb != "Execute")
 # Folders every account has (Store in may name them without `folders:`).
 FOLDERS = ("INBOX", "Sent", "Drafts", "Trash", "Junk")

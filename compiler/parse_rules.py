@@ -11,6 +11,7 @@ import difflib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import get_args
 
 from lark import Lark
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -21,49 +22,10 @@ from compiler.rulesyntax import ActionLine, ConditionLine, Header, RuleLineBuild
 from compiler.syntax import Text
 from compiler.unit import Unit
 from grammar import parser
+from plan.model import RuleField, RuleVerb
 
-FIELDS = [
-    "From",
-    "Sender",
-    "Return-Path",
-    "To",
-    "Cc",
-    "Any To or Cc",
-    "Each To or Cc",
-    "Reply-To",
-    "'From' Name",
-    "Subject",
-    "Message-ID",
-    "Message Size",
-    "Header Field",
-    "Any Recipient",
-    "Each Recipient",
-    "Source",
-    "Security",
-    "Submit Address",
-    "Time Of Day",
-    "Current Date",
-    "Current Day",
-    "Existing Mailbox",
-    "Human Generated",
-]
-VERBS = [
-    "Store in",
-    "Redirect to",
-    "Forward to",
-    "Mirror to",
-    "Reject with",
-    "Discard",
-    "Stop Processing",
-    "Mark",
-    "Add Header",
-    "Tag Subject",
-    "Reply with",
-    "Reply to All with",
-    "Execute",
-    "Remember 'From' in",
-    "Copy Attachments into",
-]
+FIELDS: list[str] = list(get_args(RuleField))  # the plan's enumerations are the language's
+VERBS: list[str] = list(get_args(RuleVerb))
 
 _WORDS = {
     "RULE": "'rule'",

@@ -133,39 +133,17 @@ def settle(
                 outcome.text,
                 _span(interval),
             )
-    hostname = plan.server.hostname
     new: list[str] = []
     if delayed and retry.should_warn(history, envelope.arrived, now, plan.queue.warn_after):
         journal += retry.event_line("W", now)
         if envelope.sender:
             until = envelope.arrived + plan.queue.give_up_after
-            warning = dsn.report(
-                hostname=hostname,
-                sender=envelope.sender,
-                queue_id=queue_id,
-                arrived=envelope.arrived,
-                failures=delayed,
-                action="delayed",
-                original=message,
-                now=now,
-                retry_until=until,
-            )
-            new.append(_queue_bounce(spool, envelope, warning, now))
+            new.append(bounce(spool, plan, envelope, message, delayed, now, until))
     if journal:
         spool.journal(queue_id, journal)
     if failures:
         if envelope.sender:
-            bounce = dsn.report(
-                hostname=hostname,
-                sender=envelope.sender,
-                queue_id=queue_id,
-                arrived=envelope.arrived,
-                failures=failures,
-                action="failed",
-                original=message,
-                now=now,
-            )
-            new.append(_queue_bounce(spool, envelope, bounce, now))
+            new.append(bounce(spool, plan, envelope, message, failures, now))
         else:
             log.info("%s: no bounce for a message with the null return path", queue_id)
     if done:
@@ -179,7 +157,27 @@ def settle(
     return again, new
 
 
-def _queue_bounce(spool: Spool, original: Envelope, report: bytes, now: float) -> str:
+def bounce(
+    spool: Spool,
+    plan: Plan,
+    original: Envelope,
+    message: bytes,
+    failures: list[dsn.Failure],
+    now: float,
+    retry_until: float | None = None,
+) -> str:
+    """Queue the DSN for `failures` of `original` (a delay warning with `retry_until`)."""
+    report = dsn.report(
+        hostname=plan.server.hostname,
+        sender=original.sender,
+        queue_id=original.id,
+        arrived=original.arrived,
+        failures=failures,
+        action="failed" if retry_until is None else "delayed",
+        original=message,
+        now=now,
+        retry_until=retry_until,
+    )
     queue_id = enqueue(spool, original, "", (original.sender,), report, "bounce", now)
     log.info("%s: DSN for %s queued as %s", original.id, original.sender, queue_id)
     return queue_id
@@ -452,22 +450,17 @@ class Delivery:
         if not post.recipients:
             text = f"list {entry.routing.queue} has no members"
             return Outcome(entry.queue_id, entry.recipient, "delivered", "2.0.0", text), None
-        expanded = Envelope(
-            id=new_id(),
-            arrived=time.time(),
-            plan=envelope.plan,
-            listener=f"list {entry.routing.queue}",
-            client=envelope.client,
-            helo=envelope.helo,
-            tls=envelope.tls,
-            auth=envelope.auth,
-            sender=post.sender,
-            recipients=post.recipients,
-            relayable=frozenset(post.recipients),
+        expanded = enqueue(
+            self.spool,
+            envelope,
+            post.sender,
+            post.recipients,
+            post.message,
+            f"list {entry.routing.queue}",
+            time.time(),
         )
-        self.spool.store(expanded, post.message)
-        text = f"expanded to {len(post.recipients)} member(s) as {expanded.id}"
-        return Outcome(entry.queue_id, entry.recipient, "delivered", "2.0.0", text), expanded.id
+        text = f"expanded to {len(post.recipients)} member(s) as {expanded}"
+        return Outcome(entry.queue_id, entry.recipient, "delivered", "2.0.0", text), expanded
 
 
 def _mailing_list(plan: Plan, name: str, domain: str) -> MailingList | None:

@@ -16,6 +16,8 @@ from plan.model import Pipe, RuleVerb
 from runtime import ruleactions
 from runtime.rules import Facts, Outcome
 
+SENDING = ("Redirect to", "Mirror to", "Forward to")
+
 
 @dataclass(frozen=True)
 class Copy:
@@ -89,13 +91,10 @@ def at_enqueue(
             result.message = ruleactions.add_header(result.message, value)
         elif verb == "Tag Subject":
             result.message = ruleactions.tag_subject(result.message, value)
-        elif verb in ("Redirect to", "Mirror to", "Forward to"):
-            targets = tuple(action.values)
-            body = result.message
-            if verb == "Forward to":
-                domain = postmaster.rpartition("@")[2]
-                body = ruleactions.resent(body, postmaster, targets, now, domain)
-            result.copies.append(Copy(sender, targets, body, f"{step}"))
+        elif verb in SENDING:
+            result.copies.append(
+                _copy(verb, action.values, result.message, sender, postmaster, now, f"{step}")
+            )
             if verb != "Mirror to":
                 result.recipients = ()
         elif verb == "Execute":
@@ -128,14 +127,12 @@ def at_delivery(
             placement.message = ruleactions.add_header(placement.message, value)
         elif verb == "Tag Subject":
             placement.message = ruleactions.tag_subject(placement.message, value)
-        elif verb in ("Redirect to", "Mirror to", "Forward to"):
-            targets = tuple(action.values)
-            body = placement.message
-            if verb == "Forward to":
-                domain = account.rpartition("@")[2]
-                body = ruleactions.resent(body, account, targets, facts.now, domain)
+        elif verb in SENDING:
             sender = ruleactions.envelope_sender(verb, facts.sender, account)
-            placement.copies.append(Copy(sender, targets, body, f"{step}"))
+            copy = _copy(
+                verb, action.values, placement.message, sender, account, facts.now, f"{step}"
+            )
+            placement.copies.append(copy)
         elif verb == "Execute":
             command = _command(pipes, value, placement.message)
             if command is not None:
@@ -154,6 +151,21 @@ def at_delivery(
     # one copy per folder, in the order the rules named them
     placement.folders = list(dict.fromkeys(placement.folders))
     return placement
+
+
+def _copy(
+    verb: RuleVerb,
+    targets: tuple[str, ...],
+    message: bytes,
+    sender: str,
+    by: str,
+    now: datetime,
+    why: str,
+) -> Copy:
+    """What Redirect, Mirror or Forward (with its Resent- fields, RFC 5322 3.6.6) send."""
+    if verb == "Forward to":
+        message = ruleactions.resent(message, by, targets, now, by.rpartition("@")[2])
+    return Copy(sender, targets, message, why)
 
 
 def _command(pipes: tuple[Pipe, ...], value: str, message: bytes) -> Command | None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from runtime import dsn, enact, maildir, pipe, retry, ruleactions
 from runtime.addresslist import AddressSet
-from runtime.delivery import Waiting, enqueue
+from runtime.delivery import Waiting, bounce, enqueue
 from runtime.router import Router
 from runtime.rules import Facts, Headers, RuleBook
 from runtime.spool import BadQueueFile, Envelope, Spool
@@ -212,17 +212,9 @@ class Local:
         _, _, text = reply.partition(" ")
         status, _, reason = text.partition(" ")
         failure = dsn.Failure(account, status, reason or text)
-        report = dsn.report(
-            hostname=self.router.plan.server.hostname,
-            sender=self.envelope.sender,
-            queue_id=self.envelope.id,
-            arrived=self.envelope.arrived,
-            failures=[failure],
-            action="failed",
-            original=self.message,
-            now=time.time(),
-        )
-        self._queue("", (self.envelope.sender,), report, "bounce")
+        now = time.time()
+        queue_id = bounce(self.spool, self.router.plan, self.envelope, self.message, [failure], now)
+        self.effects.created.append(queue_id)
 
     def _reply(self, facts: Facts, account: str, text: str, everyone: bool, period: int) -> None:
         last = self.replies.last(account, facts.sender)
