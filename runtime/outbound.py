@@ -86,15 +86,16 @@ class Connections:
     async def sweep(self, everything: bool = False) -> None:
         """Say QUIT on the connections idle for too long (or on all of them)."""
         now = time.monotonic()
-        for key, free in list(self._free.items()):
+        expired = []
+        for key, free in list(self._free.items()):  # no await here: `take` must not interleave
             keep = [entry for entry in free if entry[0] > now and not everything]
-            for entry in free:
-                if entry not in keep:
-                    await _quit(entry[1])
+            expired += [entry[1] for entry in free if entry not in keep]
             if keep:
                 self._free[key] = keep
             else:
                 del self._free[key]
+        for client in expired:  # out of the cache already: nobody else can take them
+            await _quit(client)
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import pytest
 from aiosmtpd.controller import Controller
 from dnskit import NameServer, Silent, zone_text
@@ -359,6 +360,37 @@ def test_a_kept_connection_the_server_closed_is_replaced(servers: Servers) -> No
     outcomes = asyncio.run(run())
     assert [o.kind for o in outcomes] == ["delivered", "delivered"]
     assert len(mailbox.peers) == 2
+
+
+def test_a_sweep_never_puts_back_a_connection_taken_meanwhile(servers: Servers) -> None:
+    """The sweep says QUIT to old connections; a worker that takes a fresh one while it
+    waits for the QUIT must keep it for itself (two users of one connection would
+    interleave their transactions)."""
+    servers.smtp("127.0.0.2")
+
+    async def run() -> tuple[object, object]:
+        kept = outbound.Connections(idle=0.5)
+        clients = []
+        for _ in range(2):
+            client = aiosmtplib.SMTP(hostname="127.0.0.2", port=servers.port, timeout=5)
+            await client.connect()
+            clients.append(client)
+        old, fresh = clients
+        kept.give("127.0.0.2", servers.port, old, False)
+        kept._free[("127.0.0.2", servers.port)][0] = (0.0, old, False)  # long expired
+        kept.give("127.0.0.2", servers.port, fresh, False)
+        sweeping = asyncio.create_task(kept.sweep())
+        await asyncio.sleep(0)  # the sweep is now waiting for the old one's QUIT
+        taken = kept.take("127.0.0.2", servers.port, False)
+        await sweeping
+        again = kept.take("127.0.0.2", servers.port, False)
+        await fresh.quit()
+        await closed()
+        return taken, again
+
+    taken, again = asyncio.run(run())
+    assert taken is not None
+    assert again is None
 
 
 def test_more_messages_than_one_connection_carries(servers: Servers) -> None:
