@@ -95,7 +95,7 @@ class Server:
         )
         self.sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self.pop3_sessions: set[asyncio.StreamWriter] = set()
-        self.throttle = Throttle()  # failed logins per client IP, shared by all POP3 sessions
+        self.throttle = Throttle()  # failed logins per client IP, shared by POP3 and SMTP AUTH
         self.servers: list[asyncio.AbstractServer] = []
         self.stopping = asyncio.Event()
         self.listeners: list[Listener] = []
@@ -190,6 +190,7 @@ class Server:
             auth_required=listener.auth == "required",
             auth_without_starttls=implicit or listener.plaintext_auth,
             auth_exclude_mechanism=[] if listener.auth != "none" else ["PLAIN", "LOGIN"],
+            throttle=self.throttle,
             timeout=300,
         )
         self.sessions.add(session)

@@ -30,6 +30,7 @@ from runtime.receiving import Checks
 from runtime.rules import Facts, Headers, Rules
 from runtime.spool import Envelope as QueueEnvelope
 from runtime.spool import new_id
+from runtime.throttle import Throttle
 
 log = logging.getLogger("mailplan.smtp")
 
@@ -276,9 +277,16 @@ class Session(SMTP):
     """aiosmtpd's protocol engine, with mailplan's changes (see the module's docstring)."""
 
     def __init__(
-        self, handler: Handler, *, implicit_tls: bool, auth_without_starttls: bool, **options: Any
+        self,
+        handler: Handler,
+        *,
+        implicit_tls: bool,
+        auth_without_starttls: bool,
+        throttle: Throttle | None = None,
+        **options: Any,
     ) -> None:
         super().__init__(handler, **options)
+        self.throttle = throttle or Throttle()  # failed logins per client IP
         # Inside implicit TLS the channel is encrypted although aiosmtpd never saw
         # STARTTLS: AUTH must be offered there (and where the site allows plain AUTH).
         self._auth_require_tls = not auth_without_starttls
@@ -364,8 +372,11 @@ class Session(SMTP):
         account = await asyncio.to_thread(self.handler.policy.login, login, password)
         peer = peer_ip(self.session) if self.session else "?"
         if account is None:
-            log.info("%s failed to log in as %r", peer, login)
+            delay = self.throttle.failed(peer)
+            log.info("%s failed to log in as %r; the answer waits %.0f s", peer, login, delay)
+            await asyncio.sleep(delay)
             return AuthResult(success=False, handled=False)
+        self.throttle.succeeded(peer)
         log.info("%s logged in as %s (%r)", peer, account, login)
         return AuthResult(success=True, handled=False, auth_data=account)
 

@@ -700,6 +700,26 @@ def test_auth_refused(site: Site, user: str, password: str, mechanism: str) -> N
         # still not authenticated, and a second try may succeed
         assert client.mail("alice@example.com") == (530, b"5.7.0 Authentication required")
         assert login(client, "alice", mechanism=mechanism)[0] == 235
+    assert f"failed to log in as {user!r}; the answer waits 1 s" in site.server.log()
+
+
+def test_failed_logins_slow_down_the_next_answer(site: Site) -> None:
+    """Each failure from an IP doubles the wait before the next refusal (up to 30 s)."""
+    source = "127.0.0.42"
+    with connect(site, "submission", source) as client:
+        client.starttls(context=unverified())
+        client.ehlo()
+        for _ in range(3):
+            assert login(client, "alice", "wrong")[0] == 535
+        assert login(client, "alice")[0] == 235
+    log = site.server.log()
+    waits = [
+        line.rsplit("waits ", 1)[1]
+        for line in log.splitlines()
+        if source in line and "waits" in line
+    ]
+    assert waits == ["1 s", "2 s", "4 s"]
+    assert f"{source} logged in as alice@example.com" in log
 
 
 @pytest.mark.parametrize("listener", ["smtp", "submission"])
