@@ -636,6 +636,9 @@ def main() -> int:
     parser.add_argument("--profile", metavar="DIR", help="profile mailplan with py-spy instead")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument(
+        "--workers", default="1", metavar="N|auto", help="mailplan serve --workers (default 1)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     if args.quick:
@@ -660,7 +663,10 @@ def main() -> int:
         started.append(sink)
         dns = start_dns(work)
         started.append(dns)
-        options = ("--resolver", dns.address, "--smtp-port", str(sink.port))
+        options = (
+            *("--resolver", dns.address, "--smtp-port", str(sink.port)),
+            *("--workers", args.workers),
+        )
         mailplan = RelayMailplan("mailplan", work=work / "mailplan", options=options)
         mailplan.start()
         started.append(mailplan)

@@ -397,6 +397,10 @@ class Mailplan(Server):
         if self.log:
             self.log.close()
 
+    def pids(self) -> list[int]:
+        """The server, and its workers when it runs several (`--workers`)."""
+        return [self.process.pid, *children_of(self.process.pid)] if self.process else []
+
     @property
     def queue(self) -> Path:
         return self.work / "root" / "var" / "queue"
@@ -492,16 +496,19 @@ class Postfix(Server):
 
     def pids(self) -> list[int]:
         master = postfix_master()
-        if master is None:
-            return []
-        found = [master]
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError, IndexError):
-                    stat = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
-                    if int(stat[1]) == master:
-                        found.append(int(entry.name))
-        return found
+        return [] if master is None else [master, *children_of(master)]
+
+
+def children_of(parent: int) -> list[int]:
+    """The processes whose parent is `parent`."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                stat = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
+                if int(stat[1]) == parent:
+                    found.append(int(entry.name))
+    return found
 
 
 def postfix_master() -> int | None:
@@ -965,6 +972,9 @@ def main() -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
+        "--workers", default="1", metavar="N|auto", help="mailplan serve --workers (default 1)"
+    )
+    parser.add_argument(
         "--cells",
         nargs="+",
         metavar="KIBxCLIENTS",
@@ -1001,7 +1011,8 @@ def main() -> int:
             print(f"machine: {machine()}\nload generator: {client}")
             profile(args, client, work)
             return 0
-        mailplan = Mailplan("mailplan", work=work / "mailplan")
+        workers = ("--workers", args.workers)
+        mailplan = Mailplan("mailplan", work=work / "mailplan", options=workers)
         others: list[Server] = [] if args.no_bare else [Bare("bare aiosmtpd", work=work)]
         for number, variant in enumerate(args.variant):
             name, _, command = variant.partition("=")

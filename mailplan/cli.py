@@ -101,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
         "--smtp-port", type=int, default=25, metavar="PORT", help="port of other SMTP servers"
     )
     serve.add_argument(
+        "--workers",
+        default="1",
+        metavar="N|auto",
+        help="worker processes (auto: one per CPU; default 1)",
+    )
+    serve.add_argument(
         "--dns-timeout",
         type=float,
         default=10.0,
@@ -262,26 +268,36 @@ def _serve(arguments: argparse.Namespace) -> int:
     from runtime.delivery import Remote
     from runtime.server import POP3_PROTOCOLS, SMTP_PROTOCOLS, Options, Server, development
 
-    # Log lines are written by a thread of their own, never by the event loop.
-    output = logging.StreamHandler(sys.stderr)
-    output.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    lines: SimpleQueue[logging.LogRecord] = SimpleQueue()
-    writer = logging.handlers.QueueListener(lines, output)
-    enqueue = logging.handlers.QueueHandler(lines)
-    enqueue.setFormatter(logging.Formatter("%(message)s"))  # the writer adds time and level
-    logging.basicConfig(level=logging.INFO, handlers=[enqueue])
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's own chatter
-    writer.start()
-    try:
-        server = Server(
-            _loader(arguments.site, arguments.plan),
-            Options(
-                arguments.root,
-                arguments.dev,
-                Remote(arguments.smtp_port, arguments.resolver, dns_timeout=arguments.dns_timeout),
-            ),
+    load = _loader(arguments.site, arguments.plan)
+    options = Options(
+        arguments.root,
+        arguments.dev,
+        Remote(arguments.smtp_port, arguments.resolver, dns_timeout=arguments.dns_timeout),
+    )
+    if arguments.workers == "auto":
+        workers = os.cpu_count() or 1
+    elif arguments.workers.isdigit() and int(arguments.workers) >= 1:
+        workers = int(arguments.workers)
+    else:
+        print(
+            f"mailplan: --workers is a number from 1, or auto: {arguments.workers!r}",
+            file=sys.stderr,
         )
+        return 2
+    if workers > 1:
+        from runtime.workers import supervise
+
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)  # the supervisor's few lines
+        try:
+            return supervise(load, options, workers, lambda share: _serve_worker(load, share))
+        except (SiteError, codec.PlanError) as exc:
+            print(f"mailplan: cannot serve:\n{exc}", file=sys.stderr)
+            return 1
+    writer = _log_from_a_thread()
+    try:
+        server = Server(load, options)
     except (SiteError, codec.PlanError) as exc:
+        writer.stop()
         print(f"mailplan: cannot serve:\n{exc}", file=sys.stderr)
         return 1
     if arguments.dev:
@@ -301,6 +317,36 @@ def _serve(arguments: argparse.Namespace) -> int:
             flush=True,
         )
     try:
+        uvloop.run(server.run())
+    finally:
+        writer.stop()
+    return 0
+
+
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+def _log_from_a_thread() -> logging.handlers.QueueListener:
+    """Log lines written by a thread of their own, never by the event loop."""
+    output = logging.StreamHandler(sys.stderr)
+    output.setFormatter(logging.Formatter(LOG_FORMAT))
+    lines: SimpleQueue[logging.LogRecord] = SimpleQueue()
+    writer = logging.handlers.QueueListener(lines, output)
+    enqueue = logging.handlers.QueueHandler(lines)
+    enqueue.setFormatter(logging.Formatter("%(message)s"))  # the writer adds time and level
+    logging.basicConfig(level=logging.INFO, handlers=[enqueue], force=True)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's own chatter
+    writer.start()
+    return writer
+
+
+def _serve_worker(load: Callable[[], Plan], options: Any) -> int:
+    """One worker of `serve --workers N`, in a process of its own (see runtime.workers)."""
+    from runtime.server import Server
+
+    writer = _log_from_a_thread()
+    try:
+        server = Server(load, options)
         uvloop.run(server.run())
     finally:
         writer.stop()

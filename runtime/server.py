@@ -31,7 +31,7 @@ from runtime.receiving import CallbackCache, Checks
 from runtime.router import Router
 from runtime.rules import Rules
 from runtime.smtp import Handler, Session, Snapshot
-from runtime.spool import Envelope, Spool
+from runtime.spool import Envelope, Share, Spool
 from runtime.throttle import Throttle
 
 log = logging.getLogger("mailplan.server")
@@ -49,6 +49,10 @@ class Options:
     root: Path
     dev: bool = False
     remote: Remote = field(default_factory=Remote)
+    # With `--workers N`: the sockets the supervisor bound, and the queue ids this
+    # worker owns (`runtime.workers`). A lone server binds its own and owns them all.
+    sockets: dict[tuple[str, str], socket.socket] | None = None
+    share: Share = field(default_factory=Share)
 
 
 def snapshot(
@@ -62,6 +66,17 @@ def snapshot(
     checks = Checks(plan, router, answerer, cache, smtp_port) if answerer is not None else None
     rules = Rules(plan.server_rules) if plan.server_rules is not None else None
     return Snapshot(codec.digest(plan), Policy(plan, router), checks, rules)
+
+
+def listening(address: str, port: int) -> socket.socket:
+    """A TCP socket bound to address:port (IPv6 sockets take IPv6 only)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((address, port))
+    return sock
 
 
 def development(listener: Listener) -> Listener:
@@ -118,13 +133,19 @@ class Server:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGUSR1, self.delivery.reschedule)
-        self.pidfile.write_text(f"{os.getpid()}\n")
+        alone = self.options.sockets is None
+        if alone:  # a supervisor writes its own
+            self.pidfile.write_text(f"{os.getpid()}\n")
         self.delivery.start()
         self.processor.start()
         await self.start_listeners()
-        log.info("serving plan %s", self.current.digest)
+        share = self.options.share
+        worker = "" if share.of == 1 else f" (worker {share.index} of {share.of})"
+        log.info("serving plan %s%s", self.current.digest, worker)
         await self.stopping.wait()
         await self.stop()
+        if alone:
+            self.pidfile.unlink(missing_ok=True)
 
     async def start_listeners(self) -> None:
         plan = self.current.policy.plan
@@ -153,12 +174,8 @@ class Server:
     async def _listen(
         self, listener: Listener, address: str, context: ssl.SSLContext | None
     ) -> asyncio.AbstractServer:
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((address, listener.port))
+        bound = self.options.sockets
+        sock = bound[(listener.name, address)] if bound else listening(address, listener.port)
         implicit = listener.tls == "implicit"
         if listener.protocol in POP3_PROTOCOLS:
             return await asyncio.start_server(
@@ -265,5 +282,4 @@ class Server:
             await asyncio.sleep(0.05)  # each session sees its connection end, and unlocks
         await self.processor.stop()
         await self.delivery.stop()
-        self.pidfile.unlink(missing_ok=True)
         log.info("stopped")

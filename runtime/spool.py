@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,9 +67,39 @@ class Envelope:
         return MAGIC + text.encode("utf-8", "surrogateescape")
 
 
+@dataclass(frozen=True)
+class Share:
+    """Which queue ids a worker process owns: those whose CRC-32 is `index` modulo `of`.
+
+    With several workers (`mailplan serve --workers N`) each makes only ids it owns and
+    recovers only those at start, so a message is never worked on by two processes,
+    and a worker that is started again finds exactly what its predecessor left.
+    """
+
+    index: int = 0
+    of: int = 1
+
+    def owns(self, queue_id: str) -> bool:
+        return self.of == 1 or zlib.crc32(queue_id.encode()) % self.of == self.index
+
+
+_share = Share()
+
+
+def work_as(share: Share) -> None:
+    """Make this process a worker that owns `share` of the queue ids."""
+    global _share
+    _share = share
+
+
 def new_id() -> str:
-    """A queue id: sortable by arrival, unique within this process and across restarts."""
-    return f"{time.time_ns() // 1000:x}{os.getpid() % 0x10000:04x}{next(_counter) % 0x10000:04x}"
+    """A queue id: sortable by arrival, unique within this process and across restarts,
+    and owned by this worker process."""
+    while True:
+        now = time.time_ns() // 1000
+        queue_id = f"{now:x}{os.getpid() % 0x10000:04x}{next(_counter) % 0x10000:04x}"
+        if _share.owns(queue_id):
+            return queue_id
 
 
 def parse(data: bytes) -> tuple[Envelope, bytes]:
@@ -174,12 +205,15 @@ class Spool:
         return parse((self.directory / f"{queue_id}.msg").read_bytes())
 
     def ids(self) -> Iterator[str]:
-        """The ids of the queued messages, oldest first; leftover `.tmp` files are removed."""
+        """The ids of the queued messages this worker owns, oldest first; its leftover
+        `.tmp` files are removed (another worker's may be being written right now)."""
         for path in sorted(self.directory.glob("*.tmp")):
-            log.info("removing %s: its message was never acknowledged", path.name)
-            path.unlink(missing_ok=True)
+            if _share.owns(path.stem):
+                log.info("removing %s: its message was never acknowledged", path.name)
+                path.unlink(missing_ok=True)
         for path in sorted(self.directory.glob("*.msg")):
-            yield path.stem
+            if _share.owns(path.stem):
+                yield path.stem
 
     def set_aside(self, queue_id: str, reason: str) -> None:
         """Move an unreadable queue file out of the way as `.bad`, keeping its bytes."""

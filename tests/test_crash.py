@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serverkit import MailServer, free_port, wait_until
+from serverkit import MailServer, accepts, free_port, wait_until
 
 from runtime.spool import Envelope, Spool, new_id
 
@@ -122,12 +122,20 @@ def send_one(port: int, token: str, recipients: list[str]) -> None:
         assert refused == {}
 
 
-def test_acknowledged_messages_survive_sigkill(tmp_path: Path, servers: list[MailServer]) -> None:
+def gone(port: int) -> bool:
+    """Nothing listens on the port any more (workers die a moment after their supervisor)."""
+    return bool(wait_until(lambda: not accepts(HOST, port), timeout=10))
+
+
+@pytest.mark.parametrize("workers", ["1", "2"], ids=["one-process", "two-workers"])
+def test_acknowledged_messages_survive_sigkill(
+    tmp_path: Path, servers: list[MailServer], workers: str
+) -> None:
     port = free_port()
     site = write_site(tmp_path / "site", port)
     root = tmp_path / "root"
     root.mkdir()
-    server = MailServer(site, root, [port])
+    server = MailServer(site, root, [port], extra_arguments=["--workers", workers])
     servers.append(server)
     server.start()
 
@@ -187,7 +195,8 @@ def test_acknowledged_messages_survive_sigkill(tmp_path: Path, servers: list[Mai
     left_tmp = len(queue_files(root, ".tmp"))
     left_done = len(queue_files(root, ".done"))
 
-    restarted = MailServer(site, root, [port])
+    assert gone(port)
+    restarted = MailServer(site, root, [port], extra_arguments=["--workers", workers])
     servers.append(restarted)
     restarted.start()
     drained = wait_until(lambda: not queue_files(root, ".msg"), timeout=20)
@@ -264,8 +273,12 @@ def test_corrupt_queue_file_does_not_stop_the_server(
     assert "Traceback" not in log
 
 
-def test_killed_while_the_queue_is_processed(tmp_path: Path, servers: list[MailServer]) -> None:
-    """A crash in the middle of delivery (not of acceptance): nothing queued is lost."""
+@pytest.mark.parametrize("workers", ["1", "2"], ids=["one-process", "two-workers"])
+def test_killed_while_the_queue_is_processed(
+    tmp_path: Path, servers: list[MailServer], workers: str
+) -> None:
+    """A crash in the middle of delivery (not of acceptance): nothing queued is lost.
+    With two workers each recovers the queue ids it owns, and together they recover all."""
     port = free_port()
     site = write_site(tmp_path / "site", port)
     root = tmp_path / "root"
@@ -279,7 +292,7 @@ def test_killed_while_the_queue_is_processed(tmp_path: Path, servers: list[MailS
         spool.store(earlier(recipients), message(token, list(recipients)))
         expected.update((token, name) for name in accounts)
 
-    server = MailServer(site, root, [port])
+    server = MailServer(site, root, [port], extra_arguments=["--workers", workers])
     servers.append(server)
     server.ports = []  # do not wait for it to listen
     server.start()
@@ -287,7 +300,8 @@ def test_killed_while_the_queue_is_processed(tmp_path: Path, servers: list[MailS
     server.kill()
     remaining = len(queue_files(root, ".msg"))
 
-    restarted = MailServer(site, root, [port])
+    assert gone(port)
+    restarted = MailServer(site, root, [port], extra_arguments=["--workers", workers])
     servers.append(restarted)
     restarted.start()
     drained = wait_until(lambda: not queue_files(root, ".msg"), timeout=20)

@@ -1,0 +1,149 @@
+"""Several worker processes on one site: `mailplan serve --workers N`.
+
+One event loop runs on one core; Postfix runs a process per job and uses them all.
+Here a supervisor binds every listening socket, then forks N workers, each a whole
+server (`runtime.server.Server`) accepting on the same sockets (the kernel spreads
+the connections) and delivering what it accepted. The queue is shared, its ids are
+not: each worker makes and recovers only the ids it owns (`spool.Share`), so no
+message is worked on twice and a worker started again finds exactly what its
+predecessor left.
+
+The supervisor forwards SIGHUP (reload) and SIGUSR1 (`mailplan queue flush`) to the
+workers, stops them on SIGTERM or SIGINT, and starts again, after a second, a
+worker that died. A worker dies with its supervisor (PR_SET_PDEATHSIG), so killing
+the supervisor stops the whole server, as killing a single process would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from plan.model import Plan
+from runtime import devtls
+from runtime.server import (
+    PIDFILE,
+    POP3_PROTOCOLS,
+    SMTP_PROTOCOLS,
+    Options,
+    development,
+    listening,
+)
+from runtime.spool import Share, work_as
+
+log = logging.getLogger("mailplan.workers")
+
+PR_SET_PDEATHSIG = 1
+RESTART_DELAY = 1.0
+
+
+def bind(plan: Plan, options: Options) -> dict[tuple[str, str], socket.socket]:
+    """A listening socket for every address of every listener the server serves."""
+    sockets = {}
+    for configured in plan.listeners:
+        listener = development(configured) if options.dev else configured
+        if listener.protocol not in (*SMTP_PROTOCOLS, *POP3_PROTOCOLS):
+            continue
+        for address in listener.bind:
+            sock = listening(address, listener.port)
+            sock.listen(512)  # connections wait here while the workers start
+            sockets[(listener.name, address)] = sock
+    return sockets
+
+
+def supervise(
+    load: Callable[[], Plan],
+    options: Options,
+    workers: int,
+    run_worker: Callable[[Options], int],
+) -> int:
+    """Run `workers` copies of the server; returns when they have all stopped."""
+    plan = load()
+    if options.dev:  # made once, here, not by every worker at the same time
+        devtls.ensure(options.root / "var" / "tls", plan.server.hostname)
+    sockets = bind(plan, options)
+    queue = Path(plan.queue.directory)
+    queue = queue if queue.is_absolute() else options.root / queue
+    queue.mkdir(parents=True, exist_ok=True)
+    pidfile = queue / PIDFILE
+    children: dict[int, int] = {}  # pid → worker index
+    stopping = False
+
+    def start(index: int) -> None:
+        share = Share(index, workers)
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 1
+            try:
+                _die_with_parent()
+                for number in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+                    signal.signal(number, signal.SIG_DFL)
+                work_as(share)
+                status = run_worker(replace(options, sockets=sockets, share=share))
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+        children[pid] = index
+        log.info("worker %d of %d started (pid %d)", index, workers, pid)
+
+    def forward(number: int, _: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, number)
+
+    def stop(number: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        forward(signal.SIGTERM, frame)
+
+    signal.signal(signal.SIGHUP, forward)
+    signal.signal(signal.SIGUSR1, forward)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for index in range(workers):
+        start(index)
+    pidfile.write_text(f"{os.getpid()}\n")
+    status = 0
+    try:
+        while children:
+            try:
+                pid, code = os.wait()
+            except ChildProcessError:
+                break
+            index = children.pop(pid)
+            if stopping:
+                status = status or os.waitstatus_to_exitcode(code)
+                continue
+            log.error(
+                "worker %d (pid %d) ended with status %d; starting it again",
+                index,
+                pid,
+                os.waitstatus_to_exitcode(code),
+            )
+            time.sleep(RESTART_DELAY)
+            if not stopping:
+                start(index)
+    finally:
+        pidfile.unlink(missing_ok=True)
+        for sock in sockets.values():
+            sock.close()
+    return status
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent (the supervisor) dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the supervisor died before the request was made
+        os._exit(1)

@@ -1,0 +1,150 @@
+"""`mailplan serve --workers N`: a supervisor and N worker processes on one site.
+
+(What happens to acknowledged and queued mail when the whole server is killed,
+with one process or two workers, is in test_crash.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serverkit import LOOPBACK, Maildir, MailServer, free_port, mailplan, wait_until
+
+TIMEOUT = 15.0
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                fields = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def site_yaml(port: int, accounts: str = "alice: {}") -> str:
+    return f"""\
+server:
+  hostname: mail.example.com
+  main_domain: example.com
+  client_ips: |
+    127.0.0.1
+listeners:
+  smtp: {{port: {port}, bind: [{LOOPBACK}], tls: none, auth: none}}
+queue: {{directory: var/queue, mail_directory: var/mail}}
+domains:
+  example.com:
+    accounts:
+      {accounts}
+"""
+
+
+class Site:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.directory = root / "site"
+        self.directory.mkdir(parents=True)
+        self.write()
+        self.server = MailServer(
+            self.directory, root, [self.port], extra_arguments=["--workers", "2"]
+        )
+
+    def write(self, accounts: str = "alice: {}") -> None:
+        (self.directory / "site.yaml").write_text(site_yaml(self.port, accounts))
+
+    @property
+    def pid(self) -> int:
+        assert self.server.process is not None
+        return self.server.process.pid
+
+    def send(self, recipient: str, token: str) -> tuple[int, bytes]:
+        with smtplib.SMTP(LOOPBACK, self.port, timeout=TIMEOUT) as client:
+            client.ehlo("client.example.com")
+            client.mail("someone@remote.test")
+            code, reply = client.rcpt(recipient)
+            if code != 250:
+                return code, reply
+            return client.data(f"Subject: {token}\r\n\r\n{token}\r\n".encode())
+
+    def tokens(self, account: str = "alice") -> list[str]:
+        box = Maildir(self.root / "var" / "mail" / "example.com" / account)
+        return sorted(
+            line.removeprefix(b"Subject: ").decode()
+            for message in box.messages()
+            for line in message.split(b"\r\n")
+            if line.startswith(b"Subject: ")
+        )
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    made = Site(tmp_path)
+    made.server.start()
+    yield made
+    made.server.stop()
+
+
+def test_two_workers_serve_and_deliver_everything_once(site: Site) -> None:
+    assert wait_until(lambda: len(children(site.pid)) == 2, TIMEOUT)
+    tokens = [f"m{n:02d}" for n in range(30)]
+    for token in tokens:
+        assert site.send("alice@example.com", token)[0] == 250
+    assert wait_until(lambda: site.tokens() == tokens, TIMEOUT), site.server.log()
+    log = site.server.log()
+    assert "(worker 0 of 2)" in log and "(worker 1 of 2)" in log
+    pidfile = site.root / "var" / "queue" / "mailplan.pid"
+    assert pidfile.read_text() == f"{site.pid}\n"  # the supervisor's: flush signals it
+
+
+def test_a_worker_that_dies_is_started_again(site: Site) -> None:
+    assert wait_until(lambda: len(children(site.pid)) == 2, TIMEOUT)
+    victim = children(site.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: "starting it again" in site.server.log(), TIMEOUT)
+    assert wait_until(
+        lambda: len(children(site.pid)) == 2 and victim not in children(site.pid), TIMEOUT
+    )
+    for n in range(10):
+        assert site.send("alice@example.com", f"after{n}")[0] == 250
+    assert wait_until(lambda: len(site.tokens()) == 10, TIMEOUT), site.server.log()
+
+
+def test_reload_reaches_every_worker(site: Site) -> None:
+    assert wait_until(lambda: len(children(site.pid)) == 2, TIMEOUT)
+    assert site.send("bob@example.com", "before")[0] == 550
+    site.write("alice: {}\n      bob: {}")
+    site.server.reload()
+    assert wait_until(lambda: site.server.log().count("reloaded: serving plan") == 2, TIMEOUT)
+    for n in range(10):  # whichever worker takes the connection knows bob now
+        assert site.send("bob@example.com", f"b{n}")[0] == 250
+
+
+def test_flush_and_stop(site: Site) -> None:
+    assert wait_until(lambda: len(children(site.pid)) == 2, TIMEOUT)
+    flushed = mailplan("queue", "flush", "--site", site.directory, "--root", site.root)
+    assert flushed.returncode == 0, flushed.stderr
+    assert "no server is running" not in flushed.stdout
+    workers = children(site.pid)
+    assert site.server.stop() == 0
+    assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
+    assert not (site.root / "var" / "queue" / "mailplan.pid").exists()
+
+
+def test_a_bad_worker_count_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "site"
+    directory.mkdir()
+    (directory / "site.yaml").write_text(site_yaml(free_port()))
+    result = mailplan("serve", directory, "--root", tmp_path, "--workers", "0")
+    assert result.returncode == 2
+    assert "--workers is a number from 1, or auto" in result.stderr
