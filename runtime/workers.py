@@ -85,7 +85,11 @@ def supervise(
             status = 1
             try:
                 _die_with_parent()
-                for number in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+                # Until the worker's loop takes them: a reload or flush that comes while
+                # it starts is moot (it reads the plan and the queue as it starts).
+                for number in (signal.SIGHUP, signal.SIGUSR1):
+                    signal.signal(number, signal.SIG_IGN)
+                for number in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(number, signal.SIG_DFL)
                 work_as(share)
                 status = run_worker(replace(options, sockets=sockets, share=share))

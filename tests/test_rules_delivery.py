@@ -215,10 +215,11 @@ def test_server_rule_discard_and_redirect(site: Site) -> None:
 
 def test_server_rule_execute_runs_the_declared_pipe(site: Site) -> None:
     site.send(["reports@example.com"], "a report")
-    assert wait_until(lambda: list(site.out.glob("report.*")), TIMEOUT), site.server.log()
+    argv = site.out / "argv"  # written last, when the program is done with the message
+    assert wait_until(lambda: argv.exists() and argv.read_text(), TIMEOUT), site.server.log()
     (copy,) = site.out.glob("report.*")
     assert b"Subject: a report" in copy.read_bytes()
-    assert (site.out / "argv").read_text() == "--server\n"
+    assert argv.read_text() == "--server\n"
     delivered = wait_until(lambda: "a report" in subjects(site.box("reports")), TIMEOUT)
     assert delivered  # Execute does not divert
 

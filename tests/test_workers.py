@@ -87,10 +87,21 @@ class Site:
         )
 
 
+def serving(site: Site, workers: int = 2) -> bool:
+    """Both workers have started serving (their loops handle signals from then on)."""
+    log = site.server.log
+    return bool(
+        wait_until(
+            lambda: all(f"(worker {i} of {workers})" in log() for i in range(workers)), TIMEOUT
+        )
+    )
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     made = Site(tmp_path)
     made.server.start()
+    assert serving(made), made.server.log()
     yield made
     made.server.stop()
 
@@ -101,8 +112,6 @@ def test_two_workers_serve_and_deliver_everything_once(site: Site) -> None:
     for token in tokens:
         assert site.send("alice@example.com", token)[0] == 250
     assert wait_until(lambda: site.tokens() == tokens, TIMEOUT), site.server.log()
-    log = site.server.log()
-    assert "(worker 0 of 2)" in log and "(worker 1 of 2)" in log
     pidfile = site.root / "var" / "queue" / "mailplan.pid"
     assert pidfile.read_text() == f"{site.pid}\n"  # the supervisor's: flush signals it
 
