@@ -281,6 +281,29 @@ class Processor:
         self._workers: list[asyncio.Task[None]] = []
         self._commands: set[asyncio.Task[None]] = set()
 
+    def delivers_at_once(self, router: Router, envelope: Envelope) -> bool:
+        """Whether every recipient goes to a local account without rules (or is discarded):
+        then the message needs no queue file, only its Maildir copies."""
+        book, _ = _rules_of(router)
+        for recipient in envelope.recipients:
+            routing = router.route(recipient)
+            if routing.module == "DISCARD":
+                continue
+            if routing.module != "LOCAL" or book.local(routing.queue).rules:
+                return False
+        return True
+
+    def deliver_at_once(
+        self, router: Router, digest: str, envelope: Envelope, message: bytes
+    ) -> None:
+        """LOCAL delivery of a message that was never queued (see `delivers_at_once`);
+        blocking: when it returns, every copy is durable."""
+        waiting = process(
+            self.spool, envelope.id, router, self.mail_directory, digest, (envelope, message)
+        )
+        if waiting:  # the plan changed in between: cannot happen with one router
+            raise OSError(f"{envelope.id}: recipients left to queue after local delivery")
+
     def submit(self, queue_id: str, fresh: tuple[Envelope, bytes] | None = None) -> None:
         """Process `queue_id` soon; `fresh` is its envelope and message when just stored."""
         self._ids.put_nowait((queue_id, fresh))
