@@ -289,7 +289,7 @@ def _serve(arguments: argparse.Namespace) -> int:
 
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)  # the supervisor's few lines
         try:
-            return supervise(load, options, workers, lambda share: _serve_worker(load, share))
+            return supervise(load, options, workers, _serve_worker)
         except (SiteError, codec.PlanError) as exc:
             print(f"mailplan: cannot serve:\n{exc}", file=sys.stderr)
             return 1
@@ -340,13 +340,13 @@ def _log_from_a_thread() -> logging.handlers.QueueListener:
     return writer
 
 
-def _serve_worker(load: Callable[[], Plan], options: Any) -> int:
+def _serve_worker(load: Callable[[], Plan], first: Plan, options: Any) -> int:
     """One worker of `serve --workers N`, in a process of its own (see runtime.workers)."""
     from runtime.server import Server
 
     writer = _log_from_a_thread()
     try:
-        server = Server(load, options)
+        server = Server(load, options, first)
         uvloop.run(server.run())
     finally:
         writer.stop()
@@ -470,6 +470,9 @@ def _queue_flush(spool: Spool, plan: Plan, domain: str | None) -> int:
     print(f"{len(chosen)} message(s) to be tried again now")
     try:
         pid = int((spool.directory / PIDFILE).read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"mailplan" not in command:  # a stale pid file: that pid is someone else now
+            raise ProcessLookupError(pid)
         os.kill(pid, signal.SIGUSR1)
     except (OSError, ValueError):
         print("no server is running on this queue: they are tried at its next start")

@@ -36,6 +36,7 @@ from runtime.spool import BadQueueFile, Envelope, Spool, new_id
 log = logging.getLogger("mailplan.delivery")
 
 BATCH = 50  # messages one SMTP worker takes from its queue
+SETTLE_RETRY = 60  # seconds before a batch whose outcomes could not be recorded is tried again
 CONNECTIONS = {"SMTP": 4, "PIPE": 2, "LIST": 1, "ERROR": 1}  # workers per queue
 
 
@@ -93,7 +94,10 @@ def settle(
     queue_id = entries[0].queue_id
     try:
         envelope, message = _contents(spool, entries[0])
-    except (BadQueueFile, OSError, UnicodeError) as exc:
+    except FileNotFoundError:
+        log.info("%s: finished meanwhile", queue_id)
+        return [], []
+    except (BadQueueFile, UnicodeError) as exc:  # set aside when it is processed next
         log.error("%s: cannot read the message to settle it: %s", queue_id, exc)
         return [], []
     by_recipient = {entry.recipient: entry for entry in entries}
@@ -252,6 +256,7 @@ class Delivery:
         self._runner: asyncio.Task[None] | None = None
         self._resolver: dns.asyncresolver.Resolver | None = None
         self.connections = outbound.Connections()
+        self.stopping = False
         self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -259,6 +264,7 @@ class Delivery:
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def stop(self) -> None:
+        self.stopping = True  # no new work: cancelled workers must not start others
         tasks = [*self._tasks, *(t for t in (self._runner, self._sweeper) if t is not None)]
         for task in tasks:
             task.cancel()
@@ -331,6 +337,8 @@ class Delivery:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _kick(self, queue: _Queue) -> None:
+        if self.stopping:
+            return
         limit = CONNECTIONS.get(queue.module, 1)
         while queue.ready and queue.active < limit:
             size = BATCH if queue.module == "SMTP" else 1
@@ -341,12 +349,20 @@ class Delivery:
             task.add_done_callback(self._tasks.discard)
 
     async def _work(self, queue: _Queue, batch: list[Waiting]) -> None:
+        router = self.current()
         try:
-            router = self.current()
-            outcomes = await self._deliver(queue, batch, router)
+            try:
+                outcomes = await self._deliver(queue, batch, router)
+            except Exception as exc:  # a bug or an I/O error: a temporary failure, retried
+                log.exception("%s: delivery failed", queue.name)
+                outcomes = [
+                    Outcome(e.queue_id, e.recipient, "temporary", "4.3.0", f"internal error: {exc}")
+                    for e in batch
+                ]
             await self._settle(router.plan, batch, outcomes)
         except Exception:
-            log.exception("%s: delivery failed; its recipients wait for the next start", queue.name)
+            log.exception("%s: cannot record what became of a batch; tried again later", queue.name)
+            self.add([replace(e, due=time.time() + SETTLE_RETRY, message=None) for e in batch])
         finally:
             queue.active -= 1
             self._kick(queue)

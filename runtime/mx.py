@@ -142,7 +142,7 @@ def _valid(name: str) -> None:
     """Refuse, for good, a name that DNS cannot even ask for (empty or overlong labels)."""
     try:
         dns.name.from_text(name)
-    except (dns.exception.SyntaxError, dns.name.NameTooLong) as exc:
+    except dns.exception.DNSException as exc:  # empty or long labels, bad IDNA
         raise LookupFailed("5.1.2", f"{name}: not a valid domain name ({exc})") from None
 
 

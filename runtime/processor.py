@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -32,7 +33,17 @@ from runtime.spool import BadQueueFile, Envelope, Spool
 log = logging.getLogger("mailplan.queue")
 
 WORKERS = 4
-REPLY_LOG = "replies.sqlite"  # in the mail directory: who was auto-answered when
+RETRY_FAILED = 60  # seconds before a message whose processing failed is processed again
+MAX_HOPS = 50  # Received and Delivered-To lines a message may carry (as Postfix's hopcount_limit)
+REPLY_LOG = "replies.sqlite"
+# The listener names of messages the server made itself (bounces, list copies, rule
+# copies, auto-replies): for rules, their Source is `local`.
+MADE_HERE = (
+    "bounce",
+    "rule",
+    "list ",
+    "auto-reply",
+)  # in the mail directory: who was auto-answered when
 
 
 @dataclass
@@ -74,7 +85,9 @@ def process(
     else:
         try:
             envelope, message = spool.load(queue_id)
-        except (BadQueueFile, OSError, UnicodeError) as exc:
+        except FileNotFoundError:
+            return []  # finished meanwhile
+        except (BadQueueFile, UnicodeError) as exc:
             spool.set_aside(queue_id, str(exc))
             return []
         finished = spool.finished(queue_id)
@@ -144,6 +157,15 @@ class Local:
             self._store(account, "INBOX", self.message, "")
             return
         facts = self._facts(account, clients)
+        looped = account.lower() in (a.lower() for a in facts.headers.all("delivered-to"))
+        hops = len(facts.headers.all("received")) + len(facts.headers.all("delivered-to"))
+        if looped or hops > MAX_HOPS:
+            why = "it has been through its rules before" if looped else f"{hops} hops"
+            log.warning(
+                "%s <%s> mail loop (%s): delivered without rules", self.envelope.id, account, why
+            )
+            self._store(account, "INBOX", self.message, "")
+            return
         outcome = rules.evaluate(facts)
         for line in outcome.log():
             log.info("%s <%s> %s", self.envelope.id, account, line)
@@ -153,7 +175,8 @@ class Local:
         for folder, parts in placement.attachments:
             self._store(account, folder, parts, "")
         for copy in placement.copies:
-            self._queue(copy.sender, copy.recipients, copy.message, f"rule copy for {account}")
+            stamped = f"Delivered-To: {account}\r\n".encode() + copy.message
+            self._queue(copy.sender, copy.recipients, stamped, f"rule copy for {account}")
         if placement.rejection is not None:
             self._bounce(account, placement.rejection)
         for text, everyone, period in placement.replies:
@@ -173,7 +196,7 @@ class Local:
 
     def _facts(self, account: str, clients: AddressSet) -> Facts:
         envelope = self.envelope
-        internal = envelope.listener == "bounce" or envelope.listener.startswith(("list ", "rule "))
+        internal = envelope.listener in MADE_HERE or envelope.listener.startswith(MADE_HERE)
         sources = {"local" if internal else "remote"}
         if envelope.client in clients:
             sources.add("trusted")
@@ -209,9 +232,10 @@ class Local:
                 account,
             )
             return
-        _, _, text = reply.partition(" ")
-        status, _, reason = text.partition(" ")
-        failure = dsn.Failure(account, status, reason or text)
+        found = re.match(r"[245]\d\d(?: ([245]\.\d{1,3}\.\d{1,3}))?\s*(.*)", reply)
+        status = found[1] if found and found[1] and found[1][0] == "5" else "5.7.1"
+        reason = (found[2] if found else reply) or "rejected by a rule"
+        failure = dsn.Failure(account, status, reason)
         now = time.time()
         queue_id = bounce(self.spool, self.router.plan, self.envelope, self.message, [failure], now)
         self.effects.created.append(queue_id)
@@ -354,6 +378,7 @@ class Processor:
                     self._spawn(execute(command, facts))
                 log.debug("%s processed in %.1f ms", queue_id, (time.monotonic() - started) * 1e3)
             except Exception:
-                log.exception("%s: processing failed; it stays queued for the next start", queue_id)
+                log.exception("%s: processing failed; tried again in %d s", queue_id, RETRY_FAILED)
+                asyncio.get_running_loop().call_later(RETRY_FAILED, self.submit, queue_id)
             finally:
                 self._ids.task_done()

@@ -68,6 +68,26 @@ class CallbackCache:
         self.entries[address.lower()] = (until, verdict)
 
 
+def _listing(answer: str) -> bool:
+    """Whether a DNSBL's A answer lists the IP: 127.0.0.0/8, except 127.255.255.0/24, which
+    zones use to say the query itself was refused (an open resolver, a quota)."""
+    try:
+        address = ipaddress.ip_address(answer)
+    except ValueError:
+        return False
+    return address in _LISTED and address not in _ZONE_ERRORS
+
+
+_LISTED = ipaddress.ip_network("127.0.0.0/8")
+_ZONE_ERRORS = ipaddress.ip_network("127.255.255.0/24")
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Text from DNS made safe for an SMTP reply: one line of printable ASCII, short."""
+    cleaned = "".join(c if " " <= c <= "~" else " " for c in text)
+    return " ".join(cleaned.split())[:limit]
+
+
 def reverse_name(ip: str) -> str:
     """The DNSBL form of an IP: reversed octets, or reversed nibbles for IPv6."""
     pointer = ipaddress.ip_address(ip).reverse_pointer
@@ -143,9 +163,11 @@ class Checks:
             found = await self.answerer.query(name, "A")
         except (NoSuchDomain, DnsTrouble):
             return None
-        if not found:
+        codes = [str(rdata) for rdata in found if _listing(str(rdata))]
+        if len(codes) < len(found):
+            log.warning("%s: answers that are no listing: %s", name, ", ".join(map(str, found)))
+        if not codes:
             return None
-        codes = ", ".join(sorted(str(rdata) for rdata in found))
         try:
             texts = await self.answerer.query(name, "TXT")
         except (NoSuchDomain, DnsTrouble):
@@ -154,7 +176,7 @@ class Checks:
             b"".join(rdata.strings).decode("utf-8", "replace")  # type: ignore[attr-defined]
             for rdata in texts
         )
-        return said or f"listed ({codes})"
+        return printable(said) or f"listed ({', '.join(sorted(codes))})"
 
     # -- Return-Path -----------------------------------------------------------------
 
@@ -216,10 +238,10 @@ class Checks:
         refused = result == "fail" or (result == "softfail" and action == "reject-softfail")
         if refused and action != "header":
             about = sender or helo
-            reply = f"550 5.7.23 <{about}>: SPF {result}: {explanation}"
+            reply = f"550 5.7.23 <{about}>: SPF {result}: {printable(explanation)}"
             return Verdict("spf", result, reply=reply)
         if result == "temperror" and action != "header":
-            reply = f"451 4.7.24 SPF temporary error: {explanation}"
+            reply = f"451 4.7.24 SPF temporary error: {printable(explanation)}"
             return Verdict("spf", result, reply=reply)
         return Verdict("spf", result, header=header)
 

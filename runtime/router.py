@@ -263,6 +263,9 @@ class Router:
                 Step(route.source, route.text, before, "DISCARD"), "DISCARD", "", before
             )
         if target.kind == "pipe":
+            if any(not c or c.startswith("-") or any(x.isspace() for x in c) for c in captures):
+                reason = "this address cannot be given to a program"
+                return self._error(address, route.source, route.text, "5.1.3", reason)
             arguments = substitute(target.message or "", captures)
             pipe = self.pipes.get(target.value)
             if pipe is None:

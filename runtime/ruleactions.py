@@ -89,8 +89,9 @@ def rejection(text: str | None) -> str:
 
 
 def envelope_sender(verb: RuleVerb, original: str, account: str) -> str:
-    """The envelope sender of a copy that Redirect, Mirror or Forward sends."""
-    return account if verb == "Forward to" else original
+    """The envelope sender of a copy that Redirect, Mirror or Forward sends. A bounce
+    stays a bounce (null sender), so that its own failure is never bounced again."""
+    return account if verb == "Forward to" and original else original
 
 
 def flags(verbs_and_values: Sequence[tuple[RuleVerb, Sequence[str]]]) -> str:

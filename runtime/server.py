@@ -88,12 +88,15 @@ def development(listener: Listener) -> Listener:
 
 
 class Server:
-    def __init__(self, load: Callable[[], Plan], options: Options) -> None:
+    def __init__(
+        self, load: Callable[[], Plan], options: Options, first: Plan | None = None
+    ) -> None:
+        """`load` gives the plan now (at start, unless `first` is given, and at each reload)."""
         self.load = load
         self.options = options
         self.answerer = Dns(options.remote.resolver, timeout=options.remote.dns_timeout)
         self.callbacks = CallbackCache()
-        self.current = self._snapshot(load())
+        self.current = self._snapshot(first if first is not None else load())
         plan = self.current.policy.plan
         self.spool = Spool(self._path(plan.queue.directory))
         self.delivery = Delivery(
@@ -160,6 +163,14 @@ class Server:
                 )
                 continue
             for address in listener.bind:
+                bound = self.options.sockets
+                if bound is not None and (listener.name, address) not in bound:
+                    log.warning(
+                        "listener %s on %s is new: it is served from the next start",
+                        listener.name,
+                        address,
+                    )
+                    continue
                 server = await self._listen(listener, address, context)
                 self.servers.append(server)
                 log.info(

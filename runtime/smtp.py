@@ -35,6 +35,7 @@ from runtime.throttle import Throttle
 log = logging.getLogger("mailplan.smtp")
 
 CHUNK = 256 * 1024
+MAX_HOPS = 50  # Received lines a message may carry before it is taken for a loop
 END_OF_DATA = b"\r\n.\r\n"
 TOO_BIG = b"<too big>"  # compared by identity: what `_read_data` returns for an oversized message
 
@@ -139,6 +140,9 @@ class Handler:
 
     async def handle_DATA(self, server: Session, session: SMTPSession, envelope: Envelope) -> str:
         client = self.client(session, server.encrypted)
+        if _hops(envelope.original_content or b"") > MAX_HOPS:
+            log.info("%s: refused a message with more than %d hops", client.ip, MAX_HOPS)
+            return replies.TOO_MANY_HOPS
         queue_id = new_id()
         sender = envelope.mail_from or ""
         queued = QueueEnvelope(
@@ -259,6 +263,17 @@ class Handler:
             f"\t{format_datetime(localtime())}\r\n"
         )
         return line.encode("utf-8", "surrogateescape")
+
+
+def _hops(message: bytes) -> int:
+    """How many Received and Delivered-To lines the message's header has."""
+    end = message.find(b"\r\n\r\n")
+    head = (message if end < 0 else message[:end]).lower()
+    return (
+        head.count(b"\nreceived:")
+        + head.count(b"\ndelivered-to:")
+        + head.startswith((b"received:", b"delivered-to:"))
+    )
 
 
 class _QuietSession(SMTPSession):

@@ -64,7 +64,7 @@ def supervise(
     load: Callable[[], Plan],
     options: Options,
     workers: int,
-    run_worker: Callable[[Options], int],
+    run_worker: Callable[[Callable[[], Plan], Plan, Options], int],
 ) -> int:
     """Run `workers` copies of the server; returns when they have all stopped."""
     plan = load()
@@ -80,11 +80,12 @@ def supervise(
 
     def start(index: int) -> None:
         share = Share(index, workers)
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             status = 1
             try:
-                _die_with_parent()
+                _die_with_parent(supervisor)
                 # Until the worker's loop takes them: a reload or flush that comes while
                 # it starts is moot (it reads the plan and the queue as it starts).
                 for number in (signal.SIGHUP, signal.SIGUSR1):
@@ -92,7 +93,8 @@ def supervise(
                 for number in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(number, signal.SIG_DFL)
                 work_as(share)
-                status = run_worker(replace(options, sockets=sockets, share=share))
+                serving = replace(options, sockets=sockets, share=share)
+                status = run_worker(load, _plan_now(load, plan), serving)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -144,10 +146,20 @@ def supervise(
     return status
 
 
-def _die_with_parent() -> None:
+def _plan_now(load: Callable[[], Plan], started: Plan) -> Plan:
+    """The site as it is now, or, when it no longer compiles, the plan the supervisor
+    started with: a worker started again must serve, not fail every second."""
+    try:
+        return load()
+    except Exception as exc:
+        log.error("the site does not load (%s); serving the plan the server started with", exc)
+        return started
+
+
+def _die_with_parent(supervisor: int) -> None:
     """Ask Linux to kill this process when its parent (the supervisor) dies."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:  # the supervisor died before the request was made
+    if os.getppid() != supervisor:  # it died before the request was made
         os._exit(1)

@@ -42,7 +42,9 @@ ZONES = {
     "heavy.test": (
         f'4.2.0.192 IN A 127.0.0.2\n4.2.0.192 IN TXT "see heavy"\n{V6_NAME} IN A 127.0.0.2\n'
     ),
-    "light.test": "5.2.0.192 IN A 127.0.0.3\n",
+    "light.test": (
+        "5.2.0.192 IN A 127.0.0.3\n8.2.0.192 IN A 127.255.255.254\n9.2.0.192 IN A 192.0.2.1\n"
+    ),
     "good.test": '@ IN MX 10 mx\nmx IN A 192.0.2.7\n@ IN TXT "v=spf1 ip4:192.0.2.0/24 -all"\n',
     "soft.test": '@ IN TXT "v=spf1 ~all"\n@ IN A 192.0.2.8\n',
     "nullmx.test": "@ IN MX 0 .\n",
@@ -108,6 +110,13 @@ def test_rbl_weights_against_the_threshold(checks: Checks) -> None:
     light = run(checks.rbl("192.0.2.5"))
     assert (light.reply, light.result) == (None, "listed 1/3")
     assert run(checks.rbl("192.0.2.6")).result == "pass"
+
+
+def test_rbl_answers_that_are_no_listing(checks: Checks) -> None:
+    """127.255.255.x says the query was refused (an open resolver); an answer outside
+    127/8 is a zone gone wrong: neither lists the client."""
+    assert run(checks.rbl("192.0.2.8")).result == "pass"
+    assert run(checks.rbl("192.0.2.9")).result == "pass"
 
 
 def test_rbl_of_an_ipv6_client(checks: Checks) -> None:

@@ -469,6 +469,18 @@ RIGHT_SIDE = [
         Expect("PIPE", "spam-report", '"spam-report --folder Junk"@pipe', steps=cgr(1)),
     ),
     TableCase(
+        "pipe-star-that-would-be-an-option",
+        '<report-*@example.com> = "spam-report --folder *"@pipe',
+        "report---evil=x@example.com",
+        error("5.1.3", "this address cannot be given to a program", steps=cgr(1)),
+    ),
+    TableCase(
+        "pipe-star-with-a-space",
+        '<*@pipes.example.com> = "spam-report --folder *"@pipe',
+        '"a --b"@pipes.example.com',
+        error("5.1.3", "this address cannot be given to a program", steps=cgr(1)),
+    ),
+    TableCase(
         "smtp-suffix-address",
         "<bob@example.com> = bob@example.com.smtp",
         "bob@example.com",

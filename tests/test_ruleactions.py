@@ -68,6 +68,8 @@ def test_forward_prepends_resent_fields_and_redirect_keeps_the_headers() -> None
     )
     for verb in ("Redirect to", "Mirror to"):
         assert envelope_sender(verb, "bob@remote.test", "alice@example.com") == "bob@remote.test"
+    # A forwarded bounce stays a bounce: its failure must not bounce back (no ping-pong).
+    assert envelope_sender("Forward to", "", "alice@example.com") == ""
 
 
 def test_mark_gives_maildir_flags() -> None:

@@ -703,6 +703,16 @@ def test_auth_refused(site: Site, user: str, password: str, mechanism: str) -> N
     assert f"failed to log in as {user!r}; the answer waits 1 s" in site.server.log()
 
 
+def test_a_message_with_too_many_hops_is_refused(site: Site) -> None:
+    """51 Received lines: a mail loop somewhere; refused at DATA (RFC 5321 6.3)."""
+    hops = "".join(f"Received: from hop{n}.example by hop{n + 1}.example; x\r\n" for n in range(51))
+    with connect(site) as client:
+        client.mail("sender@remote.example")
+        assert client.rcpt("alice@example.com")[0] == 250
+        code, reply = client.data(f"{hops}Subject: loop\r\n\r\nround and round\r\n".encode())
+    assert (code, reply) == (554, b"5.4.6 Too many hops: the message seems to be in a mail loop")
+
+
 def test_failed_logins_slow_down_the_next_answer(site: Site) -> None:
     """Each failure from an IP doubles the wait before the next refusal (up to 30 s)."""
     source = "127.0.0.42"
