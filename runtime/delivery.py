@@ -327,7 +327,9 @@ class Delivery:
             now = time.time()
             while self._timers and self._timers[0][0] <= now:
                 _, _, name = heapq.heappop(self._timers)
-                queue = self.queues[name]
+                queue = self.queues.get(name)
+                if queue is None:  # emptied and forgotten since
+                    continue
                 while queue.later and queue.later[0][0] <= now:
                     queue.ready.append(heapq.heappop(queue.later)[2])
                 self._kick(queue)
@@ -366,6 +368,8 @@ class Delivery:
         finally:
             queue.active -= 1
             self._kick(queue)
+            if not (queue.ready or queue.later or queue.active):  # forget idle queues
+                self.queues.pop(queue.name, None)
 
     async def _settle(self, plan: Plan, batch: list[Waiting], outcomes: list[Outcome]) -> None:
         by_message: dict[str, list[Waiting]] = {}
@@ -419,7 +423,11 @@ class Delivery:
         settings = outbound.Settings(
             helo=plan.server.hostname,
             port=self.remote.port,
-            require_tls=domain in plan.outbound.require_tls,
+            # a relay host or IP literal carries several domains: TLS if any of them needs it
+            require_tls=any(
+                entry.routing.target.rpartition("@")[2].lower() in plan.outbound.require_tls
+                for entry in batch
+            ),
             timeout=self.remote.timeout,
             connections=self.connections,
         )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import aiosmtplib
@@ -30,6 +30,7 @@ log = logging.getLogger("mailplan.smtp-out")
 Kind = Literal["delivered", "temporary", "permanent"]
 MAX_PER_CONNECTION = 100
 IDLE = 2.0  # seconds a connection is kept open for the next message to its server
+DATA_DONE_TIMEOUT = 600.0  # the reply after the data (RFC 5321 4.5.3.2.6: 10 minutes)
 
 
 @dataclass(frozen=True)
@@ -300,14 +301,17 @@ async def _transaction(client: aiosmtplib.SMTP, parcel: Parcel, host: str) -> li
             await client.rcpt(recipient, encoding=encoding)
         except aiosmtplib.SMTPResponseException as refused:
             _raise_if_gone(refused)
-            outcomes.append(_outcome(parcel, recipient, refused.code, refused.message, host))
+            outcome = _outcome(parcel, recipient, refused.code, refused.message, host)
+            if refused.code == 552:  # at RCPT: "too many recipients", for now (RFC 5321 4.5.3.1.10)
+                outcome = replace(outcome, kind="temporary", status="4" + outcome.status[1:])
+            outcomes.append(outcome)
             continue
         accepted.append(recipient)
     if not accepted:
         await client.rset()
         return outcomes
     try:
-        reply = await client.data(parcel.message)
+        reply = await client.data(parcel.message, timeout=DATA_DONE_TIMEOUT)
     except aiosmtplib.SMTPResponseException as refused:
         _raise_if_gone(refused)
         return outcomes + [

@@ -108,7 +108,12 @@ def process(
         if routing.module == "LOCAL":
             if routing.queue not in delivered:
                 local = Local(spool, router, mail_directory, envelope, message, effects, replies)
-                local.deliver(routing.queue)
+                try:
+                    local.deliver(routing.queue)
+                except Exception:
+                    if done and spool.exists(queue_id):
+                        spool.done(queue_id, done)  # those are not delivered twice
+                    raise
                 delivered.add(routing.queue)
             done.append(recipient)
             log.info("%s <%s> delivered to %s (%s)", queue_id, recipient, routing, decided)
@@ -356,10 +361,10 @@ class Processor:
     async def _work(self) -> None:
         while True:
             queue_id, fresh = await self._ids.get()
+            effects = Effects()
             try:
                 started = time.monotonic()
                 digest, router = self.current()
-                effects = Effects()
                 waiting = await asyncio.to_thread(
                     process,
                     self.spool,
@@ -372,8 +377,6 @@ class Processor:
                     self.replies,
                 )
                 self.hand_over(waiting)
-                for created in effects.created:
-                    self.submit(created)
                 for command, facts in effects.commands:
                     self._spawn(execute(command, facts))
                 log.debug("%s processed in %.1f ms", queue_id, (time.monotonic() - started) * 1e3)
@@ -381,4 +384,6 @@ class Processor:
                 log.exception("%s: processing failed; tried again in %d s", queue_id, RETRY_FAILED)
                 asyncio.get_running_loop().call_later(RETRY_FAILED, self.submit, queue_id)
             finally:
+                for created in effects.created:  # what it queued goes on, even after a failure
+                    self.submit(created)
                 self._ids.task_done()

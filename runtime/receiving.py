@@ -41,6 +41,8 @@ from runtime.router import Router
 
 log = logging.getLogger("mailplan.checks")
 
+CACHE_SIZE = 100_000  # reverse-connect answers kept at most
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -65,6 +67,11 @@ class CallbackCache:
         return found[1]
 
     def put(self, address: str, verdict: Verdict, until: float) -> None:
+        if len(self.entries) >= CACHE_SIZE:  # forget what has expired, then the oldest
+            now = time.time()
+            self.entries = {a: e for a, e in self.entries.items() if e[0] >= now}
+            while len(self.entries) >= CACHE_SIZE:
+                del self.entries[next(iter(self.entries))]
         self.entries[address.lower()] = (until, verdict)
 
 
@@ -154,7 +161,7 @@ class Checks:
         reasons = "; ".join(f"{zone.zone}: {why}" for zone, why in listed)
         if score < check.threshold:
             return Verdict("rbl", f"listed {score}/{check.threshold}", header=None)
-        reply = f"554 5.7.1 Service unavailable; client [{ip}] blocked using {reasons}"
+        reply = f"550 5.7.1 Service unavailable; client [{ip}] blocked using {reasons}"
         return Verdict("rbl", "listed", reply=reply)
 
     async def _listed(self, name: str) -> str | None:

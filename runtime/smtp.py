@@ -165,6 +165,7 @@ class Handler:
             + (envelope.original_content or b"")
         )
         rules = self.snapshot.server_rules
+        decided = None
         if rules is not None and rules.rules:
             decided = self._server_rules(rules, client, queued, message)
             if decided.rejection is not None:
@@ -172,39 +173,35 @@ class Handler:
                 return decided.rejection
             message = decided.message
             queued = replace(queued, recipients=decided.recipients)
-            copies = [
-                replace(
-                    queued, id=new_id(), sender=c.sender, recipients=c.recipients, listener="rule"
-                )
-                for c in decided.copies
-            ]
-            try:
-                for copy, made in zip(copies, decided.copies, strict=True):
-                    await self.store(copy, made.message)
-                    log.info("%s: %s: queued as %s", queue_id, made.why, copy.id)
-            except OSError as exc:
-                log.error("%s: cannot queue a rule's copy: %s", queue_id, exc)
-                return replies.QUEUE_WRITE_FAILED
-            for command in decided.commands:
-                facts = pipe.Envelope(
-                    queue_id,
-                    queued.sender,
-                    ",".join(envelope.rcpt_tos),
-                    client.ip,
-                    queued.helo,
-                    queued.auth,
-                )
-                _spawn(execute(command, facts))
-            if not queued.recipients:
-                log.info(
-                    "%s from %s: no recipient left after the server rules", queue_id, client.ip
-                )
-                return replies.reply(replies.QUEUED, id=queue_id)
         try:
-            await self.store(queued, message)
+            if queued.recipients:  # the message first, then what the rules send with it
+                await self.store(queued, message)
+            for made in decided.copies if decided else ():
+                copy = replace(
+                    queued,
+                    id=new_id(),
+                    sender=made.sender,
+                    recipients=made.recipients,
+                    listener="rule",
+                )
+                await self.store(copy, made.message)
+                log.info("%s: %s: queued as %s", queue_id, made.why, copy.id)
         except OSError as exc:
             log.error("%s: cannot queue the message from %s: %s", queue_id, client.ip, exc)
             return replies.QUEUE_WRITE_FAILED
+        for command in decided.commands if decided else ():  # once the message is accepted
+            facts = pipe.Envelope(
+                queue_id,
+                queued.sender,
+                ",".join(envelope.rcpt_tos),
+                client.ip,
+                queued.helo,
+                queued.auth,
+            )
+            _spawn(execute(command, facts))
+        if not queued.recipients:
+            log.info("%s from %s: no recipient left after the server rules", queue_id, client.ip)
+            return replies.reply(replies.QUEUED, id=queue_id)
         log.info(
             "%s accepted from %s <%s> for %s (%d bytes, plan %s)",
             queue_id,

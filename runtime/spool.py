@@ -201,6 +201,9 @@ class Spool:
         (self.directory / f"{queue_id}.done").unlink(missing_ok=True)
         (self.directory / f"{queue_id}.tries").unlink(missing_ok=True)
 
+    def exists(self, queue_id: str) -> bool:
+        return (self.directory / f"{queue_id}.msg").exists()
+
     def load(self, queue_id: str) -> tuple[Envelope, bytes]:
         return parse((self.directory / f"{queue_id}.msg").read_bytes())
 

@@ -43,6 +43,7 @@ from runtime.spool import Share, work_as
 log = logging.getLogger("mailplan.workers")
 
 PR_SET_PDEATHSIG = 1
+SIGNALS = {signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT}
 RESTART_DELAY = 1.0
 
 
@@ -81,6 +82,8 @@ def supervise(
     def start(index: int) -> None:
         share = Share(index, workers)
         supervisor = os.getpid()
+        # No signal may reach the child while it still has the supervisor's handlers.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         pid = os.fork()
         if pid == 0:  # the worker
             status = 1
@@ -92,6 +95,7 @@ def supervise(
                     signal.signal(number, signal.SIG_IGN)
                 for number in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(number, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 work_as(share)
                 serving = replace(options, sockets=sockets, share=share)
                 status = run_worker(load, _plan_now(load, plan), serving)
@@ -99,6 +103,7 @@ def supervise(
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(status)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         children[pid] = index
         log.info("worker %d of %d started (pid %d)", index, workers, pid)
 

@@ -480,7 +480,8 @@ def test_each_recipient_gets_the_outcome_of_its_own_rcpt_reply(
             rcpt={
                 "busy@remote.test": "451 4.2.1 Mailbox busy, try later",
                 "nobody@remote.test": "550 5.1.1 <nobody@remote.test>: no such user",
-                "plain@remote.test": "552 Mailbox full",
+                "plain@remote.test": "553 Mailbox name not allowed",
+                "full@remote.test": "552 5.2.2 Mailbox full",
             }
         ),
     )
@@ -493,6 +494,7 @@ def test_each_recipient_gets_the_outcome_of_its_own_rcpt_reply(
                 "busy@remote.test",
                 "nobody@remote.test",
                 "plain@remote.test",
+                "full@remote.test",
             )
         ],
         servers.port,
@@ -520,8 +522,10 @@ def test_each_recipient_gets_the_outcome_of_its_own_rcpt_reply(
         "mx1.out.test",
         True,
     )
-    assert found["Q1", "plain@remote.test"].status == "5.0.0"  # no enhanced code: from 552
+    assert found["Q1", "plain@remote.test"].status == "5.0.0"  # no enhanced code: from 553
     assert found["Q1", "plain@remote.test"].kind == "permanent"
+    full = found["Q1", "full@remote.test"]  # 552 at RCPT is temporary (RFC 5321 4.5.3.1.10)
+    assert (full.kind, full.status, full.text) == ("temporary", "4.2.2", "552 5.2.2 Mailbox full")
     assert not found["Q1", "busy@remote.test"].final
     assert found["Q1", "nobody@remote.test"].final
     assert [t.recipients for t in mailbox.transactions] == [("ok@remote.test",)]

@@ -105,7 +105,7 @@ def test_zones_answer_like_dns() -> None:
 def test_rbl_weights_against_the_threshold(checks: Checks) -> None:
     heavy = run(checks.rbl("192.0.2.4"))
     assert heavy.reply == (
-        "554 5.7.1 Service unavailable; client [192.0.2.4] blocked using heavy.test: see heavy"
+        "550 5.7.1 Service unavailable; client [192.0.2.4] blocked using heavy.test: see heavy"
     )
     light = run(checks.rbl("192.0.2.5"))
     assert (light.reply, light.result) == (None, "listed 1/3")
