@@ -303,13 +303,23 @@ class Delivery:
     def reschedule(self) -> None:
         """Work out every waiting recipient's next try again, from its retry journal and
         the current plan's schedule: after `mailplan queue flush` (which wrote `F` lines
-        in the journals) and after a reload."""
+        in the journals) and after a reload. The journals are read off the event loop."""
+        task = asyncio.get_running_loop().create_task(self._reschedule())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reschedule(self) -> None:
+        ids = {entry.queue_id for queue in self.queues.values() for *_, entry in queue.later}
+        histories = await asyncio.to_thread(lambda: {i: self.spool.history(i) for i in ids})
         schedule = self.current().plan.queue.retry
         now = time.time()
-        for queue in self.queues.values():
+        for queue in list(self.queues.values()):
             later = []
-            for _, _, entry in queue.later:
-                history = self.spool.history(entry.queue_id)
+            for due, _, entry in queue.later:
+                history = histories.get(entry.queue_id)
+                if history is None:  # came after the journals were read: as it was
+                    later.append((due, next(_sequence), entry))
+                    continue
                 entry.due = retry.due(history, entry.recipient, entry.arrived, schedule)
                 if entry.due <= now:
                     queue.ready.append(entry)

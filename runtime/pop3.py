@@ -24,6 +24,7 @@ from plan.model import Listener
 from runtime import maildir
 from runtime.maildrop import Locked, Maildrop, Message
 from runtime.policy import Policy
+from runtime.threads import checking
 from runtime.throttle import Throttle
 
 log = logging.getLogger("mailplan.pop3")
@@ -282,7 +283,7 @@ class Pop3:
         return await self._login(*credentials)
 
     async def _login(self, name: str, password: str) -> bool:
-        account = await asyncio.to_thread(self.policy.login, name, password)
+        account = await checking(self.policy.login, name, password)
         if account is None:
             return await self._refuse(repr(name))
         self.throttle.succeeded(self.ip)

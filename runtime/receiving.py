@@ -38,6 +38,7 @@ from runtime import mx
 from runtime.lookup import Answerer, Dns, DnsTrouble, NoSuchDomain, spf_answers
 from runtime.policy import Client, in_scope
 from runtime.router import Router
+from runtime.threads import checking
 
 log = logging.getLogger("mailplan.checks")
 
@@ -232,7 +233,7 @@ class Checks:
     # -- SPF -------------------------------------------------------------------------
 
     async def spf(self, ip: str, helo: str, sender: str) -> Verdict:
-        return await asyncio.to_thread(self.spf_blocking, ip, helo, sender)
+        return await checking(self.spf_blocking, ip, helo, sender)
 
     def spf_blocking(self, ip: str, helo: str, sender: str) -> Verdict:
         import spf

@@ -30,6 +30,7 @@ from runtime.receiving import Checks
 from runtime.rules import Facts, Headers, Rules
 from runtime.spool import Envelope as QueueEnvelope
 from runtime.spool import new_id
+from runtime.threads import checking
 from runtime.throttle import Throttle
 
 log = logging.getLogger("mailplan.smtp")
@@ -381,7 +382,7 @@ class Session(SMTP):
         credentials: LoginPassword = pending.credentials
         login = credentials.login.decode("utf-8", "replace")
         password = credentials.password.decode("utf-8", "replace")
-        account = await asyncio.to_thread(self.handler.policy.login, login, password)
+        account = await checking(self.handler.policy.login, login, password)
         peer = peer_ip(self.session) if self.session else "?"
         if account is None:
             delay = self.throttle.failed(peer)
