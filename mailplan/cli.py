@@ -470,9 +470,9 @@ def _queue_flush(spool: Spool, plan: Plan, domain: str | None) -> int:
     print(f"{len(chosen)} message(s) to be tried again now")
     try:
         pid = int((spool.directory / PIDFILE).read_text())
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if b"mailplan" not in command:  # a stale pid file: that pid is someone else now
-            raise ProcessLookupError(pid)
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"serve" not in words or not any(w.endswith(b"mailplan") for w in words):
+            raise ProcessLookupError(pid)  # a stale pid file: that pid is someone else now
         os.kill(pid, signal.SIGUSR1)
     except (OSError, ValueError):
         print("no server is running on this queue: they are tried at its next start")

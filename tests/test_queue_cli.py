@@ -1,0 +1,114 @@
+"""`mailplan queue`, `queue show ID` and `queue flush [DOMAIN]` on a queue with no server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mailplan.cli import main
+from runtime import retry
+from runtime.spool import Envelope, Spool, new_id
+
+SITE = """\
+server:
+  hostname: mail.example.com
+  main_domain: example.com
+queue: {directory: queue, mail_directory: mail, retry: [10m]}
+domains:
+  example.com:
+    accounts:
+      alice: {}
+"""
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    (tmp_path / "site.yaml").write_text(SITE)
+    return tmp_path
+
+
+def queued(site: Path, *recipients: str) -> str:
+    spool = Spool(site / "queue")
+    envelope = Envelope(
+        new_id(),
+        1_700_000_000.0,
+        "sha256:x",
+        "smtp",
+        "192.0.2.1",
+        "client.test",
+        "none",
+        "-",
+        "alice@example.com",
+        recipients,
+    )
+    spool.store(envelope, b"Subject: waiting\r\n\r\nwaiting\r\n")
+    return envelope.id
+
+
+def run(capsys: pytest.CaptureFixture[str], *arguments: str) -> tuple[int, str, str]:
+    status = main(list(arguments))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_show_and_list(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    queue_id = queued(site, "bob@remote.test", "carol@other.test")
+    Spool(site / "queue").journal(
+        queue_id, retry.failure_line(1_700_000_100.0, "4.4.1", "bob@remote.test", "refused")
+    )
+    status, out, _ = run(
+        capsys, "queue", "show", queue_id, "--site", str(site), "--root", str(site)
+    )
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0] == f"id         {queue_id}"
+    assert "from       <alice@example.com>" in lines
+    assert "client     192.0.2.1 helo client.test tls none" in lines
+    assert any(
+        line.startswith(
+            "to         <bob@remote.test>  waits in SMTP(remote.test), 1 failed "
+            "attempt(s), last: 4.4.1 refused, next try in"
+        )
+        for line in lines
+    )
+    assert "to         <carol@other.test>  waits in SMTP(other.test)" in lines
+    status, out, _ = run(capsys, "queue", "--site", str(site), "--root", str(site))
+    assert status == 0
+    assert out.splitlines()[-1] == "1 message(s), 2 recipient(s) waiting"
+
+
+def test_show_without_an_id_or_with_a_wrong_one(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "queue", "show", "--site", str(site))[2] == (
+        "mailplan: queue show needs a queue id\n"
+    )
+    status, _, err = run(capsys, "queue", "show", "nope", "--site", str(site), "--root", str(site))
+    assert status == 1
+    assert err.startswith("mailplan: no queued message nope: ")
+
+
+def test_flush_without_a_server_marks_the_journals(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = queued(site, "bob@remote.test")
+    second = queued(site, "carol@other.test")
+    status, out, _ = run(
+        capsys, "queue", "flush", "remote.test", "--site", str(site), "--root", str(site)
+    )
+    assert status == 0
+    assert out.splitlines() == [
+        "1 message(s) to be tried again now",
+        "no server is running on this queue: they are tried at its next start",
+    ]
+    spool = Spool(site / "queue")
+    assert spool.history(first).flushed > 0
+    assert spool.history(second).flushed == 0
+    # A stale pid file naming a live process that is no mailplan server: this test's.
+    (site / "queue" / "mailplan.pid").write_text(f"{os.getpid()}\n")
+    status, out, _ = run(capsys, "queue", "flush", "--site", str(site), "--root", str(site))
+    assert out.splitlines()[-1] == (
+        "no server is running on this queue: they are tried at its next start"
+    )
