@@ -7,6 +7,8 @@ inside included records need DNS and are counted by `mailplan dns check`.
 
 from __future__ import annotations
 
+import ipaddress
+
 from compiler.diagnostics import Diagnostic, error, warning
 from plan.model import Domain, Plan, Source
 from runtime.router import Router
@@ -29,11 +31,40 @@ def check_dns(plan: Plan, router: Router) -> list[Diagnostic]:
                 problems.append(_error(key.source, "MP504", message))
             seen.setdefault(key.selector, key.source)
         if not domain.sends_mail:
-            problems += _no_mail(domain)
+            problems += _no_mail(domain) + _takes_mail(domain)
     return problems
 
 
+def _takes_mail(domain: Domain) -> list[Diagnostic]:
+    """A domain with `sends_mail: false` publishes a null MX: it must not receive mail."""
+    implied = ("postmaster", None, ())  # the main domain's, when the site names none
+    kinds = {
+        "accounts": [a for a in domain.accounts if (a.name, a.password, a.aliases) != implied],
+        "forwarders": domain.forwarders,
+        "lists": domain.lists,
+        "mx hosts": domain.mx,
+        "domain aliases": domain.aliases,
+    }
+    has = [name for name, things in kinds.items() if things]
+    if not has:
+        return []
+    message = (
+        f"{domain.name} has sends_mail: false, which publishes a null MX (RFC 7505: the "
+        f"domain takes no mail), but it has {', '.join(has)}: every sender would bounce "
+        "their mail; remove sends_mail: false, or those"
+    )
+    return [_error(domain.source, "MP507", message)]
+
+
 def _spf(plan: Plan, domain: Domain, source: Source) -> list[Diagnostic]:
+    bad = [
+        f"spf.{key} of {domain.name}: {value!r} is not an IPv{version} address or network"
+        for key, version, values in (("ip4", 4, domain.spf.ip4), ("ip6", 6, domain.spf.ip6))
+        for value in values
+        if not _network(value, version)
+    ]
+    if bad:  # the record would be broken, or authorise what it should not
+        return [_error(source, "MP508", message) for message in bad]
     terms = spf.terms(plan, domain)
     costly = spf.lookups(terms)
     problems = []
@@ -70,6 +101,13 @@ def _no_mail(domain: Domain) -> list[Diagnostic]:
         )
         for where, key in ignored
     ]
+
+
+def _network(value: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_network(value, strict=False).version == version
+    except ValueError:
+        return False
 
 
 def _error(source: Source, code: str, message: str) -> Diagnostic:

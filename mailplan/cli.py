@@ -662,17 +662,32 @@ def _dovecot(arguments: argparse.Namespace) -> int:
         uid,
         gid,
     )
+    try:
+        files = dovecot.files(plan, place)
+    except ValueError as exc:
+        print(f"mailplan: {exc}", file=sys.stderr)
+        return 1
     output.mkdir(parents=True, exist_ok=True)
-    for name, text in dovecot.files(plan, place).items():
+    for name, text in files.items():
         target = output / name
         temporary = target.with_name(f".{name}.tmp")
-        temporary.write_text(text, encoding="utf-8")
-        if name == dovecot.PASSWD:  # hashes: readable by Dovecot's auth process only
-            temporary.chmod(0o640)
+        temporary.unlink(missing_ok=True)
+        # Never readable by everyone, not even for a moment: the passwd-file has hashes.
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+        if name == dovecot.PASSWD:  # readable by Dovecot's auth process only
             try:
                 os.chown(temporary, -1, grp.getgrnam("dovecot").gr_gid)
+                temporary.chmod(0o640)
             except (KeyError, PermissionError):
-                temporary.chmod(0o644)
+                print(
+                    f"mailplan: {target} is readable by its owner only: give it to group "
+                    f"dovecot (chgrp dovecot {target}; chmod 0640 {target})",
+                    file=sys.stderr,
+                )
+        else:
+            temporary.chmod(0o644)
         os.replace(temporary, target)
         print(f"wrote {target}")
     return 0

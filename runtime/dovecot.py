@@ -83,6 +83,9 @@ def passwd(plan: Plan, place: Place) -> str:
     }
     lines = [f"# Written by `mailplan dovecot` from plan {codec.digest(plan)}: do not edit."]
     for name, account in logins(plan):
+        for field in (name, account, hashes[account] or ""):
+            if any(c in field for c in ":\r\n"):  # would break the passwd-file's lines
+                raise ValueError(f"{field!r} cannot stand in Dovecot's passwd-file")
         extra = "" if name == account else f"user={account}"
         lines.append(
             f"{name}:{{ARGON2ID}}{hashes[account]}:{place.uid}:{place.gid}::::{extra}".rstrip(":")

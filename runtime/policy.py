@@ -7,6 +7,7 @@ handler asks; this module answers with the reply line (or None for "go on").
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -18,6 +19,9 @@ from runtime.addresslist import AddressSet
 from runtime.router import Router, Routing
 
 _hasher = PasswordHasher()
+# A hash that no password matches, checked when there is no account to check against,
+# so that an unknown name costs as long as a wrong password (no way to list accounts).
+_DECOY = _hasher.hash("mailplan: no such account")
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class Policy:
         routing = self.router.route(name, "access")
         account = self.accounts.get(routing.queue) if routing.module == "LOCAL" else None
         if account is None or account.password is None:
+            with contextlib.suppress(VerificationError):  # as slow as a wrong password
+                _hasher.verify(_DECOY, password)
             return None
         try:
             _hasher.verify(account.password, password)

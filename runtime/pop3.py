@@ -341,7 +341,7 @@ class Pop3:
 
     def _message(self, argument: str) -> Message | None:
         drop = self.state.maildrop
-        if drop is None or not argument.isdigit():
+        if drop is None or not (argument.isascii() and argument.isdigit()):
             return None
         number = int(argument)
         if not 1 <= number <= len(drop.messages):
@@ -396,7 +396,7 @@ class Pop3:
         return True
 
     async def top(self, arguments: tuple[str, ...]) -> bool:
-        if len(arguments) != 2 or not arguments[1].isdigit():
+        if len(arguments) != 2 or not (arguments[1].isascii() and arguments[1].isdigit()):
             return await self._error(BAD_SYNTAX)
         message = self._message(arguments[0])
         if message is None:

@@ -23,6 +23,7 @@ import ssl
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,18 @@ def test_the_passwd_file_has_argon2id_hashes_and_maps_aliases(plan: Plan) -> Non
     alias = entries["al@example.org"]
     assert alias[1] == canonical[1]
     assert alias[4:] == ["", "", "", "user=alice@example.com"]
+
+
+def test_a_name_that_would_break_the_passwd_file_is_refused(plan: Plan) -> None:
+    """A password hash with a newline in it (the schema's `$` lets one through) would
+    split a passwd-file line in two: refused, not written."""
+    domain = plan.domains[0]
+    broken = replace(domain.accounts[0], password=(domain.accounts[0].password or "") + "\n")
+    edited = replace(
+        plan, domains=(replace(domain, accounts=(broken, *domain.accounts[1:])), *plan.domains[1:])
+    )
+    with pytest.raises(ValueError, match="cannot stand in Dovecot's passwd-file"):
+        dovecot.passwd(edited, PLACE)
 
 
 def test_the_snippet_serves_the_plans_imap_listeners_on_its_maildirs(plan: Plan) -> None:

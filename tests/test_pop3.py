@@ -31,7 +31,18 @@ from runtime.maildrop import LOCK_FILE
 HOSTNAME = "mail.example.com"
 PASSWORD = "pop secret"  # a space in it: PASS takes the rest of the line
 TIMEOUT = 10.0
-ACCOUNTS = ("reader", "forms", "sasl", "plain", "wrong", "dropped", "busy", "moved", "dots")
+ACCOUNTS = (
+    "reader",
+    "forms",
+    "sasl",
+    "plain",
+    "wrong",
+    "dropped",
+    "busy",
+    "moved",
+    "dots",
+    "digits",
+)
 
 
 def unverified() -> ssl.SSLContext:
@@ -442,3 +453,16 @@ def test_unknown_commands_misplaced_commands_and_long_lines(site: Site) -> None:
         sock.sendall(b"USER " + b"x" * 10_000 + b"\r\n")
         assert reader.readline() == b"-ERR Line too long; closing\r\n"
         assert reader.readline() == b""
+
+
+def test_digits_that_are_not_ascii_are_no_message_number(site: Site) -> None:
+    """`RETR ²`: Python calls "²" a digit, POP3 does not; an error reply, not a crash."""
+    client = site.login("digits")
+    try:
+        for command in ("RETR \u00b2", "DELE \u0663", "TOP 1 \u00b2"):
+            with pytest.raises(poplib.error_proto) as refused:
+                client._shortcmd(command)
+            assert refused.value.args[0] in (b"-ERR No such message", b"-ERR Syntax error")
+        assert client.noop().startswith(b"+OK")  # the session goes on
+    finally:
+        client.quit()
