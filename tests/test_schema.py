@@ -452,3 +452,17 @@ def test_a_yaml_syntax_error_stops_before_the_schema(tmp_path: Path) -> None:
     unit = compile_site(tmp_path)
     assert [d.code for d in unit.diagnostics] == ["MP101"]
     assert unit.plan is None
+
+
+def test_a_trailing_newline_does_not_slip_past_a_pattern(tmp_path: Path) -> None:
+    """Python's `$` also matches before a final newline: every pattern ends `$(?!\\n)`,
+    so "sales\\n" is no name (it would split a line of Dovecot's passwd-file)."""
+    text = HEAD + DOMAINS + '    accounts:\n      bob:\n        aliases: ["sales\\n"]\n'
+    assert schema_errors(tmp_path, text) == [
+        mp103(
+            8,
+            19,
+            "domains.example.com.accounts.bob.aliases[0]: names use letters, digits and "
+            "_ - . (not at the start or end), at most 128 characters",
+        ),
+    ]
