@@ -169,3 +169,20 @@ def test_quotes_and_backslashes_survive_a_zone_file() -> None:
 def test_record_values_in_zone_file_form() -> None:
     assert Record("@", "MX", 1, Mx(0, "."), "").rdata() == "0 ."
     assert Record("_imap._tcp", "SRV", 1, Srv(0, 1, 143, "h."), "").rdata() == "0 1 143 h."
+
+
+def test_srv_follows_the_tls_mode_and_leaves_out_loopback_listeners(tmp_path: Path) -> None:
+    site = SITE.replace(
+        "  submission: {port: 587, tls: none, auth: required, plaintext_auth: true}\n",
+        "  submission: {port: 587, tls: none, auth: required, plaintext_auth: true,"
+        " bind: [127.0.0.1]}\n"
+        "  mailbox: {protocol: pop3, port: 1995, tls: implicit}\n"
+        "tls: {certificate: tls/mail.crt, key: tls/mail.key}\n",
+    )
+    (tmp_path / "site.yaml").write_text(site.replace("{domain}", ""))
+    unit = compile_site(tmp_path)
+    assert unit.plan is not None, unit.diagnostics
+    srv = {r[0]: r[2] for r in records(unit.plan, "example.test") if r[1] == "SRV"}
+    assert srv["_pop3s._tcp"] == "0 1 1995 mail.example.test."  # implicit TLS: pop3s
+    assert srv["_pop3._tcp"] == "0 0 0 ."
+    assert srv["_submission._tcp"] == "0 0 0 ."  # only loopback can reach it

@@ -9,10 +9,11 @@ it. docs/dns.md says why each record is there and which site keys make it.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
-from plan.model import Domain, Plan
+from plan.model import Domain, Listener, Plan
 from zones import spf
 
 RecordType = Literal["A", "AAAA", "MX", "TXT", "SRV"]
@@ -62,15 +63,30 @@ class Zone:
     mta_sts_policy: str | None  # served at https://mta-sts.NAME/.well-known/mta-sts.txt
 
 
-# RFC 6186 and RFC 8314: the SRV service of each listener protocol that clients use.
-SERVICES = (
-    ("submissions", "smtps"),
-    ("submission", "submission"),
-    ("imaps", "imaps"),
-    ("imap", "imap"),
-    ("pop3s", "pop3s"),
-    ("pop3", "pop3"),
-)
+# RFC 6186 and RFC 8314: the SRV services mail clients look for, in the order printed.
+SERVICES = ("submissions", "submission", "imaps", "imap", "pop3s", "pop3")
+_BASE = {
+    "smtps": "submission",
+    "submission": "submission",
+    "imaps": "imap",
+    "imap": "imap",
+    "pop3s": "pop3",
+    "pop3": "pop3",
+}
+
+
+def service(listener: Listener) -> str | None:
+    """The SRV service a listener offers: chosen by its TLS mode as well as its protocol
+    (a pop3 listener with implicit TLS is `pop3s`); None for server-to-server SMTP."""
+    base = _BASE.get(listener.protocol)
+    if base is None:
+        return None
+    return f"{base}s" if listener.tls == "implicit" else base
+
+
+def reachable(listener: Listener) -> bool:
+    """Whether clients elsewhere can reach the listener: not bound to loopback only."""
+    return not all(ipaddress.ip_address(address).is_loopback for address in listener.bind)
 
 
 def txt_strings(text: str) -> list[str]:
@@ -142,13 +158,13 @@ def _zone(plan: Plan, domain: Domain, name: str) -> Zone:
     if dns.tls_rpt is not None:
         text = f"v=TLSRPTv1; rua={','.join(dns.tls_rpt.rua)}"
         add("_smtp._tls", "TXT", text, "TLS-RPT: where TLS failure reports go")
-    for service, protocol in SERVICES:
-        listeners = [x for x in plan.listeners if x.protocol == protocol]
+    for offered in SERVICES:
+        listeners = [x for x in plan.listeners if service(x) == offered and reachable(x)]
         for rank, listener in enumerate(listeners):
             target = Srv(rank, 1, listener.port, plan.server.hostname + ".")
-            add(f"_{service}._tcp", "SRV", target, f"{service} for mail clients (RFC 6186)")
+            add(f"_{offered}._tcp", "SRV", target, f"{offered} for mail clients (RFC 6186)")
         if not listeners:
-            add(f"_{service}._tcp", "SRV", Srv(0, 0, 0, "."), f"{service} is not offered")
+            add(f"_{offered}._tcp", "SRV", Srv(0, 0, 0, "."), f"{offered} is not offered")
     return Zone(name, domain.name, tuple(records), policy)
 
 
