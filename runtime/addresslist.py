@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 
-from plan.model import AddressList, Source
+from plan.model import AddressList, Plan, Source
 
 
 class AddressSet:
@@ -22,6 +22,12 @@ class AddressSet:
     @classmethod
     def empty(cls) -> AddressSet:
         return cls(AddressList("", Source("", 0, 0), (), ()))
+
+    @classmethod
+    def named(cls, plan: Plan, name: str) -> AddressSet:
+        """The plan's address list `name` (empty when the plan has none of that name)."""
+        found = next((c for c in plan.address_lists if c.name == name), None)
+        return cls(found) if found is not None else cls.empty()
 
     def __contains__(self, ip: str) -> bool:
         try:

@@ -142,11 +142,7 @@ def outcome(policy: Policy, case: TestCase) -> str:
         if routing.module == "ERROR":
             return f"reject {routing.status}"
     else:
-        login = None
-        if case.authenticated is not None:
-            account = router.route(case.authenticated, "access")
-            login = account.queue if account.module == "LOCAL" else None
-        client = policy.client(case.client or "", tls=False, authenticated=login)
+        client = policy.client(case.client or "", tls=False, authenticated=_login(policy, case))
         reply, accepted = policy.recipient(client, case.to, 0)
         if accepted is None:
             return f"reject {_status(reply)}"
@@ -160,13 +156,19 @@ def _checks(policy: Policy, case: TestCase) -> str | None:
     """The receiving checks' refusal of the case's MAIL FROM, with the DNS the case brings."""
     answerer = Zones({zone.origin: zone_of(zone.origin, zone.records) for zone in case.dns})
     checks = Checks(policy.plan, policy.router, answerer)
-    login = None
-    if case.authenticated is not None:
-        account = policy.router.route(case.authenticated, "access")
-        login = account.queue if account.module == "LOCAL" else None
-    client = policy.client(case.client or "192.0.2.0", tls=False, authenticated=login)
+    client = policy.client(
+        case.client or "192.0.2.0", tls=False, authenticated=_login(policy, case)
+    )
     verdicts = asyncio.run(checks.at_mail(client, case.helo or "", case.sender or ""))
     return next((verdict.reply for verdict in verdicts if verdict.reply), None)
+
+
+def _login(policy: Policy, case: TestCase) -> str | None:
+    """The account the case's session logged in as, if it did."""
+    if case.authenticated is None:
+        return None
+    account = policy.router.route(case.authenticated, "access")
+    return account.queue if account.module == "LOCAL" else None
 
 
 def _status(reply: str) -> str:

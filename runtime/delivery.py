@@ -292,14 +292,6 @@ class Delivery:
         for name in {entry.queue for entry in entries}:
             self._kick(self.queues[name])
 
-    def waiting(self) -> list[Waiting]:
-        """Every recipient waiting here now (for the log and the tests)."""
-        return [
-            entry
-            for queue in self.queues.values()
-            for entry in [*queue.ready, *(item[2] for item in queue.later)]
-        ]
-
     def reschedule(self) -> None:
         """Work out every waiting recipient's next try again, from its retry journal and
         the current plan's schedule: after `mailplan queue flush` (which wrote `F` lines

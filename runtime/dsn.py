@@ -16,6 +16,8 @@ from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
 from typing import Literal
 
+from runtime.message import header_block
+
 Action = Literal["failed", "delayed"]
 FIELDS = SMTP.clone(max_line_length=998)  # fields are not folded for looks
 
@@ -29,19 +31,6 @@ class Failure:
     diagnostic: str
     remote: str | None = None  # the host that answered, when one did
     smtp: bool = False  # whether `diagnostic` is a remote SMTP reply
-
-
-def header_block(message: bytes) -> bytes:
-    """The header of a message, up to (not including) the empty line."""
-    ends = [
-        (end, len(separator) // 2)
-        for separator in (b"\r\n\r\n", b"\n\n")
-        if (end := message.find(separator)) >= 0
-    ]
-    if not ends:
-        return message
-    end, line_end = min(ends)
-    return message[: end + line_end]
 
 
 def report(

@@ -51,10 +51,8 @@ class Policy:
     def __init__(self, plan: Plan, router: Router | None = None) -> None:
         self.plan = plan
         self.router = router or Router(plan)
-        lists = {compiled.name: AddressSet(compiled) for compiled in plan.address_lists}
-        empty = AddressSet.empty()
-        self.client_ips = lists.get(plan.server.client_ips, empty)
-        self.blacklisted_ips = lists.get(plan.server.blacklisted_ips, empty)
+        self.client_ips = AddressSet.named(plan, plan.server.client_ips)
+        self.blacklisted_ips = AddressSet.named(plan, plan.server.blacklisted_ips)
         self.accounts: dict[str, Account] = {
             f"{account.name}@{domain.name}": account
             for domain in plan.domains

@@ -59,8 +59,7 @@ class Effects:
 def _rules_of(router: Router) -> tuple[RuleBook, AddressSet]:
     """The rules of the router's plan, compiled once, and its Client IPs."""
     plan = router.plan
-    lists = {compiled.name: AddressSet(compiled) for compiled in plan.address_lists}
-    return RuleBook(plan), lists.get(plan.server.client_ips, AddressSet.empty())
+    return RuleBook(plan), AddressSet.named(plan, plan.server.client_ips)
 
 
 def process(

@@ -26,23 +26,11 @@ from pathlib import Path
 from typing import Protocol
 
 from plan.model import Pipe, RuleVerb
+from runtime.message import split
 from runtime.rules import Facts, Headers, automated
 
 MAILDIR_FLAGS = {"Draft": "D", "Flagged": "F", "Answered": "R", "Seen": "S", "Deleted": "T"}
 _SUBJECT = re.compile(rb"^subject:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
-
-
-def _split(message: bytes) -> tuple[bytes, bytes, bytes]:
-    """(header block, blank line, body); a message without a body keeps an empty one."""
-    for separator in (b"\r\n\r\n", b"\n\n"):
-        at = message.find(separator)
-        if at >= 0:
-            return (
-                message[: at + len(separator) // 2],
-                separator[len(separator) // 2 :],
-                message[at + len(separator) :],
-            )
-    return message, b"", b""
 
 
 def _newline(message: bytes) -> bytes:
@@ -56,7 +44,7 @@ def add_header(message: bytes, field: str) -> bytes:
 
 def tag_subject(message: bytes, tag: str) -> bytes:
     """`message` whose Subject starts with `tag` (added once; a Subject made if none)."""
-    head, blank, body = _split(message)
+    head, blank, body = split(message)
     raw = tag.encode("utf-8")
     found = _SUBJECT.search(head)
     if found is None:

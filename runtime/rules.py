@@ -19,6 +19,7 @@ from email.policy import compat32
 from email.utils import getaddresses
 
 from plan.model import Plan, Rule, RuleAction, RuleCondition, RuleSet, Source
+from runtime.message import header_block
 from runtime.picture import Picture
 from runtime.ruleindex import RuleIndex
 
@@ -50,11 +51,7 @@ class Headers:
     @classmethod
     def parse(cls, message: bytes) -> Headers:
         """The headers of `message` (only its header block is read)."""
-        end = message.find(b"\r\n\r\n")
-        if end < 0:
-            end = message.find(b"\n\n")
-        block = message if end < 0 else message[: end + 2]
-        parsed = _PARSER.parsebytes(block, headersonly=True)
+        parsed = _PARSER.parsebytes(header_block(message), headersonly=True)
         return cls((name, _unfold(value)) for name, value in parsed.raw_items())
 
     def names(self) -> Iterable[str]:

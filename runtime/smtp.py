@@ -24,6 +24,7 @@ from aiosmtpd.smtp import Session as SMTPSession
 
 from plan.model import Listener
 from runtime import enact, pipe, replies
+from runtime.message import header_block
 from runtime.policy import Client, Policy
 from runtime.processor import execute
 from runtime.receiving import Checks
@@ -265,8 +266,7 @@ class Handler:
 
 def _hops(message: bytes) -> int:
     """How many Received and Delivered-To lines the message's header has."""
-    end = message.find(b"\r\n\r\n")
-    head = (message if end < 0 else message[:end]).lower()
+    head = header_block(message).lower()
     return (
         head.count(b"\nreceived:")
         + head.count(b"\ndelivered-to:")
