@@ -76,7 +76,7 @@ async def run(pipe: Pipe, argv: list[str], envelope: Envelope, message: bytes) -
     except OSError as exc:
         return Result("temporary", "4.3.0", f"pipe {pipe.name}: cannot run {argv[0]}: {exc}")
     try:
-        output, _ = await asyncio.wait_for(process.communicate(content), pipe.timeout)
+        output = await asyncio.wait_for(_talk(process, content), pipe.timeout)
     except TimeoutError:
         _kill(process)
         await process.wait()
@@ -91,6 +91,31 @@ async def run(pipe: Pipe, argv: list[str], envelope: Envelope, message: bytes) -
     if status == EX_TEMPFAIL:
         return Result("temporary", "4.3.0", f"pipe {pipe.name}: exit status 75{said}")
     return Result("permanent", "5.3.0", f"pipe {pipe.name}: exit status {status}{said}")
+
+
+async def _talk(process: asyncio.subprocess.Process, content: bytes) -> bytes:
+    """Give the program its input while reading its output, then wait for it to end.
+
+    A program may end without reading its input; what it made of it is its exit status.
+    (`communicate` does not allow for that under uvloop, whose closed pipe raises
+    RuntimeError rather than BrokenPipeError.)
+    """
+    assert process.stdin is not None and process.stdout is not None
+    stdin = process.stdin
+
+    async def feed() -> None:
+        try:
+            stdin.write(content)
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):
+            pass  # it stopped reading
+        finally:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
+                stdin.close()
+
+    _, output = await asyncio.gather(feed(), process.stdout.read())
+    await process.wait()
+    return output
 
 
 def _kill(process: asyncio.subprocess.Process) -> None:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from plan.model import Pipe, Source
 from runtime import pipe
@@ -196,6 +197,30 @@ def test_program_that_does_not_read_its_input_and_fails(tmp_path: Path) -> None:
     big = MESSAGE + b"x" * 2_000_000 + b"\r\n"
     result = run(declared(program), message=big)
     assert result == pipe.Result("permanent", "5.3.0", "pipe report: exit status 2: refused")
+
+
+def test_program_that_does_not_read_its_input_under_uvloop(tmp_path: Path) -> None:
+    """The server runs on uvloop, whose closed pipe raises RuntimeError, not BrokenPipeError,
+    when the program has ended before its input is written (a busy loop makes that
+    likely): it is judged by its exit status there too."""
+    program = script(tmp_path, "deaf", "echo refused >&2\nexit 3")
+    declared_pipe = declared(program)
+
+    async def busy_loop() -> pipe.Result:
+        async def hog() -> None:
+            while True:
+                time.sleep(0.02)  # the loop is busy, as a server's is: the program ends first
+                await asyncio.sleep(0)
+
+        hogging = asyncio.create_task(hog())
+        try:
+            return await pipe.run(declared_pipe, [program], ENVELOPE, MESSAGE)
+        finally:
+            hogging.cancel()
+
+    for _ in range(5):
+        result = uvloop.run(busy_loop())
+        assert result == pipe.Result("permanent", "5.3.0", "pipe report: exit status 3: refused")
 
 
 # --- what the program sees -----------------------------------------------------------------------
