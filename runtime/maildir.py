@@ -35,23 +35,31 @@ def _make(folder: Path) -> None:
     _made.add(folder)
 
 
-def deliver(folder: Path, sender: str, message: bytes, flags: str = "") -> Path:
+def deliver(
+    folder: Path, sender: str, message: bytes, flags: str = "", batch: durable.Batch | None = None
+) -> Path:
     """Deliver one message into the Maildir `folder`; returns its file: in `new/`, or in
-    `cur/` with its info (`:2,FLAGS`) when it has flags."""
+    `cur/` with its info (`:2,FLAGS`) when it has flags. With `batch`, the file is in
+    `tmp/` until the batch is committed."""
     if folder not in _made:
         _make(folder)
     try:
-        return _write(folder, sender, message, flags)
+        return _write(folder, sender, message, flags, batch)
     except FileNotFoundError:  # removed since we made it: make it again
         _make(folder)
-        return _write(folder, sender, message, flags)
+        return _write(folder, sender, message, flags, batch)
 
 
-def _write(folder: Path, sender: str, message: bytes, flags: str) -> Path:
+def _write(
+    folder: Path, sender: str, message: bytes, flags: str, batch: durable.Batch | None
+) -> Path:
     now = time.time()
-    unique = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{_HOST}"
+    unique = f"{int(now)}.M{int(now % 1 * 1e6):06d}P{os.getpid()}Q{next(_counter)}.{_HOST}"
     temporary = folder / "tmp" / unique
     final = folder / "cur" / f"{unique}:2,{flags}" if flags else folder / "new" / unique
     content = f"Return-Path: <{sender}>\r\n".encode("utf-8", "surrogateescape")
-    durable.publish(temporary, final, content, message)
+    if batch is None:
+        durable.publish(temporary, final, content, message)
+    else:
+        batch.publish(temporary, final, content, message)
     return final

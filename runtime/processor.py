@@ -23,9 +23,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runtime import dsn, enact, maildir, pipe, retry, ruleactions
+from runtime import dsn, durable, enact, maildir, pipe, retry, ruleactions
 from runtime.addresslist import AddressSet
 from runtime.delivery import Waiting, bounce, enqueue
+from runtime.intake import Intake, Ticket
 from runtime.router import Router
 from runtime.rules import Facts, Headers, RuleBook
 from runtime.spool import BadQueueFile, Envelope, Spool
@@ -33,6 +34,9 @@ from runtime.spool import BadQueueFile, Envelope, Spool
 log = logging.getLogger("mailplan.queue")
 
 WORKERS = 4
+BATCH_DELAY = 0.02  # seconds a batch of `deliver_soon` messages gathers before delivery
+BATCH_LIMIT = 1000  # messages in one such batch
+STOP_WAIT = 30.0  # seconds a stop waits for those batches (what is left stays in the journal)
 RETRY_FAILED = 60  # seconds before a message whose processing failed is processed again
 MAX_HOPS = 50  # Received and Delivered-To lines a message may carry (as Postfix's hopcount_limit)
 REPLY_LOG = "replies.sqlite"
@@ -71,12 +75,17 @@ def process(
     fresh: tuple[Envelope, bytes] | None = None,
     effects: Effects | None = None,
     replies: ruleactions.ReplyLog | None = None,
+    batch: durable.Batch | None = None,
+    say: Callable[..., None] = log.info,
 ) -> list[Waiting]:
     """Process one queued message by `router`; returns the recipients still waiting.
 
     `fresh` is the envelope and message of a message that was just stored (none of its
-    recipients is done yet), to save reading them back. Blocking (it reads the queue
-    file and fsyncs mailboxes): run it off the event loop.
+    recipients is done yet), to save reading them back. With `batch`, the message was
+    never queued (`Processor.deliver_soon`): its Maildir copies go into the batch, and
+    there is no queue file to update. `say` writes the line about each recipient (a
+    batch logs them once committed). Blocking (it reads the queue file and fsyncs
+    mailboxes): run it off the event loop.
     """
     history: retry.History | None = None
     if fresh is not None:
@@ -106,7 +115,9 @@ def process(
         # Server rules will run here (the rules issue); then placement in logical queues.
         if routing.module == "LOCAL":
             if routing.queue not in delivered:
-                local = Local(spool, router, mail_directory, envelope, message, effects, replies)
+                local = Local(
+                    spool, router, mail_directory, envelope, message, effects, replies, batch
+                )
                 try:
                     local.deliver(routing.queue)
                 except Exception:
@@ -115,10 +126,10 @@ def process(
                     raise
                 delivered.add(routing.queue)
             done.append(recipient)
-            log.info("%s <%s> delivered to %s (%s)", queue_id, recipient, routing, decided)
+            say("%s <%s> delivered to %s (%s)", queue_id, recipient, routing, decided)
         elif routing.module == "DISCARD":
             done.append(recipient)
-            log.info("%s <%s> discarded (%s)", queue_id, recipient, decided)
+            say("%s <%s> discarded (%s)", queue_id, recipient, decided)
         else:
             if history is None:  # fresh: due now, and its bytes are at hand for the first try
                 entry = Waiting(
@@ -134,10 +145,10 @@ def process(
                 attempts = history.attempts.get(recipient, 0)
                 entry = Waiting(queue_id, recipient, routing, envelope.arrived, due, attempts)
             waiting.append(entry)
-            log.info("%s <%s> queued in %s (%s)", queue_id, recipient, entry.queue, decided)
-    if not waiting:
+            say("%s <%s> queued in %s (%s)", queue_id, recipient, entry.queue, decided)
+    if batch is None and not waiting:
         spool.remove(queue_id)
-    elif done:
+    elif batch is None and done:
         spool.done(queue_id, done)
     return waiting
 
@@ -153,6 +164,7 @@ class Local:
     message: bytes
     effects: Effects
     replies: ruleactions.ReplyLog
+    batch: durable.Batch | None = None
 
     def deliver(self, account: str) -> None:
         book, clients = _rules_of(self.router)
@@ -220,7 +232,7 @@ class Local:
 
     def _store(self, account: str, folder: str, message: bytes, flags: str) -> None:
         box = maildir.mailbox(self.mail_directory, account, folder)
-        maildir.deliver(box, self.envelope.sender, message, flags)
+        maildir.deliver(box, self.envelope.sender, message, flags, self.batch)
 
     def _queue(self, sender: str, recipients: tuple[str, ...], message: bytes, why: str) -> None:
         queue_id = enqueue(self.spool, self.envelope, sender, recipients, message, why, time.time())
@@ -289,6 +301,17 @@ async def execute(command: enact.Command, facts: pipe.Envelope) -> None:
     log.info("%s Execute %s: %s", facts.queue_id, command.pipe.name, result.text)
 
 
+@dataclass(frozen=True)
+class _Soon:
+    """A message for `Processor.deliver_soon`, with the plan it was accepted under."""
+
+    router: Router
+    digest: str
+    envelope: Envelope
+    message: bytes
+    ticket: Ticket
+
+
 class Processor:
     """Feeds queued messages to `process`, a few at a time, with the current plan."""
 
@@ -298,6 +321,7 @@ class Processor:
         current: Callable[[], tuple[str, Router]],
         mail_directory: Path,
         hand_over: Callable[[list[Waiting]], None],
+        intake: Intake,
     ) -> None:
         self.spool = spool
         self.current = current
@@ -305,13 +329,20 @@ class Processor:
         self.hand_over = hand_over  # where waiting recipients go: `Delivery.add`
         mail_directory.mkdir(parents=True, exist_ok=True)
         self.replies = ruleactions.SqliteReplyLog(mail_directory / REPLY_LOG)
+        self.intake = intake
         self._ids: asyncio.Queue[tuple[str, tuple[Envelope, bytes] | None]] = asyncio.Queue()
+        self._soon: list[_Soon] = []  # for `_deliver_batches`
+        self._more = asyncio.Event()
+        self._unsettled = 0  # handed to `deliver_soon`, not settled yet
+        self._settled = asyncio.Event()
+        self._settled.set()
         self._workers: list[asyncio.Task[None]] = []
         self._commands: set[asyncio.Task[None]] = set()
 
     def delivers_at_once(self, router: Router, envelope: Envelope) -> bool:
         """Whether every recipient goes to a local account without rules (or is discarded):
-        then the message needs no queue file, only its Maildir copies."""
+        then the message needs no queue file, only the intake journal until its Maildir
+        copies are durable (`deliver_soon`)."""
         book, _ = _rules_of(router)
         for recipient in envelope.recipients:
             routing = router.route(recipient)
@@ -321,16 +352,77 @@ class Processor:
                 return False
         return True
 
-    def deliver_at_once(
-        self, router: Router, digest: str, envelope: Envelope, message: bytes
+    def deliver_soon(
+        self, router: Router, digest: str, envelope: Envelope, message: bytes, ticket: Ticket
     ) -> None:
-        """LOCAL delivery of a message that was never queued (see `delivers_at_once`);
-        blocking: when it returns, every copy is durable."""
-        waiting = process(
-            self.spool, envelope.id, router, self.mail_directory, digest, (envelope, message)
-        )
-        if waiting:  # the plan changed in between: cannot happen with one router
-            raise OSError(f"{envelope.id}: recipients left to queue after local delivery")
+        """LOCAL delivery, in the next batch, of a message that is in the intake journal
+        and was never queued (see `delivers_at_once`); settled once its copies are
+        durable."""
+        self._soon.append(_Soon(router, digest, envelope, message, ticket))
+        self._unsettled += 1
+        self._settled.clear()
+        self._more.set()
+
+    async def _deliver_batches(self) -> None:
+        """Deliver what `deliver_soon` gathered, a batch at a time: its Maildir files are
+        made durable together. A batch that fails goes to the queue, message by message,
+        where processing has its own retries."""
+        while True:
+            await self._more.wait()
+            await asyncio.sleep(BATCH_DELAY)  # for the batch to fill
+            self._more.clear()
+            batch, self._soon = self._soon[:BATCH_LIMIT], self._soon[BATCH_LIMIT:]
+            if self._soon:
+                self._more.set()
+            if not batch:
+                continue
+            try:
+                await asyncio.to_thread(self._deliver_batch, batch)
+            except Exception:
+                log.exception("delivering %d message(s) failed; they are queued", len(batch))
+                try:
+                    await asyncio.to_thread(self._queue_batch, batch)
+                    for soon in batch:
+                        self.submit(soon.envelope.id)
+                except OSError as exc:  # still in the journal: tried again later
+                    log.error("cannot queue them: %s; tried again in %d s", exc, RETRY_FAILED)
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(RETRY_FAILED, self._retry_soon, batch)
+                    continue
+            for soon in batch:
+                self.intake.settle(soon.ticket)
+            self._unsettled -= len(batch)
+            if not self._unsettled:
+                self._settled.set()
+
+    def _deliver_batch(self, batch: list[_Soon]) -> None:
+        files = durable.Batch()
+        lines: list[tuple[Any, ...]] = []  # logged once true: after the commit
+        try:
+            for soon in batch:
+                envelope, message = soon.envelope, soon.message
+                fresh = (envelope, message)
+                waiting = process(
+                    self.spool, envelope.id, soon.router, self.mail_directory, soon.digest,
+                    fresh, batch=files, say=lambda *line: lines.append(line),
+                )  # fmt: skip
+                if waiting:  # cannot happen: `delivers_at_once` asked the same router
+                    raise OSError(f"{envelope.id}: recipients left to queue")
+            files.commit()
+        except BaseException:
+            files.abandon()
+            raise
+        for line in lines:
+            log.info(*line)
+
+    def _queue_batch(self, batch: list[_Soon]) -> None:
+        for soon in batch:
+            if not self.spool.exists(soon.envelope.id):  # stored by an earlier try
+                self.spool.store(soon.envelope, soon.message)
+
+    def _retry_soon(self, batch: list[_Soon]) -> None:
+        self._soon.extend(batch)
+        self._more.set()
 
     def submit(self, queue_id: str, fresh: tuple[Envelope, bytes] | None = None) -> None:
         """Process `queue_id` soon; `fresh` is its envelope and message when just stored."""
@@ -341,12 +433,18 @@ class Processor:
         for queue_id in self.spool.ids():
             self.submit(queue_id)
         self._workers = [asyncio.create_task(self._work()) for _ in range(WORKERS)]
+        self._workers.append(asyncio.create_task(self._deliver_batches()))
 
     async def drain(self) -> None:
         """Wait until every submitted message has been processed."""
         await self._ids.join()
+        await self._settled.wait()
 
     async def stop(self) -> None:
+        try:  # what got 250 is delivered before the batches stop, or stays in the journal
+            await asyncio.wait_for(self._settled.wait(), STOP_WAIT)
+        except TimeoutError:
+            log.warning("stopping with %d message(s) in the intake journal", self._unsettled)
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, *self._commands, return_exceptions=True)

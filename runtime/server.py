@@ -23,6 +23,7 @@ from plan import codec
 from plan.model import Listener, Plan
 from runtime import devtls
 from runtime.delivery import Delivery, Remote
+from runtime.intake import Intake
 from runtime.lookup import Answerer, Dns
 from runtime.policy import Policy
 from runtime.pop3 import LINE_LIMIT, Pop3
@@ -31,7 +32,7 @@ from runtime.receiving import CallbackCache, Checks
 from runtime.router import Router
 from runtime.rules import Rules
 from runtime.smtp import Handler, Session, Snapshot
-from runtime.spool import Envelope, Share, Spool
+from runtime.spool import Envelope, Share, Spool, new_id, owns
 from runtime.throttle import Throttle
 
 log = logging.getLogger("mailplan.server")
@@ -99,6 +100,7 @@ class Server:
         self.current = self._snapshot(first if first is not None else load())
         plan = self.current.policy.plan
         self.spool = Spool(self._path(plan.queue.directory))
+        self.intake = Intake(self.spool.directory / "intake")
         self.delivery = Delivery(
             self.spool,
             lambda: self.current.policy.router,
@@ -110,6 +112,7 @@ class Server:
             lambda: (self.current.digest, self.current.policy.router),
             self._path(plan.queue.mail_directory),
             self.delivery.add,
+            self.intake,
         )
         self.sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self.pop3_sessions: set[asyncio.StreamWriter] = set()
@@ -139,6 +142,7 @@ class Server:
         alone = self.options.sockets is None
         if alone:  # a supervisor writes its own
             self.pidfile.write_text(f"{os.getpid()}\n")
+        await asyncio.to_thread(self._recover)
         self.delivery.start()
         self.processor.start()
         await self.start_listeners()
@@ -240,18 +244,35 @@ class Server:
         finally:
             self.pop3_sessions.discard(writer)
 
+    def _recover(self) -> None:
+        """Queue what the intake journals of dead processes hold unsettled, then start
+        this process's own journal."""
+
+        def store(envelope: Envelope, message: bytes) -> None:
+            if not owns(envelope.id):  # another worker's id: this one makes its own
+                envelope = replace(envelope, id=new_id())
+            self.spool.store(envelope, message)
+
+        self.intake.recover(store)
+        self.intake.open()
+
     async def store(self, envelope: Envelope, message: bytes) -> None:
         """Make a message durable before its 250: queue it, or, when every recipient is a
-        local account without rules, deliver it into the Maildirs at once (durable too,
-        and one write instead of a queue file and then a mailbox file)."""
+        local account without rules, write it to the intake journal, to be delivered
+        into the Maildirs in the next batch (`runtime.intake`)."""
         digest, router = self.current.digest, self.current.policy.router
         if self.processor.delivers_at_once(router, envelope):
-            await asyncio.to_thread(
-                self.processor.deliver_at_once, router, digest, envelope, message
-            )
+            # shielded: a client gone before its 250 cannot leave a record unsettled
+            await asyncio.shield(self._journal(router, digest, envelope, message))
             return
         await asyncio.to_thread(self.spool.store, envelope, message)
         self.processor.submit(envelope.id, (envelope, message))
+
+    async def _journal(
+        self, router: Router, digest: str, envelope: Envelope, message: bytes
+    ) -> None:
+        ticket = await self.intake.write(envelope, message)
+        self.processor.deliver_soon(router, digest, envelope, message, ticket)
 
     def _tls_context(self, plan: Plan) -> ssl.SSLContext | None:
         if not any(listener.tls != "none" for listener in plan.listeners):
@@ -301,5 +322,6 @@ class Server:
         while self.pop3_sessions and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)  # each session sees its connection end, and unlocks
         await self.processor.stop()
+        await self.intake.close()
         await self.delivery.stop()
         log.info("stopped")

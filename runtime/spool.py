@@ -92,6 +92,11 @@ def work_as(share: Share) -> None:
     _share = share
 
 
+def owns(queue_id: str) -> bool:
+    """Whether this worker process owns `queue_id` (`work_as`)."""
+    return _share.owns(queue_id)
+
+
 def new_id() -> str:
     """A queue id: sortable by arrival, unique within this process and across restarts,
     and owned by this worker process."""

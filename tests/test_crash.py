@@ -194,20 +194,22 @@ def test_acknowledged_messages_survive_sigkill(
     left_msg = len(queue_files(root, ".msg"))
     left_tmp = len(queue_files(root, ".tmp"))
     left_done = len(queue_files(root, ".done"))
+    left_journal = len(list((root / "var" / "queue" / "intake").glob("*.log")))
 
     assert gone(port)
     restarted = MailServer(site, root, [port], extra_arguments=["--workers", workers])
     servers.append(restarted)
     restarted.start()
-    drained = wait_until(lambda: not queue_files(root, ".msg"), timeout=20)
-
     # And the restarted server takes new mail as before.
     send_one(port, "after-restart", ["alice@example.com"])
     acknowledged["after-restart"] = ["alice"]
-    wait_until(lambda: not queue_files(root, ".msg"), timeout=10)
-
-    found, broken = maildir_tokens(root)
     expected = {(token, name) for token, names in acknowledged.items() for name in names}
+
+    def delivered() -> bool:
+        return not queue_files(root, ".msg") and expected <= set(maildir_tokens(root)[0])
+
+    drained = wait_until(delivered, timeout=20)
+    found, broken = maildir_tokens(root)
     lost = sorted(expected - set(found))
     duplicates = sum(count - 1 for count in found.values() if count > 1)
     copies = sum(found.values())
@@ -219,7 +221,8 @@ def test_acknowledged_messages_survive_sigkill(
         f"\ncrash test: {len(attempted)} attempted, {len(acknowledged)} acknowledged "
         f"({len(expected)} acknowledged deliveries), killed after {KILL_AFTER} "
         f"in {sending:.2f} s of sending\n"
-        f"  queue at the kill: {left_msg} .msg, {left_done} .done, {left_tmp} .tmp\n"
+        f"  queue at the kill: {left_msg} .msg, {left_done} .done, {left_tmp} .tmp, "
+        f"{left_journal} intake journal segments\n"
         f"  delivered: {copies} copies of {len(found)} (message, mailbox) pairs; "
         f"lost: {len(lost)}; duplicates: {duplicates}; "
         f"unacknowledged but delivered: {len(unacknowledged_delivered)} messages; "
@@ -255,6 +258,7 @@ def test_corrupt_queue_file_does_not_stop_the_server(
     server.start()
     send_one(port, "sent-after-start", ["alice@example.com", "carol@example.com"])
     assert wait_until(lambda: not queue_files(root, ".msg"), timeout=10), queue_files(root, ".msg")
+    assert wait_until(lambda: len(maildir_tokens(root)[0]) == 3, timeout=10)
 
     found, broken = maildir_tokens(root)
     assert found == {

@@ -9,6 +9,7 @@ import pytest
 
 from compiler.pipeline import compile_site
 from runtime.delivery import Waiting
+from runtime.intake import Intake
 from runtime.processor import Processor, pending, process
 from runtime.router import Router
 from runtime.spool import Envelope, Spool, new_id
@@ -257,7 +258,9 @@ def test_processor_start_delivers_everything_queued(
     handed: list[Waiting] = []
 
     async def run() -> None:
-        processor = Processor(spool, lambda: ("sha256:test", router), mail, handed.extend)
+        intake = Intake(spool.directory.parent / "intake")
+        intake.open()
+        processor = Processor(spool, lambda: ("sha256:test", router), mail, handed.extend, intake)
         processor.start()
         await asyncio.wait_for(processor.drain(), 10)
         await processor.stop()

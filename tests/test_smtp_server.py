@@ -160,9 +160,14 @@ class Site:
         return self.root / "var" / "queue" / f"{queue_id}.msg"
 
     def wait_processed(self, queue_id: str) -> None:
-        """Wait until a message whose recipients are all LOCAL has left the queue."""
-        gone = wait_until(lambda: not self.queue_file(queue_id).exists(), TIMEOUT)
-        assert gone, f"{queue_id} is still queued:\n{self.server.log()}"
+        """Wait until a message has left the queue (or the intake journal) and the log
+        says what became of its recipients."""
+        said = re.compile(rf"{queue_id} <[^>]*> (delivered|discarded|queued)")
+
+        def processed() -> bool:
+            return not self.queue_file(queue_id).exists() and bool(said.search(self.server.log()))
+
+        assert wait_until(processed, TIMEOUT), f"{queue_id} not processed:\n{self.server.log()}"
 
     def queue(self) -> dict[str, int]:
         """`mailplan queue`: the number of recipients waiting in each logical queue."""

@@ -1,0 +1,331 @@
+"""The intake journal: where mail for local accounts becomes durable before its 250.
+
+A message whose recipients are all local accounts without rules is appended to a
+journal segment and the segment is fdatasynced; then the client hears 250, and the
+message is delivered into its Maildirs in batches afterwards (`runtime.processor`).
+Sessions that finish DATA while a sync is under way share the next one (group
+commit): one fdatasync makes many messages durable.
+
+A segment is `QUEUE/intake/PID.SEQ.log`, owned by the process that holds its
+`flock`. It is a run of records, each a head (`MPI1`, kind, payload length, CRC-32
+of the payload) and a payload: a message (the queue file's format, `spool.parse`)
+or the id of a message that is settled (its Maildir copies are durable). A segment
+whose messages are all settled is removed once a newer one is in use. On start,
+every segment that no live process holds is recovered: its messages that were never
+settled are written to the queue as ordinary queue files, and it is removed. A
+crash in the middle of an append leaves a torn last record, which recovery ignores:
+its client never heard 250.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import itertools
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime import durable
+from runtime.spool import BadQueueFile, Envelope, parse
+
+log = logging.getLogger("mailplan.queue")
+
+HEAD = struct.Struct(">4sBII")  # magic, kind, payload length, CRC-32 of the payload
+MAGIC = b"MPI1"
+MESSAGE = 1
+SETTLED = 2
+SEGMENT_LIMIT = 64 << 20  # bytes; a new segment is started past this size
+SETTLE_DELAY = 1.0  # seconds a settled mark may wait for a message to go with
+
+
+def record(kind: int, payload: bytes) -> bytes:
+    return HEAD.pack(MAGIC, kind, len(payload), zlib.crc32(payload)) + payload
+
+
+def records(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """The whole records of a segment's content, up to the first torn or damaged one."""
+    at = 0
+    while at + HEAD.size <= len(data):
+        magic, kind, length, crc = HEAD.unpack_from(data, at)
+        payload = data[at + HEAD.size : at + HEAD.size + length]
+        if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
+            return
+        yield kind, payload
+        at += HEAD.size + length
+
+
+def unsettled(data: bytes) -> list[tuple[Envelope, bytes]]:
+    """The messages of a segment's content that were never settled, in order."""
+    messages: dict[str, tuple[Envelope, bytes]] = {}
+    for kind, payload in records(data):
+        if kind == MESSAGE:
+            try:
+                envelope, message = parse(payload)
+            except BadQueueFile as exc:  # its CRC matched: written so by a bug, not a crash
+                log.error("intake: a journal record that is no message: %s", exc)
+                continue
+            messages[envelope.id] = (envelope, message)
+        elif kind == SETTLED:
+            messages.pop(payload.decode("ascii", "replace"), None)
+    return list(messages.values())
+
+
+@dataclass(eq=False)
+class Segment:
+    path: Path
+    descriptor: int
+    size: int = 0
+    unsettled: int = 0
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A message made durable in a segment; `Intake.settle` it once delivered."""
+
+    queue_id: str
+    segment: Segment
+
+
+@dataclass(eq=False)
+class _Pending:
+    data: bytes
+    segment: Segment | None  # None: a message, for the segment in use
+    waiter: asyncio.Future[Ticket] | None
+    queue_id: str = ""
+
+
+@dataclass(eq=False)
+class Intake:
+    """This process's journal segments; `write` and `settle` are called on the event loop,
+    and the files are written by one thread of the intake's own."""
+
+    directory: Path
+    limit: int = SEGMENT_LIMIT
+    _active: Segment | None = None
+    _segments: set[Segment] = field(default_factory=set)
+    _pending: list[_Pending] = field(default_factory=list)
+    _flushing: bool = False
+    _closing: bool = False
+    _overdue: bool = False  # settled marks have waited `SETTLE_DELAY`
+    _timer: asyncio.TimerHandle | None = None
+    _idle: asyncio.Event | None = None
+    _sequence: Iterator[int] = field(default_factory=itertools.count)
+    _thread: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="intake")
+    )
+
+    def recover(self, store: Callable[[Envelope, bytes], None]) -> int:
+        """Hand every unsettled message of the segments no live process holds to `store`
+        (which must make it durable), then remove those segments; returns how many.
+        Blocking."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        count = 0
+        for path in sorted(self.directory.glob("*.*")):
+            if path.suffix not in (".log", ".new"):
+                continue
+            try:
+                descriptor = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # recovered by another worker meanwhile
+            try:
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live process writes it
+                if not path.exists():
+                    continue
+                with os.fdopen(os.dup(descriptor), "rb") as file:
+                    data = file.read()
+                left = unsettled(data) if path.suffix == ".log" else []
+                for envelope, message in left:
+                    store(envelope, message)
+                if left:
+                    log.info("intake: %d message(s) of %s queued again", len(left), path.name)
+                path.unlink()
+                count += len(left)
+            finally:
+                os.close(descriptor)
+        durable.sync_directory(self.directory)
+        return count
+
+    def open(self) -> None:
+        """Start this process's first segment. Blocking."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._active = self._segment()
+
+    async def write(self, envelope: Envelope, message: bytes) -> Ticket:
+        """Append the message; returns once it is on disk (and fails if it could not be)."""
+        waiter: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
+        payload = record(MESSAGE, envelope.header() + message)
+        self._pending.append(_Pending(payload, None, waiter, envelope.id))
+        self._kick()
+        return await waiter
+
+    def settle(self, ticket: Ticket) -> None:
+        """Record that a message is delivered durably elsewhere. The mark goes with the
+        next message's write, or within `SETTLE_DELAY` (it need not be durable: a lost
+        one only costs a second copy after a crash)."""
+        data = record(SETTLED, ticket.queue_id.encode("ascii"))
+        self._pending.append(_Pending(data, ticket.segment, None, ticket.queue_id))
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(SETTLE_DELAY, self._settle_due)
+
+    async def close(self) -> None:
+        """Write what is pending; remove the segments whose messages are all settled."""
+        self._closing = True
+        while self._pending or self._flushing:
+            self._idle = asyncio.Event()
+            self._kick()
+            await self._idle.wait()
+        if self._timer is not None:
+            self._timer.cancel()
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
+        self._thread.shutdown()
+
+    def _settle_due(self) -> None:
+        self._timer = None
+        self._overdue = True
+        self._kick()
+
+    def _kick(self) -> None:
+        """Start writing what is pending, unless a write is under way (its end kicks again);
+        settled marks alone wait to go with a message, unless overdue or closing."""
+        if self._flushing:
+            return
+        force = self._closing or self._overdue
+        if not self._pending or not (force or any(p.segment is None for p in self._pending)):
+            if self._idle is not None and not self._pending:
+                self._idle.set()
+            return
+        self._flushing = True
+        self._overdue = False
+        batch, self._pending = self._pending, []
+        done = asyncio.get_running_loop().run_in_executor(self._thread, self._flush, batch)
+        done.add_done_callback(lambda future: self._flushed(batch, future))
+
+    def _flushed(self, batch: list[_Pending], future: asyncio.Future[Segment]) -> None:
+        self._flushing = False
+        error = future.exception()
+        for pending in batch:
+            if pending.waiter is None or pending.waiter.done():
+                continue
+            if error is not None:
+                pending.waiter.set_exception(error)
+            else:
+                pending.waiter.set_result(Ticket(pending.queue_id, future.result()))
+        self._kick()
+
+    def _flush(self, batch: list[_Pending]) -> Segment:
+        """In the intake thread: settled marks to their messages' segments (unsynced), then
+        the messages to the segment in use and one fdatasync. Returns that segment."""
+        for pending in batch:
+            if pending.segment is not None:
+                self._mark(pending.segment, pending)
+        active = self._active
+        assert active is not None, "Intake.open first"
+        messages = [p.data for p in batch if p.segment is None]
+        if not messages:
+            return active
+        data = b"".join(messages)
+        try:
+            _append(active.descriptor, data)
+            os.fdatasync(active.descriptor)
+        except OSError:
+            self._cut(active)  # its tail is unknown: continue in a fresh segment
+            raise
+        active.size += len(data)
+        active.unsettled += len(messages)
+        if active.size >= self.limit:
+            try:
+                self._active = self._segment()
+            except OSError as exc:  # the messages are durable: only the next segment waits
+                log.error("intake: cannot start a new segment: %s", exc)
+            else:
+                if active.unsettled == 0:
+                    self._remove(active)
+        return active
+
+    def _mark(self, segment: Segment, pending: _Pending) -> None:
+        """Settle one message of `segment`; the segment goes when its last one is."""
+        segment.unsettled -= 1
+        if segment.unsettled == 0 and segment is not self._active:
+            self._remove(segment)
+            return
+        try:
+            _append(segment.descriptor, pending.data)
+        except OSError as exc:  # only costs a second copy after a crash
+            log.warning("intake: cannot mark %s settled: %s", pending.queue_id, exc)
+            self._cut(segment)
+            return
+        segment.size += len(pending.data)
+
+    def _segment(self) -> Segment:
+        """A new segment, locked before its name is one that recovery looks at."""
+        for _ in range(100):
+            stem = f"{os.getpid()}.{next(self._sequence)}"
+            fresh = self.directory / f"{stem}.new"
+            try:
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL
+                descriptor = os.open(fresh, flags, 0o600)
+            except FileExistsError:
+                continue
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            path = fresh.with_suffix(".log")
+            try:
+                if path.exists():  # a dead process's, with the same pid: recovered at start
+                    raise FileExistsError(path)
+                os.rename(fresh, path)  # FileNotFoundError: another's recovery took it
+            except OSError:
+                os.close(descriptor)
+                fresh.unlink(missing_ok=True)
+                continue
+            durable.sync_directory(self.directory)
+            segment = Segment(path, descriptor)
+            self._segments.add(segment)
+            return segment
+        raise OSError(f"cannot make a journal segment in {self.directory}")
+
+    def _cut(self, segment: Segment) -> None:
+        """After a failed write: cut the segment back to its last whole record, so that
+        what is appended later is not hidden behind a torn one; the segment in use is
+        left for a fresh one (a failed sync leaves its state unknown)."""
+        try:
+            os.ftruncate(segment.descriptor, segment.size)
+        except OSError as exc:
+            log.error("intake: cannot cut %s back after a failed write: %s", segment.path, exc)
+        if segment is not self._active:
+            return
+        try:
+            self._active = self._segment()
+        except OSError as exc:
+            log.error("intake: cannot start a new segment: %s", exc)
+            return
+        if segment.unsettled == 0:
+            self._remove(segment)
+
+    def _remove(self, segment: Segment) -> None:
+        segment.path.unlink(missing_ok=True)  # before the lock goes with the descriptor
+        os.close(segment.descriptor)
+        self._segments.discard(segment)
+
+    def _close(self) -> None:
+        for segment in list(self._segments):
+            if segment.unsettled == 0:
+                self._remove(segment)
+            else:  # recovered at the next start
+                log.warning("intake: %s keeps %d unsettled", segment.path.name, segment.unsettled)
+                os.close(segment.descriptor)
+                self._segments.discard(segment)
+        self._active = None
+
+
+def _append(descriptor: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view) :]
