@@ -7,14 +7,21 @@ Sessions that finish DATA while a sync is under way share the next one (group
 commit): one fdatasync makes many messages durable.
 
 A segment is `QUEUE/intake/PID.SEQ.log`, owned by the process that holds its
-`flock`. It is a run of records, each a head (`MPI1`, kind, payload length, CRC-32
-of the payload) and a payload: a message (the queue file's format, `spool.parse`)
-or the id of a message that is settled (its Maildir copies are durable). A segment
-whose messages are all settled is removed once a newer one is in use. On start,
-every segment that no live process holds is recovered: its messages that were never
-settled are written to the queue as ordinary queue files, and it is removed. A
-crash in the middle of an append leaves a torn last record, which recovery ignores:
-its client never heard 250.
+`flock`. It is a run of records, each a head (`MPI1`, kind, the segment's epoch,
+payload length, CRC-32 of the payload) and a payload. The first record opens the
+segment and gives its epoch (random); then come messages (the queue file's format,
+`spool.parse`) and the ids of messages that are settled (their Maildir copies are
+durable). A crash in the middle of a write leaves a torn last record, which
+recovery ignores: its client never heard 250.
+
+A segment whose messages are all settled, once a newer one is in use, is kept as a
+spare (`.spare`) and used again: writing over blocks a file already has needs no
+change to the file system's metadata, so its fdatasync is a data write and a cache
+flush, without a journal commit. Records of the segment's earlier use, beyond what
+is written now, carry another epoch, and recovery stops at the first of them. On
+start, every segment that no live process holds is recovered: its messages that
+were never settled are written to the queue as ordinary queue files, and it is
+removed.
 """
 
 from __future__ import annotations
@@ -36,25 +43,35 @@ from runtime.spool import BadQueueFile, Envelope, parse
 
 log = logging.getLogger("mailplan.queue")
 
-HEAD = struct.Struct(">4sBII")  # magic, kind, payload length, CRC-32 of the payload
+# magic, kind, epoch, payload length, CRC-32 of the payload
+HEAD = struct.Struct(">4sBQII")
 MAGIC = b"MPI1"
+OPENED = 0
 MESSAGE = 1
 SETTLED = 2
-SEGMENT_LIMIT = 64 << 20  # bytes; a new segment is started past this size
+SEGMENT_LIMIT = 8 << 20  # bytes; a new segment is started past this size
+SPARES = 2  # settled segments kept to be written over
 SETTLE_DELAY = 1.0  # seconds a settled mark may wait for a message to go with
+_sequence = itertools.count()  # file names: one count for all the journals of a process
 
 
-def record(kind: int, payload: bytes) -> bytes:
-    return HEAD.pack(MAGIC, kind, len(payload), zlib.crc32(payload)) + payload
+def record(kind: int, payload: bytes, epoch: int) -> bytes:
+    return HEAD.pack(MAGIC, kind, epoch, len(payload), zlib.crc32(payload)) + payload
 
 
 def records(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """The whole records of a segment's content, up to the first torn or damaged one."""
+    """The whole records of a segment's content that belong to its epoch (the first
+    record's), up to the first torn, damaged or older one."""
     at = 0
+    epoch = None
     while at + HEAD.size <= len(data):
-        magic, kind, length, crc = HEAD.unpack_from(data, at)
+        magic, kind, found, length, crc = HEAD.unpack_from(data, at)
         payload = data[at + HEAD.size : at + HEAD.size + length]
         if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
+            return
+        if epoch is None:
+            epoch = found
+        elif found != epoch:
             return
         yield kind, payload
         at += HEAD.size + length
@@ -80,7 +97,8 @@ def unsettled(data: bytes) -> list[tuple[Envelope, bytes]]:
 class Segment:
     path: Path
     descriptor: int
-    size: int = 0
+    epoch: int = 0
+    size: int = 0  # where the next record goes
     unsettled: int = 0
 
 
@@ -109,13 +127,13 @@ class Intake:
     limit: int = SEGMENT_LIMIT
     _active: Segment | None = None
     _segments: set[Segment] = field(default_factory=set)
+    _spares: list[Segment] = field(default_factory=list)
     _pending: list[_Pending] = field(default_factory=list)
     _flushing: bool = False
     _closing: bool = False
     _overdue: bool = False  # settled marks have waited `SETTLE_DELAY`
     _timer: asyncio.TimerHandle | None = None
     _idle: asyncio.Event | None = None
-    _sequence: Iterator[int] = field(default_factory=itertools.count)
     _thread: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="intake")
     )
@@ -127,7 +145,7 @@ class Intake:
         self.directory.mkdir(parents=True, exist_ok=True)
         count = 0
         for path in sorted(self.directory.glob("*.*")):
-            if path.suffix not in (".log", ".new"):
+            if path.suffix not in (".log", ".new", ".spare"):
                 continue
             try:
                 descriptor = os.open(path, os.O_RDONLY)
@@ -162,7 +180,7 @@ class Intake:
     async def write(self, envelope: Envelope, message: bytes) -> Ticket:
         """Append the message; returns once it is on disk (and fails if it could not be)."""
         waiter: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
-        payload = record(MESSAGE, envelope.header() + message)
+        payload = envelope.header() + message  # its head is made when its segment is known
         self._pending.append(_Pending(payload, None, waiter, envelope.id))
         self._kick()
         return await waiter
@@ -171,7 +189,7 @@ class Intake:
         """Record that a message is delivered durably elsewhere. The mark goes with the
         next message's write, or within `SETTLE_DELAY` (it need not be durable: a lost
         one only costs a second copy after a crash)."""
-        data = record(SETTLED, ticket.queue_id.encode("ascii"))
+        data = record(SETTLED, ticket.queue_id.encode("ascii"), ticket.segment.epoch)
         self._pending.append(_Pending(data, ticket.segment, None, ticket.queue_id))
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(SETTLE_DELAY, self._settle_due)
@@ -229,12 +247,12 @@ class Intake:
                 self._mark(pending.segment, pending)
         active = self._active
         assert active is not None, "Intake.open first"
-        messages = [p.data for p in batch if p.segment is None]
+        messages = [record(MESSAGE, p.data, active.epoch) for p in batch if p.segment is None]
         if not messages:
             return active
         data = b"".join(messages)
         try:
-            _append(active.descriptor, data)
+            _write(active, data)
             os.fdatasync(active.descriptor)
         except OSError:
             self._cut(active)  # its tail is unknown: continue in a fresh segment
@@ -248,17 +266,17 @@ class Intake:
                 log.error("intake: cannot start a new segment: %s", exc)
             else:
                 if active.unsettled == 0:
-                    self._remove(active)
+                    self._retire(active)
         return active
 
     def _mark(self, segment: Segment, pending: _Pending) -> None:
         """Settle one message of `segment`; the segment goes when its last one is."""
         segment.unsettled -= 1
         if segment.unsettled == 0 and segment is not self._active:
-            self._remove(segment)
+            self._retire(segment)
             return
         try:
-            _append(segment.descriptor, pending.data)
+            _write(segment, pending.data)
         except OSError as exc:  # only costs a second copy after a crash
             log.warning("intake: cannot mark %s settled: %s", pending.queue_id, exc)
             self._cut(segment)
@@ -266,30 +284,66 @@ class Intake:
         segment.size += len(pending.data)
 
     def _segment(self) -> Segment:
-        """A new segment, locked before its name is one that recovery looks at."""
-        for _ in range(100):
-            stem = f"{os.getpid()}.{next(self._sequence)}"
-            fresh = self.directory / f"{stem}.new"
+        """The next segment: a spare written over, or a new file; its opening record is
+        durable before its name is one that recovery reads."""
+        while self._spares:
+            spare = self._spares.pop()
             try:
-                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL
+                return self._reopen(spare)
+            except OSError as exc:
+                log.warning("intake: cannot use %s again: %s", spare.path.name, exc)
+                self._remove(spare)
+        for _ in range(100):
+            fresh = self._name(".new")
+            try:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
                 descriptor = os.open(fresh, flags, 0o600)
             except FileExistsError:
                 continue
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-            path = fresh.with_suffix(".log")
-            try:
-                if path.exists():  # a dead process's, with the same pid: recovered at start
-                    raise FileExistsError(path)
-                os.rename(fresh, path)  # FileNotFoundError: another's recovery took it
-            except OSError:
-                os.close(descriptor)
-                fresh.unlink(missing_ok=True)
-                continue
-            durable.sync_directory(self.directory)
-            segment = Segment(path, descriptor)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)  # before recovery could take it
+            segment = Segment(fresh, descriptor)
             self._segments.add(segment)
-            return segment
+            try:
+                return self._reopen(segment)
+            except FileNotFoundError:  # another process's recovery took it
+                self._remove(segment)
+            except OSError:
+                self._remove(segment)
+                raise
         raise OSError(f"cannot make a journal segment in {self.directory}")
+
+    def _reopen(self, segment: Segment) -> Segment:
+        """Open `segment` for a new epoch under a `.log` name."""
+        segment.epoch = int.from_bytes(os.urandom(8), "big")
+        segment.size = segment.unsettled = 0
+        opened = record(OPENED, b"", segment.epoch)
+        _write(segment, opened)
+        os.fdatasync(segment.descriptor)
+        segment.size = len(opened)
+        path = self._name(".log")
+        while path.exists():  # a dead process's, with the same pid: recovered at start
+            path = self._name(".log")
+        os.rename(segment.path, path)
+        segment.path = path
+        durable.sync_directory(self.directory)
+        return segment
+
+    def _name(self, suffix: str) -> Path:
+        return self.directory / f"{os.getpid()}.{next(_sequence)}{suffix}"
+
+    def _retire(self, segment: Segment) -> None:
+        """A segment whose messages are all settled: kept as a spare, or removed."""
+        if len(self._spares) >= SPARES:
+            self._remove(segment)
+            return
+        spare = self._name(".spare")
+        try:
+            os.rename(segment.path, spare)
+        except OSError:
+            self._remove(segment)
+            return
+        segment.path = spare
+        self._spares.append(segment)
 
     def _cut(self, segment: Segment) -> None:
         """After a failed write: cut the segment back to its last whole record, so that
@@ -307,7 +361,7 @@ class Intake:
             log.error("intake: cannot start a new segment: %s", exc)
             return
         if segment.unsettled == 0:
-            self._remove(segment)
+            self._retire(segment)
 
     def _remove(self, segment: Segment) -> None:
         segment.path.unlink(missing_ok=True)  # before the lock goes with the descriptor
@@ -315,6 +369,7 @@ class Intake:
         self._segments.discard(segment)
 
     def _close(self) -> None:
+        self._spares = []
         for segment in list(self._segments):
             if segment.unsettled == 0:
                 self._remove(segment)
@@ -325,7 +380,10 @@ class Intake:
         self._active = None
 
 
-def _append(descriptor: int, data: bytes) -> None:
+def _write(segment: Segment, data: bytes) -> None:
+    """Write `data` where the segment's next record goes (`size` is not moved)."""
     view = memoryview(data)
+    at = segment.size
     while view:
-        view = view[os.write(descriptor, view) :]
+        written = os.pwrite(segment.descriptor, view, at)
+        view, at = view[written:], at + written

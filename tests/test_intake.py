@@ -1,5 +1,6 @@
-"""The intake journal: its record format, what recovery finds in a segment, group commit,
-segment rotation and removal, and what a failed write leaves behind."""
+"""The intake journal: its record format and epochs, what recovery finds in a segment,
+group commit, segment rotation, spares written over and removal, and what a failed
+write leaves behind."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from runtime import intake
-from runtime.intake import HEAD, MAGIC, MESSAGE, SETTLED, Intake, Ticket, record, records
+from runtime.intake import HEAD, MAGIC, MESSAGE, OPENED, SETTLED, Intake, Ticket, record, records
 from runtime.spool import Envelope
 
 BODY = b"Subject: hi\r\n\r\nhello\r\n"
 BIG = b"Subject: big\r\n\r\n" + b"x" * 100 + b"\r\n"  # a record of more than 200 bytes
+EPOCH = 0x0123456789ABCDEF
+OLD_EPOCH = 0x0FEDCBA987654321  # a segment's earlier use
 
 
 def envelope(queue_id: str, *recipients: str) -> Envelope:
@@ -35,20 +38,42 @@ def envelope(queue_id: str, *recipients: str) -> Envelope:
     )
 
 
-def message_record(queue_id: str, body: bytes = BODY) -> bytes:
-    return record(MESSAGE, envelope(queue_id).header() + body)
+def opened(epoch: int = EPOCH) -> bytes:
+    return record(OPENED, b"", epoch)
 
 
-def settled_record(queue_id: str) -> bytes:
-    return record(SETTLED, queue_id.encode("ascii"))
+def message_record(queue_id: str, body: bytes = BODY, epoch: int = EPOCH) -> bytes:
+    return record(MESSAGE, envelope(queue_id).header() + body, epoch)
+
+
+def settled_record(queue_id: str, epoch: int = EPOCH) -> bytes:
+    return record(SETTLED, queue_id.encode("ascii"), epoch)
 
 
 def segments(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.iterdir())
 
 
+def named(directory: Path, suffix: str) -> list[str]:
+    return [name for name in segments(directory) if name.endswith(suffix)]
+
+
 def ids(found: list[tuple[Envelope, bytes]]) -> list[str]:
     return [queued.id for queued, _ in found]
+
+
+def kinds(data: bytes) -> list[int]:
+    return [kind for kind, _ in records(data)]
+
+
+def epochs(data: bytes) -> list[int]:
+    """The epoch in the head of each record that `records` yields."""
+    found = []
+    at = 0
+    for _kind, payload in records(data):
+        found.append(HEAD.unpack_from(data, at)[2])
+        at += HEAD.size + len(payload)
+    return found
 
 
 class Store:
@@ -73,18 +98,26 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def test_record_layout() -> None:
-    data = record(SETTLED, b"abc")
+    data = record(SETTLED, b"abc", EPOCH)
     assert data[:4] == MAGIC
+    assert data[4] == SETTLED  # the kind is the byte after the magic
     assert len(data) == HEAD.size + 3
-    magic, kind, length, _crc = HEAD.unpack_from(data)
-    assert (magic, kind, length) == (MAGIC, SETTLED, 3)
+    magic, kind, epoch, length, _crc = HEAD.unpack_from(data)
+    assert (magic, kind, epoch, length) == (MAGIC, SETTLED, EPOCH, 3)
     assert data[HEAD.size :] == b"abc"
 
 
 def test_records_round_trip() -> None:
-    payloads = [(MESSAGE, b"first"), (SETTLED, b""), (MESSAGE, b"\x00\xff" * 500), (7, b"x")]
-    data = b"".join(record(kind, payload) for kind, payload in payloads)
+    payloads = [
+        (OPENED, b""),
+        (MESSAGE, b"first"),
+        (SETTLED, b""),
+        (MESSAGE, b"\x00\xff" * 500),
+        (7, b"x"),
+    ]
+    data = b"".join(record(kind, payload, EPOCH) for kind, payload in payloads)
     assert list(records(data)) == payloads
+    assert epochs(data) == [EPOCH] * len(payloads)
 
 
 def test_records_of_nothing() -> None:
@@ -111,12 +144,18 @@ def _flipped_crc_byte(last: bytes) -> bytes:
     return bytes(damaged)
 
 
+def _flipped_epoch_byte(last: bytes) -> bytes:
+    damaged = bytearray(last)
+    damaged[6] ^= 0x10  # the epoch is bytes 5 to 12 of the head
+    return bytes(damaged)
+
+
 def _wrong_magic(last: bytes) -> bytes:
     return b"MPI2" + last[4:]
 
 
 def _length_too_long(last: bytes) -> bytes:
-    return HEAD.pack(MAGIC, MESSAGE, len(last), 0) + last[HEAD.size :]
+    return HEAD.pack(MAGIC, MESSAGE, EPOCH, len(last), 0) + last[HEAD.size :]
 
 
 @pytest.mark.parametrize(
@@ -126,6 +165,7 @@ def _length_too_long(last: bytes) -> bytes:
         _truncated_head,
         _flipped_payload_byte,
         _flipped_crc_byte,
+        _flipped_epoch_byte,
         _wrong_magic,
         _length_too_long,
     ],
@@ -133,15 +173,40 @@ def _length_too_long(last: bytes) -> bytes:
 def test_records_stop_at_a_torn_tail_and_keep_what_is_before(
     tear: Callable[[bytes], bytes],
 ) -> None:
-    whole = record(MESSAGE, b"one") + record(SETTLED, b"two")
-    last = record(MESSAGE, b"three and more")
-    assert list(records(whole + tear(last))) == [(MESSAGE, b"one"), (SETTLED, b"two")]
+    whole = opened() + record(MESSAGE, b"one", EPOCH) + record(SETTLED, b"two", EPOCH)
+    last = record(MESSAGE, b"three and more", EPOCH)
+    assert list(records(whole + tear(last))) == [
+        (OPENED, b""),
+        (MESSAGE, b"one"),
+        (SETTLED, b"two"),
+    ]
 
 
 def test_records_stop_at_a_damaged_record_even_with_good_ones_after_it() -> None:
-    damaged = _flipped_payload_byte(record(MESSAGE, b"middle"))
-    data = record(MESSAGE, b"one") + damaged + record(MESSAGE, b"after")
-    assert list(records(data)) == [(MESSAGE, b"one")]
+    damaged = _flipped_payload_byte(record(MESSAGE, b"middle", EPOCH))
+    data = opened() + record(MESSAGE, b"one", EPOCH) + damaged + record(MESSAGE, b"after", EPOCH)
+    assert list(records(data)) == [(OPENED, b""), (MESSAGE, b"one")]
+
+
+def test_records_stop_at_a_whole_record_of_another_epoch() -> None:
+    # what a segment written over still holds of its earlier use: whole, its CRC right
+    stale = record(MESSAGE, b"from the earlier use", OLD_EPOCH)
+    assert list(records(stale)) == [(MESSAGE, b"from the earlier use")]
+    data = (
+        opened()
+        + record(MESSAGE, b"one", EPOCH)
+        + record(SETTLED, b"two", EPOCH)
+        + stale
+        + record(MESSAGE, b"after", EPOCH)  # not taken up again after the stale one
+    )
+    assert list(records(data)) == [(OPENED, b""), (MESSAGE, b"one"), (SETTLED, b"two")]
+    assert epochs(data) == [EPOCH] * 3
+
+
+def test_records_take_the_epoch_from_the_first_record() -> None:
+    data = opened(OLD_EPOCH) + record(MESSAGE, b"one", OLD_EPOCH) + record(MESSAGE, b"x", EPOCH)
+    assert list(records(data)) == [(OPENED, b""), (MESSAGE, b"one")]
+    assert list(records(_flipped_crc_byte(opened()) + record(MESSAGE, b"one", EPOCH))) == []
 
 
 # unsettled
@@ -149,7 +214,8 @@ def test_records_stop_at_a_damaged_record_even_with_good_ones_after_it() -> None
 
 def test_unsettled_is_messages_minus_settled_in_order() -> None:
     data = (
-        message_record("m1")
+        opened()
+        + message_record("m1")
         + message_record("m2", b"second\r\n")
         + message_record("m3", b"third\r\n")
         + settled_record("m2")
@@ -164,20 +230,34 @@ def test_unsettled_is_messages_minus_settled_in_order() -> None:
 
 
 def test_unsettled_all_settled_is_empty() -> None:
-    data = message_record("m1") + message_record("m2") + settled_record("m1")
+    data = opened() + message_record("m1") + message_record("m2") + settled_record("m1")
     data += settled_record("m2")
     assert intake.unsettled(data) == []
 
 
 def test_unsettled_ignores_a_torn_tail() -> None:
-    data = message_record("m1") + message_record("m2")[:-5]
+    data = opened() + message_record("m1") + message_record("m2")[:-5]
     assert ids(intake.unsettled(data)) == ["m1"]
+
+
+def test_unsettled_ignores_the_records_of_an_earlier_use() -> None:
+    data = (
+        opened()
+        + message_record("new")
+        # the rest of the file as its earlier use left it: unsettled messages, and a
+        # mark that would settle the new one
+        + message_record("old1", epoch=OLD_EPOCH)
+        + settled_record("new", epoch=OLD_EPOCH)
+        + message_record("old2", epoch=OLD_EPOCH)
+    )
+    assert ids(intake.unsettled(data)) == ["new"]
 
 
 def test_unsettled_skips_a_record_that_is_no_queue_file(caplog: pytest.LogCaptureFixture) -> None:
     data = (
-        message_record("m1")
-        + record(MESSAGE, b"not a queue file at all")
+        opened()
+        + message_record("m1")
+        + record(MESSAGE, b"not a queue file at all", EPOCH)
         + message_record("m2")
         + settled_record("m1")
         + message_record("m3")
@@ -192,7 +272,7 @@ def test_unsettled_skips_a_record_that_is_no_queue_file(caplog: pytest.LogCaptur
 def test_unsettled_keeps_recipients_and_message_bytes() -> None:
     queued = envelope("m1", "b@y.test", "c@z.test")
     body = b"Subject: x\r\n\r\nbinary \x00\xff and a lone \n.\r\n"
-    found = intake.unsettled(record(MESSAGE, queued.header() + body))
+    found = intake.unsettled(opened() + record(MESSAGE, queued.header() + body, EPOCH))
     assert found == [(queued, body)]
     assert found[0][0].recipients == ("b@y.test", "c@z.test")
 
@@ -213,12 +293,34 @@ def test_write_returns_once_the_message_is_in_the_segment(tmp_path: Path) -> Non
         assert ticket.segment.path.suffix == ".log"
         assert segments(directory) == [ticket.segment.path.name]
         data = ticket.segment.path.read_bytes()
+        assert kinds(data) == [OPENED, MESSAGE]  # the segment opens with its epoch
+        assert epochs(data) == [ticket.segment.epoch] * 2
         assert intake.unsettled(data) == [(envelope("m1"), BODY)]
         assert ticket.segment.size == len(data)
         journal.settle(ticket)
         await journal.close()
 
     asyncio.run(scenario())
+
+
+def test_segments_get_epochs_of_their_own(tmp_path: Path) -> None:
+    directory = tmp_path / "intake"
+
+    async def scenario() -> None:
+        journal = Intake(directory, limit=200)
+        journal.open()
+        tickets = [await journal.write(envelope(f"m{n}"), BIG) for n in range(3)]
+        assert len({ticket.segment.path for ticket in tickets}) == 3
+        found = {ticket.segment.epoch for ticket in tickets}
+        assert len(found) == 3  # random: not the same for every segment
+        for ticket in tickets:
+            assert set(epochs(ticket.segment.path.read_bytes())) == {ticket.segment.epoch}
+        for ticket in tickets:
+            journal.settle(ticket)
+        await journal.close()
+
+    asyncio.run(scenario())
+    assert segments(directory) == []
 
 
 def test_concurrent_writes_all_succeed_and_share_syncs(
@@ -237,6 +339,8 @@ def test_concurrent_writes_all_succeed_and_share_syncs(
     async def scenario() -> None:
         journal = Intake(directory)
         journal.open()
+        assert len(syncs) == 1  # the opening record is durable before the segment is named
+        syncs.clear()
         queued = [envelope(f"m{n:02}") for n in range(50)]
         tickets = await asyncio.gather(
             *(journal.write(one, BODY + str(n).encode()) for n, one in enumerate(queued))
@@ -281,7 +385,8 @@ def test_close_of_an_unused_journal_removes_its_segment(tmp_path: Path) -> None:
     async def scenario() -> None:
         journal = Intake(directory)
         journal.open()
-        assert len(segments(directory)) == 1
+        assert len(named(directory, ".log")) == 1
+        assert segments(directory) == named(directory, ".log")  # no `.new` left
         await journal.close()
 
     asyncio.run(scenario())
@@ -314,11 +419,12 @@ def test_settled_marks_wait_to_go_with_the_next_message(
         first = await journal.write(envelope("m1"), BODY)
         journal.settle(first)
         await asyncio.sleep(0.05)
-        kinds = [kind for kind, _ in records(first.segment.path.read_bytes())]
-        assert kinds == [MESSAGE]  # the mark alone is not written yet
+        # the mark alone is not written yet
+        assert kinds(first.segment.path.read_bytes()) == [OPENED, MESSAGE]
         second = await journal.write(envelope("m2"), BODY)
         data = second.segment.path.read_bytes()
-        assert [kind for kind, _ in records(data)] == [MESSAGE, SETTLED, MESSAGE]
+        assert kinds(data) == [OPENED, MESSAGE, SETTLED, MESSAGE]
+        assert epochs(data) == [second.segment.epoch] * 4
         assert ids(intake.unsettled(data)) == ["m2"]
         journal.settle(second)
         await journal.close()
@@ -340,7 +446,7 @@ def test_settled_marks_alone_are_written_within_the_delay(
         journal.settle(ticket)
         path = ticket.segment.path
         await until(lambda: intake.unsettled(path.read_bytes()) == [])
-        assert [kind for kind, _ in records(path.read_bytes())] == [MESSAGE, SETTLED]
+        assert kinds(path.read_bytes()) == [OPENED, MESSAGE, SETTLED]
         assert path.exists()  # the segment in use stays until close
         await journal.close()
 
@@ -368,7 +474,9 @@ def test_recover_hands_over_exactly_the_unsettled_messages(tmp_path: Path) -> No
         await journal.close()
 
     asyncio.run(scenario())
-    assert len(segments(directory)) == 1  # kept: two of its messages are unsettled
+    # kept: two of its messages are unsettled
+    assert len(segments(directory)) == 1
+    assert len(named(directory, ".log")) == 1
     store = Store()
     assert Intake(directory).recover(store) == 2
     assert store.stored == [(queued[0], bodies[0]), (queued[2], bodies[2])]
@@ -389,6 +497,7 @@ def test_recover_removes_a_leftover_new_file_and_ignores_other_names(tmp_path: P
     directory = tmp_path / "intake"
     directory.mkdir()
     (directory / "4242.0.new").write_bytes(b"")
+    (directory / "4242.1.new").write_bytes(opened() + message_record("m1"))  # never named .log
     (directory / "notes.txt").write_bytes(b"not a segment")
     store = Store()
     assert Intake(directory).recover(store) == 0
@@ -396,14 +505,51 @@ def test_recover_removes_a_leftover_new_file_and_ignores_other_names(tmp_path: P
     assert segments(directory) == ["notes.txt"]
 
 
+def test_recover_removes_a_leftover_spare_and_stores_nothing_from_it(tmp_path: Path) -> None:
+    directory = tmp_path / "intake"
+    directory.mkdir()
+    # a spare's messages were all settled (even when the last mark never got written)
+    spare = opened() + message_record("m1") + message_record("m2") + settled_record("m1")
+    assert ids(intake.unsettled(spare)) == ["m2"]  # it looks unsettled
+    (directory / "4242.3.spare").write_bytes(spare)
+    (directory / "4242.4.spare").write_bytes(b"")
+    (directory / "4242.5.log").write_bytes(opened() + message_record("m3"))
+    store = Store()
+    assert Intake(directory).recover(store) == 1
+    assert ids(store.stored) == ["m3"]
+    assert segments(directory) == []
+
+
 def test_recover_of_a_segment_with_a_torn_tail(tmp_path: Path) -> None:
     directory = tmp_path / "intake"
     directory.mkdir()
-    data = message_record("m1") + message_record("m2") + message_record("m3")[:-7]
+    data = opened() + message_record("m1") + message_record("m2") + message_record("m3")[:-7]
     (directory / "4242.0.log").write_bytes(data)
     store = Store()
     assert Intake(directory).recover(store) == 2
     assert ids(store.stored) == ["m1", "m2"]
+    assert segments(directory) == []
+
+
+def test_recover_of_a_segment_written_over_stops_at_its_earlier_use(tmp_path: Path) -> None:
+    directory = tmp_path / "intake"
+    directory.mkdir()
+    earlier = (
+        opened(OLD_EPOCH)
+        + message_record("old1", epoch=OLD_EPOCH)
+        + message_record("old2", epoch=OLD_EPOCH)
+        + settled_record("old1", epoch=OLD_EPOCH)
+        + message_record("old3", epoch=OLD_EPOCH)
+    )
+    now = opened() + message_record("new1")
+    # written over from the start: what follows is old2's record, whole, its CRC right
+    assert len(now) == len(opened(OLD_EPOCH) + message_record("old1", epoch=OLD_EPOCH))
+    data = now + earlier[len(now) :]
+    assert next(records(earlier[len(now) :]))[0] == MESSAGE
+    (directory / "4242.0.log").write_bytes(data)
+    store = Store()
+    assert Intake(directory).recover(store) == 1
+    assert ids(store.stored) == ["new1"]
     assert segments(directory) == []
 
 
@@ -454,19 +600,21 @@ def test_a_second_intake_in_the_same_process_uses_its_own_segment(tmp_path: Path
     assert segments(directory) == []
 
 
-# Rotation
+# Rotation and spares
 
 
-def test_rotation_starts_new_segments_and_removes_settled_ones(
+def test_rotation_starts_new_segments_and_keeps_settled_ones_as_spares(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory = tmp_path / "intake"
     monkeypatch.setattr(intake, "SETTLE_DELAY", 0.01)  # settled marks alone go soon
+    assert intake.SPARES == 2
 
     async def scenario() -> None:
         journal = Intake(directory, limit=200)
         journal.open()
-        assert len(message_record("m0", BIG)) > 200  # so each write starts a new segment
+        # so each write starts a new segment
+        assert len(opened() + message_record("m0", BIG)) > 200
         tickets = [await journal.write(envelope(f"m{n}"), BIG) for n in range(4)]
         paths = [ticket.segment.path for ticket in tickets]
         assert len(set(paths)) == 4
@@ -479,11 +627,21 @@ def test_rotation_starts_new_segments_and_removes_settled_ones(
         journal.settle(tickets[2])
         await until(lambda: not paths[0].exists() and not paths[2].exists())
         assert paths[1].exists() and paths[3].exists()
-        assert len(segments(directory)) == 3
+        assert len(named(directory, ".log")) == 3
+        assert len(named(directory, ".spare")) == 2  # kept to be written over
+        assert len(segments(directory)) == 5
+        # the spares are held: another's recovery leaves them
+        store = Store()
+        assert Intake(directory).recover(store) == 0
+        assert store.stored == []
+        assert len(named(directory, ".spare")) == 2
         journal.settle(tickets[1])
         journal.settle(tickets[3])
-        await until(lambda: len(segments(directory)) == 1)  # only the one in use is left
+        # only the one in use is left of the segments, and no more than SPARES spares
+        await until(lambda: len(named(directory, ".log")) == 1)
         assert not any(path.exists() for path in paths)
+        assert len(named(directory, ".spare")) == intake.SPARES
+        assert len(segments(directory)) == 1 + intake.SPARES
         await journal.close()
 
     asyncio.run(scenario())
@@ -501,7 +659,9 @@ def test_rotation_with_unsettled_messages_is_recovered_in_full(tmp_path: Path) -
         await journal.close()
 
     asyncio.run(scenario())
-    assert len(segments(directory)) == 2
+    listed = segments(directory)
+    assert len(listed) == 2  # no spare, no `.new`: only the two with unsettled messages
+    assert all(name.endswith(".log") for name in listed)
     store = Store()
     assert Intake(directory).recover(store) == 2
     assert sorted(ids(store.stored)) == ["m0", "m2"]
@@ -526,6 +686,87 @@ def test_rotation_of_a_batch_keeps_it_in_one_segment(tmp_path: Path) -> None:
     assert segments(directory) == []
 
 
+def test_spares_are_written_over_and_the_files_stay_few(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "intake"
+    monkeypatch.setattr(intake, "SETTLE_DELAY", 0.01)
+
+    async def scenario() -> None:
+        journal = Intake(directory, limit=300)
+        journal.open()
+        one = len(message_record("m0"))
+        assert len(opened()) + one < 300 <= len(opened()) + 2 * one  # two messages a segment
+        seen: dict[int, set[int]] = {}  # id of each Segment: the epochs it was used with
+        for turn in range(6):
+            tickets = []
+            for n in range(6):
+                ticket = await journal.write(envelope(f"t{turn}m{n}"), BODY)
+                tickets.append(ticket)
+                seen.setdefault(id(ticket.segment), set()).add(ticket.segment.epoch)
+                listed = segments(directory)
+                assert all(name.endswith((".log", ".spare")) for name in listed), listed
+                holding = len({id(ticket.segment) for ticket in tickets})
+                assert len(named(directory, ".spare")) <= intake.SPARES, listed
+                # the one in use, those with unsettled messages, and the spares
+                assert len(listed) <= 1 + holding + intake.SPARES, listed
+            for ticket in tickets:
+                journal.settle(ticket)
+            await until(lambda: len(named(directory, ".log")) == 1)
+            assert len(named(directory, ".spare")) == intake.SPARES
+            assert len(segments(directory)) == 1 + intake.SPARES
+        # 18 rotations; spares were written over instead of new files made for each
+        assert len(seen) < 18, f"{len(seen)} segments for 18 rotations"
+        assert any(len(used) > 1 for used in seen.values()), "no segment was used again"
+        await journal.close()
+
+    asyncio.run(scenario())
+    assert segments(directory) == []
+
+
+def test_a_spare_written_over_hands_over_only_its_new_messages(tmp_path: Path) -> None:
+    directory = tmp_path / "intake"
+
+    async def scenario() -> tuple[str, set[str]]:
+        journal = Intake(directory, limit=300)  # two messages a segment
+        journal.open()
+        old = [await journal.write(envelope(f"old{n}"), BODY) for n in range(4)]
+        old_segments = {id(ticket.segment): ticket.segment.epoch for ticket in old}
+        assert len(old_segments) == 2
+        for ticket in old:
+            journal.settle(ticket)  # the marks go with the next message
+        fresh = None
+        settled = set()
+        for n in range(10):
+            ticket = await journal.write(envelope(f"new{n}"), BODY)
+            if id(ticket.segment) in old_segments:
+                fresh = ticket
+                break
+            journal.settle(ticket)
+            settled.add(ticket.queue_id)
+        assert fresh is not None, "no spare was used again"
+        assert fresh.segment.epoch != old_segments[id(fresh.segment)]
+        data = fresh.segment.path.read_bytes()
+        # the file still holds its earlier use's records, after the new ones
+        assert any(f"Id: {ticket.queue_id}\n".encode() in data for ticket in old)
+        assert kinds(data) == [OPENED, MESSAGE]
+        assert ids(intake.unsettled(data)) == [fresh.queue_id]
+        await journal.close()  # the new message stays unsettled
+        return fresh.queue_id, settled
+
+    kept, settled = asyncio.run(scenario())
+    assert settled  # some were settled in segments other than the one used again
+    assert named(directory, ".spare") == []
+    assert named(directory, ".new") == []
+    assert len(named(directory, ".log")) == 1
+    store = Store()
+    assert Intake(directory).recover(store) == 1
+    # none of the old ones (settled, or whose mark was never written), none of the others
+    assert ids(store.stored) == [kept]
+    assert store.stored == [(envelope(kept), BODY)]
+    assert segments(directory) == []
+
+
 # Failures
 
 
@@ -533,24 +774,26 @@ def test_failed_write_raises_and_the_next_goes_to_a_new_segment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory = tmp_path / "intake"
-    real_append = intake._append
+    real_write = intake._write
     failures: list[bytes] = []
 
-    def fail_once(descriptor: int, data: bytes) -> None:
+    def fail_once(segment: intake.Segment, data: bytes) -> None:
         if not failures:
             failures.append(data)
-            os.write(descriptor, data[: len(data) // 2])  # a torn record, then the error
+            # a torn record, then the error
+            os.pwrite(segment.descriptor, data[: len(data) // 2], segment.size)
             raise OSError(errno.EIO, "injected")
-        real_append(descriptor, data)
+        real_write(segment, data)
 
     async def scenario() -> None:
         journal = Intake(directory)
         journal.open()
         good = await journal.write(envelope("m1"), BODY)
-        monkeypatch.setattr(intake, "_append", fail_once)
+        monkeypatch.setattr(intake, "_write", fail_once)
         with pytest.raises(OSError, match="injected"):
             await journal.write(envelope("m2"), BODY)
         assert failures
+        assert failures[0][:4] == MAGIC and failures[0][4] == MESSAGE
         # the torn record was cut off again
         assert good.segment.path.stat().st_size == good.segment.size
         assert ids(intake.unsettled(good.segment.path.read_bytes())) == ["m1"]
@@ -558,6 +801,7 @@ def test_failed_write_raises_and_the_next_goes_to_a_new_segment(
         assert after.segment.path != good.segment.path
         assert ids(intake.unsettled(after.segment.path.read_bytes())) == ["m3"]
         assert len(segments(directory)) == 2
+        assert len(named(directory, ".log")) == 2
         await journal.close()  # nothing settled: both segments stay
 
     asyncio.run(scenario())
@@ -567,27 +811,32 @@ def test_failed_write_raises_and_the_next_goes_to_a_new_segment(
     assert segments(directory) == []
 
 
-def test_failed_write_into_an_empty_segment_removes_it(
+def test_failed_write_into_an_empty_segment_retires_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory = tmp_path / "intake"
+    real_write = intake._write
 
-    def fail(descriptor: int, data: bytes) -> None:
-        raise OSError(errno.ENOSPC, "injected")
+    def fail_messages(segment: intake.Segment, data: bytes) -> None:
+        if data[:4] == MAGIC and data[4] == MESSAGE:
+            raise OSError(errno.ENOSPC, "injected")
+        real_write(segment, data)  # a new segment's opening record
 
     async def scenario() -> None:
         journal = Intake(directory)
         journal.open()
         (first,) = segments(directory)
         with monkeypatch.context() as patch:
-            patch.setattr(intake, "_append", fail)
+            patch.setattr(intake, "_write", fail_messages)
             with pytest.raises(OSError, match="injected"):
                 await journal.write(envelope("m1"), BODY)
-        listed = segments(directory)
-        assert first not in listed  # nothing unsettled in it: gone
-        assert len(listed) == 1
+        assert first not in segments(directory)  # nothing unsettled in it: a spare
+        logs = named(directory, ".log")
+        assert len(logs) == 1
+        assert len(named(directory, ".spare")) <= 1
+        assert named(directory, ".new") == []
         ticket = await journal.write(envelope("m2"), BODY)
-        assert ticket.segment.path.name == listed[0]
+        assert ticket.segment.path.name == logs[0]
         journal.settle(ticket)
         await journal.close()
 
@@ -602,14 +851,14 @@ def test_settled_marks_in_a_batch_with_a_failed_write_are_not_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory = tmp_path / "intake"
-    real_append = intake._append
+    real_write = intake._write
 
-    def fail_for_m2(descriptor: int, data: bytes) -> None:
+    def fail_for_m2(segment: intake.Segment, data: bytes) -> None:
         if b"Id: m2\n" in data:
             raise OSError(errno.EIO, "injected")
-        real_append(descriptor, data)
+        real_write(segment, data)
 
-    monkeypatch.setattr(intake, "_append", fail_for_m2)
+    monkeypatch.setattr(intake, "_write", fail_for_m2)
     monkeypatch.setattr(intake, "SETTLE_DELAY", 60.0)
 
     async def scenario() -> None:
@@ -634,20 +883,20 @@ def test_a_torn_settled_mark_does_not_hide_later_messages(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory = tmp_path / "intake"
-    real_append = intake._append
+    real_write = intake._write
     monkeypatch.setattr(intake, "SETTLE_DELAY", 60.0)
 
-    def torn_marks(descriptor: int, data: bytes) -> None:
+    def torn_marks(segment: intake.Segment, data: bytes) -> None:
         if data[:5] == MAGIC + bytes([SETTLED]):  # a short write, then the disk is full
-            os.write(descriptor, data[: len(data) // 2])
+            os.pwrite(segment.descriptor, data[: len(data) // 2], segment.size)
             raise OSError(errno.ENOSPC, "injected")
-        real_append(descriptor, data)
+        real_write(segment, data)
 
     async def scenario() -> None:
         journal = Intake(directory)
         journal.open()
         first = await journal.write(envelope("m1"), BODY)
-        monkeypatch.setattr(intake, "_append", torn_marks)
+        monkeypatch.setattr(intake, "_write", torn_marks)
         journal.settle(first)
         # m1's mark fails halfway ("only costs a copy"); then m2 and m3 get their 250
         second = await journal.write(envelope("m2"), BODY)
@@ -669,18 +918,18 @@ def test_a_failed_settled_mark_is_logged_with_its_queue_id(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     directory = tmp_path / "intake"
-    real_append = intake._append
+    real_write = intake._write
 
-    def failing_marks(descriptor: int, data: bytes) -> None:
+    def failing_marks(segment: intake.Segment, data: bytes) -> None:
         if data[:5] == MAGIC + bytes([SETTLED]):
             raise OSError(errno.ENOSPC, "injected")
-        real_append(descriptor, data)
+        real_write(segment, data)
 
     async def scenario() -> None:
         journal = Intake(directory)
         journal.open()
         ticket = await journal.write(envelope("m1"), BODY)
-        monkeypatch.setattr(intake, "_append", failing_marks)
+        monkeypatch.setattr(intake, "_write", failing_marks)
         journal.settle(ticket)
         await journal.close()
 
@@ -696,15 +945,15 @@ def test_settled_marks_are_written_within_the_delay_after_a_slow_flush(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory = tmp_path / "intake"
-    real_append = intake._append
+    real_write = intake._write
     monkeypatch.setattr(intake, "SETTLE_DELAY", 0.01)
 
-    def slow(descriptor: int, data: bytes) -> None:
+    def slow(segment: intake.Segment, data: bytes) -> None:
         if b"Id: m2\n" in data:
             time.sleep(0.2)  # a slow disk: the settle timer fires meanwhile
-        real_append(descriptor, data)
+        real_write(segment, data)
 
-    monkeypatch.setattr(intake, "_append", slow)
+    monkeypatch.setattr(intake, "_write", slow)
 
     async def scenario() -> list[str]:
         journal = Intake(directory)
@@ -753,4 +1002,71 @@ def test_write_does_not_fail_after_its_message_is_durable(
     assert not (failed and ids(store.stored) == ["m1"]), (
         "a message that is durable must not be reported as failed because the next "
         "segment could not be started"
+    )
+
+
+def test_a_segment_that_cannot_be_opened_leaves_no_file_or_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "intake"
+
+    def full(segment: intake.Segment, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "injected")  # the disk is full: nothing is written
+
+    async def scenario() -> tuple[list[str], int]:
+        journal = Intake(directory)
+        journal.open()
+        descriptors = len(os.listdir("/proc/self/fd"))
+        monkeypatch.setattr(intake, "_write", full)
+        for n in range(3):  # each failed write tries to start a new segment, and cannot
+            with pytest.raises(OSError, match="injected"):
+                await journal.write(envelope(f"m{n}"), BODY)
+        left = named(directory, ".new")
+        grown = len(os.listdir("/proc/self/fd")) - descriptors
+        monkeypatch.undo()
+        await journal.close()
+        return left, grown
+
+    left, grown = asyncio.run(scenario())
+    assert (left, grown) == ([], 0), (
+        "a new segment whose opening record cannot be written (Intake._reopen raises "
+        "anything but FileNotFoundError) must be removed and its descriptor closed, "
+        f"not kept until close: {left} left, {grown} more descriptors open"
+    )
+
+
+def test_two_intakes_in_one_process_keep_their_spares_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "intake"
+    monkeypatch.setattr(intake, "SETTLE_DELAY", 0.01)
+
+    async def settle_all(journal: Intake, tickets: list[Ticket]) -> None:
+        paths = [ticket.segment.path for ticket in tickets]
+        for ticket in tickets:
+            journal.settle(ticket)
+        await until(lambda: not any(path.exists() for path in paths))  # now spares
+
+    async def scenario() -> list[str]:
+        first = Intake(directory, limit=1)  # every write starts a new segment
+        second = Intake(directory, limit=1)
+        first.open()
+        second.open()  # same pid, and a sequence of its own
+        await settle_all(second, [await second.write(envelope(f"b{n}"), BODY) for n in (1, 2)])
+        await settle_all(first, [await first.write(envelope(f"a{n}"), BODY) for n in (1, 2)])
+        kept = [await second.write(envelope(f"b{n}"), BODY) for n in (3, 4, 5)]
+        await first.close()
+        await second.close()
+        return [ticket.queue_id for ticket in kept]
+
+    kept = asyncio.run(scenario())
+    store = Store()
+    Intake(directory).recover(store)
+    assert sorted(ids(store.stored)) == kept, (
+        "two Intakes of one process must not take each other's files: Intake._retire "
+        "renames a settled segment to PID.SEQ.spare from its own sequence without "
+        "checking that the name is free, so the first Intake's spare replaced the "
+        "second's; the second then renamed that file to its next .log while writing "
+        "into its own, unlinked, file: its unsettled message was lost and a settled one "
+        f"of the first came back; kept {kept}, recovered {sorted(ids(store.stored))}"
     )
