@@ -844,7 +844,7 @@ def test_failed_write_into_an_empty_segment_retires_it(
     assert segments(directory) == []
 
 
-# Bugs (see the assertion messages)
+# Failures and races (regression tests for bugs found in review)
 
 
 def test_settled_marks_in_a_batch_with_a_failed_write_are_not_lost(
