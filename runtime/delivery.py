@@ -21,6 +21,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -106,7 +107,6 @@ def settle(
     delayed: list[dsn.Failure] = []
     again: list[Waiting] = []
     journal = ""
-    history = spool.history(queue_id)
     for outcome in outcomes:
         entry = by_recipient[outcome.recipient]
         failure = dsn.Failure(
@@ -138,11 +138,10 @@ def settle(
                 _span(interval),
             )
     new: list[str] = []
-    if delayed and retry.should_warn(history, envelope.arrived, now, plan.queue.warn_after):
-        journal += retry.event_line("W", now)
-        if envelope.sender:
-            until = envelope.arrived + plan.queue.give_up_after
-            new.append(bounce(spool, plan, envelope, message, delayed, now, until))
+    warn = delayed and _claim_warning(spool, queue_id, envelope.arrived, now, plan.queue.warn_after)
+    if warn and envelope.sender:  # claimed even without a sender: it is not asked again
+        until = envelope.arrived + plan.queue.give_up_after
+        new.append(bounce(spool, plan, envelope, message, delayed, now, until))
     if journal:
         spool.journal(queue_id, journal)
     if failures:
@@ -159,6 +158,19 @@ def settle(
             if spool.finished(queue_id) >= set(envelope.recipients):
                 spool.remove(queue_id)  # another worker finished the rest meanwhile
     return again, new
+
+
+_warning = threading.Lock()  # for `_claim_warning`
+
+
+def _claim_warning(spool: Spool, queue_id: str, arrived: float, now: float, after: int) -> bool:
+    """Whether this settling sends the message's delay warning: the first to ask, once
+    it is due, however many queues settle the message at the same moment."""
+    with _warning:
+        if not retry.should_warn(spool.history(queue_id), arrived, now, after):
+            return False
+        spool.journal(queue_id, retry.event_line("W", now))
+        return True
 
 
 def bounce(

@@ -17,12 +17,14 @@ import fcntl
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import durable
 
 LOCK_FILE = "mailplan-pop3.lock"
+RACES = 3  # times a message moved by another reader is looked for again
 UIDL_LIMIT = 70  # RFC 1939: at most 70 characters, each 0x21 to 0x7E
 _UIDL_SAFE = re.compile(r"[\x21-\x7e]{1,70}")
 _LINE_END = re.compile(rb"\r?\n")
@@ -113,19 +115,27 @@ class Maildrop:
         """Remove `deleted`, mark `seen` as seen; the number of deleted messages not found."""
         missing = 0
         for message in deleted:
-            path = self._current(message)
-            if path is None:
+            if not self._change(message, Path.unlink):
                 missing += 1
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
         for message in seen - deleted:
-            path = self._current(message)
-            if path is not None:
-                _mark_seen(self.folder, path)
+            self._change(message, lambda path: _mark_seen(self.folder, path))
         for sub in ("new", "cur"):
             durable.sync_directory(self.folder / sub)
         return missing
+
+    def _change(self, message: Message, change: Callable[[Path], object]) -> bool:
+        """Apply `change` to the message's file wherever it is now; False if it is gone.
+        Another reader (Dovecot) may rename it between finding it and changing it."""
+        for _ in range(RACES):
+            path = self._current(message)
+            if path is None:
+                return False
+            try:
+                change(path)
+            except FileNotFoundError:
+                continue
+            return True
+        return False
 
     def _current(self, message: Message) -> Path | None:
         if message.path.exists():
@@ -167,5 +177,4 @@ def _mark_seen(folder: Path, path: Path) -> None:
     if path.parent.name == "cur" and "S" in flags:
         return
     target = folder / "cur" / f"{name}:2,{''.join(sorted(set(flags) | {'S'}))}"
-    with contextlib.suppress(FileNotFoundError):
-        os.rename(path, target)
+    os.rename(path, target)

@@ -286,7 +286,6 @@ class Pop3:
         account = await checking(self.policy.login, name, password)
         if account is None:
             return await self._refuse(repr(name))
-        self.throttle.succeeded(self.ip)
         folder = maildir.mailbox(self.mail_directory, account)
         try:
             drop = await asyncio.to_thread(Maildrop.open, folder)

@@ -389,7 +389,6 @@ class Session(SMTP):
             log.info("%s failed to log in as %r; the answer waits %.0f s", peer, login, delay)
             await asyncio.sleep(delay)
             return AuthResult(success=False, handled=False)
-        self.throttle.succeeded(peer)
         log.info("%s logged in as %s (%r)", peer, account, login)
         return AuthResult(success=True, handled=False, auth_data=account)
 
@@ -465,8 +464,10 @@ class Session(SMTP):
             self._reader._buffer[:0] = rest  # type: ignore[attr-defined]  # pipelined commands
         if dropped:
             return TOO_BIG
-        body = bytes(buffer[: end + 2])
-        return body.replace(b"\r\n.", b"\r\n")[2:]
+        del buffer[end + 2 :]  # the message, after the CRLF that ended the DATA line
+        if b"\r\n." in buffer:  # dot-stuffed lines (RFC 5321 4.5.2)
+            buffer = buffer.replace(b"\r\n.", b"\r\n")
+        return bytes(memoryview(buffer)[2:])
 
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"

@@ -1,12 +1,17 @@
-"""Failed logins: a delay that grows per client IP, shared by POP3 and SMTP AUTH.
+"""Failed logins: a delay that grows per client, shared by POP3 and SMTP AUTH.
 
-Each failure from an IP doubles the delay its next answer waits (from `FIRST` up to
-`LONGEST`); a success forgets the IP, and so does a quiet spell of `FORGET` seconds.
-Pure bookkeeping over a clock: the protocol handlers do the waiting.
+Each failure from a client doubles the delay its next failed answer waits (from
+`FIRST` up to `LONGEST`); a quiet spell of `FORGET` seconds forgets it. A client is
+an IPv4 address or an IPv6 /64 (one host usually has a whole /64 to pick from). A
+successful login forgets nothing: an attacker who owns one account could otherwise
+reset the count between guesses at others; and a success never waits, so a user who
+mistyped once loses nothing. Pure bookkeeping over a clock: the protocol handlers
+do the waiting.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,14 +29,14 @@ class _Record:
 
 
 class Throttle:
-    """Failures per client IP; `delay(ip)` is how long to wait before saying "no" again."""
+    """Failures per client; `delay(ip)` is how long to wait before saying "no" again."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.records: dict[str, _Record] = {}
 
     def failures(self, ip: str) -> int:
-        record = self.records.get(ip)
+        record = self.records.get(client(ip))
         if record is None or self.clock() - record.last > FORGET:
             return 0
         return record.failures
@@ -44,11 +49,22 @@ class Throttle:
     def failed(self, ip: str) -> float:
         """Count one failure; the delay the answer to it must wait."""
         failures = self.failures(ip) + 1
-        self.records.pop(ip, None)
-        self.records[ip] = _Record(failures, self.clock())
+        key = client(ip)
+        self.records.pop(key, None)
+        self.records[key] = _Record(failures, self.clock())
         while len(self.records) > MAX_CLIENTS:
             del self.records[next(iter(self.records))]
         return self.delay(ip)
 
-    def succeeded(self, ip: str) -> None:
-        self.records.pop(ip, None)
+
+def client(ip: str) -> str:
+    """Whom failures are counted for: the IPv4 address, or the IPv6 address's /64."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return ip

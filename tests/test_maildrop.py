@@ -100,3 +100,26 @@ def test_a_message_removed_by_another_reader_is_counted(tmp_path: Path) -> None:
         drop.read(drop.messages[0])
     assert drop.commit(set(drop.messages), set()) == 1
     drop.close()
+
+
+def test_a_message_moved_while_it_is_deleted_is_deleted_where_it_went(tmp_path: Path) -> None:
+    """Another reader (Dovecot) renames the file between finding it and deleting it."""
+    folder = tmp_path / "alice"
+    (first,) = delivered(folder, b"Subject: 1\r\n\r\none\r\n")
+    drop = Maildrop.open(folder)
+    moved = folder / "cur" / f"{first.name}:2,S"
+    calls: list[Path] = []
+
+    def delete_after_a_rename(path: Path) -> None:
+        calls.append(path)
+        if len(calls) == 1:
+            path.rename(moved)  # what the other reader did just before us
+            raise FileNotFoundError(path)
+        path.unlink()
+
+    try:
+        assert drop._change(drop.messages[0], delete_after_a_rename)
+    finally:
+        drop.close()
+    assert calls == [first, moved]
+    assert not moved.exists() and not first.exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -147,6 +149,26 @@ def test_the_delay_warning_goes_once(spool: Spool, plan: Plan) -> None:
     assert second == []
     (_, delayed) = status_fields(report_of(spool, warning))
     assert (delayed["Action"], delayed["Status"]) == ("delayed", "4.4.1")
+
+
+def test_the_delay_warning_goes_once_when_queues_settle_at_the_same_time(
+    spool: Spool, plan: Plan
+) -> None:
+    """Two recipients in two domains, settled by two queues' workers at the same moment:
+    one warning (a race, so it is run on 20 messages)."""
+    late = ARRIVED + 2 * 3600
+    for _ in range(20):
+        entries = queued(spool, plan, "a@remote.test", "b@other.test")
+        start = threading.Barrier(len(entries))
+
+        def one(entry: Waiting, start: threading.Barrier = start) -> list[str]:
+            start.wait()
+            failed = [outcome(entry, "temporary", "4.4.1", "no")]
+            return settle(spool, plan, [entry], failed, late)[1]
+
+        with ThreadPoolExecutor(len(entries)) as pool:
+            made = [queue_id for new in pool.map(one, entries) for queue_id in new]
+        assert len(made) == 1, made
 
 
 def test_giving_up_bounces_with_4_4_7(spool: Spool, plan: Plan) -> None:

@@ -682,20 +682,25 @@ def test_auth_exchange_variants(site: Site, mechanism: str, initial: bool) -> No
         assert login(client, "alice", mechanism=mechanism, initial=initial)[0] == 235
 
 
+REFUSED = [
+    ("alice", "wrong"),
+    ("nobody", PASSWORD),
+    ("printer", PASSWORD),  # an account without a password
+    ("info", PASSWORD),  # a forwarder is no login
+    ("alice@elsewhere.example", PASSWORD),
+]
+
+
 @pytest.mark.parametrize(
     ("user", "password"),
-    [
-        ("alice", "wrong"),
-        ("nobody", PASSWORD),
-        ("printer", PASSWORD),  # an account without a password
-        ("info", PASSWORD),  # a forwarder is no login
-        ("alice@elsewhere.example", PASSWORD),
-    ],
+    REFUSED,
     ids=["wrong-password", "unknown-user", "no-password", "forwarder", "foreign-domain"],
 )
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 def test_auth_refused(site: Site, user: str, password: str, mechanism: str) -> None:
-    with connect(site, "submission") as client:
+    # each case from a client of its own: a success does not reset an IP's failure count
+    case = REFUSED.index((user, password)) * 2 + (mechanism == "LOGIN")
+    with connect(site, "submission", f"127.0.3.{10 + case}") as client:
         client.starttls(context=unverified())
         client.ehlo()
         assert login(client, user, password, mechanism) == (

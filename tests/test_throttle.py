@@ -1,4 +1,5 @@
-"""The failed-login delay: grows per client IP, resets on success and after a quiet spell."""
+"""The failed-login delay: grows per client (IPv4 address, IPv6 /64), resets after a quiet
+spell."""
 
 from __future__ import annotations
 
@@ -29,11 +30,25 @@ def test_each_client_ip_has_its_own_count() -> None:
     assert limiter.delay("192.0.2.1") == 2.0
 
 
-def test_a_success_forgets_the_failures() -> None:
+def test_an_ipv6_client_is_its_slash_64() -> None:
     limiter = Throttle(Clock())
-    limiter.failed("192.0.2.1")
-    limiter.succeeded("192.0.2.1")
-    assert limiter.failed("192.0.2.1") == 1.0
+    limiter.failed("2001:db8:1:2::1")
+    assert limiter.failed("2001:db8:1:2:ffff:ffff:ffff:fffe") == 2.0  # the same /64
+    assert limiter.failed("2001:db8:1:3::1") == 1.0  # the next /64 is another client
+    assert limiter.delay("2001:db8:1:2::abcd") == 2.0
+
+
+def test_an_ipv4_mapped_address_counts_as_its_ipv4() -> None:
+    limiter = Throttle(Clock())
+    limiter.failed("::ffff:192.0.2.1")
+    assert limiter.failed("192.0.2.1") == 2.0
+    assert limiter.failed("192.0.2.2") == 1.0
+
+
+def test_a_name_that_is_no_ip_is_counted_as_it_is() -> None:
+    limiter = Throttle(Clock())
+    limiter.failed("?")
+    assert limiter.delay("?") == 1.0
 
 
 def test_a_quiet_spell_forgets_the_failures() -> None:
