@@ -6,10 +6,11 @@ Every server here answers 250 to the end of DATA only once the message is on dis
 
 - mailplan: `mailplan serve SITE --root DIR` on a generated site with one listener
   (127.0.0.1, a free high port, `tls: none`, `auth: none`, client_ips 127.0.0.1) and
-  one local account, the recipient. After accepting, mailplan delivers each message
-  to its Maildir (a second fsynced write); that work runs in the same process, as it
-  would in production. Its log (one line per acceptance, one per delivery) goes to a
-  file.
+  one local account, the recipient. Before its 250 a message is appended to the
+  intake journal and fdatasynced (one sync for the sessions that end DATA together);
+  then mailplan delivers it into the Maildir, in batches made durable together, in
+  the same process, as it would in production. Its log (one line per acceptance, one
+  per delivery) goes to a file.
 - bare aiosmtpd: aiosmtpd's stock `SMTP` protocol (the same library and event loop as
   mailplan) in a subprocess started from this file, whose DATA hook writes each
   message to a new file in a worker thread, fsyncs the file and its directory, then
