@@ -116,6 +116,32 @@ def test_an_extra_record_is_reported(
     ]
 
 
+def test_tag_records_are_compared_by_their_tags(
+    plan: Plan, example_zones: tuple[Zone, ...], tmp_path: Path
+) -> None:
+    """DKIM and DMARC published with their tags in another order, other spaces, and a key
+    split by spaces (as many DNS panels store it) are present; a changed tag is not."""
+    (example,) = [z for z in example_zones if z.name == "example.com"]
+    text = render(example, "bind")
+    dmarc = '"v=DMARC1; p=quarantine; rua=mailto:dmarc-reports@example.com"'
+    ed25519 = '"v=DKIM1; k=ed25519; p=UXH6x0ewKP8Zlu9W5spD85UdOife7lXQrwSIRAx5OU0="'
+    assert dmarc in text and ed25519 in text
+    edited = text.replace(
+        dmarc, '"v=DMARC1;rua=mailto:dmarc-reports@example.com ;  p=quarantine;"'
+    ).replace(ed25519, '"v=DKIM1; p=UXH6x0ewKP8Zlu9W5spD85U dOife7lXQrwSIRAx5OU0=; k=ed25519"')
+    with serve(tmp_path / "same", example_zones, example_com=edited) as server:
+        findings = check(plan, (example,), resolver_for(server.address))
+    assert lines(findings, "different") == lines(findings, "missing") == []
+    changed = text.replace(dmarc, '"v=DMARC1; rua=mailto:dmarc-reports@example.com; p=none"')
+    with serve(tmp_path / "changed", example_zones, example_com=changed) as server:
+        findings = check(plan, (example,), resolver_for(server.address))
+    assert lines(findings, "different") == [
+        "different  TXT   _dmarc.example.com  v=DMARC1; p=quarantine; "
+        "rua=mailto:dmarc-reports@example.com  "
+        "(found: v=DMARC1; rua=mailto:dmarc-reports@example.com; p=none)"
+    ]
+
+
 def test_spf_is_judged_by_what_it_authorises_not_by_its_text(
     plan: Plan, example_zones: tuple[Zone, ...], tmp_path: Path
 ) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -34,6 +34,7 @@ STATUSES: tuple[Status, ...] = ("present", "missing", "different")
 STRANGER_RESULT = {"-all": "fail", "~all": "softfail", "?all": "neutral"}
 STRANGERS = ("198.51.100.254", "203.0.113.254", "192.0.2.254", "2001:db8:ffff::fe")
 TXT_KINDS = ("v=spf1", "v=DKIM1", "v=DMARC1", "v=STSv1", "v=TLSRPTv1")
+TAG_KINDS = TXT_KINDS[1:]  # tag=value lists; SPF is judged by what it authorises
 
 
 @dataclass(frozen=True)
@@ -105,11 +106,16 @@ def _compare(
     owner: str, kind: str, records: list[Record], found: tuple[str, ...], why: str
 ) -> list[Finding]:
     expected = [_value(r) for r in records]
-    unmatched = [v for v in expected if v not in found]
-    extra = tuple(v for v in found if v not in expected)
+    key = _tags if kind == "TXT" else str
+
+    def among(value: str, values: Iterable[str]) -> bool:
+        return any(key(value) == key(other) for other in values)
+
+    unmatched = [v for v in expected if not among(v, found)]
+    extra = tuple(v for v in found if not among(v, expected))
     findings = []
     for value in expected:
-        if value in found:
+        if among(value, found):
             findings.append(Finding("present", owner, kind, value, found))
         elif not found:
             findings.append(Finding("missing", owner, kind, value, (), why))
@@ -205,6 +211,17 @@ def _value(record: Record) -> str:
     if record.type in ("A", "AAAA"):
         return str(ipaddress.ip_address(value))
     return value
+
+
+def _tags(text: str) -> str | frozenset[tuple[str, str]]:
+    """A tag-value TXT record (DKIM, DMARC, MTA-STS, TLS-RPT) as its tags, so that the
+    order of tags and the spaces around them do not count, nor the spaces inside a
+    value (a DKIM key is often published split by spaces); SPF and other TXT records
+    compare as they are."""
+    if _txt_kind(text) not in TAG_KINDS:
+        return text
+    tags = [part.partition("=") for part in text.split(";") if part.strip()]
+    return frozenset((name.strip(), "".join(value.split())) for name, _, value in tags)
 
 
 def _kind(record: Record) -> str:
