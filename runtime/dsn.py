@@ -47,7 +47,10 @@ def report(
 ) -> bytes:
     """The DSN for `failures` of one message, addressed to its return path `sender`."""
     failed = action == "failed"
-    message = EmailMessage(policy=SMTP)
+    # a sender with a non-ASCII address can only be written in a UTF-8 header (RFC 6532);
+    # such a DSN goes out with SMTPUTF8, as any mail to that address must
+    policy = SMTP if sender.isascii() else SMTP.clone(utf8=True)
+    message = EmailMessage(policy=policy)
     message["From"] = f"Mail Delivery System <MAILER-DAEMON@{hostname}>"
     message["To"] = sender
     subject = "Undelivered Mail Returned to Sender" if failed else "Delayed Mail (still trying)"
@@ -64,7 +67,7 @@ def report(
     blocks = [per_message]
     for failure in failures:
         block = Message(policy=FIELDS)
-        block["Final-Recipient"] = f"rfc822; {failure.recipient}"
+        block["Final-Recipient"] = recipient_field(failure.recipient)
         block["Action"] = action
         block["Status"] = failure.status
         if failure.remote:
@@ -88,7 +91,18 @@ def report(
     message.attach(headers)  # type: ignore[arg-type]
     message.set_type("multipart/report")
     message.set_param("report-type", "delivery-status")
-    return message.as_bytes(policy=FIELDS)
+    return message.as_bytes(policy=FIELDS.clone(utf8=policy.utf8))
+
+
+def recipient_field(address: str) -> str:
+    """A Final-Recipient value: `rfc822; ADDRESS`, or for an address that is not ASCII
+    `utf-8; ADDRESS` in RFC 6533's xtext (`\\x{HEX}` for what is not plain ASCII, and
+    for `+`, `=` and `\\`), which keeps the field ASCII."""
+    if address.isascii():
+        return f"rfc822; {address}"
+    return "utf-8; " + "".join(
+        c if "!" <= c <= "~" and c not in "+=\\" else f"\\x{{{ord(c):X}}}" for c in address
+    )
 
 
 def _explanation(hostname: str, failures: list[Failure], failed: bool, until: float | None) -> str:

@@ -260,3 +260,33 @@ def test_original_with_bare_newlines() -> None:
 )
 def test_header_block(message: bytes, header: bytes) -> None:
     assert dsn.header_block(message) == header
+
+
+@pytest.mark.parametrize(
+    ("address", "field"),
+    [
+        ("bob@remote.test", "rfc822; bob@remote.test"),
+        ("bob+tag@remote.test", "rfc822; bob+tag@remote.test"),
+        ("j\u00f6rg@remote.test", "utf-8; j\\x{F6}rg@remote.test"),
+        (
+            "\u7528\u6237+a=b@\u4f8b\u5b50.test",
+            "utf-8; \\x{7528}\\x{6237}\\x{2B}a\\x{3D}b@\\x{4F8B}\\x{5B50}.test",
+        ),
+        ("\U0001f600@remote.test", "utf-8; \\x{1F600}@remote.test"),
+    ],
+)
+def test_final_recipient_of_an_address_that_is_not_ascii(address: str, field: str) -> None:
+    """RFC 6533: the `utf-8` address type, in xtext, so the status block stays ASCII."""
+    assert dsn.recipient_field(address) == field
+    blocks = status_blocks(parse(make(failures=[dsn.Failure(address, "5.1.1", "no")])))
+    assert blocks[1]["Final-Recipient"] == field
+
+
+def test_a_report_to_a_sender_that_is_not_ascii_has_a_utf8_header() -> None:
+    """RFC 6532: the address is written as it is (the DSN goes out with SMTPUTF8); an
+    encoded word is no address."""
+    raw = make(sender="j\u00f6rg@example.test")
+    assert "To: j\u00f6rg@example.test\r\n".encode() in raw
+    assert b"=?utf-8?" not in raw.split(b"\r\n\r\n", 1)[0]
+    assert parse(raw)["To"] == "j\u00f6rg@example.test"
+    assert make().split(b"\r\n\r\n", 1)[0].isascii()  # an ASCII sender: an ASCII header
