@@ -138,10 +138,8 @@ def settle(
                 _span(interval),
             )
     new: list[str] = []
-    warn = delayed and _claim_warning(spool, queue_id, envelope.arrived, now, plan.queue.warn_after)
-    if warn and envelope.sender:  # claimed even without a sender: it is not asked again
-        until = envelope.arrived + plan.queue.give_up_after
-        new.append(bounce(spool, plan, envelope, message, delayed, now, until))
+    if delayed:
+        new += _warn_once(spool, plan, envelope, message, delayed, now)
     if journal:
         spool.journal(queue_id, journal)
     if failures:
@@ -160,17 +158,31 @@ def settle(
     return again, new
 
 
-_warning = threading.Lock()  # for `_claim_warning`
+_warning = threading.Lock()  # for `_warn_once`
 
 
-def _claim_warning(spool: Spool, queue_id: str, arrived: float, now: float, after: int) -> bool:
-    """Whether this settling sends the message's delay warning: the first to ask, once
-    it is due, however many queues settle the message at the same moment."""
+def _warn_once(
+    spool: Spool,
+    plan: Plan,
+    envelope: Envelope,
+    message: bytes,
+    delayed: list[dsn.Failure],
+    now: float,
+) -> list[str]:
+    """The message's delay warning, when it is due and was not sent: once, however many
+    queues settle the message at the same moment; recorded as sent only once it is
+    queued (a failure leaves it due). Recorded without a sender too: not asked again."""
     with _warning:
-        if not retry.should_warn(spool.history(queue_id), arrived, now, after):
-            return False
-        spool.journal(queue_id, retry.event_line("W", now))
-        return True
+        if not retry.should_warn(
+            spool.history(envelope.id), envelope.arrived, now, plan.queue.warn_after
+        ):
+            return []
+        made = []
+        if envelope.sender:
+            until = envelope.arrived + plan.queue.give_up_after
+            made.append(bounce(spool, plan, envelope, message, delayed, now, until))
+        spool.journal(envelope.id, retry.event_line("W", now))
+        return made
 
 
 def bounce(

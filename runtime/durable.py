@@ -2,8 +2,9 @@
 
 `publish` does that for one file. A `Batch` does it for many at once, with two syncs
 for the whole batch instead of two per file: every file is written under its
-temporary name, their file systems are synced (`syncfs`, Linux; elsewhere each file
-and folder is fsynced), the files are renamed, and the file systems are synced again.
+temporary name, their file systems are synced (`syncfs`, Linux 5.8 and later;
+elsewhere each file and folder is fsynced), the files are renamed, and the file
+systems are synced again.
 So a final name never shows a file whose content could still be lost.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -40,36 +42,70 @@ def sync_directory(path: Path) -> None:
 
 
 class Batch:
-    """Files published together (see the module's text); not thread-safe."""
+    """Files published together (see the module's text); not thread-safe.
+
+    Where `syncfs` is used, a descriptor of each file system is opened before the batch
+    writes its first file there, and both syncs go through it: the kernel reports a
+    write-back error to a descriptor only if it was open when the error happened (and
+    only once), so a descriptor opened at commit time could be told all is well about
+    this batch's own lost pages."""
 
     def __init__(self) -> None:
         self.moves: list[tuple[Path, Path]] = []
+        self._anchors: dict[int, int] = {}  # file system (st_dev) -> a folder's descriptor
+        self._folders: set[Path] = set()
 
     def publish(self, temporary: Path, final: Path, *parts: bytes) -> None:
         """Write `parts` to `temporary`; `commit` makes it durable and names it `final`."""
+        self._anchor(temporary.parent)
         os.close(_write(temporary, parts))
         self.moves.append((temporary, final))
 
     def commit(self) -> None:
         """Make every file durable under its final name; blocking."""
-        if not self.moves:
-            return
-        sync(temporary for temporary, _ in self.moves)
-        for temporary, final in self.moves:
-            os.rename(temporary, final)
-        sync(final for _, final in self.moves)
-        self.moves = []
+        try:
+            if self.moves:
+                self._sync(temporary for temporary, _ in self.moves)
+                for temporary, final in self.moves:
+                    os.rename(temporary, final)
+                self._sync(final for _, final in self.moves)
+            self.moves = []
+        finally:
+            self._release()
 
     def abandon(self) -> None:
         """Remove the files not yet committed."""
         for temporary, _ in self.moves:
             temporary.unlink(missing_ok=True)
         self.moves = []
+        self._release()
+
+    def _anchor(self, folder: Path) -> None:
+        if _syncfs is None or folder in self._folders:
+            return
+        device = os.stat(folder).st_dev
+        if device not in self._anchors:
+            self._anchors[device] = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        self._folders.add(folder)
+
+    def _sync(self, paths: Iterable[Path]) -> None:
+        if _syncfs is None:
+            sync(paths)
+            return
+        for descriptor in self._anchors.values():
+            _check(_syncfs(descriptor), descriptor)
+
+    def _release(self) -> None:
+        for descriptor in self._anchors.values():
+            os.close(descriptor)
+        self._anchors.clear()
+        self._folders.clear()
 
 
 def sync(paths: Iterable[Path]) -> None:
     """Make the files `paths` and their names durable: one `syncfs` per file system where
-    the system has it, or an fsync of each file and each folder."""
+    the system has it, or an fsync of each file and each folder. (A `Batch` syncs
+    through descriptors it opened before writing; this opens them now.)"""
     files = list(paths)
     folders = {path.parent for path in files}
     if _syncfs is not None:
@@ -79,9 +115,7 @@ def sync(paths: Iterable[Path]) -> None:
         for folder in devices.values():
             descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                if _syncfs(descriptor) != 0:
-                    error = ctypes.get_errno()
-                    raise OSError(error, os.strerror(error), str(folder))
+                _check(_syncfs(descriptor), descriptor, folder)
             finally:
                 os.close(descriptor)
         return
@@ -93,6 +127,13 @@ def sync(paths: Iterable[Path]) -> None:
             os.close(descriptor)
     for folder in folders:
         sync_directory(folder)
+
+
+def _check(result: int, descriptor: int, folder: Path | None = None) -> None:
+    if result != 0:
+        error = ctypes.get_errno()
+        where = str(folder) if folder is not None else f"file system of descriptor {descriptor}"
+        raise OSError(error, os.strerror(error), where)
 
 
 def _write(path: Path, parts: Iterable[bytes]) -> int:
@@ -111,7 +152,10 @@ def _write(path: Path, parts: Iterable[bytes]) -> int:
 
 
 def _find_syncfs() -> Callable[[int], int] | None:
-    """libc's syncfs(2), when this system has it."""
+    """libc's syncfs(2), where it reports write-back errors (Linux 5.8 and later; before,
+    it said nothing of them, and each file is fsynced instead)."""
+    if not _linux_at_least(5, 8):
+        return None
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name, use_errno=True)
@@ -119,6 +163,14 @@ def _find_syncfs() -> Callable[[int], int] | None:
     except (OSError, AttributeError):
         return None
     return function
+
+
+def _linux_at_least(major: int, minor: int) -> bool:
+    system = os.uname()
+    found = re.match(r"(\d+)\.(\d+)", system.release)
+    if system.sysname != "Linux" or found is None:
+        return False
+    return (int(found[1]), int(found[2])) >= (major, minor)
 
 
 _syncfs = _find_syncfs()

@@ -6,9 +6,9 @@ message is delivered into its Maildirs in batches afterwards (`runtime.processor
 Sessions that finish DATA while a sync is under way share the next one (group
 commit): one fdatasync makes many messages durable.
 
-A segment is `QUEUE/intake/PID.SEQ.log`, owned by the process that holds its
-`flock`. It is a run of records, each a head (`MPI1`, kind, the segment's epoch,
-payload length, CRC-32 of the payload) and a payload. The first record opens the
+A segment is `QUEUE/intake/PID-RANDOM.SEQ.log`, owned by the process that holds
+its `flock`. It is a run of records, each a head (`MPI1`, kind, the segment's
+epoch, payload length, CRC-32 of those and the payload) and a payload. The first record opens the
 segment and gives its epoch (random); then come messages (the queue file's format,
 `spool.parse`) and the ids of messages that are settled (their Maildir copies are
 durable). A crash in the middle of a write leaves a torn last record, which
@@ -43,8 +43,9 @@ from runtime.spool import BadQueueFile, Envelope, parse
 
 log = logging.getLogger("mailplan.queue")
 
-# magic, kind, epoch, payload length, CRC-32 of the payload
+# magic, kind, epoch, payload length, CRC-32 of kind, epoch, length and payload
 HEAD = struct.Struct(">4sBQII")
+_FIELDS = struct.Struct(">BQI")
 MAGIC = b"MPI1"
 OPENED = 0
 MESSAGE = 1
@@ -53,10 +54,26 @@ SEGMENT_LIMIT = 8 << 20  # bytes; a new segment is started past this size
 SPARES = 2  # settled segments kept to be written over
 SETTLE_DELAY = 1.0  # seconds a settled mark may wait for a message to go with
 _sequence = itertools.count()  # file names: one count for all the journals of a process
+_tokens: dict[int, str] = {}
+
+
+def _process() -> str:
+    """This process in file names: its pid and a random part, since two live processes
+    in different pid namespaces (containers) sharing a queue can have the same pid."""
+    pid = os.getpid()
+    if pid not in _tokens:  # a forked worker gets its own
+        _tokens[pid] = f"{pid}-{os.urandom(4).hex()}"
+    return _tokens[pid]
 
 
 def record(kind: int, payload: bytes, epoch: int) -> bytes:
-    return HEAD.pack(MAGIC, kind, epoch, len(payload), zlib.crc32(payload)) + payload
+    return HEAD.pack(MAGIC, kind, epoch, len(payload), _crc(kind, epoch, payload)) + payload
+
+
+def _crc(kind: int, epoch: int, payload: bytes) -> int:
+    """The CRC-32 of the head's fields and the payload: a damaged kind or length is
+    caught too."""
+    return zlib.crc32(payload, zlib.crc32(_FIELDS.pack(kind, epoch, len(payload))))
 
 
 def records(data: bytes) -> Iterator[tuple[int, bytes]]:
@@ -67,7 +84,7 @@ def records(data: bytes) -> Iterator[tuple[int, bytes]]:
     while at + HEAD.size <= len(data):
         magic, kind, found, length, crc = HEAD.unpack_from(data, at)
         payload = data[at + HEAD.size : at + HEAD.size + length]
-        if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
+        if magic != MAGIC or len(payload) != length or _crc(kind, found, payload) != crc:
             return
         if epoch is None:
             epoch = found
@@ -161,8 +178,12 @@ class Intake:
                 with os.fdopen(os.dup(descriptor), "rb") as file:
                     data = file.read()
                 left = unsettled(data) if path.suffix == ".log" else []
-                for envelope, message in left:
-                    store(envelope, message)
+                try:
+                    for envelope, message in left:
+                        store(envelope, message)
+                except OSError as exc:  # kept for the next start; this one goes on
+                    log.error("intake: cannot queue the messages of %s: %s", path.name, exc)
+                    continue
                 if left:
                     log.info("intake: %d message(s) of %s queued again", len(left), path.name)
                 path.unlink()
@@ -300,10 +321,10 @@ class Intake:
                 descriptor = os.open(fresh, flags, 0o600)
             except FileExistsError:
                 continue
-            fcntl.flock(descriptor, fcntl.LOCK_EX)  # before recovery could take it
             segment = Segment(fresh, descriptor)
             self._segments.add(segment)
             try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX)  # before recovery could take it
                 return self._reopen(segment)
             except FileNotFoundError:  # another process's recovery took it
                 self._remove(segment)
@@ -329,7 +350,7 @@ class Intake:
         return segment
 
     def _name(self, suffix: str) -> Path:
-        return self.directory / f"{os.getpid()}.{next(_sequence)}{suffix}"
+        return self.directory / f"{_process()}.{next(_sequence)}{suffix}"
 
     def _retire(self, segment: Segment) -> None:
         """A segment whose messages are all settled: kept as a spare, or removed."""
@@ -364,7 +385,10 @@ class Intake:
             self._retire(segment)
 
     def _remove(self, segment: Segment) -> None:
-        segment.path.unlink(missing_ok=True)  # before the lock goes with the descriptor
+        try:
+            segment.path.unlink(missing_ok=True)  # before the lock goes with the descriptor
+        except OSError as exc:  # left for the next start's recovery, which finds it settled
+            log.warning("intake: cannot remove %s: %s", segment.path.name, exc)
         os.close(segment.descriptor)
         self._segments.discard(segment)
 

@@ -279,13 +279,17 @@ class Pop3:
                 return True
         credentials = sasl_plain("" if response == "=" else response)
         if credentials is None:
-            return await self._refuse("(malformed PLAIN response)")
+            self.throttle.failed(self.ip)
+            return await self._refuse("(malformed PLAIN response)", 0.0)
         return await self._login(*credentials)
 
     async def _login(self, name: str, password: str) -> bool:
-        account = await checking(self.policy.login, name, password)
+        async with self.throttle.turn(self.ip) as waited:
+            account = await checking(self.policy.login, name, password)
+            if account is None:
+                self.throttle.failed(self.ip)
         if account is None:
-            return await self._refuse(repr(name))
+            return await self._refuse(repr(name), waited)
         folder = maildir.mailbox(self.mail_directory, account)
         try:
             drop = await asyncio.to_thread(Maildrop.open, folder)
@@ -303,11 +307,9 @@ class Pop3:
         await self._send(f"+OK Logged in: {len(drop.messages)} messages ({octets} octets)")
         return True
 
-    async def _refuse(self, what: str) -> bool:
-        delay = self.throttle.failed(self.ip)
+    async def _refuse(self, what: str, waited: float) -> bool:
         self.state.failures += 1
-        log.info("%s failed to log in as %s (waits %.0fs)", self.ip, what, delay)
-        await asyncio.sleep(delay)
+        log.info("%s failed to log in as %s (after waiting %.0f s)", self.ip, what, waited)
         if self.state.failures >= MAX_FAILURES:
             await self._send(TOO_MANY_FAILURES)
             return False

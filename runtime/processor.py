@@ -36,6 +36,7 @@ log = logging.getLogger("mailplan.queue")
 WORKERS = 4
 BATCH_DELAY = 0.02  # seconds a batch of `deliver_soon` messages gathers before delivery
 BATCH_LIMIT = 1000  # messages in one such batch
+SOON_LIMIT = 20_000  # messages waiting for `deliver_soon`; beyond, new mail is queued
 STOP_WAIT = 30.0  # seconds a stop waits for those batches (what is left stays in the journal)
 RETRY_FAILED = 60  # seconds before a message whose processing failed is processed again
 MAX_HOPS = 50  # Received and Delivered-To lines a message may carry (as Postfix's hopcount_limit)
@@ -121,8 +122,9 @@ def process(
                 try:
                     local.deliver(routing.queue)
                 except Exception:
-                    if done and spool.exists(queue_id):
-                        spool.done(queue_id, done)  # those are not delivered twice
+                    # those are not delivered twice (a batch's copies are not delivered yet)
+                    if batch is None and done and spool.exists(queue_id):
+                        spool.done(queue_id, done)
                     raise
                 delivered.add(routing.queue)
             done.append(recipient)
@@ -336,6 +338,8 @@ class Processor:
         self._unsettled = 0  # handed to `deliver_soon`, not settled yet
         self._settled = asyncio.Event()
         self._settled.set()
+        self._batch_done = asyncio.Event()  # no batch is being delivered
+        self._batch_done.set()
         self._workers: list[asyncio.Task[None]] = []
         self._commands: set[asyncio.Task[None]] = set()
 
@@ -363,6 +367,12 @@ class Processor:
         self._settled.clear()
         self._more.set()
 
+    @property
+    def backlogged(self) -> bool:
+        """Whether so much waits for `deliver_soon` that new mail should be queued instead
+        (acceptance must not outrun delivery without bound)."""
+        return self._unsettled >= SOON_LIMIT
+
     async def _deliver_batches(self) -> None:
         """Deliver what `deliver_soon` gathered, a batch at a time: its Maildir files are
         made durable together. A batch that fails goes to the queue, message by message,
@@ -376,24 +386,45 @@ class Processor:
                 self._more.set()
             if not batch:
                 continue
+            self._batch_done.clear()
             try:
                 await asyncio.to_thread(self._deliver_batch, batch)
             except Exception:
                 log.exception("delivering %d message(s) failed; they are queued", len(batch))
-                try:
-                    await asyncio.to_thread(self._queue_batch, batch)
-                    for soon in batch:
-                        self.submit(soon.envelope.id)
-                except OSError as exc:  # still in the journal: tried again later
-                    log.error("cannot queue them: %s; tried again in %d s", exc, RETRY_FAILED)
-                    loop = asyncio.get_running_loop()
-                    loop.call_later(RETRY_FAILED, self._retry_soon, batch)
-                    continue
-            for soon in batch:
-                self.intake.settle(soon.ticket)
-            self._unsettled -= len(batch)
-            if not self._unsettled:
-                self._settled.set()
+                batch = await self._queue_each(batch)
+            finally:
+                self._batch_done.set()
+            self._settle(batch)
+
+    async def _queue_each(self, batch: list[_Soon]) -> list[_Soon]:
+        """Write the messages of a failed batch to the queue, to be processed from there;
+        returns those that are queued. The others stay in the journal and are tried
+        again later."""
+        queued, left = [], []
+        for soon in batch:
+            try:
+                await asyncio.to_thread(self._queue_one, soon)
+            except OSError as exc:
+                log.error("%s: cannot queue it either: %s", soon.envelope.id, exc)
+                left.append(soon)
+                continue
+            self.submit(soon.envelope.id)
+            queued.append(soon)
+        if left:
+            log.error("%d message(s) tried again in %d s", len(left), RETRY_FAILED)
+            asyncio.get_running_loop().call_later(RETRY_FAILED, self._retry_soon, left)
+        return queued
+
+    def _queue_one(self, soon: _Soon) -> None:
+        if not self.spool.exists(soon.envelope.id):  # stored by an earlier try
+            self.spool.store(soon.envelope, soon.message)
+
+    def _settle(self, batch: list[_Soon]) -> None:
+        for soon in batch:
+            self.intake.settle(soon.ticket)
+        self._unsettled -= len(batch)
+        if not self._unsettled:
+            self._settled.set()
 
     def _deliver_batch(self, batch: list[_Soon]) -> None:
         files = durable.Batch()
@@ -414,11 +445,6 @@ class Processor:
             raise
         for line in lines:
             log.info(*line)
-
-    def _queue_batch(self, batch: list[_Soon]) -> None:
-        for soon in batch:
-            if not self.spool.exists(soon.envelope.id):  # stored by an earlier try
-                self.spool.store(soon.envelope, soon.message)
 
     def _retry_soon(self, batch: list[_Soon]) -> None:
         self._soon.extend(batch)
@@ -445,6 +471,7 @@ class Processor:
             await asyncio.wait_for(self._settled.wait(), STOP_WAIT)
         except TimeoutError:
             log.warning("stopping with %d message(s) in the intake journal", self._unsettled)
+        await self._batch_done.wait()  # a batch under way ends and is settled, not cut off
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, *self._commands, return_exceptions=True)

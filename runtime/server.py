@@ -251,7 +251,7 @@ class Server:
         def store(envelope: Envelope, message: bytes) -> None:
             if not owns(envelope.id):  # another worker's id: this one makes its own
                 envelope = replace(envelope, id=new_id())
-            self.spool.store(envelope, message)
+            self.spool.store(envelope, message, again=True)
 
         self.intake.recover(store)
         self.intake.open()
@@ -261,7 +261,7 @@ class Server:
         local account without rules, write it to the intake journal, to be delivered
         into the Maildirs in the next batch (`runtime.intake`)."""
         digest, router = self.current.digest, self.current.policy.router
-        if self.processor.delivers_at_once(router, envelope):
+        if not self.processor.backlogged and self.processor.delivers_at_once(router, envelope):
             # shielded: a client gone before its 250 cannot leave a record unsettled
             await asyncio.shield(self._journal(router, digest, envelope, message))
             return

@@ -382,12 +382,13 @@ class Session(SMTP):
         credentials: LoginPassword = pending.credentials
         login = credentials.login.decode("utf-8", "replace")
         password = credentials.password.decode("utf-8", "replace")
-        account = await checking(self.handler.policy.login, login, password)
         peer = peer_ip(self.session) if self.session else "?"
+        async with self.throttle.turn(peer) as waited:
+            account = await checking(self.handler.policy.login, login, password)
+            if account is None:
+                self.throttle.failed(peer)
         if account is None:
-            delay = self.throttle.failed(peer)
-            log.info("%s failed to log in as %r; the answer waits %.0f s", peer, login, delay)
-            await asyncio.sleep(delay)
+            log.info("%s failed to log in as %r (after waiting %.0f s)", peer, login, waited)
             return AuthResult(success=False, handled=False)
         log.info("%s logged in as %s (%r)", peer, account, login)
         return AuthResult(success=True, handled=False, auth_data=account)

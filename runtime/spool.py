@@ -159,10 +159,13 @@ class Spool:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
 
-    def store(self, envelope: Envelope, message: bytes) -> None:
-        """Write a message durably: when this returns, it survives a crash."""
+    def store(self, envelope: Envelope, message: bytes, *, again: bool = False) -> None:
+        """Write a message durably: when this returns, it survives a crash. `again`: an
+        earlier process may have died writing it (recovery), so its `.tmp` may be left."""
         temporary = self.directory / f"{envelope.id}.tmp"
         final = self.directory / f"{envelope.id}.msg"
+        if again:
+            temporary.unlink(missing_ok=True)
         durable.publish(temporary, final, envelope.header(), message)
 
     def done(self, queue_id: str, recipients: list[str]) -> None:

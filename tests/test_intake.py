@@ -487,6 +487,36 @@ def test_recover_hands_over_exactly_the_unsettled_messages(tmp_path: Path) -> No
     assert again.stored == []
 
 
+def test_recover_keeps_a_segment_it_cannot_queue_and_goes_on(tmp_path: Path) -> None:
+    """A full disk at start: the segment stays for the next start, the server starts."""
+    directory = tmp_path / "intake"
+
+    async def write(queue_id: str) -> None:
+        journal = Intake(directory)
+        journal.open()
+        await journal.write(envelope(queue_id, "b@y.test"), BODY)
+        await journal.close()  # unsettled: kept
+
+    asyncio.run(write("m1"))
+    asyncio.run(write("m2"))
+    assert len(named(directory, ".log")) == 2
+    stored: list[str] = []
+
+    def full_for_m1(queued: Envelope, message: bytes) -> None:
+        if queued.id == "m1":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        stored.append(queued.id)
+
+    assert Intake(directory).recover(full_for_m1) == 1
+    assert stored == ["m2"]
+    (kept,) = named(directory, ".log")
+    assert ids(intake.unsettled((directory / kept).read_bytes())) == ["m1"]
+    later = Store()
+    assert Intake(directory).recover(later) == 1
+    assert ids(later.stored) == ["m1"]
+    assert segments(directory) == []
+
+
 def test_recover_creates_the_directory(tmp_path: Path) -> None:
     directory = tmp_path / "queue" / "intake"
     assert Intake(directory).recover(Store()) == 0

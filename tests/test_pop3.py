@@ -282,10 +282,11 @@ def test_wrong_passwords_are_refused_and_slow_down_the_client(site: Site) -> Non
     assert client.sock.recv(1) == b""  # closed after the third failure
     client.close()
     log = site.server.log()
-    assert f"{source} failed to log in as 'wrong' (waits 1s)" in log
-    assert f"{source} failed to log in as 'nobody@example.com' (waits 2s)" in log
-    assert f"{source} failed to log in as 'wrong' (waits 4s)" in log
-    right = site.login("wrong", source)  # the right password still works, and resets
+    # each check waits for the client's delay, which doubles with each failure
+    assert f"{source} failed to log in as 'wrong' (after waiting 0 s)" in log
+    assert f"{source} failed to log in as 'nobody@example.com' (after waiting 1 s)" in log
+    assert f"{source} failed to log in as 'wrong' (after waiting 2 s)" in log
+    right = site.login("wrong", source)  # the right password still works (after 4 s)
     right.quit()
 
 

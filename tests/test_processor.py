@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from compiler.pipeline import compile_site
+from runtime import durable
 from runtime.delivery import Waiting
 from runtime.intake import Intake
 from runtime.processor import Processor, pending, process
@@ -273,3 +274,42 @@ def test_processor_start_delivers_everything_queued(
         ("SMTP(elsewhere.test)", "someone@elsewhere.test")
     ]
     assert set(names(spool)) == {"XYZ.bad", f"{waiting_id}.done", f"{waiting_id}.msg"}
+
+
+def test_a_batch_that_fails_part_way_marks_nothing_done(
+    spool: Spool, router: Router, mail: Path
+) -> None:
+    """In a batch nothing is delivered until the commit: a failure at bob must not record
+    alice as done, even when a queue file of the message exists (an earlier attempt to
+    queue the batch stored it), or alice would never get her copy."""
+    queue_id = queue(spool, "alice@example.com", "bob@example.com")
+    envelope, message = spool.load(queue_id)
+    (mail / "example.com").mkdir(parents=True)
+    (mail / "example.com" / "bob").write_text("not a Maildir")  # bob's delivery fails
+    files = durable.Batch()
+    with pytest.raises(OSError):
+        process(spool, queue_id, router, mail, fresh=(envelope, message), batch=files)
+    files.abandon()
+    assert not (spool.directory / f"{queue_id}.done").exists()
+    assert delivered(mail, "alice@example.com") == []
+    assert list((mail / "example.com" / "alice" / "tmp").iterdir()) == []
+
+
+def test_a_batch_delivers_nothing_before_its_commit(
+    spool: Spool, router: Router, mail: Path
+) -> None:
+    queue_id = queue(spool, "alice@example.com", "al@example.org", "bob@example.com")
+    envelope, message = spool.load(queue_id)
+    files = durable.Batch()
+    lines: list[tuple[object, ...]] = []
+    waiting = process(
+        spool, queue_id, router, mail, fresh=(envelope, message), batch=files,
+        say=lambda *line: lines.append(line),
+    )  # fmt: skip
+    assert waiting == []
+    assert delivered(mail, "alice@example.com") == delivered(mail, "bob@example.com") == []
+    files.commit()
+    assert len(delivered(mail, "alice@example.com")) == 1  # al is alice: one copy
+    assert len(delivered(mail, "bob@example.com")) == 1
+    assert spool.exists(queue_id)  # a batch leaves the queue file to its caller
+    assert [line[2] for line in lines] == ["alice@example.com", "al@example.org", "bob@example.com"]

@@ -297,3 +297,15 @@ def test_round_trip_quoted_local_part_with_angle_bracket() -> None:
     parsed, _ = parse(queued.header() + MESSAGE)
     assert parsed.recipients == queued.recipients
     assert parsed.relayable == queued.relayable
+
+
+def test_store_again_replaces_what_a_dead_writer_left(tmp_path: Path) -> None:
+    """Recovery writes a message whose earlier write a crash cut short: its `.tmp` is left."""
+    spool = Spool(tmp_path / "queue")
+    queued = envelope()
+    (spool.directory / f"{queued.id}.tmp").write_bytes(b"half a message")
+    with pytest.raises(FileExistsError):
+        spool.store(queued, b"the message\r\n")
+    spool.store(queued, b"the message\r\n", again=True)
+    assert spool.load(queued.id) == (queued, b"the message\r\n")
+    assert files(spool.directory) == [f"{queued.id}.msg"]

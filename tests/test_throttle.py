@@ -3,6 +3,11 @@ spell."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import pytest
+
 from runtime import throttle
 from runtime.throttle import Throttle
 
@@ -67,3 +72,36 @@ def test_the_table_stays_bounded() -> None:
         limiter.failed(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}")
     assert len(limiter.records) == throttle.MAX_CLIENTS
     assert limiter.delay("10.0.0.0") == 0.0  # the oldest went first
+
+
+def test_checks_take_turns_after_the_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three checks at once from one client: one at a time, each after the delay that
+    the failures before it made; another client does not wait."""
+    monkeypatch.setattr(throttle, "FIRST", 0.05)
+    limiter = Throttle()
+    order: list[tuple[str, float]] = []
+
+    async def check(ip: str, fails: bool) -> float:
+        async with limiter.turn(ip) as waited:
+            order.append((ip, round(waited, 2)))
+            await asyncio.sleep(0.01)  # the password check
+            if fails:
+                limiter.failed(ip)
+        return waited
+
+    async def scenario() -> list[float]:
+        started = time.monotonic()
+        waits = await asyncio.gather(
+            check("192.0.2.1", True), check("192.0.2.1", True), check("192.0.2.1", False)
+        )
+        other = await check("192.0.2.2", False)
+        assert other < 0.05
+        assert time.monotonic() - started >= 0.05 + 0.1  # 0, then 0.05, then 0.1 s
+        return waits
+
+    first, second, third = asyncio.run(scenario())
+    assert first < 0.05
+    assert second >= 0.05  # the first check's failure made the second wait
+    assert third >= 0.05 + 0.1  # it waited its turn, then twice the delay
+    assert [ip for ip, _ in order] == ["192.0.2.1"] * 3 + ["192.0.2.2"]
+    assert limiter._turns == {}  # nothing kept once no check waits
