@@ -11,6 +11,7 @@ import base64
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
+from urllib.parse import quote
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -22,6 +23,7 @@ from compiler.yamlpos import Document
 from compiler.yamlpos import Path as DataPath
 from plan.model import DkimKey, Dmarc, Domain, MailDns, MtaSts, MxHost, Plan, Source, TlsRpt
 
+URI_SAFE = "$'()*+&=-._~"  # kept as they are in a report address (besides letters, digits)
 # RFC 8301 §3.2: verifiers must not accept RSA keys shorter than 1024 bits.
 RSA_MINIMUM_BITS = 1024
 ALIGNMENT = {"relaxed": "r", "strict": "s"}
@@ -143,7 +145,18 @@ def _tls_rpt(document: Document, path: DataPath, spec: dict[str, Any]) -> TlsRpt
 
 
 def _mailto(address: str) -> str:
-    return address if address.startswith(("mailto:", "https://")) else f"mailto:{address}"
+    """A report URI: a bare address becomes `mailto:`, with what a URI may not hold
+    percent-encoded (RFC 3986: other than ASCII, as UTF-8; RFC 7489 6.3: `,` and `!`,
+    which DMARC's own syntax uses; `;`, which ends a tag) and its domain in A-labels.
+    A `mailto:` or `https://` URI is kept as written."""
+    if address.startswith(("mailto:", "https://")):
+        return address
+    local, _, domain = address.rpartition("@")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:  # not a name IDNA takes: left for the checks to refuse
+        ascii_domain = domain
+    return f"mailto:{quote(local, safe=URI_SAFE)}@{ascii_domain}"
 
 
 def _at(document: Document, path: DataPath) -> Source:

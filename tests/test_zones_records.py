@@ -52,6 +52,22 @@ def test_a_domain_without_mx_is_received_by_the_server_itself(tmp_path: Path) ->
     assert ("_dmarc", "TXT", '"v=DMARC1; p=quarantine"') in found
 
 
+def test_report_addresses_that_are_not_ascii_are_percent_encoded(tmp_path: Path) -> None:
+    """A URI is ASCII (RFC 3986): the local part as UTF-8 percent-encoded, the domain in
+    A-labels; the `_report._dmarc` authorisation goes to that domain."""
+    domain = (
+        'dmarc: {rua: ["j\u00f6rg@ex\u00e4mple.test", "d@example.test"]}\n'
+        'tls_rpt: {rua: ["s\u00f8ren@example.test"]}\n'
+    )
+    found = records(plan_of(tmp_path, domain), "example.test")
+    assert (
+        "_dmarc",
+        "TXT",
+        '"v=DMARC1; p=quarantine; rua=mailto:j%C3%B6rg@xn--exmple-cua.test,mailto:d@example.test"',
+    ) in found
+    assert ("_smtp._tls", "TXT", '"v=TLSRPTv1; rua=mailto:s%C3%B8ren@example.test"') in found
+
+
 def test_srv_records_for_the_listeners_clients_use_and_none_for_the_rest(tmp_path: Path) -> None:
     srv = [r for r in records(plan_of(tmp_path), "example.test") if r[1] == "SRV"]
     assert srv == [

@@ -207,7 +207,7 @@ def _report_authorisations(plan: Plan, zone: Zone, names: list[str]) -> list[tup
     found = []
     dmarc = domain.dns.dmarc
     for uri in dict.fromkeys((*dmarc.rua, *dmarc.ruf)):
-        receiver = uri.rsplit("@", 1)[-1].lower()
+        receiver = uri.rsplit("@", 1)[-1].split("!", 1)[0].lower()  # `!10m`: a size limit
         if receiver != zone.name and receiver in names:
             why = f"DMARC: {receiver} takes the reports of {zone.name}"
             owner = f"{zone.name}._report._dmarc"
