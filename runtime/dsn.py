@@ -3,8 +3,9 @@
 A DSN is a `multipart/report; report-type=delivery-status` message with three
 parts: a text a person can read, the `message/delivery-status` fields (one block
 for the message, one per recipient), and the original message's header
-(`text/rfc822-headers`). It goes from the null return path, so that a DSN that
-cannot be delivered is never answered by another. Pure: the caller queues it.
+(`text/rfc822-headers`, or `message/global-headers` when it is in UTF-8). It goes
+from the null return path, so that a DSN that cannot be delivered is never answered
+by another. Pure: the caller queues it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from runtime.message import header_block
 
 Action = Literal["failed", "delayed"]
 FIELDS = SMTP.clone(max_line_length=998)  # fields are not folded for looks
+RFC822_HEADERS = "text/rfc822-headers"
+GLOBAL_HEADERS = b"message/global-headers"
+_CONTENT_TYPE = b"Content-Type: "
 
 
 @dataclass(frozen=True)
@@ -84,14 +88,35 @@ def report(
     status.set_payload(blocks)  # type: ignore[arg-type]
     message.make_mixed()
     message.attach(status)  # type: ignore[arg-type]  # a plain Message part is valid MIME
+    head = header_block(original)
     headers = Message(policy=SMTP)
-    headers["Content-Type"] = "text/rfc822-headers"
+    headers["Content-Type"] = RFC822_HEADERS
     headers["Content-Transfer-Encoding"] = "8bit"
-    headers.set_payload(header_block(original).decode("ascii", "surrogateescape"))
+    headers.set_payload(head.decode("ascii", "surrogateescape"))
     message.attach(headers)  # type: ignore[arg-type]
     message.set_type("multipart/report")
     message.set_param("report-type", "delivery-status")
-    return message.as_bytes(policy=FIELDS.clone(utf8=policy.utf8))
+    made = message.as_bytes(policy=FIELDS.clone(utf8=policy.utf8))
+    if _in_utf8(head):
+        # RFC 6533 6.3: the email package writes a message/* part only from ASCII, so
+        # the part is made as text/rfc822-headers and named here (its own header line,
+        # the first such line: the parts before it are ours)
+        made = made.replace(
+            _CONTENT_TYPE + RFC822_HEADERS.encode(), _CONTENT_TYPE + GLOBAL_HEADERS, 1
+        )
+    return made
+
+
+def _in_utf8(head: bytes) -> bool:
+    """Whether header fields are in UTF-8 (RFC 6532): not ASCII, and valid UTF-8 (8-bit
+    bytes of another charset are kept as text/rfc822-headers, as they came)."""
+    if head.isascii():
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def recipient_field(address: str) -> str:
