@@ -17,7 +17,7 @@ recovery ignores: its client never heard 250.
 A segment whose messages are all settled, once a newer one is in use, is kept as a
 spare (`.spare`) and used again: writing over blocks a file already has needs no
 change to the file system's metadata, so its fdatasync is a data write and a cache
-flush, without a journal commit. Records of the segment's earlier use, beyond what
+flush (no inode, allocation or journal write). Records of the segment's earlier use, beyond what
 is written now, carry another epoch, and recovery stops at the first of them. On
 start, every segment that no live process holds is recovered: its messages that
 were never settled are written to the queue as ordinary queue files, and it is
