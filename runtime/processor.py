@@ -422,6 +422,7 @@ class Processor:
     def _settle(self, batch: list[_Soon]) -> None:
         for soon in batch:
             self.intake.settle(soon.ticket)
+        self.intake.write_marks()
         self._unsettled -= len(batch)
         if not self._unsettled:
             self._settled.set()
