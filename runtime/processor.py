@@ -36,7 +36,9 @@ log = logging.getLogger("mailplan.queue")
 WORKERS = 4
 BATCH_DELAY = 0.02  # seconds a batch of `deliver_soon` messages gathers before delivery
 BATCH_LIMIT = 1000  # messages in one such batch
-SOON_LIMIT = 20_000  # messages waiting for `deliver_soon`; beyond, new mail is queued
+# what may wait for `deliver_soon` (held in memory until delivered); beyond, mail is queued
+SOON_LIMIT = 20_000  # messages
+SOON_BYTES = 256 << 20
 STOP_WAIT = 30.0  # seconds a stop waits for those batches (what is left stays in the journal)
 RETRY_FAILED = 60  # seconds before a message whose processing failed is processed again
 MAX_HOPS = 50  # Received and Delivered-To lines a message may carry (as Postfix's hopcount_limit)
@@ -336,6 +338,7 @@ class Processor:
         self._soon: list[_Soon] = []  # for `_deliver_batches`
         self._more = asyncio.Event()
         self._unsettled = 0  # handed to `deliver_soon`, not settled yet
+        self._unsettled_bytes = 0
         self._settled = asyncio.Event()
         self._settled.set()
         self._batch_done = asyncio.Event()  # no batch is being delivered
@@ -364,6 +367,7 @@ class Processor:
         durable."""
         self._soon.append(_Soon(router, digest, envelope, message, ticket))
         self._unsettled += 1
+        self._unsettled_bytes += len(message)
         self._settled.clear()
         self._more.set()
 
@@ -371,7 +375,7 @@ class Processor:
     def backlogged(self) -> bool:
         """Whether so much waits for `deliver_soon` that new mail should be queued instead
         (acceptance must not outrun delivery without bound)."""
-        return self._unsettled >= SOON_LIMIT
+        return self._unsettled >= SOON_LIMIT or self._unsettled_bytes >= SOON_BYTES
 
     async def _deliver_batches(self) -> None:
         """Deliver what `deliver_soon` gathered, a batch at a time: its Maildir files are
@@ -424,6 +428,7 @@ class Processor:
             self.intake.settle(soon.ticket)
         self.intake.write_marks()
         self._unsettled -= len(batch)
+        self._unsettled_bytes -= sum(len(soon.message) for soon in batch)
         if not self._unsettled:
             self._settled.set()
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from compiler.pipeline import compile_site
-from runtime import durable
+from runtime import durable, processor
 from runtime.delivery import Waiting
-from runtime.intake import Intake
+from runtime.intake import Intake, Segment, Ticket
 from runtime.processor import Processor, pending, process
 from runtime.router import Router
 from runtime.spool import Envelope, Spool, new_id
@@ -313,3 +313,26 @@ def test_a_batch_delivers_nothing_before_its_commit(
     assert len(delivered(mail, "bob@example.com")) == 1
     assert spool.exists(queue_id)  # a batch leaves the queue file to its caller
     assert [line[2] for line in lines] == ["alice@example.com", "al@example.org", "bob@example.com"]
+
+
+def test_too_much_waiting_for_batches_sends_new_mail_to_the_queue(
+    spool: Spool, router: Router, mail: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What waits for `deliver_soon` is held in memory: past a count or a size, the
+    server queues new mail instead (`backlogged`)."""
+    monkeypatch.setattr(processor, "SOON_LIMIT", 3)
+    monkeypatch.setattr(processor, "SOON_BYTES", 1000)
+    envelope, _ = spool.load(queue(spool, "alice@example.com"))
+    ticket = Ticket(envelope.id, Segment(spool.directory / "none.log", -1))
+    current = ("sha256:test", router)
+    batches = Processor(spool, lambda: current, mail, list, Intake(spool.directory / "in"))
+    for _ in range(2):
+        batches.deliver_soon(router, "sha256:test", envelope, b"x" * 10, ticket)
+    assert not batches.backlogged
+    batches.deliver_soon(router, "sha256:test", envelope, b"x" * 10, ticket)
+    assert batches.backlogged  # three messages
+    by_size = Processor(spool, lambda: current, mail, list, Intake(spool.directory / "in"))
+    by_size.deliver_soon(router, "sha256:test", envelope, b"x" * 999, ticket)
+    assert not by_size.backlogged
+    by_size.deliver_soon(router, "sha256:test", envelope, b"x", ticket)
+    assert by_size.backlogged  # 1000 bytes
