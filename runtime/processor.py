@@ -8,6 +8,10 @@ auto-replies, a bounce). Every other recipient (SMTP, PIPE, LIST, and ERROR for 
 that the current plan refuses) is handed to `runtime.delivery` as a `Waiting` entry,
 due now for a fresh message or when its retry journal says for one found in the
 queue at start.
+
+Mail that was never queued (all its recipients local accounts without rules: it is
+in the intake journal, `runtime.intake`) comes through `Processor.deliver_soon`
+and is delivered in batches whose Maildir copies are made durable together.
 """
 
 from __future__ import annotations
@@ -408,7 +412,7 @@ class Processor:
         for soon in batch:
             try:
                 await asyncio.to_thread(self._queue_one, soon)
-            except OSError as exc:
+            except Exception as exc:  # it stays in the journal and is tried again
                 log.error("%s: cannot queue it either: %s", soon.envelope.id, exc)
                 left.append(soon)
                 continue
