@@ -19,6 +19,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from plan.model import Listener
 from runtime import maildir
@@ -232,7 +233,10 @@ class Pop3:
         if self.listener.tls != "starttls" or self.tls or self.context is None:
             return await self._error(STLS_REFUSED)
         # Whatever the client sent after STLS, before the handshake, is discarded: it
-        # must not be read as if it had come inside TLS (RFC 2595 section 4).
+        # must not be read as if it had come inside TLS (RFC 2595 section 4). Reading
+        # stops first, so nothing more comes in the clear while the answer goes out;
+        # start_tls reads again, through TLS.
+        cast(asyncio.ReadTransport, self.writer.transport).pause_reading()
         buffered: bytearray = getattr(self.reader, "_buffer", bytearray())
         buffered.clear()
         await self._send(STLS_OK)
