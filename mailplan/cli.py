@@ -32,8 +32,13 @@ if TYPE_CHECKING:
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `mailplan check ... | head` ends quietly
     arguments = _parser().parse_args(argv)
+    if arguments.run is _serve:
+        # A client that hangs up while the server writes to it is an EPIPE for that one
+        # connection, never a signal that ends the process.
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `mailplan check ... | head` ends quietly
     code: int = arguments.run(arguments)
     return code
 
