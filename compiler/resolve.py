@@ -127,6 +127,8 @@ def _server(server: dict[str, Any], source: Source) -> Server:
         client_ips="client_ips",
         blacklisted_ips="blacklisted_ips",
         addresses=tuple(server.get("addresses", ())),
+        user=server.get("user"),
+        group=server.get("group"),
     )
 
 

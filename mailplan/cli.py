@@ -6,14 +6,12 @@ import argparse
 import getpass
 import json
 import logging
-import logging.handlers
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 import uvloop
@@ -22,12 +20,16 @@ from compiler.diagnostics import has_errors, render_json, render_text
 from compiler.load import SITE_FILE
 from compiler.pipeline import compile_site
 from compiler.schema import site_schema
+from mailplan import logs
 from plan import codec
 from plan.model import Plan
 from runtime.router import Router, Routing
 from zones.render import FORMATS
 
+log = logging.getLogger("mailplan.server")
+
 if TYPE_CHECKING:
+    from runtime.server import Options
     from runtime.spool import Spool
 
 
@@ -118,6 +120,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a receiving check waits for DNS (default 10)",
     )
+    serve.add_argument(
+        "--user", metavar="NAME", help="serve as this user once the ports are bound (as root)"
+    )
+    serve.add_argument("--group", metavar="NAME", help="and this group (default: the user's)")
+    serve.add_argument("--allow-root", action="store_true", help="serve as root (without --user)")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text")
+    serve.add_argument("--log-level", choices=logs.LEVELS, default="info")
+    serve.add_argument("--debug", action="store_true", help="a traceback for an internal error")
     serve.set_defaults(run=_serve)
 
     queue = commands.add_parser(
@@ -270,91 +280,134 @@ def _loader(site: Path | None, plan: Path | None) -> Callable[[], Plan]:
 
 
 def _serve(arguments: argparse.Namespace) -> int:
-    from runtime.delivery import Remote
-    from runtime.server import POP3_PROTOCOLS, SMTP_PROTOCOLS, Options, Server, development
+    """Run the server; whatever stops it from starting is one line on standard error."""
+    from runtime.startup import StartupError
 
-    load = _loader(arguments.site, arguments.plan)
-    options = Options(
-        arguments.root,
-        arguments.dev,
-        Remote(arguments.smtp_port, arguments.resolver, dns_timeout=arguments.dns_timeout),
-    )
-    if arguments.workers == "auto":
-        workers = os.cpu_count() or 1
-    elif arguments.workers.isdigit() and int(arguments.workers) >= 1:
-        workers = int(arguments.workers)
-    else:
+    if _workers(arguments.workers) is None:
         print(
             f"mailplan: --workers is a number from 1, or auto: {arguments.workers!r}",
             file=sys.stderr,
         )
         return 2
-    if workers > 1:
-        from runtime.workers import supervise
-
-        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)  # the supervisor's few lines
-        try:
-            return supervise(load, options, workers, _serve_worker)
-        except (SiteError, codec.PlanError) as exc:
-            print(f"mailplan: cannot serve:\n{exc}", file=sys.stderr)
-            return 1
-    writer = _log_from_a_thread()
+    writer = logs.Writer(arguments.log_format, arguments.log_level)
     try:
-        server = Server(load, options)
+        return _start(arguments, writer)
+    except StartupError as exc:
+        print(logs.line(f"mailplan: {exc}"), file=sys.stderr)
     except (SiteError, codec.PlanError) as exc:
-        writer.stop()
-        print(f"mailplan: cannot serve:\n{exc}", file=sys.stderr)
-        return 1
-    if arguments.dev:
-        plan = server.current.policy.plan
-        print("development mode: listeners on 127.0.0.1")
-        for listener in plan.listeners:
-            moved = development(listener)
-            served = listener.protocol in (*SMTP_PROTOCOLS, *POP3_PROTOCOLS)
-            later = "" if served else "  (served by Dovecot: mailplan dovecot)"
-            print(f"  {listener.name:<12} {listener.protocol:<11} port {moved.port}{later}")
-        smtp = next((development(x).port for x in plan.listeners if x.protocol == "smtp"), 2525)
-        rcpt = f"postmaster@{plan.server.main_domain}"
+        print(logs.line(f"mailplan: cannot serve:\n{exc}"), file=sys.stderr)
+    except Exception as exc:
+        if arguments.debug:
+            raise
         print(
-            "send a test message:\n"
-            f"  python3 -c \"import smtplib; smtplib.SMTP('127.0.0.1', {smtp}).sendmail("
-            f"'you@remote.test', ['{rcpt}'], 'Subject: hello\\n\\nhello')\"",
-            flush=True,
+            logs.line(
+                f"mailplan: internal error: {type(exc).__name__}: {exc} (--debug shows where)"
+            ),
+            file=sys.stderr,
         )
-    try:
-        uvloop.run(server.run())
     finally:
         writer.stop()
-    return 0
+    return 1
 
 
-LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
+    """The order of `runtime.startup`: queue lock, TLS, sockets, resolver, user, pid."""
+    from runtime import startup
+    from runtime.delivery import Remote
+    from runtime.server import Options
+
+    workers = _workers(arguments.workers) or 1
+    load = _loader(arguments.site, arguments.plan)
+    plan = load()
+    root, dev = arguments.root, arguments.dev
+    who = startup.identity(
+        arguments.user or plan.server.user,
+        arguments.group or plan.server.group,
+        allow_root=arguments.allow_root or dev,
+    )
+    queue = startup.resolve(root, plan.queue.directory)
+    mail = startup.resolve(root, plan.queue.mail_directory)
+    startup.prepare_directories([queue], who)
+    lock = startup.lock_queue(queue)
+    try:
+        tls = startup.tls_context(plan, root, dev)
+        sockets = startup.bind(startup.served(plan, dev))
+        try:
+            quiet = startup.check_resolver(arguments.resolver)
+            startup.prepare_directories([mail], who)
+            if who is not None:
+                startup.become(who)
+            os.umask(0o077)
+            site = arguments.plan if arguments.plan is not None else arguments.site
+            startup.check_writable([queue, mail], [site.resolve(), Path(__file__).parent])
+        except BaseException:
+            for sock in sockets.values():
+                sock.close()
+            raise
+        lock.write_pid()
+        if quiet:
+            log.warning("%s", quiet)
+        options = Options(
+            root,
+            dev,
+            Remote(arguments.smtp_port, arguments.resolver, dns_timeout=arguments.dns_timeout),
+            sockets=sockets,
+            tls=tls,
+        )
+        if dev:
+            _banner(plan)
+        if workers > 1:
+            from runtime.workers import supervise
+
+            def worker(load: Callable[[], Plan], first: Plan, options: Options) -> int:
+                mine = logs.Writer(arguments.log_format, arguments.log_level)
+                try:
+                    return _serve_worker(load, first, options)
+                finally:
+                    mine.stop()
+
+            writer.stop()  # no thread may run when the supervisor forks
+            return supervise(load, plan, options, workers, worker)
+        return _serve_worker(load, plan, options)
+    finally:
+        lock.release()
 
 
-def _log_from_a_thread() -> logging.handlers.QueueListener:
-    """Log lines written by a thread of their own, never by the event loop."""
-    output = logging.StreamHandler(sys.stderr)
-    output.setFormatter(logging.Formatter(LOG_FORMAT))
-    lines: SimpleQueue[logging.LogRecord] = SimpleQueue()
-    writer = logging.handlers.QueueListener(lines, output)
-    enqueue = logging.handlers.QueueHandler(lines)
-    enqueue.setFormatter(logging.Formatter("%(message)s"))  # the writer adds time and level
-    logging.basicConfig(level=logging.INFO, handlers=[enqueue], force=True)
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's own chatter
-    writer.start()
-    return writer
+def _workers(text: str) -> int | None:
+    """The number of worker processes `--workers` asks for (None: not a number from 1)."""
+    if text == "auto":
+        return os.cpu_count() or 1
+    if text.isascii() and text.isdigit() and 1 <= int(text) <= 1024:
+        return int(text)
+    return None
 
 
-def _serve_worker(load: Callable[[], Plan], first: Plan, options: Any) -> int:
-    """One worker of `serve --workers N`, in a process of its own (see runtime.workers)."""
+def _banner(plan: Plan) -> None:
+    """What `make run` prints: where each listener is, and a command to try it."""
+    from runtime.startup import POP3_PROTOCOLS, SMTP_PROTOCOLS, development
+
+    print("development mode: listeners on 127.0.0.1")
+    for listener in plan.listeners:
+        moved = development(listener)
+        served = listener.protocol in (*SMTP_PROTOCOLS, *POP3_PROTOCOLS)
+        later = "" if served else "  (served by Dovecot: mailplan dovecot)"
+        print(f"  {listener.name:<12} {listener.protocol:<11} port {moved.port}{later}")
+    smtp = next((development(x).port for x in plan.listeners if x.protocol == "smtp"), 2525)
+    rcpt = f"postmaster@{plan.server.main_domain}"
+    print(
+        "send a test message:\n"
+        f"  python3 -c \"import smtplib; smtplib.SMTP('127.0.0.1', {smtp}).sendmail("
+        f"'you@remote.test', ['{rcpt}'], 'Subject: hello\\n\\nhello')\"",
+        flush=True,
+    )
+
+
+def _serve_worker(load: Callable[[], Plan], first: Plan, options: Options) -> int:
+    """The server in this process: alone, or one worker of `serve --workers N`
+    (see runtime.workers)."""
     from runtime.server import Server
 
-    writer = _log_from_a_thread()
-    try:
-        server = Server(load, options, first)
-        uvloop.run(server.run())
-    finally:
-        writer.stop()
+    uvloop.run(Server(load, options, first).run())
     return 0
 
 
@@ -460,7 +513,7 @@ def _queue_list(spool: Spool, plan: Plan) -> int:
 def _queue_flush(spool: Spool, plan: Plan, domain: str | None) -> int:
     from runtime import retry
     from runtime.processor import pending
-    from runtime.server import PIDFILE
+    from runtime.startup import holder_pid, queue_in_use
 
     chosen = sorted(
         {
@@ -473,14 +526,11 @@ def _queue_flush(spool: Spool, plan: Plan, domain: str | None) -> int:
     for queue_id in chosen:
         spool.journal(queue_id, retry.event_line("F", now))
     print(f"{len(chosen)} message(s) to be tried again now")
-    try:
-        pid = int((spool.directory / PIDFILE).read_text())
-        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if b"serve" not in words or not any(w.endswith(b"mailplan") for w in words):
-            raise ProcessLookupError(pid)  # a stale pid file: that pid is someone else now
-        os.kill(pid, signal.SIGUSR1)
-    except (OSError, ValueError):
+    pid = holder_pid(spool.directory) if queue_in_use(spool.directory) else None
+    if pid is None:
         print("no server is running on this queue: they are tried at its next start")
+    else:
+        os.kill(pid, signal.SIGUSR1)
     return 0
 
 

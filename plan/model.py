@@ -55,6 +55,8 @@ class Server:
     client_ips: str
     blacklisted_ips: str
     addresses: tuple[str, ...]
+    user: str | None = None  # whom `serve` runs as once its ports are bound
+    group: str | None = None
 
 
 @dataclass(frozen=True)

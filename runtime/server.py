@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
 import ssl
@@ -21,7 +20,6 @@ from pathlib import Path
 
 from plan import codec
 from plan.model import Listener, Plan
-from runtime import devtls
 from runtime.delivery import Delivery, Remote
 from runtime.intake import Intake
 from runtime.lookup import Answerer, Dns
@@ -33,16 +31,12 @@ from runtime.router import Router
 from runtime.rules import Rules
 from runtime.smtp import Handler, Session, Snapshot
 from runtime.spool import Envelope, Share, Spool, new_id, owns
+from runtime.startup import BACKLOG, POP3_PROTOCOLS, SMTP_PROTOCOLS, Sockets, served
 from runtime.throttle import Throttle
 
 log = logging.getLogger("mailplan.server")
 
-# `make run`: every listener moves to 127.0.0.1, on a fixed high port.
-DEV_PORTS = {25: 2525, 587: 2587, 465: 2465, 110: 2110, 995: 2995, 143: 2143, 993: 2993}
-SMTP_PROTOCOLS = ("smtp", "submission", "smtps")
-POP3_PROTOCOLS = ("pop3", "pop3s")
 STOP_GRACE = 60.0
-PIDFILE = "mailplan.pid"
 
 
 @dataclass(frozen=True)
@@ -50,9 +44,11 @@ class Options:
     root: Path
     dev: bool = False
     remote: Remote = field(default_factory=Remote)
-    # With `--workers N`: the sockets the supervisor bound, and the queue ids this
-    # worker owns (`runtime.workers`). A lone server binds its own and owns them all.
-    sockets: dict[tuple[str, str], socket.socket] | None = None
+    # The listening sockets, bound before the server starts (`runtime.startup`), and the
+    # listeners' TLS context. With `--workers N`, the queue ids this worker owns
+    # (`runtime.workers`); a lone server owns them all.
+    sockets: Sockets = field(default_factory=dict)
+    tls: ssl.SSLContext | None = None
     share: Share = field(default_factory=Share)
 
 
@@ -67,25 +63,6 @@ def snapshot(
     checks = Checks(plan, router, answerer, cache, smtp_port) if answerer is not None else None
     rules = Rules(plan.server_rules) if plan.server_rules is not None else None
     return Snapshot(codec.digest(plan), Policy(plan, router), checks, rules)
-
-
-def listening(address: str, port: int) -> socket.socket:
-    """A TCP socket bound to address:port (IPv6 sockets take IPv6 only)."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind((address, port))
-    return sock
-
-
-def development(listener: Listener) -> Listener:
-    """A listener moved to loopback and a high port, for `make run`."""
-    port = DEV_PORTS.get(
-        listener.port, listener.port + 2000 if listener.port < 1024 else listener.port
-    )
-    return replace(listener, bind=("127.0.0.1",), port=port)
 
 
 class Server:
@@ -124,11 +101,6 @@ class Server:
     def _snapshot(self, plan: Plan) -> Snapshot:
         return snapshot(plan, self.answerer, self.callbacks, self.options.remote.port)
 
-    @property
-    def pidfile(self) -> Path:
-        """Where `mailplan queue flush` finds the server to signal (SIGUSR1)."""
-        return self.spool.directory / PIDFILE
-
     def _path(self, value: str) -> Path:
         path = Path(value)
         return path if path.is_absolute() else self.options.root / path
@@ -139,9 +111,6 @@ class Server:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGUSR1, self.delivery.reschedule)
-        alone = self.options.sockets is None
-        if alone:  # a supervisor writes its own
-            self.pidfile.write_text(f"{os.getpid()}\n")
         await asyncio.to_thread(self._recover)
         self.delivery.start()
         self.processor.start()
@@ -151,32 +120,29 @@ class Server:
         log.info("serving plan %s%s", self.current.digest, worker)
         await self.stopping.wait()
         await self.stop()
-        if alone:
-            self.pidfile.unlink(missing_ok=True)
 
     async def start_listeners(self) -> None:
         plan = self.current.policy.plan
-        context = self._tls_context(plan)
-        for configured in plan.listeners:
-            listener = development(configured) if self.options.dev else configured
-            if listener.protocol not in (*SMTP_PROTOCOLS, *POP3_PROTOCOLS):
-                log.info(
-                    "listener %s (%s) is served by Dovecot (see `mailplan dovecot`), not here",
-                    listener.name,
-                    listener.protocol,
-                )
-                continue
+        dovecot = [
+            x for x in plan.listeners if x.protocol not in (*SMTP_PROTOCOLS, *POP3_PROTOCOLS)
+        ]
+        for listener in dovecot:
+            log.info(
+                "listener %s (%s) is served by Dovecot (see `mailplan dovecot`), not here",
+                listener.name,
+                listener.protocol,
+            )
+        for listener in served(plan, self.options.dev):
             for address in listener.bind:
-                bound = self.options.sockets
-                if bound is not None and (listener.name, address) not in bound:
+                sock = self.options.sockets.get((listener.name, address))
+                if sock is None:
                     log.warning(
                         "listener %s on %s is new: it is served from the next start",
                         listener.name,
                         address,
                     )
                     continue
-                server = await self._listen(listener, address, context)
-                self.servers.append(server)
+                self.servers.append(await self._listen(listener, sock))
                 log.info(
                     "listener %s (%s) on %s port %d",
                     listener.name,
@@ -186,18 +152,15 @@ class Server:
                 )
             self.listeners.append(listener)
 
-    async def _listen(
-        self, listener: Listener, address: str, context: ssl.SSLContext | None
-    ) -> asyncio.AbstractServer:
-        bound = self.options.sockets
-        sock = bound[(listener.name, address)] if bound else listening(address, listener.port)
+    async def _listen(self, listener: Listener, sock: socket.socket) -> asyncio.AbstractServer:
+        context = self.options.tls
         implicit = listener.tls == "implicit"
         if listener.protocol in POP3_PROTOCOLS:
             return await asyncio.start_server(
                 lambda reader, writer: self._pop3(listener, context, reader, writer),
                 sock=sock,
                 ssl=context if implicit else None,
-                backlog=512,
+                backlog=BACKLOG,
                 limit=LINE_LIMIT,
             )
         loop = asyncio.get_running_loop()
@@ -205,7 +168,7 @@ class Server:
             lambda: self._session(listener, context),
             sock=sock,
             ssl=context if implicit else None,
-            backlog=512,
+            backlog=BACKLOG,
         )
 
     def _session(self, listener: Listener, context: ssl.SSLContext | None) -> Session:
@@ -273,20 +236,6 @@ class Server:
     ) -> None:
         ticket = await self.intake.write(envelope, message)
         self.processor.deliver_soon(router, digest, envelope, message, ticket)
-
-    def _tls_context(self, plan: Plan) -> ssl.SSLContext | None:
-        if not any(listener.tls != "none" for listener in plan.listeners):
-            return None
-        if self.options.dev:
-            certificate, key = devtls.ensure(
-                self.options.root / "var" / "tls", plan.server.hostname
-            )
-        else:
-            certificate = self._path(plan.tls.certificate or "")
-            key = self._path(plan.tls.key or "")
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(certificate, key)
-        return context
 
     async def reload(self) -> None:
         """Load the plan again; sessions already open finish on the plan they started with."""

@@ -1,7 +1,7 @@
 """Several worker processes on one site: `mailplan serve --workers N`.
 
 One event loop runs on one core; Postfix runs a process per job and uses them all.
-Here a supervisor binds every listening socket, then forks N workers, each a whole
+Here the supervisor, which holds the sockets `runtime.startup` bound, forks N workers, each a whole
 server (`runtime.server.Server`) accepting on the same sockets (the kernel spreads
 the connections) and delivering what it accepted. The queue is shared, its ids are
 not: each worker makes and recovers only the ids it owns (`spool.Share`), so no
@@ -21,23 +21,13 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 from plan.model import Plan
-from runtime import devtls
-from runtime.server import (
-    PIDFILE,
-    POP3_PROTOCOLS,
-    SMTP_PROTOCOLS,
-    Options,
-    development,
-    listening,
-)
+from runtime.server import Options
 from runtime.spool import Share, work_as
 
 log = logging.getLogger("mailplan.workers")
@@ -47,35 +37,15 @@ SIGNALS = {signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT}
 RESTART_DELAY = 1.0
 
 
-def bind(plan: Plan, options: Options) -> dict[tuple[str, str], socket.socket]:
-    """A listening socket for every address of every listener the server serves."""
-    sockets = {}
-    for configured in plan.listeners:
-        listener = development(configured) if options.dev else configured
-        if listener.protocol not in (*SMTP_PROTOCOLS, *POP3_PROTOCOLS):
-            continue
-        for address in listener.bind:
-            sock = listening(address, listener.port)
-            sock.listen(512)  # connections wait here while the workers start
-            sockets[(listener.name, address)] = sock
-    return sockets
-
-
 def supervise(
     load: Callable[[], Plan],
+    plan: Plan,
     options: Options,
     workers: int,
     run_worker: Callable[[Callable[[], Plan], Plan, Options], int],
 ) -> int:
-    """Run `workers` copies of the server; returns when they have all stopped."""
-    plan = load()
-    if options.dev:  # made once, here, not by every worker at the same time
-        devtls.ensure(options.root / "var" / "tls", plan.server.hostname)
-    sockets = bind(plan, options)
-    queue = Path(plan.queue.directory)
-    queue = queue if queue.is_absolute() else options.root / queue
-    queue.mkdir(parents=True, exist_ok=True)
-    pidfile = queue / PIDFILE
+    """Run `workers` copies of the server on `plan` (reloads call `load`); returns when
+    they have all stopped."""
     children: dict[int, int] = {}  # pid → worker index
     stopping = False
 
@@ -97,7 +67,7 @@ def supervise(
                     signal.signal(number, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 work_as(share)
-                serving = replace(options, sockets=sockets, share=share)
+                serving = replace(options, share=share)
                 status = run_worker(load, _plan_now(load, plan), serving)
             finally:
                 sys.stdout.flush()
@@ -123,7 +93,6 @@ def supervise(
     signal.signal(signal.SIGINT, stop)
     for index in range(workers):
         start(index)
-    pidfile.write_text(f"{os.getpid()}\n")
     status = 0
     try:
         while children:
@@ -145,8 +114,7 @@ def supervise(
             if not stopping:
                 start(index)
     finally:
-        pidfile.unlink(missing_ok=True)
-        for sock in sockets.values():
+        for sock in options.sockets.values():
             sock.close()
     return status
 

@@ -73,6 +73,11 @@ def environment() -> dict[str, str]:
     return env
 
 
+def as_root() -> list[str]:
+    """What `mailplan serve` needs to run as root in a test (CI runs as root)."""
+    return ["--allow-root"] if os.geteuid() == 0 else []
+
+
 def mailplan(*arguments: str | Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run one `mailplan` command to completion (not the server) and capture its output."""
     return subprocess.run(
@@ -138,6 +143,7 @@ class MailServer:
             self.resolver,
             "--smtp-port",
             str(self.smtp_port),
+            *as_root(),
             *self.extra_arguments,
         ]
 
