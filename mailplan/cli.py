@@ -340,6 +340,8 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
             os.umask(0o077)
             site = arguments.plan if arguments.plan is not None else arguments.site
             startup.check_writable([queue, mail], [site.resolve(), Path(__file__).parent])
+            if who is not None:
+                log.info("serving as %s (uid %d, gid %d)", who.user, who.uid, who.gid)
         except BaseException:
             for sock in sockets.values():
                 sock.close()

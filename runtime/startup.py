@@ -18,7 +18,6 @@ import os
 import pwd
 import socket
 import ssl
-import sysconfig
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -264,7 +263,7 @@ def check_resolver(nameserver: str | None) -> str | None:
             f"no DNS resolver: {exc}; give --resolver IP[:PORT] or fix /etc/resolv.conf"
         ) from exc
     except ValueError as exc:
-        raise StartupError(f"the resolver {nameserver!r} is not IP[:PORT]: {exc}") from exc
+        raise StartupError(f"--resolver is IP[:PORT]: {nameserver!r}") from exc
     if not configured.nameservers:
         raise StartupError("no DNS resolver in /etc/resolv.conf; give --resolver IP[:PORT]")
     where, port = str(configured.nameservers[0]), configured.port
@@ -363,7 +362,6 @@ def become(who: Identity) -> None:
     with contextlib.suppress(PermissionError):
         os.setuid(0)
         raise StartupError("root could be taken back after dropping it; refusing to serve")
-    log.info("serving as %s (uid %d, gid %d)", who.user, who.uid, who.gid)
 
 
 def check_writable(folders: Iterable[Path], readable: Iterable[Path]) -> None:
@@ -374,8 +372,12 @@ def check_writable(folders: Iterable[Path], readable: Iterable[Path]) -> None:
             raise StartupError(
                 f"{folder} is not writable by uid {os.geteuid()}, who serves; fix its owner or mode"
             )
-    for path in (Path(sysconfig.get_paths()["stdlib"]), *readable):
-        if not os.access(path, os.R_OK | os.X_OK if path.is_dir() else os.R_OK):
+    for path in (Path(os.__file__).parent, *readable):  # the standard library first
+        try:
+            mode = os.R_OK | os.X_OK if path.is_dir() else os.R_OK
+        except OSError:
+            mode = os.R_OK | os.X_OK
+        if not os.access(path, mode):
             raise StartupError(
                 f"{path} is not readable by uid {os.geteuid()}, who serves; "
                 "install where that user can read (docs/deploy.md)"
