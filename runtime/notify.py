@@ -8,7 +8,9 @@ byte). Without `NOTIFY_SOCKET` (not started by systemd, or `Type=simple`) every
 function here does nothing and returns False.
 
 Only the main process's messages count with `NotifyAccess=main`; under
-`serve --workers N` that is the supervisor.
+`serve --workers N` that is the supervisor. A forked worker inherits
+`NOTIFY_SOCKET`: it should not send (systemd logs every message it ignores), so
+take the variable out of a worker's environment.
 """
 
 from __future__ import annotations
