@@ -1,0 +1,128 @@
+"""Log lines for the journal: `<N>` syslog priorities, and knowing when stderr is the journal."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.logs import PriorityFormatter, journal_stream, priority, to_journal
+
+
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [
+        (logging.DEBUG, 7),
+        (logging.INFO, 6),
+        (logging.WARNING, 4),
+        (logging.ERROR, 3),
+        (logging.CRITICAL, 2),
+        (5, 7),  # below DEBUG
+        (25, 6),  # between INFO and WARNING
+        (35, 4),
+        (60, 2),  # above CRITICAL
+    ],
+    ids=lambda value: str(value),
+)
+def test_priority(level: int, expected: int) -> None:
+    assert priority(level) == expected
+
+
+def _record(level: int, message: str, exc_info: bool = False) -> logging.LogRecord:
+    info = None
+    if exc_info:
+        try:
+            raise OSError("disk full")
+        except OSError:
+            info = sys.exc_info()
+    return logging.LogRecord("mailplan.server", level, __file__, 1, message, (), info)
+
+
+def test_a_line_starts_with_its_priority() -> None:
+    formatter = PriorityFormatter("%(name)s %(levelname)s %(message)s")
+    assert formatter.format(_record(logging.ERROR, "reload refused")) == (
+        "<3>mailplan.server ERROR reload refused"
+    )
+    assert formatter.format(_record(logging.INFO, "serving plan sha256:38ac")) == (
+        "<6>mailplan.server INFO serving plan sha256:38ac"
+    )
+
+
+def test_every_line_of_a_traceback_has_the_priority() -> None:
+    text = PriorityFormatter("%(message)s").format(_record(logging.ERROR, "cannot queue", True))
+    lines = text.split("\n")
+    assert lines[0] == "<3>cannot queue"
+    assert lines[1] == "<3>Traceback (most recent call last):"
+    assert lines[-1] == "<3>OSError: disk full"
+    assert all(line.startswith("<3>") for line in lines)
+
+
+def test_an_inner_formatter_gives_the_text() -> None:
+    class Json(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return json.dumps({"level": record.levelname, "message": record.getMessage()})
+
+    formatter = PriorityFormatter(inner=Json())
+    assert formatter.format(_record(logging.WARNING, "listeners changed")) == (
+        '<4>{"level": "WARNING", "message": "listeners changed"}'
+    )
+
+
+def test_through_a_handler() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(PriorityFormatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("mailplan.test_logs")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("a")
+        logger.critical("b")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    assert stream.getvalue() == "<4>WARNING a\n<2>CRITICAL b\n"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("64769:1234", True),
+        ("64769:1235", False),
+        ("1:1234", False),
+        ("", False),
+        (None, False),
+        ("64769", False),
+        ("dev:ino", False),
+        ("64769:1234:5", False),
+    ],
+    ids=repr,
+)
+def test_journal_stream(value: str | None, expected: bool) -> None:
+    assert journal_stream(value, 64769, 1234) is expected
+
+
+def test_to_journal_compares_the_stream_itself(tmp_path: Path) -> None:
+    journal, other = tmp_path / "journal", tmp_path / "other"
+    with journal.open("w") as stream, other.open("w") as elsewhere:
+        status = os.fstat(stream.fileno())
+        environ = {"JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"}
+        assert to_journal(stream, environ) is True
+        assert to_journal(elsewhere, environ) is False  # inherited, but redirected
+        assert to_journal(stream, {}) is False
+    assert to_journal(io.StringIO(), environ) is False  # no descriptor
+    assert to_journal(stream, environ) is False  # closed
+
+
+def test_to_journal_reads_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with (tmp_path / "journal").open("w") as stream:
+        status = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{status.st_dev}:{status.st_ino}")
+        assert to_journal(stream) is True
+        monkeypatch.delenv("JOURNAL_STREAM")
+        assert to_journal(stream) is False
