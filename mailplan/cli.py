@@ -20,9 +20,9 @@ from compiler.diagnostics import has_errors, render_json, render_text
 from compiler.load import SITE_FILE
 from compiler.pipeline import compile_site
 from compiler.schema import site_schema
-from mailplan import logs
 from plan import codec
 from plan.model import Plan
+from runtime import logs
 from runtime.router import Router, Routing
 from zones.render import FORMATS
 

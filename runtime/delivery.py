@@ -112,18 +112,25 @@ def settle(
         failure = dsn.Failure(
             outcome.recipient, outcome.status, outcome.text, outcome.remote, outcome.smtp
         )
+        facts = _facts(outcome)
         if outcome.kind == "delivered":
             done.append(outcome.recipient)
-            log.info("%s <%s> delivered: %s", queue_id, outcome.recipient, outcome.text)
+            log.info(
+                "%s <%s> delivered: %s%s", queue_id, outcome.recipient, outcome.text,
+                _by(outcome), extra=facts,
+            )  # fmt: skip
         elif outcome.kind == "permanent":
             failures.append(failure)
             done.append(outcome.recipient)
-            log.info("%s <%s> failed: %s", queue_id, outcome.recipient, outcome.text)
+            log.info(
+                "%s <%s> failed: %s%s", queue_id, outcome.recipient, outcome.text,
+                _by(outcome), extra=facts,
+            )  # fmt: skip
         elif retry.expired(envelope.arrived, now, plan.queue.give_up_after):
             gave_up = f"gave up after {_span(now - envelope.arrived)}: {outcome.text}"
             failures.append(replace(failure, status="4.4.7", diagnostic=gave_up))
             done.append(outcome.recipient)
-            log.info("%s <%s> %s", queue_id, outcome.recipient, gave_up)
+            log.info("%s <%s> %s", queue_id, outcome.recipient, gave_up, extra=facts)
         else:
             journal += retry.failure_line(now, outcome.status, outcome.recipient, outcome.text)
             attempts = entry.attempts + 1
@@ -136,6 +143,7 @@ def settle(
                 outcome.recipient,
                 outcome.text,
                 _span(interval),
+                extra=facts,
             )
     new: list[str] = []
     if delayed:
@@ -250,6 +258,28 @@ async def _read(spool: Spool, entry: Waiting) -> tuple[Envelope, bytes]:
     if entry.envelope is not None and entry.message is not None:
         return entry.envelope, entry.message
     return await asyncio.to_thread(spool.load, entry.queue_id)
+
+
+def _facts(outcome: Outcome) -> dict[str, str | None]:
+    """What a JSON log line says of one recipient's delivery (runtime.logs.FACTS)."""
+    return {
+        "queue_id": outcome.queue_id,
+        "recipient": outcome.recipient,
+        "host": outcome.remote,
+        "address": outcome.address,
+        "reply": outcome.text if outcome.smtp else None,
+    }
+
+
+def _by(outcome: Outcome) -> str:
+    """` (by HOST [ADDRESS])` when a remote host answered."""
+    if outcome.remote is None:
+        return ""
+    return (
+        f" (by {outcome.remote} [{outcome.address}])"
+        if outcome.address
+        else f" (by {outcome.remote})"
+    )
 
 
 def _span(seconds: float) -> str:

@@ -1,4 +1,10 @@
-"""Log lines for systemd's journal: syslog priorities as `<N>` prefixes.
+"""Where `mailplan serve` writes its log lines, and in what shape.
+
+Lines are written by a thread of their own (`Writer`), never by the event loop.
+`text` is one line per event with the time, the logger and the level; `json` is one
+JSON object per line with the same, plus the facts a line carries (`extra=` in the
+runtime: the queue id, the client, the listener, the deciding site file:line, the
+remote host, its address and reply).
 
 When systemd connects a service's standard error to the journal, it sets
 `JOURNAL_STREAM` to that stream's `DEVICE:INODE`. journald reads a `<N>` at the
@@ -8,11 +14,33 @@ start of each line as the line's priority (sd-daemon(3)), so with these prefixes
 
 from __future__ import annotations
 
+import json
 import logging
+import logging.handlers
 import os
 import sys
+import time
 from collections.abc import Mapping
-from typing import TextIO
+from queue import SimpleQueue
+from typing import Any, TextIO
+
+TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+JOURNAL_FORMAT = "%(name)s %(levelname)s %(message)s"  # the journal adds the time
+LEVELS = ("debug", "info", "warning", "error")
+
+# The facts a runtime log line may carry (`log.info(..., extra={...})`), in the order
+# a JSON line shows them.
+FACTS = (
+    "queue_id",
+    "client",
+    "listener",
+    "recipient",
+    "source",
+    "stage",
+    "host",
+    "address",
+    "reply",
+)
 
 # sd-daemon(3) / syslog(3): the priority of each logging level.
 PRIORITIES = (
@@ -78,3 +106,79 @@ class PriorityFormatter(logging.Formatter):
         text = self.inner.format(record) if self.inner is not None else super().format(record)
         prefix = f"<{priority(record.levelno)}>"
         return "\n".join(prefix + line for line in text.split("\n"))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for fact in FACTS:
+            value = getattr(record, fact, None)
+            if value is not None and value != "":
+                line[fact] = value
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def formatter(shape: str, journal: bool) -> logging.Formatter:
+    """The formatter for `--log-format`; under the journal, with priorities."""
+    if shape == "json":
+        return PriorityFormatter(inner=JsonFormatter()) if journal else JsonFormatter()
+    return PriorityFormatter(JOURNAL_FORMAT) if journal else logging.Formatter(TEXT_FORMAT)
+
+
+class Writer:
+    """The thread that writes log lines; `stop()` writes what is left, then ends."""
+
+    def __init__(self, shape: str = "text", level: str = "info") -> None:
+        self.shape, self.level = shape, level
+        lines: SimpleQueue[logging.LogRecord] = SimpleQueue()
+        self.listener = logging.handlers.QueueListener(lines, _output(shape))
+        _configure(level, _Enqueue(lines))
+        self.listener.start()
+
+    def stop(self) -> None:
+        """Write what is left and end the thread; later lines are written as they come
+        (a supervisor of workers must have no thread when it forks)."""
+        if self.listener._thread is not None:
+            self.listener.stop()
+            _configure(self.level, _output(self.shape))
+
+
+def _output(shape: str) -> logging.Handler:
+    output = logging.StreamHandler(sys.stderr)
+    output.setFormatter(formatter(shape, to_journal()))
+    return output
+
+
+def _configure(level: str, handler: logging.Handler) -> None:
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's own chatter
+
+
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands the record over as it is: the message merged with its arguments, the
+    traceback as text, and the facts (`extra=`) kept for the JSON shape."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        prepared = logging.makeLogRecord(record.__dict__)
+        prepared.msg = record.getMessage()
+        prepared.args = None
+        if record.exc_info:
+            prepared.exc_text = logging.Formatter().formatException(record.exc_info)
+            prepared.exc_info = None
+        return prepared
+
+
+def line(text: str) -> str:
+    """A line for standard error outside the logger (a start-up error): with its
+    priority when the journal reads it."""
+    return f"<3>{text}" if to_journal() else text

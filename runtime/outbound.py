@@ -54,6 +54,7 @@ class Outcome:
     text: str
     remote: str | None = None
     smtp: bool = False  # `text` is the remote server's reply
+    address: str | None = None  # the remote host's IP address, once connected
 
     @property
     def final(self) -> bool:
@@ -191,7 +192,7 @@ async def deliver(
                         continue  # a kept connection the server had closed: a fresh one
                     last, status = f"{host.name}[{address}]: the connection ended", "4.4.2"
                     break
-                outcomes.extend(done)
+                outcomes.extend(replace(outcome, address=address) for outcome in done)
                 left = _unfinished(left, {(o.queue_id, o.recipient) for o in done})
     return outcomes + _everyone(left, status, last)
 

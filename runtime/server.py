@@ -20,6 +20,7 @@ from pathlib import Path
 
 from plan import codec
 from plan.model import Listener, Plan
+from runtime import notify
 from runtime.delivery import Delivery, Remote
 from runtime.intake import Intake
 from runtime.lookup import Answerer, Dns
@@ -118,7 +119,11 @@ class Server:
         share = self.options.share
         worker = "" if share.of == 1 else f" (worker {share.index} of {share.of})"
         log.info("serving plan %s%s", self.current.digest, worker)
+        if share.of == 1:  # a supervisor of workers speaks to systemd for them
+            notify.ready(f"serving plan {self.current.digest}")
         await self.stopping.wait()
+        if share.of == 1:
+            notify.stopping()
         await self.stop()
 
     async def start_listeners(self) -> None:
@@ -239,17 +244,24 @@ class Server:
 
     async def reload(self) -> None:
         """Load the plan again; sessions already open finish on the plan they started with."""
+        alone = self.options.share.of == 1
+        if alone:
+            notify.reloading()
         try:
             plan = await asyncio.to_thread(self.load)
             fresh = await asyncio.to_thread(self._snapshot, plan)
         except Exception as exc:
             log.error("reload refused, still serving plan %s: %s", self.current.digest, exc)
+            if alone:
+                notify.ready(f"reload refused; serving plan {self.current.digest}")
             return
         if fresh.policy.plan.listeners != self.current.policy.plan.listeners:
             log.warning("reload: listeners changed; they take effect at the next start")
         self.current = fresh
         self.delivery.reschedule()  # a new retry schedule applies to what waits already
         log.info("reloaded: serving plan %s", fresh.digest)
+        if alone:
+            notify.ready(f"serving plan {fresh.digest}")
 
     async def stop(self) -> None:
         """Stop accepting, let the DATA phases under way finish, then stop."""

@@ -132,7 +132,10 @@ class Handler:
         client = self.client(session, server.encrypted)
         reply, routing = self.policy.recipient(client, address, len(envelope.rcpt_tos))
         if routing is None:
-            log.info("%s refused <%s>: %s", client.ip, address, reply)
+            log.info(
+                "%s refused <%s>: %s", client.ip, address, reply,
+                extra={"client": client.ip, "listener": self.listener.name, "recipient": address},
+            )  # fmt: skip
             return reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
@@ -212,6 +215,7 @@ class Handler:
             ", ".join(f"<{r}>" for r in queued.recipients),
             len(message),
             self.snapshot.digest[:19],
+            extra={"queue_id": queue_id, "client": client.ip, "listener": self.listener.name},
         )
         return replies.reply(replies.QUEUED, id=queue_id)
 

@@ -26,7 +26,9 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from plan import codec
 from plan.model import Plan
+from runtime import notify
 from runtime.server import Options
 from runtime.spool import Share, work_as
 
@@ -66,6 +68,7 @@ def supervise(
                 for number in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(number, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                os.environ.pop("NOTIFY_SOCKET", None)  # systemd hears the supervisor only
                 work_as(share)
                 serving = replace(options, share=share)
                 status = run_worker(load, _plan_now(load, plan), serving)
@@ -84,6 +87,8 @@ def supervise(
 
     def stop(number: int, frame: object) -> None:
         nonlocal stopping
+        if not stopping:
+            notify.stopping()
         stopping = True
         forward(signal.SIGTERM, frame)
 
@@ -93,6 +98,7 @@ def supervise(
     signal.signal(signal.SIGINT, stop)
     for index in range(workers):
         start(index)
+    notify.ready(f"{workers} workers serving plan {codec.digest(plan)}")
     status = 0
     try:
         while children:

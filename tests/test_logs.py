@@ -6,11 +6,13 @@ import io
 import json
 import logging
 import os
+import queue
 import sys
 from pathlib import Path
 
 import pytest
 
+from runtime import logs
 from runtime.logs import PriorityFormatter, journal_stream, priority, to_journal
 
 
@@ -126,3 +128,55 @@ def test_to_journal_reads_the_environment(tmp_path: Path, monkeypatch: pytest.Mo
         assert to_journal(stream) is True
         monkeypatch.delenv("JOURNAL_STREAM")
         assert to_journal(stream) is False
+
+
+# -- --log-format json, end to end -------------------------------------------------------
+
+
+def test_json_lines_carry_the_queue_id_client_and_listener(tmp_path: Path) -> None:
+    import smtplib
+
+    from serverkit import LOOPBACK, MailServer, free_port
+
+    port = free_port()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "site.yaml").write_text(
+        "server: {hostname: mail.example.com, main_domain: example.com, client_ips: 127.0.0.1}\n"
+        f"listeners:\n  smtp: {{port: {port}, bind: [{LOOPBACK}], tls: none, auth: none}}\n"
+        "domains:\n  example.com:\n    accounts:\n      alice: {}\n"
+    )
+    arguments = ["--log-format", "json", "--log-level", "debug"]
+    with MailServer(site, tmp_path, [port], extra_arguments=arguments) as server:
+        with smtplib.SMTP(LOOPBACK, port, timeout=10) as client:
+            client.sendmail("a@remote.test", ["alice@example.com"], b"Subject: x\r\n\r\nx\r\n")
+            client.mail("a@remote.test")
+            code, _ = client.rcpt("nobody@example.com")
+            assert code == 550
+        assert server.wait_for_log("accepted from")
+        assert server.wait_for_log("refused <nobody@example.com>")
+    lines = [json.loads(line) for line in server.log().splitlines()]
+    accepted = next(line for line in lines if "accepted from" in line["message"])
+    assert accepted["level"] == "info"
+    assert accepted["logger"] == "mailplan.smtp"
+    assert accepted["client"] == LOOPBACK
+    assert accepted["listener"] == "smtp"
+    assert accepted["message"].startswith(accepted["queue_id"] + " accepted from ")
+    refused = next(line for line in lines if "refused <" in line["message"])
+    assert refused["recipient"] == "nobody@example.com"
+    assert {"time", "level", "logger", "message"} <= set(refused)
+
+
+def test_json_formatter_keeps_a_traceback_and_unknown_types() -> None:
+    formatter = logs.JsonFormatter()
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "%s", ("bad",), sys.exc_info())
+    handler = logs._Enqueue(queue.SimpleQueue())
+    prepared = handler.prepare(record)
+    prepared.host = Path("/not/a/string")
+    line = json.loads(formatter.format(prepared))
+    assert line["message"] == "bad"
+    assert "ValueError: boom" in line["exception"]
+    assert line["host"] == "/not/a/string"

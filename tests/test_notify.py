@@ -163,3 +163,45 @@ def test_address() -> None:
 
 def test_message() -> None:
     assert notify.message({"READY": "1", "STATUS": "a\r\nb"}) == b"READY=1\nSTATUS=a b"
+
+
+# -- the server speaks the protocol --------------------------------------------------------
+
+
+def _message(sock: socket.socket) -> tuple[int, list[str]]:
+    """The next message and the pid that sent it."""
+    size = struct.calcsize("3i")
+    data, ancillary, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(size))
+    [(_, _, credentials)] = ancillary
+    return struct.unpack("3i", credentials[:size])[0], data.decode().split("\n")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"], ids=["one-process", "two-workers"])
+def test_the_server_says_ready_reloading_and_stopping_from_its_main_process(
+    path_socket: Listener, tmp_path: Path, workers: str
+) -> None:
+    from serverkit import LOOPBACK, MailServer, free_port
+
+    sock, _ = path_socket
+    port = free_port()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "site.yaml").write_text(
+        "server: {hostname: mail.example.com, main_domain: example.com, client_ips: 127.0.0.1}\n"
+        f"listeners:\n  smtp: {{port: {port}, bind: [{LOOPBACK}], tls: none, auth: none}}\n"
+        "domains:\n  example.com:\n    accounts:\n      alice: {}\n"
+    )
+    with MailServer(site, tmp_path, [port], extra_arguments=["--workers", workers]) as server:
+        assert server.process is not None
+        main = server.process.pid
+        sender, fields = _message(sock)
+        assert (sender, fields[0]) == (main, "READY=1")
+        if workers == "1":
+            server.reload()
+            sender, fields = _message(sock)
+            assert (sender, fields[0]) == (main, "RELOADING=1")
+            sender, fields = _message(sock)
+            assert (sender, fields[0]) == (main, "READY=1")
+        server.stop()
+        sender, fields = _message(sock)
+        assert (sender, fields) == (main, ["STOPPING=1"])
