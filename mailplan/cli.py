@@ -320,9 +320,10 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
     load = _loader(arguments.site, arguments.plan)
     plan = load()
     root, dev = arguments.root, arguments.dev
+    site_user = (None, None) if dev else (plan.server.user, plan.server.group)  # `make run`
     who = startup.identity(
-        arguments.user or plan.server.user,
-        arguments.group or plan.server.group,
+        arguments.user or site_user[0],
+        arguments.group or site_user[1],
         allow_root=arguments.allow_root or dev,
     )
     queue = startup.resolve(root, plan.queue.directory)

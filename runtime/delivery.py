@@ -272,14 +272,10 @@ def _facts(outcome: Outcome) -> dict[str, str | None]:
 
 
 def _by(outcome: Outcome) -> str:
-    """` (by HOST [ADDRESS])` when a remote host answered."""
+    """` (HOST[ADDRESS])` when a remote host answered."""
     if outcome.remote is None:
         return ""
-    return (
-        f" (by {outcome.remote} [{outcome.address}])"
-        if outcome.address
-        else f" (by {outcome.remote})"
-    )
+    return f" ({outcome.remote}[{outcome.address or '?'}])"
 
 
 def _span(seconds: float) -> str:

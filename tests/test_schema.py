@@ -15,7 +15,7 @@ HEAD = "server:\n  hostname: mail.example.com\n  main_domain: example.com\n"  # 
 DOMAINS = "domains:\n  example.com:\n"
 
 TOP_KEYS = ", ".join(sorted(site_schema()["properties"]))
-SERVER_KEYS = "addresses, blacklisted_ips, client_ips, hostname, main_domain"
+SERVER_KEYS = "addresses, blacklisted_ips, client_ips, group, hostname, main_domain, user"
 DOMAIN_KEYS = (
     "accounts, aliases, dkim, dmarc, forwarders, lists, mta_sts, mx, rules, sends_mail, spf, "
     "tls_rpt, unknown"
