@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from compiler.diagnostics import Diagnostic, error
 from plan.model import Domain, Kind, Plan, Source
+from runtime.address import idn_problem
 from runtime.router import Router
 
 
@@ -17,6 +18,7 @@ def check_names(plan: Plan, router: Router) -> list[Diagnostic]:
     if plan.server.main_domain not in hosted:
         message = f"main domain {plan.server.main_domain} is not one of the site's domains"
         problems.append(_at(plan.server.source, "MP202", message))
+    problems += _domain_names(plan)
     problems += _domain_aliases(plan)
     for domain in plan.domains:
         problems += _clashes(domain)
@@ -86,6 +88,28 @@ def _clashes(domain: Domain) -> list[Diagnostic]:
                 problems.append(_at(account.source, "MP206", message))
             else:
                 seen[alias] = (f"alias of {account.name}", account.source)
+    return problems
+
+
+def _domain_names(plan: Plan) -> list[Diagnostic]:
+    """Domains that are no valid IDN, and one domain written twice (in U-labels and A-labels)."""
+    problems = []
+    named = [(plan.server.main_domain, plan.server.source)]
+    named += [(name, d.source) for d in plan.domains for name in (d.name, *d.aliases)]
+    for name, source in dict.fromkeys(named):
+        if (problem := idn_problem(name)) is not None:
+            message = f"not a valid internationalized domain name: {name} ({problem})"
+            problems.append(_at(source, "MP209", message))
+    seen: dict[str, Source] = {}
+    for domain in plan.domains:
+        if domain.name in seen:
+            message = (
+                f"duplicate domain: {domain.name} is also the domain of line "
+                f"{seen[domain.name].line} (its U-labels and A-labels name one domain)"
+            )
+            problems.append(_at(domain.source, "MP209", message))
+        else:
+            seen[domain.name] = domain.source
     return problems
 
 

@@ -1,12 +1,14 @@
 """Resolve pass: build the plan from the site's YAML, its routing records and address lists.
 
 Defaults come from `compiler.defaults`; positions from the YAML loader. Names are
-lower-cased here (objects are case-insensitive); the checks that follow look for
-what clashes or is missing.
+lower-cased here (objects are case-insensitive), names of accounts, aliases,
+forwarders and lists in Unicode NFC, domains in A-labels (`runtime.address`, the form
+the router compares); the checks that follow look for what clashes or is missing.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import replace
 from typing import Any
 
@@ -51,6 +53,7 @@ from plan.model import (
     Tls,
     Unknown,
 )
+from runtime.address import canonical_domain
 
 # Problems after which the YAML does not have the shape that resolving relies on.
 SHAPELESS = frozenset({"MP101", "MP102", "MP103"})
@@ -62,7 +65,7 @@ def resolve(unit: Unit) -> Unit:
         return unit
     data = document.data
     problems: list[Diagnostic] = []
-    main = data["server"]["main_domain"].lower()
+    main = canonical_domain(data["server"]["main_domain"])
     lists, trouble = addresslists(unit.lists)
     problems += trouble
     table, trouble = routes(unit.records, main)
@@ -83,8 +86,13 @@ def resolve(unit: Unit) -> Unit:
         ),
         address_lists=lists,
         domains=tuple(
-            _domain(document, name.lower(), spec or {}, main, rules)
-            for name, spec in sorted(data["domains"].items(), key=lambda item: item[0].lower())
+            sorted(
+                (
+                    _domain(document, written, spec or {}, main, rules)
+                    for written, spec in data["domains"].items()
+                ),
+                key=lambda domain: domain.name,
+            )
         ),
         pipes=tuple(
             Pipe(
@@ -123,7 +131,7 @@ def _server(server: dict[str, Any], source: Source) -> Server:
     return Server(
         source=source,
         hostname=server["hostname"].lower(),
-        main_domain=server["main_domain"].lower(),
+        main_domain=canonical_domain(server["main_domain"]),
         client_ips="client_ips",
         blacklisted_ips="blacklisted_ips",
         addresses=tuple(server.get("addresses", ())),
@@ -208,18 +216,23 @@ def _queue(spec: dict[str, Any]) -> Queue:
     )
 
 
+def _name(written: str) -> str:
+    """An account's, alias's, forwarder's or list's name as the router compares it."""
+    return unicodedata.normalize("NFC", written).lower()
+
+
 def _domain(
-    document: Document, name: str, spec: dict[str, Any], main: str, rules: dict[str, RuleSet]
+    document: Document, written: str, spec: dict[str, Any], main: str, rules: dict[str, RuleSet]
 ) -> Domain:
-    written = next(key for key in document.data["domains"] if key.lower() == name)
+    name = canonical_domain(written)
     path: DataPath = ("domains", written)
     settled = defaults.DOMAIN | spec
     accounts = [
         Account(
-            account.lower(),
+            _name(account),
             _source(document, (*path, "accounts", account)),
             (value or {}).get("password"),
-            tuple(alias.lower() for alias in (value or {}).get("aliases", ())),
+            tuple(_name(alias) for alias in (value or {}).get("aliases", ())),
             rules.get((value or {}).get("rules", "")),
             tuple(dict.fromkeys((*defaults.FOLDERS, *(value or {}).get("folders", ())))),
         )
@@ -227,7 +240,7 @@ def _domain(
     ]
     forwarders = tuple(
         Forwarder(
-            forwarder.lower(),
+            _name(forwarder),
             _source(document, (*path, "forwarders", forwarder)),
             _full(target, name),
         )
@@ -235,7 +248,7 @@ def _domain(
     )
     lists = tuple(
         MailingList(
-            mailing_list.lower(),
+            _name(mailing_list),
             _source(document, (*path, "lists", mailing_list)),
             _full(value["owner"], name),
             tuple(
@@ -257,7 +270,7 @@ def _domain(
     return Domain(
         name=name,
         source=source,
-        aliases=tuple(alias.lower() for alias in spec.get("aliases", ())),
+        aliases=tuple(canonical_domain(alias) for alias in spec.get("aliases", ())),
         accounts=tuple(sorted(accounts, key=lambda a: a.name)),
         forwarders=tuple(sorted(forwarders, key=lambda f: f.name)),
         lists=tuple(sorted(lists, key=lambda m: m.name)),

@@ -22,6 +22,7 @@ from compiler.unit import Unit
 from compiler.yamlpos import Document
 from compiler.yamlpos import Path as DataPath
 from plan.model import DkimKey, Dmarc, Domain, MailDns, MtaSts, MxHost, Plan, Source, TlsRpt
+from runtime.address import canonical_domain
 
 URI_SAFE = "$'()*+&=-._~"  # kept as they are in a report address (besides letters, digits)
 # RFC 8301 §3.2: verifiers must not accept RSA keys shorter than 1024 bits.
@@ -37,7 +38,7 @@ def resolve_dns(unit: Unit) -> Unit:
     ttl = defaults.seconds(document.data.get("dns", {}).get("ttl", defaults.DNS_TTL))
     domains = []
     for domain in plan.domains:
-        written = next(key for key in document.data["domains"] if key.lower() == domain.name)
+        written = next(k for k in document.data["domains"] if canonical_domain(k) == domain.name)
         path: DataPath = ("domains", written)
         spec = document.data["domains"][written] or {}
         keys = []

@@ -12,7 +12,7 @@ from typing import get_args
 from compiler.diagnostics import Diagnostic, error
 from compiler.syntax import Record, Text
 from plan.model import KINDS, Kind, Pattern, Route, Source, Target
-from runtime.address import parse
+from runtime.address import canonical_domain, parse
 
 ACKNOWLEDGE = "allow-open-relay"
 
@@ -77,7 +77,7 @@ def _left(record: Record, main_domain: str, problems: list[Diagnostic]) -> Patte
     if "@" in text or "!" in text:
         address = parse(text, main_domain)
         return Pattern("address", f"{address.local}@{address.domain}".lower())
-    return Pattern("domain", text.rstrip(".").lower())
+    return Pattern("domain", canonical_domain(text.rstrip(".")))
 
 
 def _right(record: Record, problems: list[Diagnostic]) -> Target | None:

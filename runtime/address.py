@@ -3,12 +3,19 @@
 Source-routed forms are normalised the CommuniGate way: `<@hop:user@dom>`,
 `hop!dom!user` and `user%dom@hop` all become local part `user%dom` at domain `hop`.
 An address without a domain takes the default domain (the site's main domain).
+
+Internationalised addresses (RFC 6531) have one form here: the local part in Unicode
+NFC, and the domain in A-labels (`bücher.example` is `xn--bcher-kva.example`, by
+IDNA2008 with the UTS 46 mapping), so the spellings of one address meet in one key.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import unicodedata
 from dataclasses import dataclass
+
+import idna
 
 
 @dataclass(frozen=True)
@@ -42,8 +49,14 @@ def parse(text: str, default_domain: str) -> Address:
         return Address(local, _domain(path[0]))
     local, at, domain = text.rpartition("@")
     if not at:
-        return Address(_unquote(text), _domain(default_domain))
-    return Address(_unquote(local), _domain(domain))
+        return Address(_local(text), _domain(default_domain))
+    return Address(_local(local), _domain(domain))
+
+
+def _local(text: str) -> str:
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+    return _unquote(text)
 
 
 _ATEXT = frozenset(
@@ -81,7 +94,55 @@ def _route_end(text: str) -> int | None:
 
 
 def _domain(text: str) -> str:
-    return text.strip().rstrip(".").lower()
+    return canonical_domain(text.strip().rstrip("."))
+
+
+def canonical_domain(text: str) -> str:
+    """A domain as the router compares it: lower case, every U-label as its A-label.
+
+    Labels are converted one by one, so a `*` label of a picture (`*.bücher.example`)
+    stays as it is; a label that is no valid IDN stays in Unicode (NFC, lower case),
+    which `idn_problem` explains.
+    """
+    if text.isascii():
+        return text.lower()
+    return ".".join(_a_label(label) for label in text.split("."))
+
+
+def _a_label(label: str) -> str:
+    if label.isascii():
+        return label.lower()
+    try:
+        return idna.encode(label, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return unicodedata.normalize("NFC", label).lower()
+
+
+def is_utf8(text: str) -> bool:
+    """Whether `text` came from valid UTF-8: bytes that were not (decoded with
+    surrogateescape, as aiosmtpd and the command line do) are lone surrogates."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def idn_problem(domain: str) -> str | None:
+    """Why `domain` is no valid internationalised domain name (IDNA2008), or None.
+
+    Only U-labels and `xn--` labels are judged; other ASCII labels are the router's affair.
+    """
+    for label in domain.strip().rstrip(".").split("."):
+        if label.isascii() and not label.lower().startswith("xn--"):
+            continue
+        try:
+            idna.encode(label, uts46=True)
+        except idna.IDNAError as problem:
+            return f"{label}: {problem}"
+    return None
 
 
 def ip_literal(domain: str) -> str | None:

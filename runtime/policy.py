@@ -1,8 +1,9 @@
 """Policy: what the server says to a client, as pure functions of the plan and the session.
 
 Who is a client (Client IPs), who is refused at connect (blacklisted IPs), who may
-relay, which sender and recipients are accepted, and who a login name is. The SMTP
-handler asks; this module answers with the reply line (or None for "go on").
+relay, which sender and recipients are accepted, which internationalised addresses
+may be given (RFC 6531), and who a login name is. The SMTP handler asks; this module
+answers with the reply line (or None for "go on").
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from plan.model import Account, Plan, Scope
 from runtime import replies
+from runtime.address import idn_problem
 from runtime.addresslist import AddressSet
 from runtime.router import Router, Routing
 
@@ -43,6 +45,23 @@ def in_scope(scope: Scope, trusted: bool) -> bool:
     if scope == "everybody-except-clients":
         return not trusted
     return False
+
+
+def international(address: str, smtputf8: bool) -> str | None:
+    """The reply that refuses a non-ASCII address in MAIL or RCPT, or None to go on.
+
+    RFC 6531 3.4: a non-ASCII address is only taken in a transaction that MAIL FROM
+    opened with SMTPUTF8; its domain must then be valid IDNA2008 (in U-labels or
+    A-labels). Plain ASCII addresses pass untouched.
+    """
+    if address.isascii():
+        return None
+    if not smtputf8:
+        return replies.NEEDS_SMTPUTF8
+    _, at, domain = address.rpartition("@")
+    if at and idn_problem(domain) is not None:
+        return replies.reply(replies.BAD_IDN, address=address)
+    return None
 
 
 class Policy:

@@ -13,6 +13,9 @@ TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients (at most {limit} in one mes
 TOO_BIG = "552 5.3.4 Message too big (at most {limit} bytes)"
 BAD_HELO = "501 5.5.4 Syntax error: control characters in the host name"
 BAD_ADDRESS = "501 5.1.3 Bad address syntax: <{address}>"
+NOT_UTF8 = "501 5.5.2 Syntax error: the command is not valid UTF-8"
+NEEDS_SMTPUTF8 = "553 5.6.7 A non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM"
+BAD_IDN = "553 5.1.3 <{address}>: the domain is not a valid internationalized domain name"
 TOO_MANY_HOPS = "554 5.4.6 Too many hops: the message seems to be in a mail loop"
 QUEUE_WRITE_FAILED = "451 4.3.0 The message could not be queued, please try again later"
 

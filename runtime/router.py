@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from plan.model import Account, Domain, Forwarder, Kind, MailingList, Plan, Route, Source
-from runtime.address import Address, ip_literal, literal, parse
+from runtime.address import Address, ip_literal, is_utf8, literal, parse
 from runtime.picture import Picture, substitute
 
 MAX_REWRITES = 16
@@ -241,6 +241,12 @@ class Router:
         """What happens to `address` next: the first matching record, or the built-in routing."""
         if not address.local or not address.domain:
             return self._error(address, None, "address syntax", "5.1.3", f"bad address: {address}")
+        if not is_utf8(address.local):
+            reason = "bad address: the local part is not valid UTF-8"
+            return self._error(address, None, "address syntax", "5.1.3", reason)
+        if not address.domain.isascii():
+            reason = f"not a valid internationalized domain name: {address.domain}"
+            return self._error(address, None, "address syntax", "5.1.3", reason)
         if address.domain.endswith(SUFFIXES) and not self.hosts(address.domain):
             return self._builtin(address, kind)
         found = self.index.first(address, kind)

@@ -2,8 +2,9 @@
 
 `Session` extends aiosmtpd's SMTP where the protocol engine itself must change:
 a refusal before the greeting (blacklisted IPs), AUTH checked off the event loop,
-AUTH offered inside implicit TLS, and DATA read in large chunks (the end of data is
-only ever `CRLF.CRLF`, so a bare LF or CR before a dot cannot split a message).
+AUTH offered inside implicit TLS, SMTPUTF8 on every listener with command lines that
+are not UTF-8 refused, and DATA read in large chunks (the end of data is only ever
+`CRLF.CRLF`, so a bare LF or CR before a dot cannot split a message).
 Every decision is the policy's (`runtime.policy`); the handler turns it into replies.
 """
 
@@ -24,8 +25,9 @@ from aiosmtpd.smtp import Session as SMTPSession
 
 from plan.model import Listener
 from runtime import enact, pipe, replies
+from runtime.address import canonical_domain, is_utf8
 from runtime.message import header_block
-from runtime.policy import Client, Policy
+from runtime.policy import Client, Policy, international
 from runtime.processor import execute
 from runtime.receiving import Checks
 from runtime.rules import Facts, Headers, Rules
@@ -100,13 +102,13 @@ class Handler:
     ) -> str:
         if _unsafe(address):
             return _bad_address(address)
-        refusal = self.policy.sender(address)
+        refusal = international(address, "SMTPUTF8" in options) or self.policy.sender(address)
         if refusal:
             return refusal
         self.trace = []
         if self.snapshot.checks is not None:
             client = self.client(session, server.encrypted)
-            sender = "" if address == "<>" else address
+            sender = "" if address == "<>" else _in_a_labels(address)
             for verdict in await self.snapshot.checks.at_mail(
                 client, session.host_name or "", sender
             ):
@@ -129,6 +131,9 @@ class Handler:
     ) -> str:
         if _unsafe(address):
             return _bad_address(address)
+        refusal = international(address, envelope.smtp_utf8)
+        if refusal:
+            return refusal
         client = self.client(session, server.encrypted)
         reply, routing = self.policy.recipient(client, address, len(envelope.rcpt_tos))
         if routing is None:
@@ -166,7 +171,7 @@ class Handler:
         trace = "".join(f"{line}\r\n" for line in self.trace).encode("utf-8", "surrogateescape")
         message = (
             trace
-            + self._received(server, session, client, queued)
+            + self._received(server, session, client, queued, envelope.smtp_utf8)
             + (envelope.original_content or b"")
         )
         rules = self.snapshot.server_rules
@@ -253,9 +258,15 @@ class Handler:
         )
 
     def _received(
-        self, server: Session, session: SMTPSession, client: Client, queued: QueueEnvelope
+        self,
+        server: Session,
+        session: SMTPSession,
+        client: Client,
+        queued: QueueEnvelope,
+        utf8: bool,
     ) -> bytes:
-        protocol = "ESMTP" if session.extended_smtp else "SMTP"
+        # RFC 3848's protocol names, and RFC 6531 4.3's for a transaction with SMTPUTF8
+        protocol = "UTF8SMTP" if utf8 else "ESMTP" if session.extended_smtp else "SMTP"
         protocol += "S" if server.encrypted else ""
         protocol += "A" if client.authenticated else ""
         recipient = f"\r\n\tfor <{queued.recipients[0]}>" if len(queued.recipients) == 1 else ""
@@ -302,7 +313,7 @@ class Session(SMTP):
         throttle: Throttle | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(handler, **options)
+        super().__init__(handler, **{"enable_SMTPUTF8": True, **options})
         self.throttle = throttle or Throttle()  # failed logins per client IP
         # Inside implicit TLS the channel is encrypted although aiosmtpd never saw
         # STARTTLS: AUTH must be offered there (and where the site allows plain AUTH).
@@ -328,16 +339,25 @@ class Session(SMTP):
         if _unsafe(hostname):
             await self.push(replies.BAD_HELO)
             return
+        if not _utf8(hostname):
+            await self.push(replies.NOT_UTF8)
+            return
         await super().smtp_HELO(hostname)
 
     async def smtp_EHLO(self, hostname: str) -> None:
         if _unsafe(hostname):
             await self.push(replies.BAD_HELO)
             return
+        if not _utf8(hostname):
+            await self.push(replies.NOT_UTF8)
+            return
         await super().smtp_EHLO(hostname)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
+            return
+        if not _utf8(arg):
+            await self.push(replies.NOT_UTF8)
             return
         announced = _SIZE.search(arg or "")
         limit = self.data_size_limit
@@ -345,6 +365,19 @@ class Session(SMTP):
             await self.push(replies.reply(replies.TOO_BIG, limit=limit))
             return
         await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if not _utf8(arg):
+            if not await self.check_helo_needed() and not await self.check_auth_needed("RCPT"):
+                await self.push(replies.NOT_UTF8)
+            return
+        await super().smtp_RCPT(arg)
+
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not _utf8(arg):  # aiosmtpd would quote the bytes back in its reply
+            await self.push(replies.NOT_UTF8)
+            return
+        await super().smtp_VRFY(arg)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd parses every address with the email package's header parser (~50 µs);
@@ -482,6 +515,17 @@ _SIZE = re.compile(r"(?i)(?:^|\s)SIZE=(\d+)(?:\s|$)")
 
 def _bad_address(address: str) -> str:
     return replies.reply(replies.BAD_ADDRESS, address=address.encode("unicode_escape").decode())
+
+
+def _utf8(text: str | None) -> bool:
+    """Whether a command's argument was valid UTF-8 (aiosmtpd decodes with surrogateescape)."""
+    return text is None or is_utf8(text)
+
+
+def _in_a_labels(address: str) -> str:
+    """`user@bücher.example` as `user@xn--bcher-kva.example`, for DNS look-ups."""
+    local, at, domain = address.rpartition("@")
+    return f"{local}@{canonical_domain(domain)}" if at and not domain.isascii() else address
 
 
 def _unsafe(text: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.address import Address, ip_literal, parse
+from runtime.address import Address, canonical_domain, idn_problem, ip_literal, parse
 
 MAIN = "example.com"
 
@@ -155,3 +155,56 @@ def test_ip_literal_of_a_parsed_ipv6_literal() -> None:
 )
 def test_quotes_that_are_not_needed_are_dropped(text: str, local: str) -> None:
     assert parse(text, "example.com").local == local
+
+
+# --- internationalised addresses (RFC 6531) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "local", "domain"),
+    [
+        pytest.param("jörg@bücher.example", "jörg", "xn--bcher-kva.example", id="u-labels"),
+        pytest.param("jörg@xn--bcher-kva.example", "jörg", "xn--bcher-kva.example", id="a-labels"),
+        pytest.param("jörg@BÜCHER.Example", "jörg", "xn--bcher-kva.example", id="upper-case"),
+        pytest.param("a@faß.de", "a", "xn--fa-hia.de", id="idna2008-keeps-sharp-s"),
+        pytest.param("jo\u0308rg@example.com", "jörg", "example.com", id="local-part-nfc"),
+        pytest.param(
+            "<@bücher.example:u@x.example>",
+            "u%x.example",
+            "xn--bcher-kva.example",
+            id="source-route-through-u-labels",
+        ),
+        pytest.param("a@*.bücher.example", "a", "*.xn--bcher-kva.example", id="star-label-kept"),
+        pytest.param("a@bü_cher.example", "a", "bü_cher.example", id="bad-idn-left-in-unicode"),
+    ],
+)
+def test_parse_international(written: str, local: str, domain: str) -> None:
+    assert parse(written, MAIN) == Address(local, domain)
+
+
+def test_key_of_a_utf8_address_ignores_case_and_normalisation() -> None:
+    spellings = ["Jörg@bücher.example", "JO\u0308RG@xn--bcher-kva.example", "jörg@BÜCHER.example"]
+    assert {parse(s, MAIN).key for s in spellings} == {"jörg@xn--bcher-kva.example"}
+
+
+@pytest.mark.parametrize(
+    ("domain", "problem"),
+    [
+        pytest.param("example.com", None, id="ascii"),
+        pytest.param("_dmarc.example.com", None, id="ascii-underscore-not-judged"),
+        pytest.param("bücher.example", None, id="u-labels"),
+        pytest.param("xn--bcher-kva.example", None, id="a-labels"),
+        pytest.param("xn--zz.example", "xn--zz: Invalid A-label", id="bad-a-label"),
+        pytest.param(
+            "bü_cher.example",
+            "bü_cher: Codepoint U+005F at position 3 of 'bü_cher' not allowed",
+            id="bad-u-label",
+        ),
+    ],
+)
+def test_idn_problem(domain: str, problem: str | None) -> None:
+    assert idn_problem(domain) == problem
+
+
+def test_canonical_domain_of_ascii_is_lower_case() -> None:
+    assert canonical_domain("Example.COM") == "example.com"

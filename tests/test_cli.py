@@ -184,3 +184,40 @@ def test_schema_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert site["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert main(["schema", "plan"]) == 0
     assert json.loads(capsys.readouterr().out) == codec.json_schema()
+
+
+def test_route_a_utf8_address(capsys: pytest.CaptureFixture[str]) -> None:
+    """Any case, any Unicode normalisation, reaches the UTF-8 account."""
+    assert main(["route", "JO\u0308RG@example.org", "--site", str(EXAMPLE)]) == 0
+    alias, account = line_of("\n  example.com:"), line_of("\n      jörg:")
+    assert capsys.readouterr().out.splitlines() == [
+        "JO\u0308RG@example.org (mail)",
+        f"  {'site.yaml:' + str(alias):<19}domain alias example.org of example.com: "
+        "JÖRG@example.org -> JÖRG@example.com",
+        f"  {'site.yaml:' + str(account):<19}account jörg@example.com: "
+        "JÖRG@example.com -> LOCAL(jörg@example.com)jörg@example.com",
+        "module     LOCAL",
+        "queue      jörg@example.com",
+        "address    jörg@example.com",
+        "relayable  no",
+    ]
+
+
+def test_route_a_u_label_domain_in_a_labels(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["route", "jörg@Bücher.example", "--site", str(EXAMPLE)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-4:] == [
+        "module     SMTP",
+        "queue      xn--bcher-kva.example",
+        "address    jörg@xn--bcher-kva.example",
+        "relayable  no",
+    ]
+
+
+def test_route_a_bad_idn_domain(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["route", "jörg@bü_cher.example", "--site", str(EXAMPLE)]) == 2
+    assert capsys.readouterr().out.splitlines()[-3:] == [
+        "module     ERROR",
+        "reply      5.1.3 not a valid internationalized domain name: bü_cher.example",
+        "relayable  no",
+    ]

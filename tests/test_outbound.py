@@ -172,10 +172,15 @@ class Servers:
         self.greeters: list[Greeter] = []
 
     def smtp(
-        self, address: str, handler: Mailbox | None = None, tls: ssl.SSLContext | None = None
+        self,
+        address: str,
+        handler: Mailbox | None = None,
+        tls: ssl.SSLContext | None = None,
+        smtputf8: bool = True,  # as aiosmtpd's Controller offers by default
     ) -> Mailbox:
         handler = handler or Mailbox()
         extra: dict[str, Any] = {"tls_context": tls, "require_starttls": False} if tls else {}
+        extra["enable_SMTPUTF8"] = smtputf8
         controller = Controller(
             handler,
             hostname=address,
@@ -939,6 +944,37 @@ def test_opportunistic_tls_whose_handshake_fails_falls_back_to_plain_text(
 
 
 # --- addresses the client cannot encode -------------------------------------------------------
+
+
+def test_utf8_addresses_never_reach_a_server_without_smtputf8(servers: Servers) -> None:
+    mailbox = servers.smtp("127.0.0.2", smtputf8=False)
+    parcels = [
+        parcel("Q1", "jörg@remote.test"),
+        parcel("Q2", "ok@remote.test", sender="rené@example.test"),
+        parcel("Q3", "ok@remote.test"),
+    ]
+    outcomes = deliver("[127.0.0.2]", parcels, servers.port, domain="remote.test")
+    found = by_recipient(outcomes)
+    for key in (("Q1", "jörg@remote.test"), ("Q2", "ok@remote.test")):
+        assert (found[key].kind, found[key].status) == ("permanent", "5.6.7")
+    assert found["Q3", "ok@remote.test"].kind == "delivered"
+    assert [(t.sender, t.recipients) for t in mailbox.transactions] == [
+        ("alice@example.test", ("ok@remote.test",))
+    ]
+
+
+def test_utf8_addresses_go_with_smtputf8_to_a_server_that_offers_it(servers: Servers) -> None:
+    mailbox = servers.smtp("127.0.0.2")
+    sent = Parcel("Q1", "rené@example.test", ("jörg@remote.test",), "S: grüße\r\n".encode())
+    outcomes = deliver("[127.0.0.2]", [sent], servers.port, domain="remote.test")
+    assert [o.kind for o in outcomes] == ["delivered"]
+    (transaction,) = mailbox.transactions
+    assert (transaction.sender, transaction.recipients) == (
+        "rené@example.test",
+        ("jörg@remote.test",),
+    )
+    assert "SMTPUTF8" in transaction.options
+    assert transaction.content == sent.message
 
 
 def test_non_ascii_recipient_does_not_stop_the_queue(servers: Servers) -> None:

@@ -12,7 +12,7 @@ from argon2 import PasswordHasher
 from compiler.pipeline import compile_site
 from plan.model import Plan
 from runtime import replies
-from runtime.policy import Client, Policy, in_scope
+from runtime.policy import Client, Policy, in_scope, international
 
 SCOPES = ("everybody", "clients-only", "everybody-except-clients", "nobody")
 
@@ -470,3 +470,28 @@ def test_login_with_a_broken_hash_is_refused(policy: Policy) -> None:
     )
     broken = Policy(replace(plan, domains=domains))
     assert broken.login("alice", "alice-secret") is None
+
+
+# --- internationalised addresses (RFC 6531) -------------------------------------------
+
+INTERNATIONAL = {
+    "ascii-without-smtputf8": ("alice@example.com", False, None),
+    "ascii-with-smtputf8": ("alice@example.com", True, None),
+    "null-sender": ("<>", False, None),
+    "utf8-local-part-with-smtputf8": ("jörg@example.com", True, None),
+    "u-labels-with-smtputf8": ("alice@bücher.example", True, None),
+    "no-domain-with-smtputf8": ("jörg", True, None),
+    "utf8-local-part-without-smtputf8": ("jörg@example.com", False, replies.NEEDS_SMTPUTF8),
+    "u-labels-without-smtputf8": ("alice@bücher.example", False, replies.NEEDS_SMTPUTF8),
+    "bad-u-label": (
+        "jörg@bü_cher.example",
+        True,
+        replies.reply(replies.BAD_IDN, address="jörg@bü_cher.example"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", INTERNATIONAL, ids=INTERNATIONAL)
+def test_international(case: str) -> None:
+    address, smtputf8, reply = INTERNATIONAL[case]
+    assert international(address, smtputf8) == reply

@@ -1546,3 +1546,85 @@ def test_route_index_with_hand_built_routes() -> None:
                 found.add(expected[0])
     assert len(found) > 100  # many different records won, not only the first few
     assert found & {n for n in generic_at}  # and some generic ones
+
+
+# --------------------------------------------------------------------------- UTF-8
+
+IDN_YAML = """\
+server: {hostname: mail.example.com, main_domain: example.com}
+domains:
+  example.com:
+    aliases: [straße.example]
+    accounts:
+      jörg: {aliases: [ζωή]}
+      "CHLOE\u0301": {}
+    forwarders:
+      grüße: hello@xn--mnchen-3ya.example
+  xn--bcher-kva.example:
+    accounts: {jürgen: {}}
+  münchen.example:
+    accounts: {hello: {}}
+routing: router.cgr
+"""
+
+
+@pytest.mark.parametrize(
+    ("address", "queue"),
+    [
+        pytest.param("jörg@example.com", "jörg@example.com", id="utf8-account"),
+        pytest.param("JÖRG@example.com", "jörg@example.com", id="upper-case"),
+        pytest.param("jo\u0308rg@example.com", "jörg@example.com", id="nfd-spelling"),
+        pytest.param("ζωή@example.com", "jörg@example.com", id="utf8-alias"),
+        pytest.param("chloé@example.com", "chloé@example.com", id="nfd-account-name"),
+        pytest.param("jörg@straße.example", "jörg@example.com", id="u-label-domain-alias"),
+        pytest.param("jürgen@bücher.example", "jürgen@xn--bcher-kva.example", id="u-labels"),
+        pytest.param("jürgen@xn--bcher-kva.example", "jürgen@xn--bcher-kva.example", id="a-labels"),
+        pytest.param(
+            "hello@MÜNCHEN.example", "hello@xn--mnchen-3ya.example", id="domain-written-in-u-labels"
+        ),
+        pytest.param("grüße@example.com", "hello@xn--mnchen-3ya.example", id="utf8-forwarder"),
+    ],
+)
+def test_utf8_names_and_idn_domains(site: Path, address: str, queue: str) -> None:
+    routing = compile_router(site, yaml=IDN_YAML).route(address)
+    assert (routing.module, routing.queue) == ("LOCAL", queue)
+
+
+def test_idn_domain_not_hosted_goes_to_smtp_in_a_labels(site: Path) -> None:
+    routing = compile_router(site, yaml=IDN_YAML).route("jörg@bücher.test")
+    assert (routing.module, routing.queue, routing.target) == (
+        "SMTP",
+        "xn--bcher-kva.test",
+        "jörg@xn--bcher-kva.test",
+    )
+
+
+def test_bad_idn_domain_is_refused(site: Path) -> None:
+    routing = compile_router(site, yaml=IDN_YAML).route("jörg@bü_cher.test")
+    assert (routing.module, routing.status, routing.reason) == (
+        "ERROR",
+        "5.1.3",
+        "not a valid internationalized domain name: bü_cher.test",
+    )
+
+
+def test_table_records_in_u_labels_match_either_spelling(site: Path) -> None:
+    table = """
+        <*@alt.bücher.example> = *@bücher.example
+        *.münchen.example = example.com
+    """
+    router = compile_router(site, table, IDN_YAML)
+    assert router.route("jürgen@alt.xn--bcher-kva.example").queue == "jürgen@xn--bcher-kva.example"
+    assert router.route("JÖRG@mail.MÜNCHEN.example").queue == "jörg@example.com"
+
+
+def test_local_part_that_was_not_utf8_is_refused(site: Path) -> None:
+    """Bytes that were not UTF-8 reach the router surrogate-escaped (a command line)."""
+    routing = compile_router(site, yaml=IDN_YAML).route(
+        b"j\xf6rg@example.com".decode(errors="surrogateescape")
+    )
+    assert (routing.module, routing.status, routing.reason) == (
+        "ERROR",
+        "5.1.3",
+        "bad address: the local part is not valid UTF-8",
+    )

@@ -26,7 +26,7 @@ import pytest
 from argon2 import PasswordHasher
 from serverkit import LOOPBACK, Maildir, MailServer, free_ports, mailplan, wait_until
 
-from runtime import devtls
+from runtime import devtls, replies
 
 HOSTNAME = "mail.example.com"
 PASSWORD = "secret"
@@ -75,6 +75,17 @@ BAD_COMMANDS = (
     "sender-without-domain",
     "malformed-address",
 )
+BAD_UTF8 = (
+    "sender-without-smtputf8",
+    "recipient-without-smtputf8",
+    "u-label-without-smtputf8",
+    "sender-not-utf8",
+    "recipient-not-utf8",
+    "recipient-overlong-utf8",
+    "helo-not-utf8",
+    "vrfy-not-utf8",
+    "bad-idn-domain",
+)
 SIZES = ("undeclared-over", "declared-small-sends-big", "far-over", "exactly-the-limit")
 
 
@@ -105,6 +116,13 @@ def accounts(password_hash: str, extra: dict[str, str] | None = None) -> str:
         **{f"smuggle-{case}": "{}" for case in SMUGGLING},
         **{f"smuggled-{case}": "{}" for case in SMUGGLING},
         **{f"after-{case}": "{}" for case in BAD_COMMANDS},
+        **{f"after-{case}": "{}" for case in BAD_UTF8},
+        "zoë": "{}",
+        "chloé": "{}",
+        "émile": "{}",
+        "zoe": "{aliases: [ζωή]}",
+        "ülrich": "{}",
+        "rené": "{}",
         **(extra or {}),
     }
     return "\n".join(f"      {name}: {value}" for name, value in entries.items())
@@ -131,11 +149,15 @@ receiving:  # not what these tests are about: tests/test_receiving.py is
 queue: {{directory: var/queue, mail_directory: var/mail}}
 domains:
   example.com:
-    aliases: [example.org]
+    aliases: [example.org, straße.example]
     accounts:
 {extra_accounts or accounts(password_hash)}
     forwarders:
       info: sales@forward.example
+  xn--bcher-kva.example:  # bücher.example, written in A-labels
+    accounts:
+      jörg: {{}}
+      jürgen: {{}}
 routing: router.cgr
 """
 
@@ -911,6 +933,123 @@ def test_postmaster_without_domain_accepted(site: Site) -> None:
         assert QUEUED.match(reply[4:]), reply
     delivered = site.maildir("postmaster").wait()
     assert any(b"Subject: to the postmaster" in m for m in delivered)
+
+
+# -- SMTPUTF8 (RFC 6531) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("listener", ["smtp", "submission", "smtps"])
+def test_smtputf8_is_advertised_on_every_listener(site: Site, listener: str) -> None:
+    with connect(site, listener) as client:
+        assert client.has_extn("smtputf8")
+
+
+UTF8_RECIPIENTS = {
+    "utf8-local-part": ("zoë@example.com", "zoë", "example.com"),
+    "nfd-spelling": ("chloe\u0301@example.com", "chloé", "example.com"),
+    "upper-case": ("ÉMILE@example.com", "émile", "example.com"),
+    "utf8-alias": ("ζωή@example.com", "zoe", "example.com"),
+    "u-labels-of-an-a-label-domain": ("jörg@bücher.example", "jörg", "xn--bcher-kva.example"),
+    "a-labels": ("jürgen@xn--bcher-kva.example", "jürgen", "xn--bcher-kva.example"),
+    "u-labels-of-a-domain-alias": ("ülrich@STRAßE.example", "ülrich", "example.com"),
+}
+
+
+@pytest.mark.parametrize("case", list(UTF8_RECIPIENTS), ids=list(UTF8_RECIPIENTS))
+def test_utf8_recipient_reaches_its_maildir_as_sent(site: Site, case: str) -> None:
+    recipient, account, domain = UTF8_RECIPIENTS[case]
+    sent = (
+        f"From: <rené@remote.example>\r\nTo: <{recipient}>\r\nSubject: grüße, {case}\r\n"
+        "\r\nbody: ü\r\n"
+    ).encode()
+    with connect(site) as client:
+        assert client.mail("rené@remote.example", ["SMTPUTF8"]) == (250, b"2.1.0 Sender OK")
+        assert client.rcpt(recipient) == (250, b"2.1.5 Recipient OK")
+        code, text = client.data(sent)
+        assert code == 250, text
+    delivered = site.maildir(account, domain).wait()
+    assert len(delivered) == 1
+    assert delivered[0].startswith("Return-Path: <rené@remote.example>\r\n".encode())
+    assert re.search(rb" with UTF8SMTP id \S+\r\n\tfor <(.*)>;", delivered[0])[1] == (
+        recipient.encode()
+    )
+    assert without_trace(delivered[0]) == sent
+
+
+def test_unknown_utf8_recipient_is_refused_in_utf8(site: Site) -> None:
+    with connect(site) as client:
+        assert client.mail("sender@remote.example", ["SMTPUTF8"]) == (250, b"2.1.0 Sender OK")
+        assert client.rcpt("nöbody@bücher.example") == (
+            550,
+            "5.1.1 <nöbody@bücher.example>: unknown user nöbody@xn--bcher-kva.example".encode(),
+        )
+
+
+def _refused(address: str) -> bytes:
+    return replies.reply(replies.BAD_IDN, address=address).encode()
+
+
+BAD_UTF8_CASES = {
+    "sender-without-smtputf8": (
+        [],
+        "MAIL FROM:<rené@remote.example>".encode(),
+        replies.NEEDS_SMTPUTF8.encode(),
+    ),
+    "recipient-without-smtputf8": (
+        [b"MAIL FROM:<sender@remote.example>"],
+        "RCPT TO:<zoë@example.com>".encode(),
+        replies.NEEDS_SMTPUTF8.encode(),
+    ),
+    "u-label-without-smtputf8": (
+        [b"MAIL FROM:<sender@remote.example>"],
+        "RCPT TO:<dora@straße.example>".encode(),
+        replies.NEEDS_SMTPUTF8.encode(),
+    ),
+    "sender-not-utf8": (
+        [],
+        b"MAIL FROM:<ren\xe9@remote.example> SMTPUTF8",
+        replies.NOT_UTF8.encode(),
+    ),
+    "recipient-not-utf8": (
+        [b"MAIL FROM:<sender@remote.example> SMTPUTF8"],
+        b"RCPT TO:<zo\xeb@example.com>",
+        replies.NOT_UTF8.encode(),
+    ),
+    "recipient-overlong-utf8": (
+        [b"MAIL FROM:<sender@remote.example> SMTPUTF8"],
+        b"RCPT TO:<zoe\xc0\xafx@example.com>",
+        replies.NOT_UTF8.encode(),
+    ),
+    "helo-not-utf8": ([], b"EHLO caf\xe9.example", replies.NOT_UTF8.encode()),
+    "vrfy-not-utf8": ([], b"VRFY <zo\xeb>", replies.NOT_UTF8.encode()),
+    "bad-idn-domain": (
+        [b"MAIL FROM:<sender@remote.example> SMTPUTF8"],
+        "RCPT TO:<zoë@bü_cher.example>".encode(),
+        _refused("zoë@bü_cher.example"),
+    ),
+}
+assert set(BAD_UTF8_CASES) == set(BAD_UTF8)
+
+
+@pytest.mark.parametrize("case", BAD_UTF8, ids=BAD_UTF8)
+def test_bad_utf8_gets_its_exact_refusal_and_the_session_goes_on(site: Site, case: str) -> None:
+    before, bad, expected = BAD_UTF8_CASES[case]
+    with Raw(site) as raw:
+        assert raw.reply().startswith(b"220 ")
+        assert raw.command(b"EHLO client.example").startswith(b"250")
+        for line in before:
+            assert raw.command(line) == b"250 2.1.0 Sender OK"
+        assert raw.command(bad) == expected
+        assert raw.command(b"RSET").startswith(b"250 ")
+        assert raw.command(b"MAIL FROM:<sender@remote.example>") == b"250 2.1.0 Sender OK"
+        rcpt = f"RCPT TO:<after-{case}@example.com>".encode()
+        assert raw.command(rcpt) == b"250 2.1.5 Recipient OK"
+        assert raw.command(b"DATA").startswith(b"354 ")
+        assert QUEUED.match(raw.command(b"Subject: after\r\n\r\nok\r\n.")[4:])
+        assert raw.command(b"QUIT").startswith(b"221 ")
+    delivered = site.maildir(f"after-{case}").wait()
+    assert len(delivered) == 1
+    assert b" with ESMTP id " in delivered[0]
 
 
 def test_pipelined_transactions(site: Site) -> None:
