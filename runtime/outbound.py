@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import aiosmtplib
@@ -54,7 +54,8 @@ class Outcome:
     text: str
     remote: str | None = None
     smtp: bool = False  # `text` is the remote server's reply
-    address: str | None = None  # the remote host's IP address, once connected
+    # the remote host's IP address, once connected: for the log, not part of the outcome
+    address: str | None = field(default=None, compare=False)
 
     @property
     def final(self) -> bool:
