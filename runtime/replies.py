@@ -15,6 +15,7 @@ BAD_HELO = "501 5.5.4 Syntax error: control characters in the host name"
 BAD_ADDRESS = "501 5.1.3 Bad address syntax: <{address}>"
 TOO_MANY_HOPS = "554 5.4.6 Too many hops: the message seems to be in a mail loop"
 QUEUE_WRITE_FAILED = "451 4.3.0 The message could not be queued, please try again later"
+CONNECTION_LOST = "421 4.4.2 Connection lost"  # what a session says to a client that went away
 
 
 def reply(template: str, **values: object) -> str:

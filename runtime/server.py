@@ -18,10 +18,11 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from plan import codec
 from plan.model import Listener, Plan
-from runtime import devtls
+from runtime import devtls, hangups
 from runtime.delivery import Delivery, Remote
 from runtime.intake import Intake
 from runtime.lookup import Answerer, Dns
@@ -139,6 +140,7 @@ class Server:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGUSR1, self.delivery.reschedule)
+        loop.set_exception_handler(self.loop_exception)
         alone = self.options.sockets is None
         if alone:  # a supervisor writes its own
             self.pidfile.write_text(f"{os.getpid()}\n")
@@ -153,6 +155,19 @@ class Server:
         await self.stop()
         if alone:
             self.pidfile.unlink(missing_ok=True)
+
+    @staticmethod
+    def loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """What the event loop reports outside any session: a client's reset or failed TLS
+        handshake is one line at INFO; anything else goes to the default handler."""
+        error = context.get("exception")
+        if not hangups.client_went_away(error):
+            loop.default_exception_handler(context)
+            return
+        transport = context.get("transport")
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        stage = "tls-handshake" if "handshake" in context.get("message", "") else "connection"
+        hangups.went_away(log, str(peer[0]) if peer else "", stage, error)
 
     async def start_listeners(self) -> None:
         plan = self.current.policy.plan
