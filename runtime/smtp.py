@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import format_datetime, localtime
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, TLSSetupException, syntax
 from aiosmtpd.smtp import Session as SMTPSession
@@ -309,6 +309,20 @@ class Session(SMTP):
         self.data_active = False
         self.authenticating = False
         self.gone = False  # the client went away, and the log has said so
+        self.continued: list[str] = []  # the first lines of a multi-line reply
+
+    async def push(self, status: AnyStr) -> None:
+        # The lines of a multi-line reply go out in one write with the last: a client
+        # that reads the EHLO reply with one recv (sslscan does) sees all of it.
+        if isinstance(status, str) and status[3:4] == "-":
+            self.continued.append(status)
+            return
+        if self.continued and isinstance(status, str):
+            whole = "\r\n".join([*self.continued, status])
+            self.continued.clear()
+            await super().push(whole)
+            return
+        await super().push(status)
 
     def _create_session(self) -> SMTPSession:
         return _QuietSession(self.loop)
