@@ -6,7 +6,8 @@ functions of the listener and the session (`capabilities`, `plaintext_allowed`,
 (`Policy.login`, argon2id off the event loop), so `user`, `user@domain`, `user%domain`
 and aliases reach the same account; every failed login waits as long as the client's
 IP has earned (`runtime.throttle`). The maildrop (`runtime.maildrop`) is locked for the
-whole session and changed at QUIT only: a dropped connection deletes nothing.
+whole session and changed at QUIT only: a dropped connection deletes nothing. A client
+that goes away is one line at INFO, with the stage it left in (`runtime.hangups`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import cast
 
 from plan.model import Listener
-from runtime import maildir
+from runtime import hangups, maildir
 from runtime.maildrop import Locked, Maildrop, Message
 from runtime.policy import Policy
 from runtime.threads import checking
@@ -161,6 +162,7 @@ class Pop3:
         self.ip = str(peer[0]) if peer else ""
         self.state = _State()
         self.rest = ""
+        self.stage = "banner"  # banner, command, tls-handshake, auth, transaction
 
     @property
     def tls(self) -> bool:
@@ -171,10 +173,11 @@ class Pop3:
             await self._send(GREETING)
             while await self._command():
                 pass
-        except (OSError, asyncio.IncompleteReadError) as exc:  # resets, TLS failures
-            log.info("%s went away: %s", self.ip, exc.__class__.__name__)
-        except Exception:
-            log.exception("%s: POP3 session failed", self.ip)
+        except Exception as exc:
+            if not hangups.client_went_away(exc):  # resets, TLS failures
+                log.exception("%s: POP3 session failed", self.ip)
+            else:
+                hangups.went_away(log, self.ip, self.stage, exc)
         finally:
             if self.state.maildrop is not None:
                 self.state.maildrop.close()  # nothing changes without QUIT
@@ -195,7 +198,11 @@ class Pop3:
         except (ValueError, asyncio.LimitOverrunError):
             await self._send(LINE_TOO_LONG)
             return None
-        return line if line.endswith(b"\n") else None
+        if line.endswith(b"\n"):
+            return line
+        if not self.writer.transport.is_closing():  # not the server stopping
+            hangups.went_away(log, self.ip, self.stage, None)
+        return None
 
     async def _command(self) -> bool:
         """Read and answer one command; False when the session is over."""
@@ -205,6 +212,7 @@ class Pop3:
         command = parse(line)
         keyword = command.keyword
         self.rest = command.rest
+        self._settle()
         if self.state.maildrop is None:
             handler = _AUTHORIZATION.get(keyword)
         else:
@@ -212,7 +220,13 @@ class Pop3:
         if handler is None:
             known = keyword in _AUTHORIZATION or keyword in _TRANSACTION
             return await self._error(BAD_STATE if known else BAD_COMMAND)
-        return await handler(self, command.arguments)
+        going_on = await handler(self, command.arguments)
+        self._settle()
+        return going_on
+
+    def _settle(self) -> None:
+        """The stage between commands: before login, or logged in."""
+        self.stage = "command" if self.state.maildrop is None else "transaction"
 
     async def _error(self, reply: str) -> bool:
         self.state.errors += 1
@@ -240,6 +254,7 @@ class Pop3:
         buffered: bytearray = getattr(self.reader, "_buffer", bytearray())
         buffered.clear()
         await self._send(STLS_OK)
+        self.stage = "tls-handshake"
         await self.writer.start_tls(self.context)
         self.state.user = None
         return True
@@ -272,6 +287,7 @@ class Pop3:
         if len(arguments) > 2:
             return await self._error(BAD_SYNTAX)
         response = arguments[1] if len(arguments) == 2 else None
+        self.stage = "auth"
         if response is None:
             await self._send("+ ")
             line = await self._line()
@@ -288,6 +304,7 @@ class Pop3:
         return await self._login(*credentials)
 
     async def _login(self, name: str, password: str) -> bool:
+        self.stage = "auth"
         async with self.throttle.turn(self.ip) as waited:
             account = await checking(self.policy.login, name, password)
             if account is None:

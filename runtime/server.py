@@ -17,10 +17,11 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from plan import codec
 from plan.model import Listener, Plan
-from runtime import notify
+from runtime import hangups, notify
 from runtime.delivery import Delivery, Remote
 from runtime.intake import Intake
 from runtime.lookup import Answerer, Dns
@@ -112,6 +113,7 @@ class Server:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGUSR1, self.delivery.reschedule)
+        loop.set_exception_handler(self.loop_exception)
         await asyncio.to_thread(self._recover)
         self.delivery.start()
         self.processor.start()
@@ -125,6 +127,19 @@ class Server:
         if share.of == 1:
             notify.stopping()
         await self.stop()
+
+    @staticmethod
+    def loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """What the event loop reports outside any session: a client's reset or failed TLS
+        handshake is one line at INFO; anything else goes to the default handler."""
+        error = context.get("exception")
+        if not hangups.client_went_away(error):
+            loop.default_exception_handler(context)
+            return
+        transport = context.get("transport")
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        stage = "tls-handshake" if "handshake" in context.get("message", "") else "connection"
+        hangups.went_away(log, str(peer[0]) if peer else "", stage, error)
 
     async def start_listeners(self) -> None:
         plan = self.current.policy.plan

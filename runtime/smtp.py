@@ -3,8 +3,9 @@
 `Session` extends aiosmtpd's SMTP where the protocol engine itself must change:
 a refusal before the greeting (blacklisted IPs), AUTH checked off the event loop,
 AUTH offered inside implicit TLS, SMTPUTF8 on every listener with command lines that
-are not UTF-8 refused, and DATA read in large chunks (the end of data is only ever
-`CRLF.CRLF`, so a bare LF or CR before a dot cannot split a message).
+are not UTF-8 refused, DATA read in large chunks (the end of data is only ever
+`CRLF.CRLF`, so a bare LF or CR before a dot cannot split a message), and a client
+that goes away told in one line at INFO (`runtime.hangups`), not a traceback.
 Every decision is the policy's (`runtime.policy`); the handler turns it into replies.
 """
 
@@ -18,13 +19,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import format_datetime, localtime
-from typing import Any
+from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, TLSSetupException, syntax
 from aiosmtpd.smtp import Session as SMTPSession
 
 from plan.model import Listener
-from runtime import enact, pipe, replies
+from runtime import enact, hangups, pipe, replies
 from runtime.address import canonical_domain, is_utf8
 from runtime.message import header_block
 from runtime.policy import Client, Policy, international
@@ -321,6 +322,22 @@ class Session(SMTP):
         self.implicit_tls = implicit_tls
         self.handler = handler
         self.data_active = False
+        self.authenticating = False
+        self.gone = False  # the client went away, and the log has said so
+        self.continued: list[str] = []  # the first lines of a multi-line reply
+
+    async def push(self, status: AnyStr) -> None:
+        # The lines of a multi-line reply go out in one write with the last: a client
+        # that reads the EHLO reply with one recv (sslscan does) sees all of it.
+        if isinstance(status, str) and status[3:4] == "-":
+            self.continued.append(status)
+            return
+        if self.continued and isinstance(status, str):
+            whole = "\r\n".join([*self.continued, status])
+            self.continued.clear()
+            await super().push(whole)
+            return
+        await super().push(status)
 
     def _create_session(self) -> SMTPSession:
         return _QuietSession(self.loop)
@@ -393,14 +410,67 @@ class Session(SMTP):
     async def _handle_client(self) -> None:
         assert self.session is not None
         handler = self.handler
-        refusal = handler.policy.refuse_connection(handler.client(self.session, self.encrypted))
-        if refusal:
-            log.info("%s refused at connect: blacklisted", peer_ip(self.session))
-            await self.push(refusal)
-            if self.transport is not None:
-                self.transport.close()
-            return
-        await super()._handle_client()
+        try:
+            refusal = handler.policy.refuse_connection(handler.client(self.session, self.encrypted))
+            if refusal:
+                log.info("%s refused at connect: blacklisted", peer_ip(self.session))
+                await self.push(refusal)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            await super()._handle_client()
+        except OSError as error:  # aiosmtpd passes a reset on; a reply to a closed one fails
+            if not hangups.client_went_away(error):
+                raise
+            self._went_away(error)
+
+    # -- a client that goes away --------------------------------------------------------
+
+    @property
+    def stage(self) -> str:
+        """Where the session is, for the line that says the client went away."""
+        session = self.session
+        if self._tls_protocol is not None and (session is None or session.ssl is None):
+            return "tls-handshake"
+        if self.data_active:
+            return "data"
+        if self.authenticating:
+            return "auth"
+        if self._tls_protocol is None and (session is None or session.host_name is None):
+            return "banner"
+        return "command"
+
+    def _went_away(self, error: BaseException | None) -> None:
+        if not self.gone:
+            self.gone = True
+            client = peer_ip(self.session) if self.session else ""
+            hangups.went_away(log, client, self.stage, error)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # A failed STARTTLS handshake is the client's doing, whatever the TLS error.
+        cause = error.__cause__ if isinstance(error, TLSSetupException) else error
+        if isinstance(error, TLSSetupException) or hangups.client_went_away(cause):
+            self._went_away(cause)
+            return replies.CONNECTION_LOST
+        status: str = await super().handle_exception(error)
+        return status
+
+    def eof_received(self) -> bool | None:
+        self._went_away(None)  # after QUIT the server has closed first: no EOF comes here
+        return super().eof_received()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if hangups.client_went_away(error):
+            self._went_away(error)
+        super().connection_lost(error)
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        self.authenticating = True
+        try:
+            await super().smtp_AUTH(arg)
+        finally:
+            self.authenticating = False
 
     def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
         # The credentials are checked in `_verify`, off the event loop (argon2id is slow).
