@@ -1,0 +1,46 @@
+"""Interop tests: the few tests whose point is a real program from Debian (BIND, Dovecot, swaks).
+
+A test says what it runs with `@pytest.mark.interop("named")`; `conftest.py` calls
+`require` before it runs. When a program is missing the test is skipped with a reason
+that names the Debian package to install; with `MAILPLAN_INTEROP=require` in the
+environment (`.ci/run` sets it) a missing program fails the test instead, so CI cannot
+lose these tests without a word. `make interop` runs only them (`pytest -m interop`).
+Tests find a program's path with `program(name)`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+# program -> the Debian package that installs it
+PACKAGES = {
+    "named": "bind9",
+    "named-checkzone": "bind9-utils",
+    "dovecot": "dovecot-imapd",
+    "swaks": "swaks",
+}
+# Daemons live in sbin, which a normal user's PATH may leave out.
+SEARCHED = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+REQUIRE = "MAILPLAN_INTEROP"
+
+
+def program(name: str) -> str | None:
+    """The path of `name` on this machine (PATH, then sbin), or None."""
+    path = os.pathsep.join([os.environ.get("PATH", os.defpath), *SEARCHED])
+    return shutil.which(name, path=path)
+
+
+def require(programs: tuple[str, ...]) -> None:
+    """Skip the running test (or, under MAILPLAN_INTEROP=require, fail it) unless every
+    program in `programs` is installed."""
+    for name in programs:
+        if name not in PACKAGES:
+            raise ValueError(f"interop marker: unknown program {name!r} (add it to PACKAGES)")
+        if program(name) is None:
+            reason = f"needs {PACKAGES[name]} ({name})"
+            if os.environ.get(REQUIRE) == "require":
+                pytest.fail(f"{reason}: missing, and {REQUIRE}=require", pytrace=False)
+            pytest.skip(reason)
