@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
+from interop import program
 from serverkit import LOOPBACK, MailServer, accepts, free_ports, mailplan, wait_until
 
 from plan.model import Plan
@@ -37,7 +38,6 @@ from runtime.maildrop import base_name
 HOSTNAME = "mail.example.com"
 PASSWORD = "imap secret"
 TIMEOUT = 10.0
-DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 MAIL_USER = "nobody"
 
 SITE = """\
@@ -205,7 +205,7 @@ class Dovecot:
     def start(self) -> None:
         with self.log_file.with_suffix(".stderr").open("wb") as stderr:
             self.process = subprocess.Popen(
-                [DOVECOT, "-F", "-c", str(self.config)],
+                [program("dovecot") or "dovecot", "-F", "-c", str(self.config)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
@@ -286,6 +286,7 @@ def read_inbox(client: imaplib.IMAP4, name: str) -> bytes:
     return part[1]
 
 
+@pytest.mark.interop("dovecot")
 def test_dovecot_serves_the_same_maildirs_under_every_login_form(
     served: tuple[Path, dict[str, int], MailServer],
 ) -> None:
