@@ -13,6 +13,7 @@ from compiler.pipeline import compile_site
 from plan.model import Plan
 from runtime import replies
 from runtime.policy import Client, Policy, in_scope
+from tests.conftest import EXAMPLE, ROOT
 
 SCOPES = ("everybody", "clients-only", "everybody-except-clients", "nobody")
 
@@ -470,3 +471,16 @@ def test_login_with_a_broken_hash_is_refused(policy: Policy) -> None:
     )
     broken = Policy(replace(plan, domains=domains))
     assert broken.login("alice", "alice-secret") is None
+
+
+@pytest.mark.parametrize(
+    "account",
+    ["postmaster@example.com", "recipient@example.com", "alice@example.com", "orders@shop.example"],
+)
+def test_the_example_sites_passwords_are_those_the_readme_says(account: str) -> None:
+    plan = compile_site(EXAMPLE).plan
+    assert plan is not None
+    password = account.split("@")[0] + "-example"
+    assert f"`{account}` / `{password}`" in (ROOT / "README.md").read_text()
+    assert Policy(plan).login(account, password) == account
+    assert Policy(plan).login(account, password + "!") is None
