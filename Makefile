@@ -1,10 +1,11 @@
-# mailplan: `make test` runs the suite, `make check` adds lint and types.
+# mailplan: `make test` runs the suite, `make check` adds lint and types; `make interop`
+# runs only the tests that need BIND, Dovecot or swaks (tests/interop.py).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test check lint types bench clean run
+.PHONY: test interop check lint types bench clean run
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +15,9 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+interop: $(STAMP)
+	$(BIN)/python -m pytest -q -m interop
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

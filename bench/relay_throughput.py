@@ -12,7 +12,7 @@ SMTP sink, against Postfix relaying the same load to the same sink.
   `tls: none`, `auth: none`, client_ips 127.0.0.1, so the client may relay; one local
   domain, bench.test). The target domains `d1.bench.test` ... `d20.bench.test` have
   MX records (`dN IN MX 10 sink`, `sink IN A 127.0.0.1`, TTL 300) served by BIND's
-  `named` on loopback (tests/dnskit.py), so mailplan does its real MX look-ups (and
+  `named` on loopback (tests/namedkit.py), so mailplan does its real MX look-ups (and
   caches the answers for their TTL).
 - Postfix (`--with-postfix`): set up as bench/smtp_accept.py does (installed with
   apt-get if missing; smtpd on 127.0.0.1:2625, cleanup fsyncs before 250), and for
@@ -384,11 +384,12 @@ def postfix_settings() -> str:
 def start_dns(work: Path) -> Any:
     """BIND on loopback with the MX records of every target domain."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from dnskit import NameServer, zone_text
+    from dnskit import zone_text
+    from namedkit import Named
 
     records = "".join(f"d{n} IN MX 10 sink\n" for n in range(1, max(CELLS) + 1))
     zone = zone_text("bench.test", records + f"sink IN A {HOST}\n")
-    return NameServer(work / "dns", {"bench.test": zone}).start()
+    return Named(work / "dns", {"bench.test": zone}).start()
 
 
 # ---------------------------------------------------------------------------

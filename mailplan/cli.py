@@ -176,6 +176,9 @@ def _parser() -> argparse.ArgumentParser:
     dovecot.add_argument(
         "--user", help="who owns the Maildirs (default: the owner of the mail directory)"
     )
+    dovecot.add_argument(
+        "--dev", action="store_true", help="for `serve --dev`: its ports and certificate"
+    )
     dovecot.set_defaults(run=_dovecot)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of site.yaml or of a plan")
@@ -358,7 +361,7 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
             tls=tls,
         )
         if dev:
-            _banner(plan)
+            _banner(plan, arguments)
         if workers > 1:
             from runtime.workers import supervise
 
@@ -385,16 +388,19 @@ def _workers(text: str) -> int | None:
     return None
 
 
-def _banner(plan: Plan) -> None:
-    """What `make run` prints: where each listener is, and a command to try it."""
+def _banner(plan: Plan, arguments: argparse.Namespace) -> None:
+    """What `make run` prints: where each listener is, how to start Dovecot for IMAP,
+    and a command to try it."""
     from runtime.startup import POP3_PROTOCOLS, SMTP_PROTOCOLS, development
 
     print("development mode: listeners on 127.0.0.1")
+    ours = (*SMTP_PROTOCOLS, *POP3_PROTOCOLS)
     for listener in plan.listeners:
         moved = development(listener)
-        served = listener.protocol in (*SMTP_PROTOCOLS, *POP3_PROTOCOLS)
-        later = "" if served else "  (served by Dovecot: mailplan dovecot)"
+        later = "" if listener.protocol in ours else "  (Dovecot: see below)"
         print(f"  {listener.name:<12} {listener.protocol:<11} port {moved.port}{later}")
+    if not all(x.protocol in ours for x in plan.listeners):
+        print(_dovecot_howto(arguments))
     smtp = next((development(x).port for x in plan.listeners if x.protocol == "smtp"), 2525)
     rcpt = f"postmaster@{plan.server.main_domain}"
     print(
@@ -677,16 +683,37 @@ def _dkim_keygen(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _dovecot_howto(arguments: argparse.Namespace) -> str:
+    """How to have Dovecot serve IMAP beside `serve --dev`: it is not started for you."""
+    script = sys.argv[0] if Path(sys.argv[0]).name == "mailplan" else "python3 -m mailplan"
+    origin = f"--plan {arguments.plan}" if arguments.plan else str(arguments.site)
+    root = "" if arguments.root == Path(".") else f" --root {arguments.root}"
+    output = arguments.root / "var" / "dovecot"
+    root_user = os.geteuid() == 0
+    text = (
+        "IMAP is served by Dovecot, which mailplan does not start; in another terminal:\n"
+        f"  {script} dovecot {origin} --dev{root} -o {output}\n"
+        f"  {'' if root_user else 'sudo '}dovecot -F -c {output / 'dovecot.conf'}"
+    )
+    if root_user:
+        text += "\n  (Dovecot never reads mail as root: for IMAP, run this server as another user)"
+    return text
+
+
 def _dovecot(arguments: argparse.Namespace) -> int:
     import grp
     import pwd
+    from dataclasses import replace
 
-    from runtime import dovecot
+    from runtime import devtls, dovecot
+    from runtime.startup import development
 
     plan = _load_plan(arguments)
     if plan is None:
         return 1
     root = arguments.root.resolve()
+    if arguments.dev:  # what `serve --dev` serves: its listeners, its certificate
+        plan = replace(plan, listeners=tuple(development(x) for x in plan.listeners))
 
     def absolute(value: str) -> Path:
         return Path(value) if Path(value).is_absolute() else root / value
@@ -712,13 +739,11 @@ def _dovecot(arguments: argparse.Namespace) -> int:
         return 1
     output = arguments.output.resolve()
     certificate, key = plan.tls.certificate, plan.tls.key
+    tls = (absolute(certificate) if certificate else None, absolute(key) if key else None)
+    if arguments.dev:
+        tls = devtls.ensure(root / "var" / "tls", plan.server.hostname)
     place = dovecot.Place(
-        output,
-        mail_directory,
-        absolute(certificate) if certificate else None,
-        absolute(key) if key else None,
-        uid,
-        gid,
+        output, mail_directory, *tls, uid, gid, root / "var" / "dovecot" if arguments.dev else None
     )
     try:
         files = dovecot.files(plan, place)

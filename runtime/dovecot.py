@@ -11,7 +11,9 @@ A pure function of the plan and of where things are on this machine (`Place`):
   passdb and userdb, `mail_location` on mailplan's Maildirs, TLS, and one inet_listener
   per `imap`/`imaps` listener of the plan.
 - `dovecot.conf`: a complete configuration that includes the snippet, for a Dovecot that
-  serves only this site (`dovecot -c DIR/dovecot.conf`).
+  serves only this site (`dovecot -c DIR/dovecot.conf`). With `Place.state` (development)
+  it keeps Dovecot's own files there, so it runs beside a system Dovecot, and logs to
+  standard error (`dovecot -F` in a terminal).
 
 Login names that only a wildcard `Access:` record of the routing table would produce
 cannot be listed ahead of time; Dovecot does not know them.
@@ -44,6 +46,7 @@ class Place:
     key: Path | None
     uid: int
     gid: int
+    state: Path | None = None  # development: Dovecot's base_dir and state_dir under it
 
 
 def files(plan: Plan, place: Place) -> dict[str, str]:
@@ -163,8 +166,17 @@ def _inet_listener(listener: Listener) -> list[str]:
 
 
 def config(plan: Plan, place: Place) -> str:
-    return (
+    text = (
         f"# A complete Dovecot configuration for {plan.server.hostname}, written by\n"
         "# `mailplan dovecot`: Dovecot serves IMAP on mailplan's Maildirs, mailplan the rest.\n"
         f"!include {place.output / SNIPPET}\n"
     )
+    if place.state is not None:
+        text += (
+            "\n# Development: Dovecot's own files here, not beside a system Dovecot's; logs on\n"
+            "# standard error (run `dovecot -F -c THIS_FILE` in a terminal).\n"
+            f"base_dir = {_value(str(place.state / 'run'))}\n"
+            f"state_dir = {_value(str(place.state / 'state'))}\n"
+            "log_path = /dev/stderr\n"
+        )
+    return text

@@ -1,52 +1,40 @@
-"""A real DNS server for tests: BIND's `named` on a loopback port, serving zone files.
+"""A real DNS server for tests, in this process: dnslib's `DNSServer` on a loopback port.
 
-`NameServer(root, {"example.test": ZONE_TEXT}).start()` writes the zones and a
-`named.conf` under `root`, runs `named` in the foreground on 127.0.0.1 (UDP and TCP
-on one free port, no recursion) and waits until every zone answers its SOA. Tests
-point dnspython at it with `resolver()`, or hand `address` (`IP:PORT`) to the code
-under test. `Silent` is a UDP and TCP port that reads queries and never answers, for
-time-out tests. Debian's `bind9` package provides `named` (`.ci/run` installs it);
-nothing here reaches beyond loopback.
+`NameServer(root, {"example.test": ZONE_TEXT}).start()` parses each zone with dnspython
+and serves them, UDP and TCP on one port the kernel chose, from threads of this
+process; no program has to be installed. It answers as an authoritative server without
+recursion does (BIND, for one): records with the AA flag, NXDOMAIN and NODATA with the
+zone's SOA, CNAME chains inside a zone, wildcards (RFC 4592), REFUSED for names outside
+its zones, SERVFAIL for every name of a zone whose text does not load (as BIND does
+with a broken zone file). Tests point dnspython at it with `resolver()`, or hand
+`address` (`IP:PORT`) to the code under test. `Silent` is a UDP and TCP port that reads
+queries and never answers, for time-out tests. `namedkit.Named` is BIND itself, with
+the same interface, for the interop tests. Nothing here reaches beyond loopback.
 """
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
 import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import dns.exception
+import dns.flags
 import dns.message
-import dns.query
+import dns.name
+import dns.node
+import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
-from serverkit import LOOPBACK, free_port
+import dns.rrset
+import dns.zone
+from dnslib import DNSRecord
+from dnslib.server import DNSHandler, DNSLogger, DNSServer
+from serverkit import LOOPBACK
 
-NAMED = shutil.which("named") or "/usr/sbin/named"
-
-CONFIG = """\
-options {{
-    directory "{root}";
-    pid-file "{root}/named.pid";
-    listen-on port {port} {{ {host}; }};
-    listen-on-v6 {{ none; }};
-    recursion no;
-    dnssec-validation no;
-    allow-query {{ any; }};
-    notify no;
-}};
-controls {{ }};
-logging {{
-    channel log {{ file "{root}/named.log"; severity info; }};
-    category default {{ log; }};
-}};
-{zones}
-"""
-
-ZONE = 'zone "{name}" {{ type primary; file "{file}"; }};\n'
+CHAIN = 8  # CNAMEs followed inside a zone, at most
 
 
 def zone_text(origin: str, records: str, ttl: int = 300) -> str:
@@ -59,15 +47,117 @@ def zone_text(origin: str, records: str, ttl: int = 300) -> str:
     )
 
 
+class Zone:
+    """One zone as dnspython parsed it, or the reason it did not load."""
+
+    def __init__(self, name: str, text: str) -> None:
+        self.origin = dns.name.from_text(name)
+        self.zone: dns.zone.Zone | None = None
+        self.error = ""
+        try:
+            self.zone = dns.zone.from_text(text, origin=self.origin, relativize=False)
+        except dns.exception.DNSException as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            return
+        # Every owner name and the names between it and the origin (empty non-terminals
+        # exist: a question about one is NODATA, not NXDOMAIN).
+        self.names: set[dns.name.Name] = set()
+        for owner in self.zone.nodes:
+            name = owner
+            while name != self.origin and name not in self.names:
+                self.names.add(name)
+                name = name.parent()
+        self.names.add(self.origin)
+
+    def node(self, name: dns.name.Name) -> dns.node.Node | None:
+        """The node that answers for `name` (its own, a wildcard's, an empty one), or None."""
+        assert self.zone is not None
+        if name in self.names:
+            return self.zone.get_node(name) or dns.node.Node()
+        encloser = name.parent()
+        while encloser not in self.names:
+            encloser = encloser.parent()
+        return self.zone.get_node(dns.name.Name((b"*", *encloser.labels)))
+
+    def negative(self, response: dns.message.Message) -> None:
+        """The SOA in the authority section, with the negative TTL (RFC 2308)."""
+        assert self.zone is not None
+        soa = self.zone.find_rdataset(self.origin, dns.rdatatype.SOA)
+        ttl = min(soa.ttl, soa[0].minimum)
+        rrset = dns.rrset.from_rdata_list(self.origin, ttl, list(soa))
+        response.authority.append(rrset)
+
+
+def answer(zones: Mapping[dns.name.Name, Zone], query: dns.message.Message) -> dns.message.Message:
+    """The authoritative response to `query` from `zones`."""
+    response = dns.message.make_response(query)
+    if query.opcode() != 0 or len(query.question) != 1:
+        response.set_rcode(dns.rcode.NOTIMP if query.opcode() else dns.rcode.FORMERR)
+        return response
+    question = query.question[0]
+    candidates = [z for origin, z in zones.items() if question.name.is_subdomain(origin)]
+    if question.rdclass != dns.rdataclass.IN or not candidates:
+        response.set_rcode(dns.rcode.REFUSED)
+        return response
+    zone = max(candidates, key=lambda z: len(z.origin))
+    if zone.zone is None:
+        response.set_rcode(dns.rcode.SERVFAIL)
+        return response
+    response.flags |= dns.flags.AA
+    name = question.name
+    for _ in range(CHAIN):
+        node = zone.node(name)
+        if node is None:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+            zone.negative(response)
+            break
+        found = node.get_rdataset(dns.rdataclass.IN, question.rdtype)
+        if found is not None:
+            response.answer.append(dns.rrset.from_rdata_list(name, found.ttl, list(found)))
+            break
+        alias = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.CNAME)
+        if alias is None:
+            zone.negative(response)  # NODATA
+            break
+        response.answer.append(dns.rrset.from_rdata_list(name, alias.ttl, list(alias)))
+        name = alias[0].target
+        if not name.is_subdomain(zone.origin):
+            break  # the client follows it elsewhere
+    return response
+
+
+class ZoneResolver:
+    """dnslib's resolver interface, answered by `answer` from dnspython zones."""
+
+    def __init__(self, zones: Mapping[dns.name.Name, Zone]) -> None:
+        self.zones = zones
+
+    def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
+        query = dns.message.from_wire(bytes(request.pack()))
+        response = answer(self.zones, query)
+        if handler.protocol == "tcp":
+            limit = 65535
+        else:
+            limit = max(query.payload, 512) if query.edns >= 0 else 512
+        try:
+            wire = response.to_wire(max_size=limit)
+        except dns.exception.TooBig:  # too big for UDP: TC set, the client asks over TCP
+            truncated = dns.message.make_response(query)
+            truncated.flags |= dns.flags.TC | (response.flags & dns.flags.AA)
+            wire = truncated.to_wire()
+        return DNSRecord.parse(wire)
+
+
 class NameServer:
-    """`named` serving `zones` (name → zone-file text) on a free loopback port."""
+    """`zones` (name → zone-file text) served on a loopback port the kernel picks."""
 
     def __init__(self, root: Path, zones: Mapping[str, str], host: str = LOOPBACK) -> None:
-        self.root = root
+        self.root = root  # where the log goes
         self.zones = dict(zones)
         self.host = host
-        self.port = free_port(host)
-        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0  # known once started
+        self.servers: list[DNSServer] = []
+        self._lines: list[str] = []
 
     @property
     def address(self) -> str:
@@ -82,55 +172,40 @@ class NameServer:
         return resolver
 
     def start(self) -> NameServer:
-        self.root.mkdir(parents=True, exist_ok=True)
-        declarations = ""
-        for name, text in self.zones.items():
-            file = self.root / f"{name.rstrip('.')}.zone"
-            file.write_text(text)
-            declarations += ZONE.format(name=name.rstrip("."), file=file)
-        config = self.root / "named.conf"
-        config.write_text(
-            CONFIG.format(root=self.root, port=self.port, host=self.host, zones=declarations)
-        )
-        with (self.root / "named.stderr").open("wb") as stderr:
-            self.process = subprocess.Popen(
-                [NAMED, "-g", "-4", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=stderr
-            )
-        self._wait_ready()
+        loaded = [Zone(name, text) for name, text in self.zones.items()]
+        resolver = ZoneResolver({zone.origin: zone for zone in loaded})
+        logger = DNSLogger("request,reply,error", prefix=False, logf=self._lines.append)
+        for zone in loaded:
+            if zone.error:
+                self._lines.append(f"zone {zone.origin} not loaded (SERVFAIL): {zone.error}")
+        for _ in range(20):  # the UDP port may be taken for TCP: then another pair
+            udp = DNSServer(resolver, address=self.host, port=0, logger=logger)
+            port: int = udp.server.server_address[1]
+            try:
+                tcp = DNSServer(resolver, address=self.host, port=port, tcp=True, logger=logger)
+            except OSError:
+                udp.server.server_close()
+                continue
+            self.port, self.servers = port, [udp, tcp]
+            break
+        else:
+            raise RuntimeError("no loopback port free for both UDP and TCP")
+        for server in self.servers:
+            server.start_thread()
         return self
 
-    def _wait_ready(self, timeout: float = 15.0) -> None:
-        pending = [name.rstrip(".") + "." for name in self.zones]
-        deadline = time.monotonic() + timeout
-        while pending:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"named exited: {self.log()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"named did not serve {pending}: {self.log()}")
-            query = dns.message.make_query(pending[0], dns.rdatatype.SOA)
-            try:
-                answer = dns.query.udp(query, self.host, port=self.port, timeout=0.2)
-            except (OSError, dns.exception.Timeout):
-                time.sleep(0.05)
-                continue
-            if answer.answer:
-                pending.pop(0)
-            else:
-                time.sleep(0.05)
-
     def log(self) -> str:
-        parts = [self.root / "named.stderr", self.root / "named.log"]
-        return "\n".join(p.read_text(errors="replace") for p in parts if p.exists())
+        """The questions asked and the answers given so far, and zones that did not load."""
+        return "\n".join(self._lines)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        for server in self.servers:
+            server.stop()
+            server.server.server_close()
+            server.thread.join()
+        self.servers = []
+        if self.root.is_dir():
+            (self.root / "dns.log").write_text(self.log() + "\n")
 
     def __enter__(self) -> NameServer:
         return self.start()
@@ -144,12 +219,18 @@ class Silent:
 
     def __init__(self, host: str = LOOPBACK) -> None:
         self.host = host
-        self.port = free_port(host)
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind((host, self.port))
-        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind((host, self.port))
+        while True:  # a UDP port the kernel picks, and the same port for TCP
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.udp.bind((host, 0))
+            self.port: int = self.udp.getsockname()[1]
+            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                self.tcp.bind((host, self.port))
+                break
+            except OSError:
+                self.udp.close()
+                self.tcp.close()
         self.tcp.listen()
         self._held: list[socket.socket] = []
         self._closed = threading.Event()

@@ -1,5 +1,5 @@
 """Delivery beyond the mailbox, end to end: a real `mailplan serve` relays to SMTP servers
-on loopback found through MX records served by BIND on loopback, runs pipes, expands
+on loopback found through MX records served on loopback (tests/dnskit.py), runs pipes, expands
 lists, retries on a short schedule and bounces into a local Maildir.
 
 The remote servers are aiosmtpd sinks on 127.0.0.2 to 127.0.0.6, all on one port (the

@@ -8,12 +8,12 @@ the test also asks that nothing it prints is about these files.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from interop import program
 
 from tests.conftest import ROOT
 
@@ -21,18 +21,12 @@ CONTRIB = ROOT / "contrib" / "systemd"
 UNIT = CONTRIB / "mailplan.service"
 DROP_IN = CONTRIB / "mailplan-unprivileged.conf"
 INSTALLED = "/opt/mailplan/bin/mailplan"
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
-
-needs_systemd = pytest.mark.skipif(
-    SYSTEMD_ANALYZE is None, reason="needs systemd (systemd-analyze)"
-)
 
 
 def _mailplan() -> Path:
     """This checkout's `mailplan` script, beside the Python that runs the tests."""
     script = Path(sys.executable).parent / "mailplan"
-    if not script.exists():
-        pytest.skip(f"no mailplan script beside {sys.executable}")
+    assert script.exists(), f"no mailplan script beside {sys.executable}: pip install -e ."
     return script
 
 
@@ -44,9 +38,10 @@ def _copy(source: Path, target: Path, mailplan: Path) -> None:
 
 def _verify(unit: Path) -> list[str]:
     """What `systemd-analyze verify` says about the unit's folder; fails if it fails."""
-    assert SYSTEMD_ANALYZE is not None
+    analyze = program("systemd-analyze")
+    assert analyze is not None  # the interop marker saw to it
     done = subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", "--man=no", str(unit)],
+        [analyze, "verify", "--man=no", str(unit)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -58,15 +53,13 @@ def _verify(unit: Path) -> list[str]:
     return [line for line in said if str(unit.parent) in line or "mailplan" in line]
 
 
-@pytest.mark.interop
-@needs_systemd
+@pytest.mark.interop("systemd-analyze")
 def test_the_unit_verifies(tmp_path: Path) -> None:
     _copy(UNIT, tmp_path / "mailplan.service", _mailplan())
     assert _verify(tmp_path / "mailplan.service") == []
 
 
-@pytest.mark.interop
-@needs_systemd
+@pytest.mark.interop("systemd-analyze")
 def test_the_unit_with_the_unprivileged_drop_in_verifies(tmp_path: Path) -> None:
     mailplan = _mailplan()
     _copy(UNIT, tmp_path / "mailplan.service", mailplan)
@@ -75,8 +68,7 @@ def test_the_unit_with_the_unprivileged_drop_in_verifies(tmp_path: Path) -> None
     assert _verify(tmp_path / "mailplan.service") == []
 
 
-@pytest.mark.interop
-@needs_systemd
+@pytest.mark.interop("systemd-analyze")
 def test_verify_does_read_the_drop_in(tmp_path: Path) -> None:
     """The test above proves something only if verify reads the drop-in it was given."""
     mailplan = _mailplan()

@@ -3,7 +3,9 @@
 The end-to-end test delivers through a real `mailplan serve`, writes Dovecot's files with
 `mailplan dovecot`, starts Debian's Dovecot (`dovecot-imapd`, installed by `.ci/run`) on
 free loopback ports with a base directory under the test's temporary folder, and reads
-the message back with imaplib under every login form, then over POP3 again.
+the message back with imaplib under every login form, then over POP3 again. Another runs
+the two commands `mailplan serve --dev` prints for IMAP, as printed. Both are interop
+tests (tests/interop.py): skipped where Dovecot is not installed.
 
 Dovecot never reads mail as root. In production `mailplan serve` runs as a user of its
 own, which owns the Maildirs; CI runs everything as root, so the test hands the Maildirs
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
+from interop import program
 from serverkit import LOOPBACK, MailServer, accepts, free_ports, mailplan, wait_until
 
 from plan.model import Plan
@@ -37,7 +40,6 @@ from runtime.maildrop import base_name
 HOSTNAME = "mail.example.com"
 PASSWORD = "imap secret"
 TIMEOUT = 10.0
-DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 MAIL_USER = "nobody"
 
 SITE = """\
@@ -170,6 +172,16 @@ def test_the_snippet_serves_the_plans_imap_listeners_on_its_maildirs(plan: Plan)
     assert dovecot.config(plan, PLACE).endswith("!include /etc/dovecot/mailplan/mailplan.conf\n")
 
 
+def test_the_development_configuration_keeps_dovecots_files_beside_the_site(plan: Plan) -> None:
+    text = dovecot.config(plan, replace(PLACE, state=Path("/srv/site/var/dovecot")))
+    assert text.startswith(dovecot.config(plan, PLACE))
+    assert text.endswith(
+        "base_dir = /srv/site/var/dovecot/run\n"
+        "state_dir = /srv/site/var/dovecot/state\n"
+        "log_path = /dev/stderr\n"
+    )
+
+
 def test_the_command_refuses_root_as_the_mail_user(tmp_path: Path) -> None:
     ports = dict(zip(("smtp", "pop3s", "imap", "imaps"), (25, 995, 143, 993), strict=True))
     directory = write_site(tmp_path, ports)
@@ -184,28 +196,36 @@ def test_the_command_refuses_root_as_the_mail_user(tmp_path: Path) -> None:
 
 
 class Dovecot:
-    """`dovecot -F` on the generated configuration, with its state under `base`."""
+    """`dovecot -F -c CONFIG`, its standard error in `log_file`."""
 
-    def __init__(self, output: Path, base: Path, ports: list[int]) -> None:
-        self.config = base / "test.conf"
+    def __init__(self, config: Path, log_file: Path, ports: list[int]) -> None:
+        self.config = config
+        self.log_file = log_file
+        self.ports = ports
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def under(cls, output: Path, base: Path, ports: list[int]) -> Dovecot:
+        """On the files in `output`, with its state under `base` (`mailplan dovecot` without
+        --dev leaves that to the system's Dovecot)."""
+        config = base / "test.conf"
         run = base / "run"
         run.mkdir(mode=0o755)
-        self.log_file = base / "dovecot.log"
-        self.config.write_text(
+        log_file = base / "dovecot.log"
+        config.write_text(
             f"!include {output / dovecot.CONFIG}\n"
             f"base_dir = {run}\n"
             f"state_dir = {run}/state\n"
-            f"log_path = {self.log_file}\n"
+            f"log_path = {log_file}\n"
             "auth_failure_delay = 0\n",  # keeps the wrong-password case short
             encoding="utf-8",
         )
-        self.ports = ports
-        self.process: subprocess.Popen[bytes] | None = None
+        return cls(config, log_file, ports)
 
     def start(self) -> None:
         with self.log_file.with_suffix(".stderr").open("wb") as stderr:
             self.process = subprocess.Popen(
-                [DOVECOT, "-F", "-c", str(self.config)],
+                [program("dovecot") or "dovecot", "-F", "-c", str(self.config)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
@@ -228,16 +248,30 @@ class Dovecot:
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[Path, dict[str, int], MailServer]]:
-    """A site, its mailplan server, the mail in alice's Maildir, and Dovecot on its files."""
-    # Dovecot's unprivileged processes must reach the files: not under pytest's folder,
-    # which pytest keeps at mode 0700.
+def reachable() -> Iterator[Path]:
+    """A temporary folder that Dovecot's unprivileged processes can reach: not under
+    pytest's folder, which pytest keeps at mode 0700."""
     tmp_path = Path(tempfile.mkdtemp(prefix="mailplan-dovecot-"))
     os.chmod(tmp_path, 0o711)
     try:
-        yield from _served(tmp_path)
+        yield tmp_path
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.fixture
+def served(reachable: Path) -> Iterator[tuple[Path, dict[str, int], MailServer]]:
+    """A site, its mailplan server, the mail in alice's Maildir, and Dovecot on its files."""
+    yield from _served(reachable)
+
+
+def deliver_to_alice(port: int) -> None:
+    with smtplib.SMTP(LOOPBACK, port, timeout=TIMEOUT) as client:
+        client.sendmail(
+            "sender@remote.example",
+            ["alice@example.com"],
+            b"From: <sender@remote.example>\r\nSubject: through mailplan\r\n\r\nhello\r\n",
+        )
 
 
 def _served(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int], MailServer]]:
@@ -246,12 +280,7 @@ def _served(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int], MailServer]]
     server = MailServer(directory, tmp_path, [ports["smtp"], ports["pop3s"]])
     server.start()
     try:
-        with smtplib.SMTP(LOOPBACK, ports["smtp"], timeout=TIMEOUT) as client:
-            client.sendmail(
-                "sender@remote.example",
-                ["alice@example.com"],
-                b"From: <sender@remote.example>\r\nSubject: through mailplan\r\n\r\nhello\r\n",
-            )
+        deliver_to_alice(ports["smtp"])
         new = tmp_path / "var" / "mail" / "example.com" / "alice" / "new"
         assert wait_until(lambda: new.is_dir() and any(new.iterdir()), TIMEOUT), server.log()
         subprocess.run(["chown", "-R", f"{MAIL_USER}:", str(tmp_path / "var" / "mail")], check=True)
@@ -262,7 +291,7 @@ def _served(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int], MailServer]]
         assert result.returncode == 0, result.stderr
         written = (output / dovecot.PASSWD).stat()
         assert (written.st_mode & 0o777, written.st_gid) == (0o640, grp.getgrnam("dovecot").gr_gid)
-        imap = Dovecot(output, tmp_path, [ports["imap"], ports["imaps"]])
+        imap = Dovecot.under(output, tmp_path, [ports["imap"], ports["imaps"]])
         imap.start()
         try:
             yield tmp_path, ports, server
@@ -286,6 +315,7 @@ def read_inbox(client: imaplib.IMAP4, name: str) -> bytes:
     return part[1]
 
 
+@pytest.mark.interop("dovecot")
 def test_dovecot_serves_the_same_maildirs_under_every_login_form(
     served: tuple[Path, dict[str, int], MailServer],
 ) -> None:
@@ -319,3 +349,45 @@ def test_dovecot_serves_the_same_maildirs_under_every_login_form(
     assert pop.uidl(1).split()[2].decode() == before
     assert b"Subject: through mailplan" in pop.retr(1)[1]
     pop.quit()
+
+
+@pytest.mark.interop("dovecot")
+def test_dovecot_runs_beside_serve_dev_as_its_banner_says(reachable: Path) -> None:
+    """`mailplan serve --dev` prints two commands for IMAP; run as printed, they start a
+    Dovecot that serves the server's Maildirs with its development certificate, on its
+    listeners (high ports stay as they are), with Dovecot's own files under var/dovecot."""
+    ports = dict(zip(("smtp", "pop3s", "imap", "imaps"), free_ports(4), strict=True))
+    directory = write_site(reachable, ports)
+    with MailServer(directory, reachable, [ports["smtp"]], extra_arguments=["--dev"]) as server:
+        deliver_to_alice(ports["smtp"])
+        new = reachable / "var" / "mail" / "example.com" / "alice" / "new"
+        assert wait_until(lambda: new.is_dir() and any(new.iterdir()), TIMEOUT), server.log()
+        lines = server.log().splitlines()
+    at = lines.index(
+        "IMAP is served by Dovecot, which mailplan does not start; in another terminal:"
+    )
+    write, start = lines[at + 1].split(), lines[at + 2].split()
+    output = reachable / "var" / "dovecot"
+    assert write[write.index("mailplan") + 1 :] == [
+        *("dovecot", str(directory), "--dev", "--root", str(reachable), "-o", str(output))
+    ]
+    assert start[-4:] == ["dovecot", "-F", "-c", str(output / dovecot.CONFIG)]
+    if os.geteuid() == 0:  # Dovecot never reads mail as root: the banner says so
+        assert lines[at + 3].startswith("  (Dovecot never reads mail as root")
+        subprocess.run(
+            ["chown", "-R", f"{MAIL_USER}:", str(reachable / "var" / "mail")], check=True
+        )
+    result = mailplan(*write[write.index("mailplan") + 1 :])
+    assert result.returncode == 0, result.stderr
+    imap = Dovecot(Path(start[-1]), reachable / "dovecot-dev.log", [ports["imap"], ports["imaps"]])
+    imap.start()
+    try:
+        assert (output / "run" / "master.pid").exists()  # not the system Dovecot's /run/dovecot
+        context = ssl.create_default_context(cafile=reachable / "var" / "tls" / "dev.crt")
+        context.check_hostname = False  # the certificate names mail.example.com, not an IP
+        client = imaplib.IMAP4(LOOPBACK, ports["imap"], timeout=TIMEOUT)
+        client.starttls(context)
+        assert b"Subject: through mailplan\r\n" in read_inbox(client, "alice@example.com")
+    finally:
+        imap.stop()
+        print(f"--- dovecot log ---\n{imap.log()}")

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import shutil
 import smtplib
 import socket
 import ssl
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
+from interop import program
 from serverkit import LOOPBACK, Maildir, MailServer, free_ports, wait_until
 
 from runtime import devtls, hangups
@@ -534,8 +534,7 @@ class TestHangUps:
         assert errors(site.server.log()[start:]) == [], site.server.log()[start:]
 
 
-@pytest.mark.interop
-@pytest.mark.skipif(shutil.which("sslscan") is None, reason="needs sslscan")
+@pytest.mark.interop("sslscan")
 @pytest.mark.parametrize(
     ("listener", "arguments"),
     [
@@ -550,7 +549,7 @@ def test_sslscan(site: Site, listener: str, arguments: list[str]) -> None:
     """A TLS scanner: dozens of handshakes refused or dropped, then the server serves on."""
     start = len(site.server.log())
     scan = subprocess.run(
-        ["sslscan", "--no-colour", *arguments, f"{LOOPBACK}:{site.ports[listener]}"],
+        [str(program("sslscan")), "--no-colour", *arguments, f"{LOOPBACK}:{site.ports[listener]}"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,9 +1,10 @@
 """The SMTP client against real aiosmtpd servers on loopback (runtime/outbound.py).
 
 Each test runs its own servers on 127.0.0.2, 127.0.0.3, ... sharing one free port (the
-client uses one port for every host), and a module-wide BIND serves the MX records
-that point at them. A server's handler replies to each sender, recipient and DATA as
-the test says, and records every connection and transaction it sees.
+client uses one port for every host), and a module-wide DNS server (tests/dnskit.py)
+serves the MX records that point at them. A server's handler replies to each sender,
+recipient and DATA as the test says, and records every connection and transaction it
+sees.
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ def servers() -> Iterator[Servers]:
 @pytest.fixture(scope="module")
 def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NameServer]:
     zones = {"out.test": zone_text("out.test", RECORDS)}
-    with NameServer(tmp_path_factory.mktemp("named"), zones) as server:
+    with NameServer(tmp_path_factory.mktemp("dns"), zones) as server:
         yield server
 
 

@@ -13,6 +13,7 @@ from compiler.pipeline import compile_site
 from plan.model import Plan
 from runtime import replies
 from runtime.policy import Client, Policy, in_scope, international
+from tests.conftest import EXAMPLE, ROOT
 
 SCOPES = ("everybody", "clients-only", "everybody-except-clients", "nobody")
 
@@ -495,3 +496,16 @@ INTERNATIONAL = {
 def test_international(case: str) -> None:
     address, smtputf8, reply = INTERNATIONAL[case]
     assert international(address, smtputf8) == reply
+
+
+@pytest.mark.parametrize(
+    "account",
+    ["postmaster@example.com", "recipient@example.com", "alice@example.com", "orders@shop.example"],
+)
+def test_the_example_sites_passwords_are_those_the_readme_says(account: str) -> None:
+    plan = compile_site(EXAMPLE).plan
+    assert plan is not None
+    password = account.split("@")[0] + "-example"
+    assert f"`{account}` / `{password}`" in (ROOT / "README.md").read_text()
+    assert Policy(plan).login(account, password) == account
+    assert Policy(plan).login(account, password + "!") is None

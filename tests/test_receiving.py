@@ -1,5 +1,5 @@
 """Receiving checks over real SMTP sessions: DNSBL, Return-Path verification, SPF and
-reverse connect, with the server's resolver pointed at BIND on loopback serving the
+reverse connect, with the server's resolver pointed at a DNS server on loopback serving the
 fixture zones below, and an aiosmtpd server on 127.0.0.7 playing the senders' MX.
 
 Clients connect from 127.0.0.9 (a stranger; 127.0.0.1 is the site's Client IP), so

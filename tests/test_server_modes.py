@@ -1,14 +1,21 @@
-"""The server's modes: IPv4 and IPv6 listeners on one port, and development mode (`make run`)."""
+"""The server's modes: IPv4 and IPv6 listeners on one port, and development mode (`make run`).
+
+Every listener here is on a port the kernel chose: never one of `make run`'s (2525...),
+so the suite passes beside a running `make run`."""
 
 from __future__ import annotations
 
 import re
+import shutil
 import smtplib
 import ssl
+from dataclasses import replace
 from pathlib import Path
 
-from serverkit import Maildir, MailServer, free_port
+from serverkit import Maildir, MailServer, free_port, free_ports
 
+from compiler.pipeline import compile_site
+from runtime.server import DEV_PORTS, development
 from tests.conftest import EXAMPLE
 
 SITE = """\
@@ -45,21 +52,49 @@ def test_one_listener_serves_ipv4_and_ipv6(tmp_path: Path) -> None:
     assert [c.split(b" ")[1] for c in clients] == [b"([127.0.0.1])", b"([::1])"]
 
 
+def test_development_moves_well_known_ports_high_and_onto_loopback() -> None:
+    plan = compile_site(EXAMPLE).plan
+    assert plan is not None
+    moved = {x.port: development(x).port for x in plan.listeners}
+    assert moved == {25: 2525, 587: 2587, 465: 2465, 110: 2110, 995: 2995, 143: 2143, 993: 2993}
+    assert {development(x).bind for x in plan.listeners} == {("127.0.0.1",)}
+    assert development(replace(plan.listeners[0], port=80)).port == 2080  # below 1024: +2000
+    assert development(replace(plan.listeners[0], port=40025)).port == 40025  # high: stays
+
+
+def dev_site(folder: Path) -> dict[int, int]:
+    """The example site with its listeners on free high ports of an address that is not
+    this machine's (192.0.2.10): `--dev` keeps high ports and moves them to loopback."""
+    shutil.copytree(EXAMPLE, folder)
+    ports = dict(zip(DEV_PORTS, free_ports(len(DEV_PORTS)), strict=True))
+    text = (folder / "site.yaml").read_text()
+    for port, free in ports.items():
+        text = text.replace(f"{{port: {port}}}", f"{{port: {free}, bind: [192.0.2.10]}}", 1)
+    assert text.count("bind: [192.0.2.10]") == len(ports), text
+    (folder / "site.yaml").write_text(text)
+    return ports
+
+
 def test_development_mode_moves_listeners_and_makes_a_certificate(tmp_path: Path) -> None:
-    with MailServer(EXAMPLE, tmp_path, [2525, 2587, 2465], extra_arguments=["--dev"]) as server:
-        assert (tmp_path / "var/tls/dev.crt").exists()
-        assert (tmp_path / "var/tls/dev.key").stat().st_mode & 0o077 == 0
-        with smtplib.SMTP("127.0.0.1", 2525, timeout=10) as client:
+    ports = dev_site(tmp_path / "site")
+    smtp, smtps = ports[25], ports[465]
+    root = tmp_path / "root"
+    with MailServer(
+        tmp_path / "site", root, [smtp, ports[587], smtps], extra_arguments=["--dev"]
+    ) as server:
+        assert (root / "var/tls/dev.crt").exists()
+        assert (root / "var/tls/dev.key").stat().st_mode & 0o077 == 0
+        with smtplib.SMTP("127.0.0.1", smtp, timeout=10) as client:
             client.sendmail(
                 "you@remote.test", ["postmaster@example.com"], "Subject: hi\r\n\r\nhello"
             )
         context = ssl.create_default_context()
-        context.load_verify_locations(tmp_path / "var/tls/dev.crt")
+        context.load_verify_locations(root / "var/tls/dev.crt")
         context.check_hostname = False
-        with smtplib.SMTP_SSL("127.0.0.1", 2465, context=context, timeout=10) as client:
+        with smtplib.SMTP_SSL("127.0.0.1", smtps, context=context, timeout=10) as client:
             code, _ = client.ehlo()
             assert code == 250 and client.has_extn("auth")
-        (message,) = Maildir(tmp_path / "var/mail/example.com/postmaster").wait(1)
+        (message,) = Maildir(root / "var/mail/example.com/postmaster").wait(1)
     assert message.startswith(b"Return-Path: <you@remote.test>\r\nReceived: from ")
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
     assert re.search(
@@ -68,3 +103,4 @@ def test_development_mode_moves_listeners_and_makes_a_certificate(tmp_path: Path
     delivered = rf"(?m)^{stamp} mailplan.queue INFO \w+ <postmaster@example.com> delivered to "
     assert re.search(delivered, server.log())
     assert message.endswith(b"\r\n\r\nhello\r\n")
+    assert f"  smtps        smtps       port {smtps}\n" in server.log()  # the banner

@@ -10,7 +10,6 @@ Reload and stop have servers of their own.
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import smtplib
 import socket
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
+from interop import program
 from serverkit import LOOPBACK, Maildir, MailServer, free_ports, mailplan, wait_until
 
 from runtime import devtls, replies
@@ -1122,11 +1122,11 @@ def test_client_that_vanishes_mid_data_does_not_hurt(site: Site) -> None:
     assert all(b"Subject: cut" not in m for m in site.maildir("dora").messages())
 
 
-@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")
+@pytest.mark.interop("swaks")
 def test_swaks_delivers(site: Site) -> None:
     result = subprocess.run(
         [
-            "swaks",
+            program("swaks") or "swaks",
             "--server",
             LOOPBACK,
             "--port",

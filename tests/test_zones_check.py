@@ -1,7 +1,7 @@
-"""`dns check` against a real DNS server: BIND on loopback loaded with the generated zones
-(everything present) and with zones edited to drop or change records (each reported).
-SPF is judged by what the published record authorises, evaluated by pyspf through the
-same server."""
+"""`dns check` against a real DNS server on loopback (tests/dnskit.py) loaded with the
+generated zones (everything present) and with zones edited to drop or change records (each
+reported). SPF is judged by what the published record authorises, evaluated by pyspf
+through the same server. The interop test runs the same check against BIND."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from dnskit import NameServer, Silent, zone_text
+from namedkit import Named
 
 from compiler.pipeline import compile_site
 from plan.model import Plan
@@ -33,7 +34,7 @@ def example_zones(plan: Plan) -> tuple[Zone, ...]:
 
 
 def serve(root: Path, example_zones: tuple[Zone, ...], **edits: str) -> NameServer:
-    """named with every zone; `edits` replaces the snippet of a zone (dots as _)."""
+    """A server with every zone; `edits` replaces the snippet of a zone (dots as _)."""
     texts = {}
     for zone in example_zones:
         snippet = edits.get(zone.name.replace(".", "_"), render(zone, "bind"))
@@ -45,7 +46,7 @@ def serve(root: Path, example_zones: tuple[Zone, ...], **edits: str) -> NameServ
 def published(
     tmp_path_factory: pytest.TempPathFactory, example_zones: tuple[Zone, ...]
 ) -> Iterator[NameServer]:
-    with serve(tmp_path_factory.mktemp("named"), example_zones) as server:
+    with serve(tmp_path_factory.mktemp("dns"), example_zones) as server:
         yield server
 
 
@@ -74,6 +75,19 @@ def test_everything_present(
     ]
     records = sum(len(z.records) for z in example_zones)
     assert len(findings) == records
+
+
+@pytest.mark.interop("named")
+def test_bind_serving_the_zones_finds_the_same(
+    plan: Plan, example_zones: tuple[Zone, ...], published: NameServer, tmp_path: Path
+) -> None:
+    """The zones `mailplan dns` prints, loaded by BIND: `dns check` finds all of them
+    present, with the same notes as from the test server."""
+    texts = {z.name: zone_text(z.name, render(z, "bind")) for z in example_zones}
+    with Named(tmp_path, texts) as bind:
+        found = [f.line() for f in check(plan, example_zones, resolver_for(bind.address))]
+    assert found == [f.line() for f in check(plan, example_zones, resolver_for(published.address))]
+    assert all(line.startswith("present ") for line in found)
 
 
 def test_dropped_and_changed_records_are_each_reported(

@@ -5,7 +5,6 @@ octoDNS's YAML provider)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import dns.rdatatype
 import dns.zone
 import pytest
 from dnskit import zone_text
+from interop import program
 from octodns.provider.yaml import YamlProvider
 from octodns.zone import Zone as OctoZone
 
@@ -23,7 +23,6 @@ from zones.records import Record, Zone, zones
 from zones.render import FORMATS, files, policies, render, render_all
 
 GOLDEN = ROOT / "tests" / "golden" / "dns"
-NAMED_CHECKZONE = shutil.which("named-checkzone") or "/usr/bin/named-checkzone"
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +66,14 @@ def test_every_zone_parses_with_dnspython(example_zones: tuple[Zone, ...]) -> No
         assert sum(len(rdataset) for _, rdataset in iter_sets(parsed)) == len(zone.records) + 3
 
 
+@pytest.mark.interop("named-checkzone")
 def test_every_zone_passes_named_checkzone(example_zones: tuple[Zone, ...], tmp_path: Path) -> None:
     for zone in example_zones:
         file = tmp_path / f"{zone.name}.zone"
         file.write_text(complete(zone))
         result = subprocess.run(
             [
-                NAMED_CHECKZONE,
+                program("named-checkzone") or "named-checkzone",
                 "-k",
                 "fail",
                 "-m",
