@@ -15,7 +15,7 @@ from pathlib import Path
 from serverkit import Maildir, MailServer, free_port, free_ports
 
 from compiler.pipeline import compile_site
-from runtime.server import DEV_PORTS, development
+from runtime.startup import DEV_PORTS, development
 from tests.conftest import EXAMPLE
 
 SITE = """\
