@@ -47,12 +47,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from compiler import pipeline
-from compiler.diagnostics import has_errors
-from compiler.unit import Unit
-from plan import codec
-from runtime.addresslist import AddressSet
-from runtime.router import Router
+from mailplan.compiler import pipeline
+from mailplan.compiler.diagnostics import has_errors
+from mailplan.compiler.unit import Unit
+from mailplan.plan import codec
+from mailplan.runtime.decide.addresslist import AddressSet
+from mailplan.runtime.decide.router import Router
 
 SIZES = (100, 1_000, 10_000, 100_000)
 QUICK_SIZES = (100, 1_000)

@@ -38,7 +38,7 @@ sys.path[:0] = [str(PROJECT), str(PROJECT / "tests")]
 from argon2 import PasswordHasher  # noqa: E402
 from serverkit import LOOPBACK, MailServer, accepts, free_ports, mailplan, wait_until  # noqa: E402
 
-from runtime import maildir  # noqa: E402
+from mailplan.runtime.store import maildir  # noqa: E402
 
 PASSWORD = "bench"
 SITE = """\

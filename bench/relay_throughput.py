@@ -525,9 +525,12 @@ def report(results: list[Result], names: list[str], cells: list[int]) -> dict[st
 # no frame under it a callback that uvloop called.
 LOOP_PARTS = (
     ("logging", ("Logger.", "QueueHandler.")),
-    ("accepting: aiosmtpd session, runtime/smtp.py", ("SMTP._handle_client (aiosmtpd",)),
-    ("relaying: runtime/delivery.py, outbound.py, aiosmtplib", ("Delivery.", "deliver (")),
-    ("queueing: runtime/processor.py", ("Processor.",)),
+    ("accepting: aiosmtpd session, runtime/smtp/session.py", ("SMTP._handle_client (aiosmtpd",)),
+    (
+        "relaying: runtime/delivery/scheduler.py, outbound.py, aiosmtplib",
+        ("Delivery.", "deliver ("),
+    ),
+    ("queueing: runtime/queue/processor.py", ("Processor.",)),
     ("uvloop itself (C)", ("Runner.run (",)),
 )
 EXECUTOR = "_worker (concurrent/futures"

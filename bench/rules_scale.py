@@ -4,7 +4,7 @@
 Writes N rules (N = 10, 100, 1,000 by default) in the shapes mail administrators
 use (Subject pictures, From lists, Header Field, Message Size, Any To or Cc,
 Human Generated), compiles them once with the compiler (`rule_file` + `rulesets`) and
-`runtime.rules.Rules`, then runs a set of distinct ~2 KB messages through them, as
+`runtime.rules.engine.Rules`, then runs a set of distinct ~2 KB messages through them, as
 LOCAL delivery will: parse the header block once (`Headers.parse`), build the
 `Facts`, `Rules.evaluate`. The baseline, measured in the same run, is parsing the
 header block alone: the ratio says what the rules add to it. "no index" is the same
@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from compiler.parse_rules import rule_file
-from compiler.rulesets import rulesets
-from runtime.rules import Facts, Headers, Rules
+from mailplan.compiler.parse_rules import rule_file
+from mailplan.compiler.rulesets import rulesets
+from mailplan.runtime.rules.engine import Facts, Headers, Rules
 
 NOW = datetime(2026, 11, 26, 14, 30)
 

@@ -13,10 +13,10 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from compiler.diagnostics import Diagnostic, error
-from compiler.syntax import Entry, Text
-from compiler.unit import ListSource
-from plan.model import AddressList, Interval, Source
+from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.syntax import Entry, Text
+from mailplan.compiler.unit import ListSource
+from mailplan.plan.model import AddressList, Interval, Source
 
 Span = tuple[int, int]
 

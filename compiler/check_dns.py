@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 
-from compiler.diagnostics import Diagnostic, error, warning
-from plan.model import Domain, Plan, Source
-from runtime.router import Router
-from zones import spf
+from mailplan.compiler.diagnostics import Diagnostic, error, warning
+from mailplan.plan.model import Domain, Plan, Source
+from mailplan.runtime.decide.router import Router
+from mailplan.zones import spf
 
 
 def check_dns(plan: Plan, router: Router) -> list[Diagnostic]:

@@ -3,9 +3,9 @@ no two listeners on one socket, and an address for every MX host the site names.
 
 from __future__ import annotations
 
-from compiler.diagnostics import Diagnostic, error, warning
-from plan.model import Listener, Plan, Source
-from runtime.router import Router
+from mailplan.compiler.diagnostics import Diagnostic, error, warning
+from mailplan.plan.model import Listener, Plan, Source
+from mailplan.runtime.decide.router import Router
 
 SUBMISSION = ("submission", "smtps")
 READING = ("pop3", "pop3s", "imap", "imaps")

@@ -6,10 +6,10 @@ member or a routing target is judged exactly as the server will treat it.
 
 from __future__ import annotations
 
-from compiler.diagnostics import Diagnostic, error
-from plan.model import Domain, Kind, Plan, Source
-from runtime.address import idn_problem
-from runtime.router import Router
+from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.plan.model import Domain, Kind, Plan, Source
+from mailplan.runtime.decide.address import idn_problem
+from mailplan.runtime.decide.router import Router
 
 
 def check_names(plan: Plan, router: Router) -> list[Diagnostic]:

@@ -9,10 +9,10 @@ gets a warning that says what it opens.
 
 from __future__ import annotations
 
-from compiler.check_routing import witness
-from compiler.diagnostics import Diagnostic, error, warning
-from plan.model import Plan, Route
-from runtime.router import Decision, Router
+from mailplan.compiler.check_routing import witness
+from mailplan.compiler.diagnostics import Diagnostic, error, warning
+from mailplan.plan.model import Plan, Route
+from mailplan.runtime.decide.router import Decision, Router
 
 PROBE_DOMAIN = "relay-probe.invalid"
 HOW = "end the line with '; allow-open-relay: REASON' if that is intended"

@@ -8,10 +8,10 @@ the earlier picture against the later one with each `*` as a symbol no picture h
 
 from __future__ import annotations
 
-from compiler.diagnostics import Diagnostic, error, warning
-from plan.model import Pattern, Plan, Route, Source
-from runtime.address import Address
-from runtime.router import Router
+from mailplan.compiler.diagnostics import Diagnostic, error, warning
+from mailplan.plan.model import Pattern, Plan, Route, Source
+from mailplan.runtime.decide.address import Address
+from mailplan.runtime.decide.router import Router
 
 FRESH = "\x00"
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from compiler.diagnostics import Diagnostic, error, warning
-from plan.model import Account, Domain, Plan, Rule, RuleCondition, RuleSet, Source
-from runtime.router import Router
+from mailplan.compiler.diagnostics import Diagnostic, error, warning
+from mailplan.plan.model import Account, Domain, Plan, Rule, RuleCondition, RuleSet, Source
+from mailplan.runtime.decide.router import Router
 
 # What server rules cannot do: these act on one account's mailbox.
 NOT_IN_SERVER_RULES = frozenset(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dns.exception
 import dns.zone
 
-from compiler.diagnostics import Diagnostic, error
-from plan.model import Plan
-from runtime.lookup import zone_of
-from runtime.router import Router
+from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.plan.model import Plan
+from mailplan.runtime.decide.router import Router
+from mailplan.runtime.dns.lookup import zone_of
 
 
 def check_tests(plan: Plan, router: Router) -> list[Diagnostic]:

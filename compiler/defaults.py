@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final, get_args
 
-from plan.model import RuleVerb
+from mailplan.plan.model import RuleVerb
 
 # Per protocol: port, TLS mode and whether AUTH is required, offered, or not offered.
 LISTENERS: dict[str, dict[str, Any]] = {

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from compiler import yamlpos
-from compiler.diagnostics import Diagnostic, error
-from compiler.unit import Unit
-from compiler.yamlpos import Document
-from compiler.yamlpos import Path as DataPath
-from plan.model import SourceFile
+from mailplan.compiler import yamlpos
+from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.unit import Unit
+from mailplan.compiler.yamlpos import Document
+from mailplan.compiler.yamlpos import Path as DataPath
+from mailplan.plan.model import SourceFile
 
 SITE_FILE = "site.yaml"
 

@@ -12,11 +12,11 @@ from typing import Any
 
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from compiler.diagnostics import Diagnostic, error
-from compiler.syntax import Entry, EntryBuilder, Record, RecordBuilder
-from compiler.unit import ListSource, Unit
-from compiler.yamlpos import Path as DataPath
-from grammar import parser
+from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.syntax import Entry, EntryBuilder, Record, RecordBuilder
+from mailplan.compiler.unit import ListSource, Unit
+from mailplan.compiler.yamlpos import Path as DataPath
+from mailplan.grammar import parser
 
 _WORDS = {
     "EQUAL": "'='",

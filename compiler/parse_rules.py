@@ -16,13 +16,19 @@ from typing import get_args
 from lark import Lark
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from compiler.diagnostics import Diagnostic, error
-from compiler.load import references
-from compiler.rulesyntax import ActionLine, ConditionLine, Header, RuleLineBuilder, RuleText
-from compiler.syntax import Text
-from compiler.unit import Unit
-from grammar import parser
-from plan.model import RuleField, RuleVerb
+from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.load import references
+from mailplan.compiler.rulesyntax import (
+    ActionLine,
+    ConditionLine,
+    Header,
+    RuleLineBuilder,
+    RuleText,
+)
+from mailplan.compiler.syntax import Text
+from mailplan.compiler.unit import Unit
+from mailplan.grammar import parser
+from mailplan.plan.model import RuleField, RuleVerb
 
 FIELDS: list[str] = list(get_args(RuleField))  # the plan's enumerations are the language's
 VERBS: list[str] = list(get_args(RuleVerb))

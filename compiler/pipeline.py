@@ -13,23 +13,23 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from compiler.check_dns import check_dns
-from compiler.check_listeners import check_listeners
-from compiler.check_names import check_names
-from compiler.check_relay import check_relay
-from compiler.check_routing import check_routing
-from compiler.check_rules import check_rules
-from compiler.check_tests import check_tests
-from compiler.diagnostics import Diagnostic, has_errors
-from compiler.load import load
-from compiler.parse import parse
-from compiler.parse_rules import parse_rules
-from compiler.resolve import resolve
-from compiler.resolve_dns import resolve_dns
-from compiler.schema import schema
-from compiler.unit import Unit
-from plan.model import Plan
-from runtime.router import Router
+from mailplan.compiler.check_dns import check_dns
+from mailplan.compiler.check_listeners import check_listeners
+from mailplan.compiler.check_names import check_names
+from mailplan.compiler.check_relay import check_relay
+from mailplan.compiler.check_routing import check_routing
+from mailplan.compiler.check_rules import check_rules
+from mailplan.compiler.check_tests import check_tests
+from mailplan.compiler.diagnostics import Diagnostic, has_errors
+from mailplan.compiler.load import load
+from mailplan.compiler.parse import parse
+from mailplan.compiler.parse_rules import parse_rules
+from mailplan.compiler.resolve import resolve
+from mailplan.compiler.resolve_dns import resolve_dns
+from mailplan.compiler.schema import schema
+from mailplan.compiler.unit import Unit
+from mailplan.plan.model import Plan
+from mailplan.runtime.decide.router import Router
 
 Check = Callable[[Plan, Router], list[Diagnostic]]
 

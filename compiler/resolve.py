@@ -2,7 +2,7 @@
 
 Defaults come from `compiler.defaults`; positions from the YAML loader. Names are
 lower-cased here (objects are case-insensitive), names of accounts, aliases,
-forwarders and lists in Unicode NFC, domains in A-labels (`runtime.address`, the form
+forwarders and lists in Unicode NFC, domains in A-labels (`runtime.decide.address`, the form
 the router compares); the checks that follow look for what clashes or is missing.
 """
 
@@ -12,15 +12,15 @@ import unicodedata
 from dataclasses import replace
 from typing import Any
 
-from compiler import defaults
-from compiler.addresslists import addresslists
-from compiler.diagnostics import Diagnostic
-from compiler.routes import routes
-from compiler.rulesets import rulesets
-from compiler.unit import Unit
-from compiler.yamlpos import Document
-from compiler.yamlpos import Path as DataPath
-from plan.model import (
+from mailplan.compiler import defaults
+from mailplan.compiler.addresslists import addresslists
+from mailplan.compiler.diagnostics import Diagnostic
+from mailplan.compiler.routes import routes
+from mailplan.compiler.rulesets import rulesets
+from mailplan.compiler.unit import Unit
+from mailplan.compiler.yamlpos import Document
+from mailplan.compiler.yamlpos import Path as DataPath
+from mailplan.plan.model import (
     FORMAT,
     Account,
     AccountRules,
@@ -53,7 +53,7 @@ from plan.model import (
     Tls,
     Unknown,
 )
-from runtime.address import canonical_domain
+from mailplan.runtime.decide.address import canonical_domain
 
 # Problems after which the YAML does not have the shape that resolving relies on.
 SHAPELESS = frozenset({"MP101", "MP102", "MP103"})

@@ -16,13 +16,23 @@ from urllib.parse import quote
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from compiler import defaults
-from compiler.diagnostics import Diagnostic, error
-from compiler.unit import Unit
-from compiler.yamlpos import Document
-from compiler.yamlpos import Path as DataPath
-from plan.model import DkimKey, Dmarc, Domain, MailDns, MtaSts, MxHost, Plan, Source, TlsRpt
-from runtime.address import canonical_domain
+from mailplan.compiler import defaults
+from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.unit import Unit
+from mailplan.compiler.yamlpos import Document
+from mailplan.compiler.yamlpos import Path as DataPath
+from mailplan.plan.model import (
+    DkimKey,
+    Dmarc,
+    Domain,
+    MailDns,
+    MtaSts,
+    MxHost,
+    Plan,
+    Source,
+    TlsRpt,
+)
+from mailplan.runtime.decide.address import canonical_domain
 
 URI_SAFE = "$'()*+&=-._~"  # kept as they are in a report address (besides letters, digits)
 # RFC 8301 §3.2: verifiers must not accept RSA keys shorter than 1024 bits.

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import get_args
 
-from compiler.diagnostics import Diagnostic, error
-from compiler.syntax import Record, Text
-from plan.model import KINDS, Kind, Pattern, Route, Source, Target
-from runtime.address import canonical_domain, parse
+from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.syntax import Record, Text
+from mailplan.plan.model import KINDS, Kind, Pattern, Route, Source, Target
+from mailplan.runtime.decide.address import canonical_domain, parse
 
 ACKNOWLEDGE = "allow-open-relay"
 

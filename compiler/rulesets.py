@@ -13,12 +13,12 @@ from collections.abc import Callable, Mapping
 from datetime import date
 from typing import cast
 
-from compiler import defaults
-from compiler.diagnostics import Diagnostic, error
-from compiler.parse_rules import FIELDS, VERBS
-from compiler.rulesyntax import ActionLine, ConditionLine, RuleText
-from compiler.syntax import Text
-from plan.model import (
+from mailplan.compiler import defaults
+from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.parse_rules import FIELDS, VERBS
+from mailplan.compiler.rulesyntax import ActionLine, ConditionLine, RuleText
+from mailplan.compiler.syntax import Text
+from mailplan.plan.model import (
     Rule,
     RuleAction,
     RuleCondition,

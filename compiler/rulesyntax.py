@@ -12,7 +12,7 @@ from typing import Any
 
 from lark import Token, Transformer
 
-from compiler.syntax import Text
+from mailplan.compiler.syntax import Text
 
 _ESCAPES = {"n": "\n", "t": "\t"}
 

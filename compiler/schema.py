@@ -10,9 +10,9 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
-from compiler.diagnostics import Diagnostic, error
-from compiler.unit import Unit
-from compiler.yamlpos import Document, Path, Position
+from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.unit import Unit
+from mailplan.compiler.yamlpos import Document, Path, Position
 
 _TYPES = {
     "object": "a mapping",
@@ -27,7 +27,11 @@ _TYPES = {
 
 @functools.cache
 def site_schema() -> dict[str, Any]:
-    text = resources.files("compiler").joinpath("site.schema.json").read_text(encoding="utf-8")
+    text = (
+        resources.files("mailplan.compiler")
+        .joinpath("site.schema.json")
+        .read_text(encoding="utf-8")
+    )
     schema: dict[str, Any] = json.loads(text)
     return schema
 

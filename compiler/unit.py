@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from compiler.diagnostics import Diagnostic
-from compiler.rulesyntax import RuleText
-from compiler.syntax import Entry, Record
-from compiler.yamlpos import Document
-from plan.model import Plan, SourceFile
+from mailplan.compiler.diagnostics import Diagnostic
+from mailplan.compiler.rulesyntax import RuleText
+from mailplan.compiler.syntax import Entry, Record
+from mailplan.compiler.yamlpos import Document
+from mailplan.plan.model import Plan, SourceFile
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.diagnostics import Diagnostic, error
 
 Path = tuple[str | int, ...]
 

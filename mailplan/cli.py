@@ -16,21 +16,21 @@ from typing import TYPE_CHECKING, Any
 
 import uvloop
 
-from compiler.diagnostics import has_errors, render_json, render_text
-from compiler.load import SITE_FILE
-from compiler.pipeline import compile_site
-from compiler.schema import site_schema
-from plan import codec
-from plan.model import Plan
-from runtime import logs
-from runtime.router import Router, Routing
-from zones.render import FORMATS
+from mailplan.compiler.diagnostics import has_errors, render_json, render_text
+from mailplan.compiler.load import SITE_FILE
+from mailplan.compiler.pipeline import compile_site
+from mailplan.compiler.schema import site_schema
+from mailplan.plan import codec
+from mailplan.plan.model import Plan
+from mailplan.runtime.decide.router import Router, Routing
+from mailplan.runtime.serve import logs
+from mailplan.zones.render import FORMATS
 
 log = logging.getLogger("mailplan.server")
 
 if TYPE_CHECKING:
-    from runtime.server import Options
-    from runtime.spool import Spool
+    from mailplan.runtime.serve.server import Options
+    from mailplan.runtime.store.spool import Spool
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,7 +284,7 @@ def _loader(site: Path | None, plan: Path | None) -> Callable[[], Plan]:
 
 def _serve(arguments: argparse.Namespace) -> int:
     """Run the server; whatever stops it from starting is one line on standard error."""
-    from runtime.startup import StartupError
+    from mailplan.runtime.serve.startup import StartupError
 
     if _workers(arguments.workers) is None:
         print(
@@ -314,10 +314,10 @@ def _serve(arguments: argparse.Namespace) -> int:
 
 
 def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
-    """The order of `runtime.startup`: queue lock, TLS, sockets, resolver, user, pid."""
-    from runtime import startup
-    from runtime.delivery import Remote
-    from runtime.server import Options
+    """The order of `runtime.serve.startup`: queue lock, TLS, sockets, resolver, user, pid."""
+    from mailplan.runtime.delivery.scheduler import Remote
+    from mailplan.runtime.serve import startup
+    from mailplan.runtime.serve.server import Options
 
     workers = _workers(arguments.workers) or 1
     load = _loader(arguments.site, arguments.plan)
@@ -363,7 +363,7 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
         if dev:
             _banner(plan, arguments)
         if workers > 1:
-            from runtime.workers import supervise
+            from mailplan.runtime.serve.workers import supervise
 
             def worker(load: Callable[[], Plan], first: Plan, options: Options) -> int:
                 mine = logs.Writer(arguments.log_format, arguments.log_level)
@@ -391,7 +391,7 @@ def _workers(text: str) -> int | None:
 def _banner(plan: Plan, arguments: argparse.Namespace) -> None:
     """What `make run` prints: where each listener is, how to start Dovecot for IMAP,
     and a command to try it."""
-    from runtime.startup import POP3_PROTOCOLS, SMTP_PROTOCOLS, development
+    from mailplan.runtime.serve.startup import POP3_PROTOCOLS, SMTP_PROTOCOLS, development
 
     print("development mode: listeners on 127.0.0.1")
     ours = (*SMTP_PROTOCOLS, *POP3_PROTOCOLS)
@@ -413,17 +413,17 @@ def _banner(plan: Plan, arguments: argparse.Namespace) -> None:
 
 def _serve_worker(load: Callable[[], Plan], first: Plan, options: Options) -> int:
     """The server in this process: alone, or one worker of `serve --workers N`
-    (see runtime.workers)."""
-    from runtime.server import Server
+    (see runtime.serve.workers)."""
+    from mailplan.runtime.serve.server import Server
 
     uvloop.run(Server(load, options, first).run())
     return 0
 
 
 def _test(arguments: argparse.Namespace) -> int:
-    from runtime.casework import judge
-    from runtime.policy import Policy
-    from runtime.rules import RuleBook
+    from mailplan.runtime.decide.policy import Policy
+    from mailplan.runtime.rules.engine import RuleBook
+    from mailplan.runtime.smtp.casework import judge
 
     plan = _load_plan(arguments)
     if plan is None:
@@ -451,9 +451,9 @@ def _test(arguments: argparse.Namespace) -> int:
 def _rules(arguments: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from runtime.casework import decide
-    from runtime.policy import Policy
-    from runtime.rules import Facts, Headers, RuleBook
+    from mailplan.runtime.decide.policy import Policy
+    from mailplan.runtime.rules.engine import Facts, Headers, RuleBook
+    from mailplan.runtime.smtp.casework import decide
 
     plan = _load_plan(arguments)
     if plan is None:
@@ -489,7 +489,7 @@ def _rules(arguments: argparse.Namespace) -> int:
 
 
 def _queue(arguments: argparse.Namespace) -> int:
-    from runtime.spool import Spool
+    from mailplan.runtime.store.spool import Spool
 
     plan = _load_plan(arguments)
     if plan is None:
@@ -504,7 +504,7 @@ def _queue(arguments: argparse.Namespace) -> int:
 
 
 def _queue_list(spool: Spool, plan: Plan) -> int:
-    from runtime.processor import pending
+    from mailplan.runtime.queue.processor import pending
 
     waiting = pending(spool, Router(plan))
     now = time.time()
@@ -520,9 +520,9 @@ def _queue_list(spool: Spool, plan: Plan) -> int:
 
 
 def _queue_flush(spool: Spool, plan: Plan, domain: str | None) -> int:
-    from runtime import retry
-    from runtime.processor import pending
-    from runtime.startup import holder_pid, queue_in_use
+    from mailplan.runtime.decide import retry
+    from mailplan.runtime.queue.processor import pending
+    from mailplan.runtime.serve.startup import holder_pid, queue_in_use
 
     chosen = sorted(
         {
@@ -544,8 +544,8 @@ def _queue_flush(spool: Spool, plan: Plan, domain: str | None) -> int:
 
 
 def _queue_show(spool: Spool, plan: Plan, queue_id: str | None) -> int:
-    from runtime import retry
-    from runtime.spool import BadQueueFile
+    from mailplan.runtime.decide import retry
+    from mailplan.runtime.store.spool import BadQueueFile
 
     if not queue_id:
         print("mailplan: queue show needs a queue id", file=sys.stderr)
@@ -607,8 +607,8 @@ def _passwd(arguments: argparse.Namespace) -> int:
 
 
 def _dns(arguments: argparse.Namespace) -> int:
-    from zones.records import zones
-    from zones.render import files, policies, render_all
+    from mailplan.zones.records import zones
+    from mailplan.zones.render import files, policies, render_all
 
     checking = arguments.words[0] == "check" and len(arguments.words) == 2
     if arguments.words == ["check"] or (len(arguments.words) != 1 and not checking):
@@ -638,7 +638,7 @@ def _dns(arguments: argparse.Namespace) -> int:
 
 
 def _dns_check(plan: Plan, found: tuple[Any, ...], resolver: str | None) -> int:
-    from zones.check import STATUSES, check, resolver_for
+    from mailplan.zones.check import STATUSES, check, resolver_for
 
     try:
         asking = resolver_for(resolver)
@@ -654,7 +654,7 @@ def _dns_check(plan: Plan, found: tuple[Any, ...], resolver: str | None) -> int:
 
 
 def _dkim_keygen(arguments: argparse.Namespace) -> int:
-    from zones.dkim import key_pair
+    from mailplan.zones.dkim import key_pair
 
     domain, selector = arguments.domain.lower().rstrip("."), arguments.selector.lower()
     try:
@@ -705,8 +705,9 @@ def _dovecot(arguments: argparse.Namespace) -> int:
     import pwd
     from dataclasses import replace
 
-    from runtime import devtls, dovecot
-    from runtime.startup import development
+    from mailplan.runtime.mailbox import dovecot
+    from mailplan.runtime.serve import devtls
+    from mailplan.runtime.serve.startup import development
 
     plan = _load_plan(arguments)
     if plan is None:

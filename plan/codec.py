@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar, Union
 import fastjsonschema
 import jsonschema
 
-from plan.model import FORMAT, Plan
+from mailplan.plan.model import FORMAT, Plan
 
 T = TypeVar("T")
 SCHEMA_ID = "https://mailplan.invalid/schema/plan-v1.json"

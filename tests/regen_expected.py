@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from compiler.diagnostics import render_text
-from compiler.pipeline import compile_site
+from mailplan.compiler.diagnostics import render_text
+from mailplan.compiler.pipeline import compile_site
 
 SITES = Path(__file__).parent / "sites"
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from compiler.pipeline import compile_site
-from zones.records import zones
-from zones.render import FORMATS, files
+from mailplan.compiler.pipeline import compile_site
+from mailplan.zones.records import zones
+from mailplan.zones.render import FORMATS, files
 
 ROOT = Path(__file__).parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "dns"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from compiler.parse_rules import rule_file
-from compiler.rulesets import rulesets
-from plan.model import RuleSet
-from runtime.rules import Facts, Headers
+from mailplan.compiler.parse_rules import rule_file
+from mailplan.compiler.rulesets import rulesets
+from mailplan.plan.model import RuleSet
+from mailplan.runtime.rules.engine import Facts, Headers
 
 MESSAGE = (
     "From: Bob Smith <bob@remote.test>\r\n"

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.address import Address, canonical_domain, idn_problem, ip_literal, parse
+from mailplan.runtime.decide.address import (
+    Address,
+    canonical_domain,
+    idn_problem,
+    ip_literal,
+    parse,
+)
 
 MAIN = "example.com"
 

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from compiler import yamlpos
-from compiler.addresslists import addresslists
-from compiler.diagnostics import Diagnostic, error
-from compiler.parse import parse
-from compiler.pipeline import compile_site
-from compiler.unit import Unit
-from plan.model import AddressList, Interval, Source
-from runtime.addresslist import AddressSet
+from mailplan.compiler import yamlpos
+from mailplan.compiler.addresslists import addresslists
+from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.parse import parse
+from mailplan.compiler.pipeline import compile_site
+from mailplan.compiler.unit import Unit
+from mailplan.plan.model import AddressList, Interval, Source
+from mailplan.runtime.decide.addresslist import AddressSet
 
 SITE = "site.yaml"
 Spans = list[tuple[str, str]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compiler.pipeline import compile_site
+from mailplan.compiler.pipeline import compile_site
 
 SITE = """\
 server:

@@ -12,7 +12,7 @@ import pytest
 from argon2 import PasswordHasher
 
 from mailplan.cli import main
-from plan import codec
+from mailplan.plan import codec
 from tests.conftest import EXAMPLE, ROOT
 
 SITES = ROOT / "tests" / "sites"

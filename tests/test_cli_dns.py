@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from dnskit import NameServer, zone_text
 
-from compiler.pipeline import compile_site
 from mailplan.cli import main
+from mailplan.compiler.pipeline import compile_site
+from mailplan.zones.records import zones
+from mailplan.zones.render import render
 from tests.conftest import EXAMPLE, ROOT
-from zones.records import zones
-from zones.render import render
 
 GOLDEN = ROOT / "tests" / "golden" / "dns"
 SITES = ROOT / "tests" / "sites"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from compiler.pipeline import compile_site
-from plan import codec
-from plan.model import FORMAT, Plan
+from mailplan.compiler.pipeline import compile_site
+from mailplan.plan import codec
+from mailplan.plan.model import FORMAT, Plan
 from tests.conftest import EXAMPLE
 
 

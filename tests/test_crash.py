@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from serverkit import MailServer, accepts, free_port, wait_until
 
-from runtime.spool import Envelope, Spool, new_id
+from mailplan.runtime.store.spool import Envelope, Spool, new_id
 
 PROJECT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"

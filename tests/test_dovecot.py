@@ -33,9 +33,10 @@ from argon2 import PasswordHasher
 from interop import program
 from serverkit import LOOPBACK, MailServer, accepts, free_ports, mailplan, wait_until
 
-from plan.model import Plan
-from runtime import devtls, dovecot
-from runtime.maildrop import base_name
+from mailplan.plan.model import Plan
+from mailplan.runtime.mailbox import dovecot
+from mailplan.runtime.mailbox.maildrop import base_name
+from mailplan.runtime.serve import devtls
 
 HOSTNAME = "mail.example.com"
 PASSWORD = "imap secret"
@@ -94,7 +95,7 @@ def write_site(base: Path, ports: dict[str, int]) -> Path:
 
 
 def compiled(directory: Path) -> Plan:
-    from compiler.pipeline import compile_site
+    from mailplan.compiler.pipeline import compile_site
 
     unit = compile_site(directory)
     assert unit.plan is not None, unit.diagnostics

@@ -1,4 +1,5 @@
-"""Delivery status notifications, parsed back with the email package (runtime/dsn.py, RFC 3464)."""
+"""Delivery status notifications, parsed back with the email package
+(runtime/decide/dsn.py, RFC 3464)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from runtime import dsn
+from mailplan.runtime.decide import dsn
 
 HOST = "mail.example.test"
 ARRIVED = 1_700_000_000.0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import durable
+from mailplan.runtime.store import durable
 
 needs_proc = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
 

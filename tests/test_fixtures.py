@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.diagnostics import render_text
-from compiler.pipeline import compile_site
+from mailplan.compiler.diagnostics import render_text
+from mailplan.compiler.pipeline import compile_site
 
 SITES = Path(__file__).parent / "sites"
 FIXTURES = sorted(p.parent.name for p in SITES.glob("*/expected.txt"))

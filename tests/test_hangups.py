@@ -36,8 +36,9 @@ from argon2 import PasswordHasher
 from interop import program
 from serverkit import LOOPBACK, Maildir, MailServer, free_ports, wait_until
 
-from runtime import devtls, hangups
-from runtime.server import Server
+from mailplan.runtime.base import hangups
+from mailplan.runtime.serve import devtls
+from mailplan.runtime.serve.server import Server
 
 HOSTNAME = "mail.example.com"
 PASSWORD = "hang up"

@@ -13,9 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from runtime import intake
-from runtime.intake import HEAD, MAGIC, MESSAGE, OPENED, SETTLED, Intake, Ticket, record, records
-from runtime.spool import Envelope
+from mailplan.runtime.store import intake
+from mailplan.runtime.store.intake import (
+    HEAD,
+    MAGIC,
+    MESSAGE,
+    OPENED,
+    SETTLED,
+    Intake,
+    Ticket,
+    record,
+    records,
+)
+from mailplan.runtime.store.spool import Envelope
 
 BODY = b"Subject: hi\r\n\r\nhello\r\n"
 BIG = b"Subject: big\r\n\r\n" + b"x" * 100 + b"\r\n"  # a record of more than 200 bytes

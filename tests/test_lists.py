@@ -1,4 +1,4 @@
-"""Mailing-list posting policy and expansion (runtime/lists.py)."""
+"""Mailing-list posting policy and expansion (runtime/decide/lists.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import email.policy
 
 import pytest
 
-from plan.model import MailingList, Member, Source
-from runtime import lists
+from mailplan.plan.model import MailingList, Member, Source
+from mailplan.runtime.decide import lists
 
 HERE = Source("site.yaml", 1, 1)
 DOMAIN = "example.test"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime import logs
-from runtime.logs import PriorityFormatter, journal_stream, priority, to_journal
+from mailplan.runtime.serve import logs
+from mailplan.runtime.serve.logs import PriorityFormatter, journal_stream, priority, to_journal
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compiler.pipeline import compile_site
-from runtime.processor import Effects, process
-from runtime.router import Router
-from runtime.spool import Envelope, Spool, new_id
+from mailplan.compiler.pipeline import compile_site
+from mailplan.runtime.decide.router import Router
+from mailplan.runtime.queue.processor import Effects, process
+from mailplan.runtime.store.spool import Envelope, Spool, new_id
 
 SITE = """\
 server:

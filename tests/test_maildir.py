@@ -6,7 +6,7 @@ import mailbox
 import threading
 from pathlib import Path
 
-from runtime import maildir
+from mailplan.runtime.store import maildir
 
 MESSAGE = b"Subject: hi\r\nMessage-ID: <1@test>\r\n\r\nhello\r\n"
 

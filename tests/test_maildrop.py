@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime import maildir
-from runtime.maildrop import Locked, Maildrop, network_form, network_size, uidl
+from mailplan.runtime.mailbox.maildrop import Locked, Maildrop, network_form, network_size, uidl
+from mailplan.runtime.store import maildir
 
 
 def delivered(folder: Path, *bodies: bytes) -> list[Path]:

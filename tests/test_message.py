@@ -1,4 +1,4 @@
-"""Where a message's header ends (runtime/message.py)."""
+"""Where a message's header ends (runtime/decide/message.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from runtime.message import header_block, split
+from mailplan.runtime.decide.message import header_block, split
 
 
 def reference(message: bytes) -> tuple[bytes, bytes, bytes]:

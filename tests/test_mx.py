@@ -1,4 +1,4 @@
-"""MX look-up against a real DNS server on loopback (runtime/mx.py, RFC 5321 5.1, RFC 7505)."""
+"""MX look-up against a real DNS server on loopback (runtime/dns/mx.py, RFC 5321 5.1, RFC 7505)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import dns.asyncresolver
 import pytest
 from dnskit import NameServer, Silent, zone_text
 
-from runtime import mx
+from mailplan.runtime.dns import mx
 
 RECORDS = """\
 ; preference order, with two exchangers of equal preference

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import notify
+from mailplan.runtime.serve import notify
 
 Listener = tuple[socket.socket, str]
 

@@ -1,4 +1,4 @@
-"""The SMTP client against real aiosmtpd servers on loopback (runtime/outbound.py).
+"""The SMTP client against real aiosmtpd servers on loopback (runtime/delivery/outbound.py).
 
 Each test runs its own servers on 127.0.0.2, 127.0.0.3, ... sharing one free port (the
 client uses one port for every host), and a module-wide DNS server (tests/dnskit.py)
@@ -26,8 +26,10 @@ from aiosmtpd.controller import Controller
 from dnskit import NameServer, Silent, zone_text
 from serverkit import free_port
 
-from runtime import devtls, mx, outbound
-from runtime.outbound import Outcome, Parcel, Settings
+from mailplan.runtime.delivery import outbound
+from mailplan.runtime.delivery.outbound import Outcome, Parcel, Settings
+from mailplan.runtime.dns import mx
+from mailplan.runtime.serve import devtls
 
 HELO = "mail.example.test"
 DROP = "drop the connection"

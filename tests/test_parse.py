@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from compiler import yamlpos
-from compiler.diagnostics import Diagnostic, error
-from compiler.parse import parse
-from compiler.routes import routes
-from compiler.syntax import Record, Text
-from compiler.unit import Unit
-from plan.model import KINDS, Pattern, Route, Source, Target
+from mailplan.compiler import yamlpos
+from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.parse import parse
+from mailplan.compiler.routes import routes
+from mailplan.compiler.syntax import Record, Text
+from mailplan.compiler.unit import Unit
+from mailplan.plan.model import KINDS, Pattern, Route, Source, Target
 
 FILE = "router.cgr"
 SITE = "routing: router.cgr\n"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from compiler.diagnostics import Diagnostic
-from compiler.parse_rules import rule_file
-from compiler.rulesets import rulesets
-from plan.model import RuleSet
+from mailplan.compiler.diagnostics import Diagnostic
+from mailplan.compiler.parse_rules import rule_file
+from mailplan.compiler.rulesets import rulesets
+from mailplan.plan.model import RuleSet
 from tests.rulekit import compiled
 
 EVERYTHING = """\

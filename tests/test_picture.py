@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from runtime.picture import Picture, substitute
+from mailplan.runtime.decide.picture import Picture, substitute
 
 
 @pytest.mark.parametrize(

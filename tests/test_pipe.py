@@ -1,4 +1,5 @@
-"""The PIPE module: declared programs run with the message on standard input (runtime/pipe.py)."""
+"""The PIPE module: declared programs run with the message on standard input
+(runtime/delivery/pipe.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from plan.model import Pipe, Source
-from runtime import pipe
+from mailplan.plan.model import Pipe, Source
+from mailplan.runtime.delivery import pipe
 
 HERE = Source("site.yaml", 1, 1)
 ENVELOPE = pipe.Envelope(

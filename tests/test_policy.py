@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 
-from compiler.pipeline import compile_site
-from plan.model import Plan
-from runtime import replies
-from runtime.policy import Client, Policy, in_scope, international
+from mailplan.compiler.pipeline import compile_site
+from mailplan.plan.model import Plan
+from mailplan.runtime.decide import replies
+from mailplan.runtime.decide.policy import Client, Policy, in_scope, international
 from tests.conftest import EXAMPLE, ROOT
 
 SCOPES = ("everybody", "clients-only", "everybody-except-clients", "nobody")

@@ -24,9 +24,10 @@ import pytest
 from argon2 import PasswordHasher
 from serverkit import LOOPBACK, MailServer, free_ports, wait_until
 
-from plan.model import Listener, Source
-from runtime import devtls, pop3
-from runtime.maildrop import LOCK_FILE
+from mailplan.plan.model import Listener, Source
+from mailplan.runtime.mailbox import pop3
+from mailplan.runtime.mailbox.maildrop import LOCK_FILE
+from mailplan.runtime.serve import devtls
 
 HOSTNAME = "mail.example.com"
 PASSWORD = "pop secret"  # a space in it: PASS takes the rest of the line

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from compiler.pipeline import compile_site
-from runtime import durable, processor
-from runtime.delivery import Waiting
-from runtime.intake import Intake, Segment, Ticket
-from runtime.processor import Processor, pending, process
-from runtime.router import Router
-from runtime.spool import Envelope, Spool, new_id
+from mailplan.compiler.pipeline import compile_site
+from mailplan.runtime.decide.router import Router
+from mailplan.runtime.delivery.scheduler import Waiting
+from mailplan.runtime.queue import processor
+from mailplan.runtime.queue.processor import Processor, pending, process
+from mailplan.runtime.store import durable
+from mailplan.runtime.store.intake import Intake, Segment, Ticket
+from mailplan.runtime.store.spool import Envelope, Spool, new_id
 
 SITE = """\
 server:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from mailplan.cli import main
-from runtime import retry
-from runtime.spool import Envelope, Spool, new_id
+from mailplan.runtime.decide import retry
+from mailplan.runtime.store.spool import Envelope, Spool, new_id
 
 SITE = """\
 server:

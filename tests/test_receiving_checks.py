@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from compiler.pipeline import compile_site
-from plan.model import Plan
-from runtime.lookup import DnsTrouble, NoSuchDomain, Zones
-from runtime.policy import Client
-from runtime.receiving import Checks, Verdict, reverse_name
-from runtime.router import Router
+from mailplan.compiler.pipeline import compile_site
+from mailplan.plan.model import Plan
+from mailplan.runtime.decide.policy import Client
+from mailplan.runtime.decide.router import Router
+from mailplan.runtime.dns.lookup import DnsTrouble, NoSuchDomain, Zones
+from mailplan.runtime.smtp.receiving import Checks, Verdict, reverse_name
 
 SITE = """\
 server:

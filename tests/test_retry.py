@@ -1,10 +1,11 @@
-"""The retry journal and its decisions: when to try again, warn, give up (runtime/retry.py)."""
+"""The retry journal and its decisions: when to try again, warn, give up
+(runtime/decide/retry.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from runtime import retry
+from mailplan.runtime.decide import retry
 
 ARRIVED = 1_700_000_000.0
 SCHEDULE = (300, 900, 3600, 14400)

@@ -20,16 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from compiler.diagnostics import render_text
-from compiler.load import load
-from compiler.parse import parse as parse_pass
-from compiler.pipeline import compile_site
-from compiler.resolve import resolve
-from compiler.schema import schema
-from plan.model import KINDS, Kind, Pattern, Plan, Route, Source, Target
-from runtime.address import parse
-from runtime.picture import Picture
-from runtime.router import MAX_REWRITES, RouteIndex, Router, Routing
+from mailplan.compiler.diagnostics import render_text
+from mailplan.compiler.load import load
+from mailplan.compiler.parse import parse as parse_pass
+from mailplan.compiler.pipeline import compile_site
+from mailplan.compiler.resolve import resolve
+from mailplan.compiler.schema import schema
+from mailplan.plan.model import KINDS, Kind, Pattern, Plan, Route, Source, Target
+from mailplan.runtime.decide.address import parse
+from mailplan.runtime.decide.picture import Picture
+from mailplan.runtime.decide.router import MAX_REWRITES, RouteIndex, Router, Routing
 
 # --------------------------------------------------------------------------- helpers
 

@@ -1,4 +1,4 @@
-"""runtime/ruleactions.py: what actions do to message bytes, and the auto-reply."""
+"""runtime/rules/actions.py: what actions do to message bytes, and the auto-reply."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from plan.model import Pipe, Source
-from runtime.ruleactions import (
+from mailplan.plan.model import Pipe, Source
+from mailplan.runtime.rules.actions import (
     MemoryReplyLog,
     SqliteReplyLog,
     add_header,
@@ -26,7 +26,7 @@ from runtime.ruleactions import (
     tag_subject,
     why_not_reply,
 )
-from runtime.rules import Headers
+from mailplan.runtime.rules.engine import Headers
 from tests.rulekit import MESSAGE, THURSDAY, facts
 
 RAW = MESSAGE.encode()

@@ -1,4 +1,5 @@
-"""runtime/rules.py: every condition, operation, priority, inactive rules, stop processing."""
+"""runtime/rules/engine.py: every condition, operation, priority, inactive rules, stop
+processing."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from compiler.pipeline import compile_site
-from runtime.rules import Headers, RuleBook, Rules
+from mailplan.compiler.pipeline import compile_site
+from mailplan.runtime.rules.engine import Headers, RuleBook, Rules
 from tests.conftest import EXAMPLE
 from tests.rulekit import MESSAGE, compiled, facts
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compiler.diagnostics import Diagnostic, error, has_errors
-from compiler.pipeline import compile_site
-from compiler.schema import site_schema
+from mailplan.compiler.diagnostics import Diagnostic, error, has_errors
+from mailplan.compiler.pipeline import compile_site
+from mailplan.compiler.schema import site_schema
 
 SITES = Path(__file__).parent.parent / "sites"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from serverkit import Maildir, MailServer, free_port, free_ports
 
-from compiler.pipeline import compile_site
-from runtime.startup import DEV_PORTS, development
+from mailplan.compiler.pipeline import compile_site
+from mailplan.runtime.serve.startup import DEV_PORTS, development
 from tests.conftest import EXAMPLE
 
 SITE = """\

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from compiler.pipeline import compile_site
-from plan.model import Plan
-from runtime.delivery import Waiting, settle
-from runtime.outbound import Outcome
-from runtime.router import Router
-from runtime.spool import Envelope, Spool, new_id
+from mailplan.compiler.pipeline import compile_site
+from mailplan.plan.model import Plan
+from mailplan.runtime.decide.router import Router
+from mailplan.runtime.delivery.outbound import Outcome
+from mailplan.runtime.delivery.scheduler import Waiting, settle
+from mailplan.runtime.store.spool import Envelope, Spool, new_id
 
 SITE = """\
 server:

@@ -26,7 +26,8 @@ from argon2 import PasswordHasher
 from interop import program
 from serverkit import LOOPBACK, Maildir, MailServer, free_ports, mailplan, wait_until
 
-from runtime import devtls, replies
+from mailplan.runtime.decide import replies
+from mailplan.runtime.serve import devtls
 
 HOSTNAME = "mail.example.com"
 PASSWORD = "secret"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.spool import MAGIC, BadQueueFile, Envelope, Spool, new_id, parse
+from mailplan.runtime.store.spool import MAGIC, BadQueueFile, Envelope, Spool, new_id, parse
 
 MESSAGE = b"Subject: hello\r\nMessage-ID: <1@test>\r\n\r\nhello\r\n"
 

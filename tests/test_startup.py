@@ -1,4 +1,4 @@
-"""What `mailplan serve` does before its first client (runtime/startup.py): one server per
+"""What `mailplan serve` does before its first client (runtime/serve/startup.py): one server per
 queue, and each mistake an operator can make as one line on standard error, with no
 traceback; giving up root for an unprivileged user (as root only)."""
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from runtime import throttle
-from runtime.throttle import Throttle
+from mailplan.runtime.decide import throttle
+from mailplan.runtime.decide.throttle import Throttle
 
 
 class Clock:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from compiler.diagnostics import Diagnostic, error
-from compiler.yamlpos import Document, Position, load
+from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.yamlpos import Document, Position, load
 
 FILE = "site.yaml"
 

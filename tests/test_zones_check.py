@@ -12,13 +12,13 @@ import pytest
 from dnskit import NameServer, Silent, zone_text
 from namedkit import Named
 
-from compiler.pipeline import compile_site
-from plan.model import Plan
+from mailplan.compiler.pipeline import compile_site
+from mailplan.plan.model import Plan
+from mailplan.zones.check import Finding, check, resolver_for
+from mailplan.zones.records import Zone, zones
+from mailplan.zones.render import render
 from tests.conftest import EXAMPLE
 from tests.test_zones_records import plan_of
-from zones.check import Finding, check, resolver_for
-from zones.records import Zone, zones
-from zones.render import render
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
-from compiler.pipeline import compile_site
-from plan.model import Plan
-from zones.records import Mx, Record, Srv, txt_strings, zones
+from mailplan.compiler.pipeline import compile_site
+from mailplan.plan.model import Plan
+from mailplan.zones.records import Mx, Record, Srv, txt_strings, zones
 
 SITE = """\
 server:
@@ -144,7 +144,7 @@ def test_mta_sts_id_changes_when_the_policy_changes(tmp_path: Path) -> None:
 
 
 def test_dkim_keys_rsa_and_ed25519(tmp_path: Path) -> None:
-    from zones.dkim import key_pair
+    from mailplan.zones.dkim import key_pair
 
     _, rsa = key_pair("rsa", 2048)
     _, ed = key_pair("ed25519")

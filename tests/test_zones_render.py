@@ -16,11 +16,11 @@ from interop import program
 from octodns.provider.yaml import YamlProvider
 from octodns.zone import Zone as OctoZone
 
-from compiler.pipeline import compile_site
-from plan.model import Plan
+from mailplan.compiler.pipeline import compile_site
+from mailplan.plan.model import Plan
+from mailplan.zones.records import Record, Zone, zones
+from mailplan.zones.render import FORMATS, files, policies, render, render_all
 from tests.conftest import EXAMPLE, ROOT
-from zones.records import Record, Zone, zones
-from zones.render import FORMATS, files, policies, render, render_all
 
 GOLDEN = ROOT / "tests" / "golden" / "dns"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from mailplan.zones import spf
+from mailplan.zones.records import zones
 from tests.test_zones_records import plan_of
-from zones import spf
-from zones.records import zones
 
 
 @pytest.mark.parametrize(

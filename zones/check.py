@@ -24,9 +24,9 @@ import dns.rdatatype
 import dns.resolver
 import spf as pyspf
 
-from plan.model import Domain, Plan
-from zones import spf
-from zones.records import Mx, Record, Srv, Zone
+from mailplan.plan.model import Domain, Plan
+from mailplan.zones import spf
+from mailplan.zones.records import Mx, Record, Srv, Zone
 
 Status = Literal["present", "missing", "different"]
 STATUSES: tuple[Status, ...] = ("present", "missing", "different")

@@ -13,8 +13,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
-from plan.model import Domain, Listener, Plan
-from zones import spf
+from mailplan.plan.model import Domain, Listener, Plan
+from mailplan.zones import spf
 
 RecordType = Literal["A", "AAAA", "MX", "TXT", "SRV"]
 

@@ -12,14 +12,14 @@ from typing import Any, Literal
 
 import jinja2
 
-from zones.records import Mx, Record, Srv, Zone
+from mailplan.zones.records import Mx, Record, Srv, Zone
 
 Format = Literal["bind", "octodns", "json"]
 FORMATS: tuple[Format, ...] = ("bind", "octodns", "json")
 SUFFIX = {"bind": "zone", "octodns": "yaml", "json": "json"}
 
 _templates = jinja2.Environment(
-    loader=jinja2.PackageLoader("zones", "templates"),
+    loader=jinja2.PackageLoader("mailplan.zones", "templates"),
     trim_blocks=True,
     lstrip_blocks=True,
     keep_trailing_newline=True,

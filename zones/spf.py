@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from plan.model import Domain, Plan
+from mailplan.plan.model import Domain, Plan
 
 # RFC 7208 §4.6.4: these terms cost a DNS look-up each; at most 10 per evaluation.
 LOOKUP_TERMS = ("include:", "a:", "a/", "mx:", "mx/", "ptr:", "exists:", "redirect=")

@@ -1,0 +1,1 @@
+"""Pure decisions over the plan: addresses, routing, policy, replies, DSNs, lists, retries."""

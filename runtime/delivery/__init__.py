@@ -1,0 +1,1 @@
+"""Delivery out: the logical queues and their scheduler, SMTP out, PIPE."""

@@ -1,0 +1,552 @@
+"""Delivery beyond the mailbox: the SMTP, PIPE and LIST queues, retries and bounces.
+
+Recipients that `runtime.queue.processor` could not deliver at once arrive here as
+`Waiting` entries and wait in their logical queue (`SMTP(domain)`, `PIPE(name)`,
+`LIST(list@domain)`) until they are due. A due queue gets a worker: the SMTP
+module sends every due message of its queue over one connection (a few
+connections at most per queue), PIPE runs the declared program once per
+recipient, LIST turns a post into a new queued message for the members. Recipients
+that the plan refuses (`ERROR`) fail at once.
+
+`settle` records what happened, in the order that loses nothing: a bounce is
+queued durably before the failed recipient is marked done, and a message's files
+go only when every recipient is done. Temporary failures go into the message's
+retry journal (`runtime.decide.retry`) and the recipient waits again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import dns.asyncresolver
+
+from mailplan.plan.model import MailingList, Plan
+from mailplan.runtime.decide import dsn, lists, retry
+from mailplan.runtime.decide.router import Router, Routing
+from mailplan.runtime.delivery import outbound, pipe
+from mailplan.runtime.delivery.outbound import Outcome, Parcel
+from mailplan.runtime.dns import mx
+from mailplan.runtime.store.spool import BadQueueFile, Envelope, Spool, new_id
+
+log = logging.getLogger("mailplan.delivery")
+
+BATCH = 50  # messages one SMTP worker takes from its queue
+SETTLE_RETRY = 60  # seconds before a batch whose outcomes could not be recorded is tried again
+CONNECTIONS = {"SMTP": 4, "PIPE": 2, "LIST": 1, "ERROR": 1}  # workers per queue
+
+
+@dataclass
+class Waiting:
+    """A recipient of a queued message that waits in a logical queue."""
+
+    queue_id: str
+    recipient: str
+    routing: Routing
+    arrived: float
+    due: float = 0.0
+    attempts: int = 0
+    envelope: Envelope | None = None
+    message: bytes | None = None  # kept only while the message is fresh
+
+    @property
+    def queue(self) -> str:
+        return f"{self.routing.module}({self.routing.queue})"
+
+
+@dataclass(frozen=True)
+class Remote:
+    """How this server reaches others: the serve command's options (tests and split DNS)."""
+
+    port: int = 25
+    resolver: str | None = None
+    timeout: float = 60.0  # an SMTP command to another server
+    dns_timeout: float = 10.0  # a DNS look-up of the receiving checks
+
+
+@dataclass
+class _Queue:
+    name: str
+    module: str
+    ready: list[Waiting] = field(default_factory=list)
+    later: list[tuple[float, int, Waiting]] = field(default_factory=list)
+    active: int = 0
+
+
+_sequence = itertools.count()
+
+
+def settle(
+    spool: Spool,
+    plan: Plan,
+    entries: list[Waiting],
+    outcomes: list[Outcome],
+    now: float,
+) -> tuple[list[Waiting], list[str]]:
+    """Record `outcomes` of `entries` (one message); returns who waits again and new queue ids.
+
+    Blocking (fsync): run it off the event loop.
+    """
+    queue_id = entries[0].queue_id
+    try:
+        envelope, message = _contents(spool, entries[0])
+    except FileNotFoundError:
+        log.info("%s: finished meanwhile", queue_id)
+        return [], []
+    except (BadQueueFile, UnicodeError) as exc:  # set aside when it is processed next
+        log.error("%s: cannot read the message to settle it: %s", queue_id, exc)
+        return [], []
+    by_recipient = {entry.recipient: entry for entry in entries}
+    done: list[str] = []
+    failures: list[dsn.Failure] = []
+    delayed: list[dsn.Failure] = []
+    again: list[Waiting] = []
+    journal = ""
+    for outcome in outcomes:
+        entry = by_recipient[outcome.recipient]
+        failure = dsn.Failure(
+            outcome.recipient, outcome.status, outcome.text, outcome.remote, outcome.smtp
+        )
+        facts = _facts(outcome)
+        if outcome.kind == "delivered":
+            done.append(outcome.recipient)
+            log.info(
+                "%s <%s> delivered: %s%s", queue_id, outcome.recipient, outcome.text,
+                _by(outcome), extra=facts,
+            )  # fmt: skip
+        elif outcome.kind == "permanent":
+            failures.append(failure)
+            done.append(outcome.recipient)
+            log.info(
+                "%s <%s> failed: %s%s", queue_id, outcome.recipient, outcome.text,
+                _by(outcome), extra=facts,
+            )  # fmt: skip
+        elif retry.expired(envelope.arrived, now, plan.queue.give_up_after):
+            gave_up = f"gave up after {_span(now - envelope.arrived)}: {outcome.text}"
+            failures.append(replace(failure, status="4.4.7", diagnostic=gave_up))
+            done.append(outcome.recipient)
+            log.info("%s <%s> %s", queue_id, outcome.recipient, gave_up, extra=facts)
+        else:
+            journal += retry.failure_line(now, outcome.status, outcome.recipient, outcome.text)
+            attempts = entry.attempts + 1
+            interval = plan.queue.retry[min(attempts, len(plan.queue.retry)) - 1]
+            again.append(replace(entry, due=now + interval, attempts=attempts, message=None))
+            delayed.append(failure)
+            log.info(
+                "%s <%s> deferred (%s), next try in %s",
+                queue_id,
+                outcome.recipient,
+                outcome.text,
+                _span(interval),
+                extra=facts,
+            )
+    new: list[str] = []
+    if delayed:
+        new += _warn_once(spool, plan, envelope, message, delayed, now)
+    if journal:
+        spool.journal(queue_id, journal)
+    if failures:
+        if envelope.sender:
+            new.append(bounce(spool, plan, envelope, message, failures, now))
+        else:
+            log.info("%s: no bounce for a message with the null return path", queue_id)
+    if done:
+        finished = spool.finished(queue_id) | set(done)
+        if finished >= set(envelope.recipients):
+            spool.remove(queue_id)  # all done: no need to record who first
+        else:
+            spool.done(queue_id, done)
+            if spool.finished(queue_id) >= set(envelope.recipients):
+                spool.remove(queue_id)  # another worker finished the rest meanwhile
+    return again, new
+
+
+_warning = threading.Lock()  # for `_warn_once`
+
+
+def _warn_once(
+    spool: Spool,
+    plan: Plan,
+    envelope: Envelope,
+    message: bytes,
+    delayed: list[dsn.Failure],
+    now: float,
+) -> list[str]:
+    """The message's delay warning, when it is due and was not sent: once, however many
+    queues settle the message at the same moment; recorded as sent only once it is
+    queued (a failure leaves it due). Recorded without a sender too: not asked again."""
+    with _warning:
+        if not retry.should_warn(
+            spool.history(envelope.id), envelope.arrived, now, plan.queue.warn_after
+        ):
+            return []
+        made = []
+        if envelope.sender:
+            until = envelope.arrived + plan.queue.give_up_after
+            made.append(bounce(spool, plan, envelope, message, delayed, now, until))
+        spool.journal(envelope.id, retry.event_line("W", now))
+        return made
+
+
+def bounce(
+    spool: Spool,
+    plan: Plan,
+    original: Envelope,
+    message: bytes,
+    failures: list[dsn.Failure],
+    now: float,
+    retry_until: float | None = None,
+) -> str:
+    """Queue the DSN for `failures` of `original` (a delay warning with `retry_until`)."""
+    report = dsn.report(
+        hostname=plan.server.hostname,
+        sender=original.sender,
+        queue_id=original.id,
+        arrived=original.arrived,
+        failures=failures,
+        action="failed" if retry_until is None else "delayed",
+        original=message,
+        now=now,
+        retry_until=retry_until,
+    )
+    queue_id = enqueue(spool, original, "", (original.sender,), report, "bounce", now)
+    log.info("%s: DSN for %s queued as %s", original.id, original.sender, queue_id)
+    return queue_id
+
+
+def enqueue(
+    spool: Spool,
+    original: Envelope,
+    sender: str,
+    recipients: tuple[str, ...],
+    message: bytes,
+    listener: str,
+    now: float,
+) -> str:
+    """Queue a message the server makes itself (a bounce, a rule's copy, an auto-reply),
+    durably, keeping the original's client facts; returns its queue id."""
+    envelope = Envelope(
+        id=new_id(),
+        arrived=now,
+        plan=original.plan,
+        listener=listener,
+        client=original.client,
+        helo=original.helo,
+        tls=original.tls,
+        auth=original.auth,
+        sender=sender,
+        recipients=recipients,
+        relayable=frozenset(recipients),
+    )
+    spool.store(envelope, message)
+    return envelope.id
+
+
+def _contents(spool: Spool, entry: Waiting) -> tuple[Envelope, bytes]:
+    if entry.envelope is not None and entry.message is not None:
+        return entry.envelope, entry.message
+    return spool.load(entry.queue_id)
+
+
+async def _read(spool: Spool, entry: Waiting) -> tuple[Envelope, bytes]:
+    """The envelope and message of an entry: at hand while fresh, else from the queue file."""
+    if entry.envelope is not None and entry.message is not None:
+        return entry.envelope, entry.message
+    return await asyncio.to_thread(spool.load, entry.queue_id)
+
+
+def _facts(outcome: Outcome) -> dict[str, str | None]:
+    """What a JSON log line says of one recipient's delivery (runtime.serve.logs.FACTS)."""
+    return {
+        "queue_id": outcome.queue_id,
+        "recipient": outcome.recipient,
+        "host": outcome.remote,
+        "address": outcome.address,
+        "reply": outcome.text if outcome.smtp else None,
+    }
+
+
+def _by(outcome: Outcome) -> str:
+    """` (HOST[ADDRESS])` when a remote host answered."""
+    if outcome.remote is None:
+        return ""
+    return f" ({outcome.remote}[{outcome.address or '?'}])"
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+class Delivery:
+    """The logical queues that wait, and the workers that empty them."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        current: Callable[[], Router],
+        remote: Remote,
+        submit: Callable[[str], None],
+    ) -> None:
+        self.spool = spool
+        self.current = current
+        self.remote = remote
+        self.submit = submit
+        self.queues: dict[str, _Queue] = {}
+        self._timers: list[tuple[float, int, str]] = []
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._resolver: dns.asyncresolver.Resolver | None = None
+        self.connections = outbound.Connections()
+        self.stopping = False
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._runner = asyncio.create_task(self._run())
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def stop(self) -> None:
+        self.stopping = True  # no new work: cancelled workers must not start others
+        tasks = [*self._tasks, *(t for t in (self._runner, self._sweeper) if t is not None)]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.connections.sweep(everything=True)
+
+    async def _sweep(self) -> None:
+        """Close the kept connections that nobody used for a while."""
+        while True:
+            await asyncio.sleep(self.connections.idle / 2)
+            await self.connections.sweep()
+
+    def add(self, entries: list[Waiting]) -> None:
+        now = time.time()
+        for entry in entries:
+            queue = self.queues.get(entry.queue)
+            if queue is None:
+                queue = self.queues[entry.queue] = _Queue(entry.queue, entry.routing.module)
+            if entry.due <= now:
+                queue.ready.append(entry)
+            else:
+                heapq.heappush(queue.later, (entry.due, next(_sequence), entry))
+                heapq.heappush(self._timers, (entry.due, next(_sequence), queue.name))
+                self._wake.set()
+        for name in {entry.queue for entry in entries}:
+            self._kick(self.queues[name])
+
+    def reschedule(self) -> None:
+        """Work out every waiting recipient's next try again, from its retry journal and
+        the current plan's schedule: after `mailplan queue flush` (which wrote `F` lines
+        in the journals) and after a reload. The journals are read off the event loop."""
+        task = asyncio.get_running_loop().create_task(self._reschedule())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reschedule(self) -> None:
+        ids = {entry.queue_id for queue in self.queues.values() for *_, entry in queue.later}
+        histories = await asyncio.to_thread(lambda: {i: self.spool.history(i) for i in ids})
+        schedule = self.current().plan.queue.retry
+        now = time.time()
+        for queue in list(self.queues.values()):
+            later = []
+            for due, _, entry in queue.later:
+                history = histories.get(entry.queue_id)
+                if history is None:  # came after the journals were read: as it was
+                    later.append((due, next(_sequence), entry))
+                    continue
+                entry.due = retry.due(history, entry.recipient, entry.arrived, schedule)
+                if entry.due <= now:
+                    queue.ready.append(entry)
+                else:
+                    later.append((entry.due, next(_sequence), entry))
+                    heapq.heappush(self._timers, (entry.due, next(_sequence), queue.name))
+            heapq.heapify(later)
+            queue.later = later
+            self._kick(queue)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        """Move entries whose time has come to their queue's ready list."""
+        while True:
+            now = time.time()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, name = heapq.heappop(self._timers)
+                queue = self.queues.get(name)
+                if queue is None:  # emptied and forgotten since
+                    continue
+                while queue.later and queue.later[0][0] <= now:
+                    queue.ready.append(heapq.heappop(queue.later)[2])
+                self._kick(queue)
+            self._wake.clear()
+            timeout = self._timers[0][0] - now if self._timers else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _kick(self, queue: _Queue) -> None:
+        if self.stopping:
+            return
+        limit = CONNECTIONS.get(queue.module, 1)
+        while queue.ready and queue.active < limit:
+            size = BATCH if queue.module == "SMTP" else 1
+            batch, queue.ready = queue.ready[:size], queue.ready[size:]
+            queue.active += 1
+            task = asyncio.create_task(self._work(queue, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _work(self, queue: _Queue, batch: list[Waiting]) -> None:
+        router = self.current()
+        try:
+            try:
+                outcomes = await self._deliver(queue, batch, router)
+            except Exception as exc:  # a bug or an I/O error: a temporary failure, retried
+                log.exception("%s: delivery failed", queue.name)
+                outcomes = [
+                    Outcome(e.queue_id, e.recipient, "temporary", "4.3.0", f"internal error: {exc}")
+                    for e in batch
+                ]
+            await self._settle(router.plan, batch, outcomes)
+        except Exception:
+            log.exception("%s: cannot record what became of a batch; tried again later", queue.name)
+            self.add([replace(e, due=time.time() + SETTLE_RETRY, message=None) for e in batch])
+        finally:
+            queue.active -= 1
+            self._kick(queue)
+            if not (queue.ready or queue.later or queue.active):  # forget idle queues
+                self.queues.pop(queue.name, None)
+
+    async def _settle(self, plan: Plan, batch: list[Waiting], outcomes: list[Outcome]) -> None:
+        by_message: dict[str, list[Waiting]] = {}
+        for entry in batch:
+            by_message.setdefault(entry.queue_id, []).append(entry)
+        for queue_id, entries in by_message.items():
+            mine = [o for o in outcomes if o.queue_id == queue_id]
+            again, new = await asyncio.to_thread(
+                settle, self.spool, plan, entries, mine, time.time()
+            )
+            self.add(again)
+            for created in new:
+                self.submit(created)
+
+    async def _deliver(self, queue: _Queue, batch: list[Waiting], router: Router) -> list[Outcome]:
+        if queue.module == "SMTP":
+            return await self._smtp(batch, router)
+        if queue.module == "PIPE":
+            return [await self._pipe(entry, router) for entry in batch]
+        if queue.module == "LIST":
+            outcomes = []
+            for entry in batch:
+                outcome, created = await asyncio.to_thread(self._list, entry, router)
+                outcomes.append(outcome)
+                if created is not None:
+                    self.submit(created)
+            return outcomes
+        return [
+            _failed(entry, entry.routing.status or "5.1.1", entry.routing.reason or "refused")
+            for entry in batch
+        ]
+
+    async def _smtp(self, batch: list[Waiting], router: Router) -> list[Outcome]:
+        plan = router.plan
+        first = batch[0].routing
+        domain = first.target.rpartition("@")[2].lower()
+        parcels: dict[str, Parcel] = {}
+        asked: dict[tuple[str, str], list[str]] = {}  # (queue id, target) → recipients
+        for entry in batch:
+            key = (entry.queue_id, entry.routing.target)
+            if key in asked:  # two recipients routed to one address: one copy
+                asked[key].append(entry.recipient)
+                continue
+            asked[key] = [entry.recipient]
+            envelope, message = await _read(self.spool, entry)
+            known = parcels.get(entry.queue_id)
+            targets = (
+                (*known.recipients, entry.routing.target) if known else (entry.routing.target,)
+            )
+            parcels[entry.queue_id] = Parcel(entry.queue_id, envelope.sender, targets, message)
+        settings = outbound.Settings(
+            helo=plan.server.hostname,
+            port=self.remote.port,
+            # a relay host or IP literal carries several domains: TLS if any of them needs it
+            require_tls=any(
+                entry.routing.target.rpartition("@")[2].lower() in plan.outbound.require_tls
+                for entry in batch
+            ),
+            timeout=self.remote.timeout,
+            connections=self.connections,
+        )
+        if self._resolver is None:
+            self._resolver = mx.resolver(self.remote.resolver)
+        results = await outbound.deliver(
+            first.queue, domain, list(parcels.values()), settings, self._resolver
+        )
+        # Outcomes name the routed target; settle knows recipients as the client gave them.
+        return [
+            replace(outcome, recipient=recipient)
+            for outcome in results
+            for recipient in asked[(outcome.queue_id, outcome.recipient)]
+        ]
+
+    async def _pipe(self, entry: Waiting, router: Router) -> Outcome:
+        declared = router.pipes.get(entry.routing.queue)
+        if declared is None:
+            return _failed(entry, "5.3.5", f"no such pipe: {entry.routing.queue}")
+        envelope, message = await _read(self.spool, entry)
+        facts = pipe.Envelope(
+            entry.queue_id,
+            envelope.sender,
+            entry.recipient,
+            envelope.client,
+            envelope.helo,
+            envelope.auth,
+        )
+        result = await pipe.run(
+            declared, pipe.arguments(entry.routing.target, declared), facts, message
+        )
+        return Outcome(entry.queue_id, entry.recipient, result.kind, result.status, result.text)  # type: ignore[arg-type]
+
+    def _list(self, entry: Waiting, router: Router) -> tuple[Outcome, str | None]:
+        """Expand a post (blocking: it queues the members' copy durably)."""
+        name, _, domain = entry.routing.queue.partition("@")
+        found = _mailing_list(router.plan, name, domain)
+        if found is None:
+            return _failed(entry, "5.1.1", f"no such list: {entry.routing.queue}"), None
+        envelope, message = _contents(self.spool, entry)
+        post = lists.expand(found, domain, envelope.sender, message)
+        if isinstance(post, lists.Refusal):
+            return _failed(entry, post.status, post.reason), None
+        if not post.recipients:
+            text = f"list {entry.routing.queue} has no members"
+            return Outcome(entry.queue_id, entry.recipient, "delivered", "2.0.0", text), None
+        expanded = enqueue(
+            self.spool,
+            envelope,
+            post.sender,
+            post.recipients,
+            post.message,
+            f"list {entry.routing.queue}",
+            time.time(),
+        )
+        text = f"expanded to {len(post.recipients)} member(s) as {expanded}"
+        return Outcome(entry.queue_id, entry.recipient, "delivered", "2.0.0", text), expanded
+
+
+def _mailing_list(plan: Plan, name: str, domain: str) -> MailingList | None:
+    for hosted in plan.domains:
+        if hosted.name == domain:
+            return next((found for found in hosted.lists if found.name == name), None)
+    return None
+
+
+def _failed(entry: Waiting, status: str, reason: str) -> Outcome:
+    return Outcome(entry.queue_id, entry.recipient, "permanent", status, reason)

@@ -1,0 +1,1 @@
+"""DNS look-ups: MX and addresses for delivery, answers for the receiving checks."""

@@ -1,0 +1,1 @@
+"""Reading mail: POP3 over Maildir, and Dovecot's files for IMAP."""

@@ -1,0 +1,1 @@
+"""Queue processing: route, rules, local delivery, hand-off to the delivery wing."""

@@ -1,0 +1,1 @@
+"""The rules: the engine that evaluates them, its index, what actions do, what outcomes mean."""

@@ -1,0 +1,1 @@
+"""The server: start-up, listeners, workers, reload and stop, logs, systemd."""

@@ -1,0 +1,616 @@
+"""The SMTP side: aiosmtpd speaks the protocol, the handler asks the policy and the queue.
+
+`Session` extends aiosmtpd's SMTP where the protocol engine itself must change:
+a refusal before the greeting (blacklisted IPs), AUTH checked off the event loop,
+AUTH offered inside implicit TLS, SMTPUTF8 on every listener with command lines that
+are not UTF-8 refused, DATA read in large chunks (the end of data is only ever
+`CRLF.CRLF`, so a bare LF or CR before a dot cannot split a message), and a client
+that goes away told in one line at INFO (`runtime.base.hangups`), not a traceback.
+Every decision is the policy's (`runtime.decide.policy`); the handler turns it into replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, replace
+from datetime import datetime
+from email.utils import format_datetime, localtime
+from typing import Any, AnyStr
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, TLSSetupException, syntax
+from aiosmtpd.smtp import Session as SMTPSession
+
+from mailplan.plan.model import Listener
+from mailplan.runtime.base import hangups
+from mailplan.runtime.base.threads import checking
+from mailplan.runtime.decide import replies
+from mailplan.runtime.decide.address import canonical_domain, is_utf8
+from mailplan.runtime.decide.message import header_block
+from mailplan.runtime.decide.policy import Client, Policy, international
+from mailplan.runtime.decide.throttle import Throttle
+from mailplan.runtime.delivery import pipe
+from mailplan.runtime.queue.processor import execute
+from mailplan.runtime.rules import enact
+from mailplan.runtime.rules.engine import Facts, Headers, Rules
+from mailplan.runtime.smtp.receiving import Checks
+from mailplan.runtime.store.spool import Envelope as QueueEnvelope
+from mailplan.runtime.store.spool import new_id
+
+log = logging.getLogger("mailplan.smtp")
+
+CHUNK = 256 * 1024
+MAX_HOPS = 50  # Received lines a message may carry before it is taken for a loop
+END_OF_DATA = b"\r\n.\r\n"
+TOO_BIG = b"<too big>"  # compared by identity: what `_read_data` returns for an oversized message
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One plan, ready to serve: what a session uses from its first line to its last."""
+
+    digest: str
+    policy: Policy
+    checks: Checks | None = None  # the receiving checks (None: none run)
+    server_rules: Rules | None = None
+
+
+Store = Callable[[QueueEnvelope, bytes], Awaitable[None]]
+_running: set[asyncio.Task[None]] = set()  # Execute actions under way
+
+
+def _spawn(coroutine: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(coroutine)
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+
+
+class Handler:
+    """aiosmtpd hooks for one session, bound to the plan the session started with."""
+
+    def __init__(self, snapshot: Snapshot, listener: Listener, store: Store) -> None:
+        self.snapshot = snapshot
+        self.policy = snapshot.policy
+        self.listener = listener
+        self.store = store
+        self.relayable: set[str] = set()
+        self.trace: list[str] = []  # header lines the receiving checks add to the message
+
+    def client(self, session: SMTPSession, tls: bool) -> Client:
+        account = session.auth_data if session.authenticated else None
+        return self.policy.client(peer_ip(session), tls, account)
+
+    async def handle_EHLO(
+        self,
+        server: Session,
+        session: SMTPSession,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.listener.auth == "none":
+            responses = [line for line in responses if not line.startswith("250-AUTH")]
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+    async def handle_MAIL(
+        self,
+        server: Session,
+        session: SMTPSession,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        if _unsafe(address):
+            return _bad_address(address)
+        refusal = international(address, "SMTPUTF8" in options) or self.policy.sender(address)
+        if refusal:
+            return refusal
+        self.trace = []
+        if self.snapshot.checks is not None:
+            client = self.client(session, server.encrypted)
+            sender = "" if address == "<>" else _in_a_labels(address)
+            for verdict in await self.snapshot.checks.at_mail(
+                client, session.host_name or "", sender
+            ):
+                if verdict.reply:
+                    return verdict.reply
+                if verdict.header:
+                    self.trace.append(verdict.header)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        self.relayable = set()
+        return replies.SENDER_OK
+
+    async def handle_RCPT(
+        self,
+        server: Session,
+        session: SMTPSession,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        if _unsafe(address):
+            return _bad_address(address)
+        refusal = international(address, envelope.smtp_utf8)
+        if refusal:
+            return refusal
+        client = self.client(session, server.encrypted)
+        reply, routing = self.policy.recipient(client, address, len(envelope.rcpt_tos))
+        if routing is None:
+            log.info(
+                "%s refused <%s>: %s", client.ip, address, reply,
+                extra={"client": client.ip, "listener": self.listener.name, "recipient": address},
+            )  # fmt: skip
+            return reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        if routing.relayable:
+            self.relayable.add(address)
+        return reply
+
+    async def handle_DATA(self, server: Session, session: SMTPSession, envelope: Envelope) -> str:
+        client = self.client(session, server.encrypted)
+        if _hops(envelope.original_content or b"") > MAX_HOPS:
+            log.info("%s: refused a message with more than %d hops", client.ip, MAX_HOPS)
+            return replies.TOO_MANY_HOPS
+        queue_id = new_id()
+        sender = envelope.mail_from or ""
+        queued = QueueEnvelope(
+            id=queue_id,
+            arrived=time.time(),
+            plan=self.snapshot.digest,
+            listener=self.listener.name,
+            client=client.ip,
+            helo=session.host_name or "",
+            tls=server.tls_version or "none",
+            auth=client.authenticated or "-",
+            sender="" if sender == "<>" else sender,
+            recipients=tuple(envelope.rcpt_tos),
+            relayable=frozenset(self.relayable),
+        )
+        trace = "".join(f"{line}\r\n" for line in self.trace).encode("utf-8", "surrogateescape")
+        message = (
+            trace
+            + self._received(server, session, client, queued, envelope.smtp_utf8)
+            + (envelope.original_content or b"")
+        )
+        rules = self.snapshot.server_rules
+        decided = None
+        if rules is not None and rules.rules:
+            decided = self._server_rules(rules, client, queued, message)
+            if decided.rejection is not None:
+                log.info("%s refused by a server rule: %s", client.ip, decided.rejection)
+                return decided.rejection
+            message = decided.message
+            queued = replace(queued, recipients=decided.recipients)
+        try:
+            if queued.recipients:  # the message first, then what the rules send with it
+                await self.store(queued, message)
+            for made in decided.copies if decided else ():
+                copy = replace(
+                    queued,
+                    id=new_id(),
+                    sender=made.sender,
+                    recipients=made.recipients,
+                    listener="rule",
+                )
+                await self.store(copy, made.message)
+                log.info("%s: %s: queued as %s", queue_id, made.why, copy.id)
+        except OSError as exc:
+            log.error("%s: cannot queue the message from %s: %s", queue_id, client.ip, exc)
+            return replies.QUEUE_WRITE_FAILED
+        for command in decided.commands if decided else ():  # once the message is accepted
+            facts = pipe.Envelope(
+                queue_id,
+                queued.sender,
+                ",".join(envelope.rcpt_tos),
+                client.ip,
+                queued.helo,
+                queued.auth,
+            )
+            _spawn(execute(command, facts))
+        if not queued.recipients:
+            log.info("%s from %s: no recipient left after the server rules", queue_id, client.ip)
+            return replies.reply(replies.QUEUED, id=queue_id)
+        log.info(
+            "%s accepted from %s <%s> for %s (%d bytes, plan %s)",
+            queue_id,
+            client.ip,
+            queued.sender,
+            ", ".join(f"<{r}>" for r in queued.recipients),
+            len(message),
+            self.snapshot.digest[:19],
+            extra={"queue_id": queue_id, "client": client.ip, "listener": self.listener.name},
+        )
+        return replies.reply(replies.QUEUED, id=queue_id)
+
+    def _server_rules(
+        self, rules: Rules, client: Client, queued: QueueEnvelope, message: bytes
+    ) -> enact.Enqueue:
+        """What the server rules make of a message about to be queued (pure but for the log)."""
+        sources = {"remote"}
+        if client.trusted:
+            sources.add("trusted")
+        if client.authenticated is not None:
+            sources.add("authenticated")
+        facts = Facts(
+            headers=Headers.parse(message),
+            sender=queued.sender,
+            recipients=queued.recipients,
+            size=len(message),
+            sources=frozenset(sources),
+            tls=queued.tls != "none",
+            submit_address=client.ip,
+            now=datetime.now().astimezone(),
+        )
+        outcome = rules.evaluate(facts)
+        for line in outcome.log():
+            log.info("%s %s", queued.id, line)
+        plan = self.policy.plan
+        return enact.at_enqueue(
+            outcome,
+            message,
+            queued.sender,
+            queued.recipients,
+            plan.pipes,
+            f"postmaster@{plan.server.main_domain}",
+            facts.now,
+        )
+
+    def _received(
+        self,
+        server: Session,
+        session: SMTPSession,
+        client: Client,
+        queued: QueueEnvelope,
+        utf8: bool,
+    ) -> bytes:
+        # RFC 3848's protocol names, and RFC 6531 4.3's for a transaction with SMTPUTF8
+        protocol = "UTF8SMTP" if utf8 else "ESMTP" if session.extended_smtp else "SMTP"
+        protocol += "S" if server.encrypted else ""
+        protocol += "A" if client.authenticated else ""
+        recipient = f"\r\n\tfor <{queued.recipients[0]}>" if len(queued.recipients) == 1 else ""
+        hostname = self.policy.plan.server.hostname
+        line = (
+            f"Received: from {queued.helo or 'unknown'} ([{client.ip}])\r\n"
+            f"\tby {hostname} (mailplan) with {protocol} id {queued.id}{recipient};\r\n"
+            f"\t{format_datetime(localtime())}\r\n"
+        )
+        return line.encode("utf-8", "surrogateescape")
+
+
+def _hops(message: bytes) -> int:
+    """How many Received and Delivered-To lines the message's header has."""
+    head = header_block(message).lower()
+    return (
+        head.count(b"\nreceived:")
+        + head.count(b"\ndelivered-to:")
+        + head.startswith((b"received:", b"delivered-to:"))
+    )
+
+
+class _QuietSession(SMTPSession):
+    """aiosmtpd's session without its deprecation warning on every login."""
+
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
+
+
+class Session(SMTP):
+    """aiosmtpd's protocol engine, with mailplan's changes (see the module's docstring)."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        implicit_tls: bool,
+        auth_without_starttls: bool,
+        throttle: Throttle | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(handler, **{"enable_SMTPUTF8": True, **options})
+        self.throttle = throttle or Throttle()  # failed logins per client IP
+        # Inside implicit TLS the channel is encrypted although aiosmtpd never saw
+        # STARTTLS: AUTH must be offered there (and where the site allows plain AUTH).
+        self._auth_require_tls = not auth_without_starttls
+        self.implicit_tls = implicit_tls
+        self.handler = handler
+        self.data_active = False
+        self.authenticating = False
+        self.gone = False  # the client went away, and the log has said so
+        self.continued: list[str] = []  # the first lines of a multi-line reply
+
+    async def push(self, status: AnyStr) -> None:
+        # The lines of a multi-line reply go out in one write with the last: a client
+        # that reads the EHLO reply with one recv (sslscan does) sees all of it.
+        if isinstance(status, str) and status[3:4] == "-":
+            self.continued.append(status)
+            return
+        if self.continued and isinstance(status, str):
+            whole = "\r\n".join([*self.continued, status])
+            self.continued.clear()
+            await super().push(whole)
+            return
+        await super().push(status)
+
+    def _create_session(self) -> SMTPSession:
+        return _QuietSession(self.loop)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.implicit_tls or self._tls_protocol is not None
+
+    @property
+    def tls_version(self) -> str | None:
+        transport = self.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport else None
+        return ssl_object.version() if ssl_object is not None else None
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        if _unsafe(hostname):
+            await self.push(replies.BAD_HELO)
+            return
+        if not _utf8(hostname):
+            await self.push(replies.NOT_UTF8)
+            return
+        await super().smtp_HELO(hostname)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if _unsafe(hostname):
+            await self.push(replies.BAD_HELO)
+            return
+        if not _utf8(hostname):
+            await self.push(replies.NOT_UTF8)
+            return
+        await super().smtp_EHLO(hostname)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
+            return
+        if not _utf8(arg):
+            await self.push(replies.NOT_UTF8)
+            return
+        announced = _SIZE.search(arg or "")
+        limit = self.data_size_limit
+        if announced and limit and int(announced.group(1)) > limit:
+            await self.push(replies.reply(replies.TOO_BIG, limit=limit))
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if not _utf8(arg):
+            if not await self.check_helo_needed() and not await self.check_auth_needed("RCPT"):
+                await self.push(replies.NOT_UTF8)
+            return
+        await super().smtp_RCPT(arg)
+
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not _utf8(arg):  # aiosmtpd would quote the bytes back in its reply
+            await self.push(replies.NOT_UTF8)
+            return
+        await super().smtp_VRFY(arg)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd parses every address with the email package's header parser (~50 µs);
+        # a plain <local@domain> is matched directly, anything else still goes there.
+        plain = _PLAIN_ADDRESS.match(arg)
+        if plain is None or (
+            self.local_part_limit and len(plain.group(1).rpartition("@")[0]) > self.local_part_limit
+        ):
+            found: tuple[str | None, str | None] = super()._getaddr(arg)
+            return found
+        return plain.group(1), arg[plain.end() :]
+
+    async def _handle_client(self) -> None:
+        assert self.session is not None
+        handler = self.handler
+        try:
+            refusal = handler.policy.refuse_connection(handler.client(self.session, self.encrypted))
+            if refusal:
+                log.info("%s refused at connect: blacklisted", peer_ip(self.session))
+                await self.push(refusal)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            await super()._handle_client()
+        except OSError as error:  # aiosmtpd passes a reset on; a reply to a closed one fails
+            if not hangups.client_went_away(error):
+                raise
+            self._went_away(error)
+
+    # -- a client that goes away --------------------------------------------------------
+
+    @property
+    def stage(self) -> str:
+        """Where the session is, for the line that says the client went away."""
+        session = self.session
+        if self._tls_protocol is not None and (session is None or session.ssl is None):
+            return "tls-handshake"
+        if self.data_active:
+            return "data"
+        if self.authenticating:
+            return "auth"
+        if self._tls_protocol is None and (session is None or session.host_name is None):
+            return "banner"
+        return "command"
+
+    def _went_away(self, error: BaseException | None) -> None:
+        if not self.gone:
+            self.gone = True
+            client = peer_ip(self.session) if self.session else ""
+            hangups.went_away(log, client, self.stage, error)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # A failed STARTTLS handshake is the client's doing, whatever the TLS error.
+        cause = error.__cause__ if isinstance(error, TLSSetupException) else error
+        if isinstance(error, TLSSetupException) or hangups.client_went_away(cause):
+            self._went_away(cause)
+            return replies.CONNECTION_LOST
+        status: str = await super().handle_exception(error)
+        return status
+
+    def eof_received(self) -> bool | None:
+        self._went_away(None)  # after QUIT the server has closed first: no EOF comes here
+        return super().eof_received()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if hangups.client_went_away(error):
+            self._went_away(error)
+        super().connection_lost(error)
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        self.authenticating = True
+        try:
+            await super().smtp_AUTH(arg)
+        finally:
+            self.authenticating = False
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        # The credentials are checked in `_verify`, off the event loop (argon2id is slow).
+        return AuthResult(success=True, handled=False, auth_data=_Pending(auth_data))
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._verify(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._verify(await super().auth_LOGIN(_, args))
+
+    async def _verify(self, result: AuthResult) -> AuthResult:
+        pending = result.auth_data
+        if not isinstance(pending, _Pending):
+            return result
+        credentials: LoginPassword = pending.credentials
+        login = credentials.login.decode("utf-8", "replace")
+        password = credentials.password.decode("utf-8", "replace")
+        peer = peer_ip(self.session) if self.session else "?"
+        async with self.throttle.turn(peer) as waited:
+            account = await checking(self.handler.policy.login, login, password)
+            if account is None:
+                self.throttle.failed(peer)
+        if account is None:
+            log.info("%s failed to log in as %r (after waiting %.0f s)", peer, login, waited)
+            return AuthResult(success=False, handled=False)
+        log.info("%s logged in as %s (%r)", peer, account, login)
+        return AuthResult(success=True, handled=False, auth_data=account)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self.data_active = True
+        try:
+            content = await self._read_data()
+            if content is None:
+                return
+            limit = self.data_size_limit
+            if content is TOO_BIG or (limit and len(content) > limit):
+                await self.push(replies.reply(replies.TOO_BIG, limit=limit))
+                self._set_post_data_state()  # type: ignore[no-untyped-call]
+                return
+            self.envelope.content = content
+            self.envelope.original_content = content
+            status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(status)
+        finally:
+            self.data_active = False
+
+    async def _read_data(self) -> bytes | None:
+        """The message up to `CRLF.CRLF`, dot-unstuffed; None if the client went away,
+        `TOO_BIG` if it went past the size limit.
+
+        Read in large chunks: the end of data is searched for in the bytes that arrived,
+        never line by line. A message over the size limit is drained, not kept.
+        """
+        limit = self.data_size_limit or 0
+        buffer = bytearray(b"\r\n")  # the CRLF that ended the DATA command line
+        reader: Any = self._reader
+        line_limit = reader._limit
+        # The reader pauses the socket whenever it holds twice its limit, which for
+        # commands is one line: raise it while the message streams in.
+        reader._limit = CHUNK
+        try:
+            return await self._read_until_end(buffer, limit)
+        finally:
+            reader._limit = line_limit
+
+    async def _read_until_end(self, buffer: bytearray, limit: int) -> bytes | None:
+        scanned = 0
+        dropped = 0
+        while True:
+            end = buffer.find(END_OF_DATA, scanned)
+            if end >= 0:
+                break
+            scanned = max(len(buffer) - len(END_OF_DATA) + 1, 0)
+            if limit and len(buffer) + dropped > limit + CHUNK:
+                keep = len(END_OF_DATA)
+                dropped += len(buffer) - keep
+                del buffer[:-keep]
+                scanned = 0
+            chunk = await self._reader.read(CHUNK)
+            if not chunk:
+                return None
+            buffer += chunk
+        rest = bytes(buffer[end + len(END_OF_DATA) :])
+        if rest:
+            self._reader._buffer[:0] = rest  # type: ignore[attr-defined]  # pipelined commands
+        if dropped:
+            return TOO_BIG
+        del buffer[end + 2 :]  # the message, after the CRLF that ended the DATA line
+        if b"\r\n." in buffer:  # dot-stuffed lines (RFC 5321 4.5.2)
+            buffer = buffer.replace(b"\r\n.", b"\r\n")
+        return bytes(memoryview(buffer)[2:])
+
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = re.compile(rf"\s*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
+_SIZE = re.compile(r"(?i)(?:^|\s)SIZE=(\d+)(?:\s|$)")
+
+
+def _bad_address(address: str) -> str:
+    return replies.reply(replies.BAD_ADDRESS, address=address.encode("unicode_escape").decode())
+
+
+def _utf8(text: str | None) -> bool:
+    """Whether a command's argument was valid UTF-8 (aiosmtpd decodes with surrogateescape)."""
+    return text is None or is_utf8(text)
+
+
+def _in_a_labels(address: str) -> str:
+    """`user@bücher.example` as `user@xn--bcher-kva.example`, for DNS look-ups."""
+    local, at, domain = address.rpartition("@")
+    return f"{local}@{canonical_domain(domain)}" if at and not domain.isascii() else address
+
+
+def _unsafe(text: str) -> bool:
+    """Control characters that would end or forge a header line where the text is copied."""
+    return any(character in text for character in "\r\n\x00")
+
+
+def peer_ip(session: SMTPSession) -> str:
+    peer: Any = session.peer
+    return str(peer[0]) if peer else ""
+
+
+@dataclass(frozen=True)
+class _Pending:
+    credentials: LoginPassword

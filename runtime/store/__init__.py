@@ -1,0 +1,1 @@
+"""Durable storage: the queue (spool), the intake journal, Maildir writes, durable files."""
