@@ -414,9 +414,9 @@ def _banner(plan: Plan, arguments: argparse.Namespace) -> None:
 def _serve_worker(load: Callable[[], Plan], first: Plan, options: Options) -> int:
     """The server in this process: alone, or one worker of `serve --workers N`
     (see runtime.serve.workers)."""
-    from mailplan.runtime.serve.server import Server
+    from mailplan.runtime.serve.server import Daemon
 
-    uvloop.run(Server(load, options, first).run())
+    uvloop.run(Daemon(load, options, first).run())
     return 0
 
 

@@ -38,7 +38,7 @@ from serverkit import LOOPBACK, Maildir, MailServer, free_ports, wait_until
 
 from mailplan.runtime.base import hangups
 from mailplan.runtime.serve import devtls
-from mailplan.runtime.serve.server import Server
+from mailplan.runtime.serve.server import Daemon
 
 HOSTNAME = "mail.example.com"
 PASSWORD = "hang up"
@@ -179,7 +179,7 @@ def test_the_loop_exception_handler(
     try:
         with caplog.at_level(logging.INFO):
             context = {"message": message, "exception": error, "transport": _Transport()}
-            Server.loop_exception(loop, context)
+            Daemon.loop_exception(loop, context)
     finally:
         loop.close()
     [record] = caplog.records

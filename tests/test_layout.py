@@ -128,3 +128,16 @@ def test_decisions_import_only_the_plan(path: Path) -> None:
         m for m in ours if not m.startswith(("mailplan.plan", "mailplan.runtime.decide"))
     )
     assert not other, f"{name(path)} is a pure decision module but imports {other}"
+
+
+def test_no_two_classes_of_the_runtime_or_the_plan_share_a_name() -> None:
+    """A name means one thing: a reader who meets `Envelope` knows which one it is."""
+    where: dict[str, list[str]] = {}
+    for path in modules():
+        if path.relative_to(PROJECT).parts[0] not in ("runtime", "plan"):
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                where.setdefault(node.name, []).append(name(path))
+    shared = {cls: paths for cls, paths in where.items() if len(paths) > 1}
+    assert shared == {}

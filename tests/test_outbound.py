@@ -27,7 +27,7 @@ from dnskit import NameServer, Silent, zone_text
 from serverkit import free_port
 
 from mailplan.runtime.delivery import outbound
-from mailplan.runtime.delivery.outbound import Outcome, Parcel, Settings
+from mailplan.runtime.delivery.outbound import Fate, Parcel, Settings
 from mailplan.runtime.dns import mx
 from mailplan.runtime.serve import devtls
 
@@ -267,10 +267,10 @@ def deliver(
     domain: str | None = None,
     require_tls: bool = False,
     timeout: float = 5.0,
-) -> list[Outcome]:
+) -> list[Fate]:
     settings = Settings(helo=HELO, port=port, require_tls=require_tls, timeout=timeout)
 
-    async def run() -> list[Outcome]:
+    async def run() -> list[Fate]:
         resolve = mx.resolver(nameserver, 1.0)
         outcomes = await outbound.deliver(queue, domain or queue, parcels, settings, resolve)
         await closed()
@@ -294,13 +294,13 @@ async def closed(patience: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def by_recipient(outcomes: list[Outcome]) -> dict[tuple[str, str], Outcome]:
+def by_recipient(outcomes: list[Fate]) -> dict[tuple[str, str], Fate]:
     found = {(o.queue_id, o.recipient): o for o in outcomes}
     assert len(found) == len(outcomes), "one outcome per recipient"
     return found
 
 
-def kinds(outcomes: list[Outcome]) -> dict[tuple[str, str], str]:
+def kinds(outcomes: list[Fate]) -> dict[tuple[str, str], str]:
     return {key: outcome.kind for key, outcome in by_recipient(outcomes).items()}
 
 
@@ -327,7 +327,7 @@ def test_many_messages_go_over_one_connection(servers: Servers) -> None:
 def test_a_kept_connection_serves_the_next_batch_of_any_domain(servers: Servers) -> None:
     mailbox = servers.smtp("127.0.0.2")
 
-    async def run() -> list[Outcome]:
+    async def run() -> list[Fate]:
         kept = outbound.Connections()
         settings = Settings(helo=HELO, port=servers.port, timeout=5.0, connections=kept)
         resolve = mx.resolver("127.0.0.1:9", 1.0)
@@ -348,7 +348,7 @@ def test_a_kept_connection_serves_the_next_batch_of_any_domain(servers: Servers)
 def test_a_kept_connection_the_server_closed_is_replaced(servers: Servers) -> None:
     mailbox = servers.smtp("127.0.0.2")
 
-    async def run() -> list[Outcome]:
+    async def run() -> list[Fate]:
         kept = outbound.Connections()
         settings = Settings(helo=HELO, port=servers.port, timeout=5.0, connections=kept)
         resolve = mx.resolver("127.0.0.1:9", 1.0)
@@ -509,10 +509,10 @@ def test_each_recipient_gets_the_outcome_of_its_own_rcpt_reply(
         dns_server.address,
     )
     found = by_recipient(outcomes)
-    assert found["Q1", "ok@remote.test"] == Outcome(
+    assert found["Q1", "ok@remote.test"] == Fate(
         "Q1", "ok@remote.test", "delivered", "2.0.0", ACCEPTED, "mx1.out.test", True
     )
-    assert found["Q1", "busy@remote.test"] == Outcome(
+    assert found["Q1", "busy@remote.test"] == Fate(
         "Q1",
         "busy@remote.test",
         "temporary",
@@ -521,7 +521,7 @@ def test_each_recipient_gets_the_outcome_of_its_own_rcpt_reply(
         "mx1.out.test",
         True,
     )
-    assert found["Q1", "nobody@remote.test"] == Outcome(
+    assert found["Q1", "nobody@remote.test"] == Fate(
         "Q1",
         "nobody@remote.test",
         "permanent",

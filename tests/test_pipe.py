@@ -16,7 +16,7 @@ from mailplan.plan.model import Pipe, Source
 from mailplan.runtime.delivery import pipe
 
 HERE = Source("site.yaml", 1, 1)
-ENVELOPE = pipe.Envelope(
+ENVELOPE = pipe.Handover(
     queue_id="Q1234",
     sender="alice@example.test",
     recipient="Report+Spam@example.test",
@@ -41,7 +41,7 @@ def declared(program: str, args: tuple[str, ...] = (), timeout: int = 10) -> Pip
 def run(
     declared_pipe: Pipe,
     message: bytes = MESSAGE,
-    envelope: pipe.Envelope = ENVELOPE,
+    envelope: pipe.Handover = ENVELOPE,
     argv: list[str] | None = None,
 ) -> pipe.Result:
     command = argv if argv is not None else [declared_pipe.program, *declared_pipe.args]
@@ -100,7 +100,7 @@ def test_exit_zero_delivers_and_the_program_reads_the_message(tmp_path: Path) ->
 
 def test_null_sender_gets_an_empty_return_path(tmp_path: Path) -> None:
     program = script(tmp_path, "ok", f"cat > {tmp_path}/got")
-    bounce = pipe.Envelope("Q1", "", "r@example.test", "127.0.0.1", "localhost", "")
+    bounce = pipe.Handover("Q1", "", "r@example.test", "127.0.0.1", "localhost", "")
     assert run(declared(program), envelope=bounce).kind == "delivered"
     assert (tmp_path / "got").read_bytes().startswith(b"Return-Path: <>\r\nFrom:")
 

@@ -14,7 +14,7 @@ import pytest
 from mailplan.compiler.pipeline import compile_site
 from mailplan.plan.model import Plan
 from mailplan.runtime.decide.router import Router
-from mailplan.runtime.delivery.outbound import Outcome
+from mailplan.runtime.delivery.outbound import Fate
 from mailplan.runtime.delivery.scheduler import Waiting, settle
 from mailplan.runtime.store.spool import Envelope, Spool, new_id
 
@@ -70,8 +70,8 @@ def queued(
     ]
 
 
-def outcome(entry: Waiting, kind: str, status: str, text: str) -> Outcome:
-    return Outcome(entry.queue_id, entry.recipient, kind, status, text, "mx.remote.test", True)  # type: ignore[arg-type]
+def outcome(entry: Waiting, kind: str, status: str, text: str) -> Fate:
+    return Fate(entry.queue_id, entry.recipient, kind, status, text, "mx.remote.test", True)  # type: ignore[arg-type]
 
 
 def files(spool: Spool) -> list[str]:

@@ -44,7 +44,7 @@ class Parcel:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Fate:
     """What became of one recipient of one message."""
 
     queue_id: str
@@ -134,18 +134,18 @@ def _status(code: int, text: str) -> str:
     return f"{code // 100}.0.0"
 
 
-def _outcome(parcel: Parcel, recipient: str, code: int, text: str, host: str) -> Outcome:
+def _outcome(parcel: Parcel, recipient: str, code: int, text: str, host: str) -> Fate:
     kind: Kind = "delivered" if code < 400 else "temporary" if code < 500 else "permanent"
     reply = f"{code} {' '.join(text.split())}"
-    return Outcome(parcel.queue_id, recipient, kind, _status(code, text), reply, host, True)
+    return Fate(parcel.queue_id, recipient, kind, _status(code, text), reply, host, True)
 
 
 def _everyone(
     parcels: list[Parcel], status: str, text: str, remote: str | None = None
-) -> list[Outcome]:
+) -> list[Fate]:
     kind: Kind = "permanent" if status.startswith("5") else "temporary"
     return [
-        Outcome(parcel.queue_id, recipient, kind, status, text, remote)
+        Fate(parcel.queue_id, recipient, kind, status, text, remote)
         for parcel in parcels
         for recipient in parcel.recipients
     ]
@@ -162,13 +162,13 @@ async def deliver(
     parcels: list[Parcel],
     settings: Settings,
     resolve: dns.asyncresolver.Resolver,
-) -> list[Outcome]:
+) -> list[Fate]:
     """Send `parcels` (all for the SMTP queue `queue` of `domain`); an outcome per recipient."""
     try:
         hosts = await mx.destinations(queue, domain, resolve)
     except mx.LookupFailed as failure:
         return _everyone(parcels, failure.status, failure.reason)
-    outcomes: list[Outcome] = []
+    outcomes: list[Fate] = []
     left = parcels
     last, status = "no host took the connection", "4.4.1"
     for host in hosts:
@@ -208,7 +208,7 @@ def _unfinished(parcels: list[Parcel], finished: set[tuple[str, str]]) -> list[P
 
 async def _session(
     name: str, address: str, parcels: list[Parcel], settings: Settings, tls: bool
-) -> tuple[list[Outcome], bool]:
+) -> tuple[list[Fate], bool]:
     """One connection to one address; outcomes for the parcels it finished before it ended.
 
     Parcels it did not get to (the connection dropped) are left for the next host.
@@ -263,9 +263,9 @@ async def _session(
     return outcomes, False
 
 
-async def _transactions(client: aiosmtplib.SMTP, parcels: list[Parcel], host: str) -> list[Outcome]:
+async def _transactions(client: aiosmtplib.SMTP, parcels: list[Parcel], host: str) -> list[Fate]:
     """Up to MAX_PER_CONNECTION transactions; those finished before the connection ended."""
-    outcomes: list[Outcome] = []
+    outcomes: list[Fate] = []
     try:
         for parcel in parcels[:MAX_PER_CONNECTION]:
             outcomes.extend(await _transaction(client, parcel, host))
@@ -275,7 +275,7 @@ async def _transactions(client: aiosmtplib.SMTP, parcels: list[Parcel], host: st
     return outcomes
 
 
-async def _transaction(client: aiosmtplib.SMTP, parcel: Parcel, host: str) -> list[Outcome]:
+async def _transaction(client: aiosmtplib.SMTP, parcel: Parcel, host: str) -> list[Fate]:
     options = []
     if client.supports_extension("size"):
         options.append(f"SIZE={len(parcel.message)}")
@@ -286,7 +286,7 @@ async def _transaction(client: aiosmtplib.SMTP, parcel: Parcel, host: str) -> li
         if not client.supports_extension("smtputf8"):
             reason = "a non-ASCII address, and the server does not offer SMTPUTF8"
             return [
-                Outcome(parcel.queue_id, r, "permanent", "5.6.7", reason, host)
+                Fate(parcel.queue_id, r, "permanent", "5.6.7", reason, host)
                 for r in parcel.recipients
             ]
         options.append("SMTPUTF8")
@@ -297,7 +297,7 @@ async def _transaction(client: aiosmtplib.SMTP, parcel: Parcel, host: str) -> li
         await _reset(client, refused)
         return [_outcome(parcel, r, refused.code, refused.message, host) for r in parcel.recipients]
     accepted: list[str] = []
-    outcomes: list[Outcome] = []
+    outcomes: list[Fate] = []
     for recipient in parcel.recipients:
         try:
             await client.rcpt(recipient, encoding=encoding)

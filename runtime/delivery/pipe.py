@@ -24,7 +24,7 @@ PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 @dataclass(frozen=True)
-class Envelope:
+class Handover:
     queue_id: str
     sender: str
     recipient: str  # as the client gave it
@@ -47,7 +47,7 @@ def arguments(target: str, pipe: Pipe) -> list[str]:
     return [pipe.program, *pipe.args, *extra.split()]
 
 
-def environment(envelope: Envelope) -> dict[str, str]:
+def environment(envelope: Handover) -> dict[str, str]:
     return {
         "PATH": PATH,
         "LANG": "C.UTF-8",
@@ -60,7 +60,7 @@ def environment(envelope: Envelope) -> dict[str, str]:
     }
 
 
-async def run(pipe: Pipe, argv: list[str], envelope: Envelope, message: bytes) -> Result:
+async def run(pipe: Pipe, argv: list[str], envelope: Handover, message: bytes) -> Result:
     """Run the program with `message` (Return-Path added) on standard input."""
     content = f"Return-Path: <{envelope.sender}>\r\n".encode("utf-8", "surrogateescape") + message
     try:

@@ -32,7 +32,7 @@ from mailplan.plan.model import MailingList, Plan
 from mailplan.runtime.decide import dsn, lists, retry
 from mailplan.runtime.decide.router import Router, Routing
 from mailplan.runtime.delivery import outbound, pipe
-from mailplan.runtime.delivery.outbound import Outcome, Parcel
+from mailplan.runtime.delivery.outbound import Fate, Parcel
 from mailplan.runtime.dns import mx
 from mailplan.runtime.store.spool import BadQueueFile, Envelope, Spool, new_id
 
@@ -87,7 +87,7 @@ def settle(
     spool: Spool,
     plan: Plan,
     entries: list[Waiting],
-    outcomes: list[Outcome],
+    outcomes: list[Fate],
     now: float,
 ) -> tuple[list[Waiting], list[str]]:
     """Record `outcomes` of `entries` (one message); returns who waits again and new queue ids.
@@ -262,7 +262,7 @@ async def _read(spool: Spool, entry: Waiting) -> tuple[Envelope, bytes]:
     return await asyncio.to_thread(spool.load, entry.queue_id)
 
 
-def _facts(outcome: Outcome) -> dict[str, str | None]:
+def _facts(outcome: Fate) -> dict[str, str | None]:
     """What a JSON log line says of one recipient's delivery (runtime.serve.logs.FACTS)."""
     return {
         "queue_id": outcome.queue_id,
@@ -273,7 +273,7 @@ def _facts(outcome: Outcome) -> dict[str, str | None]:
     }
 
 
-def _by(outcome: Outcome) -> str:
+def _by(outcome: Fate) -> str:
     """` (HOST[ADDRESS])` when a remote host answered."""
     if outcome.remote is None:
         return ""
@@ -412,7 +412,7 @@ class Delivery:
             except Exception as exc:  # a bug or an I/O error: a temporary failure, retried
                 log.exception("%s: delivery failed", queue.name)
                 outcomes = [
-                    Outcome(e.queue_id, e.recipient, "temporary", "4.3.0", f"internal error: {exc}")
+                    Fate(e.queue_id, e.recipient, "temporary", "4.3.0", f"internal error: {exc}")
                     for e in batch
                 ]
             await self._settle(router.plan, batch, outcomes)
@@ -425,7 +425,7 @@ class Delivery:
             if not (queue.ready or queue.later or queue.active):  # forget idle queues
                 self.queues.pop(queue.name, None)
 
-    async def _settle(self, plan: Plan, batch: list[Waiting], outcomes: list[Outcome]) -> None:
+    async def _settle(self, plan: Plan, batch: list[Waiting], outcomes: list[Fate]) -> None:
         by_message: dict[str, list[Waiting]] = {}
         for entry in batch:
             by_message.setdefault(entry.queue_id, []).append(entry)
@@ -438,7 +438,7 @@ class Delivery:
             for created in new:
                 self.submit(created)
 
-    async def _deliver(self, queue: _Queue, batch: list[Waiting], router: Router) -> list[Outcome]:
+    async def _deliver(self, queue: _Queue, batch: list[Waiting], router: Router) -> list[Fate]:
         if queue.module == "SMTP":
             return await self._smtp(batch, router)
         if queue.module == "PIPE":
@@ -456,7 +456,7 @@ class Delivery:
             for entry in batch
         ]
 
-    async def _smtp(self, batch: list[Waiting], router: Router) -> list[Outcome]:
+    async def _smtp(self, batch: list[Waiting], router: Router) -> list[Fate]:
         plan = router.plan
         first = batch[0].routing
         domain = first.target.rpartition("@")[2].lower()
@@ -497,12 +497,12 @@ class Delivery:
             for recipient in asked[(outcome.queue_id, outcome.recipient)]
         ]
 
-    async def _pipe(self, entry: Waiting, router: Router) -> Outcome:
+    async def _pipe(self, entry: Waiting, router: Router) -> Fate:
         declared = router.pipes.get(entry.routing.queue)
         if declared is None:
             return _failed(entry, "5.3.5", f"no such pipe: {entry.routing.queue}")
         envelope, message = await _read(self.spool, entry)
-        facts = pipe.Envelope(
+        facts = pipe.Handover(
             entry.queue_id,
             envelope.sender,
             entry.recipient,
@@ -513,9 +513,9 @@ class Delivery:
         result = await pipe.run(
             declared, pipe.arguments(entry.routing.target, declared), facts, message
         )
-        return Outcome(entry.queue_id, entry.recipient, result.kind, result.status, result.text)  # type: ignore[arg-type]
+        return Fate(entry.queue_id, entry.recipient, result.kind, result.status, result.text)  # type: ignore[arg-type]
 
-    def _list(self, entry: Waiting, router: Router) -> tuple[Outcome, str | None]:
+    def _list(self, entry: Waiting, router: Router) -> tuple[Fate, str | None]:
         """Expand a post (blocking: it queues the members' copy durably)."""
         name, _, domain = entry.routing.queue.partition("@")
         found = _mailing_list(router.plan, name, domain)
@@ -527,7 +527,7 @@ class Delivery:
             return _failed(entry, post.status, post.reason), None
         if not post.recipients:
             text = f"list {entry.routing.queue} has no members"
-            return Outcome(entry.queue_id, entry.recipient, "delivered", "2.0.0", text), None
+            return Fate(entry.queue_id, entry.recipient, "delivered", "2.0.0", text), None
         expanded = enqueue(
             self.spool,
             envelope,
@@ -538,7 +538,7 @@ class Delivery:
             time.time(),
         )
         text = f"expanded to {len(post.recipients)} member(s) as {expanded}"
-        return Outcome(entry.queue_id, entry.recipient, "delivered", "2.0.0", text), expanded
+        return Fate(entry.queue_id, entry.recipient, "delivered", "2.0.0", text), expanded
 
 
 def _mailing_list(plan: Plan, name: str, domain: str) -> MailingList | None:
@@ -548,5 +548,5 @@ def _mailing_list(plan: Plan, name: str, domain: str) -> MailingList | None:
     return None
 
 
-def _failed(entry: Waiting, status: str, reason: str) -> Outcome:
-    return Outcome(entry.queue_id, entry.recipient, "permanent", status, reason)
+def _failed(entry: Waiting, status: str, reason: str) -> Fate:
+    return Fate(entry.queue_id, entry.recipient, "permanent", status, reason)

@@ -66,17 +66,17 @@ UPDATE_FAILED = "-ERR [SYS/TEMP] Some messages could not be changed; they are st
 
 
 @dataclass(frozen=True)
-class Command:
+class Request:
     keyword: str  # upper case; "" for an empty line
     arguments: tuple[str, ...]
     rest: str  # everything after the keyword and one space (PASS allows spaces)
 
 
-def parse(line: bytes) -> Command:
+def parse(line: bytes) -> Request:
     """A command line: its keyword, its arguments and the raw rest of the line."""
     text = line.decode("utf-8", "replace").rstrip("\r\n")
     keyword, _, rest = text.partition(" ")
-    return Command(keyword.upper(), tuple(word for word in rest.split(" ") if word), rest)
+    return Request(keyword.upper(), tuple(word for word in rest.split(" ") if word), rest)
 
 
 def plaintext_allowed(listener: Listener, tls: bool) -> bool:

@@ -67,7 +67,7 @@ class Effects:
     programs to run (Execute)."""
 
     created: list[str] = field(default_factory=list)
-    commands: list[tuple[enact.Command, pipe.Envelope]] = field(default_factory=list)
+    commands: list[tuple[enact.Execution, pipe.Handover]] = field(default_factory=list)
 
 
 @functools.lru_cache(maxsize=4)
@@ -212,7 +212,7 @@ class Local:
         for book_name, address in placement.remember:
             self._remember(account, book_name, address)
         for command in placement.commands:
-            facts_for_pipe = pipe.Envelope(
+            facts_for_pipe = pipe.Handover(
                 self.envelope.id,
                 self.envelope.sender,
                 account,
@@ -307,7 +307,7 @@ def pending(spool: Spool, router: Router) -> list[Waiting]:
     return found
 
 
-async def execute(command: enact.Command, facts: pipe.Envelope) -> None:
+async def execute(command: enact.Execution, facts: pipe.Handover) -> None:
     """An Execute action: the declared program gets the message; its result is logged."""
     result = await pipe.run(command.pipe, list(command.argv), facts, command.message)
     log.info("%s Execute %s: %s", facts.queue_id, command.pipe.name, result.text)

@@ -30,7 +30,7 @@ class Copy:
 
 
 @dataclass(frozen=True)
-class Command:
+class Execution:
     """An Execute action: a declared pipe, the command line, and the message it reads."""
 
     pipe: Pipe
@@ -46,7 +46,7 @@ class Enqueue:
     message: bytes
     recipients: tuple[str, ...]
     copies: list[Copy] = field(default_factory=list)
-    commands: list[Command] = field(default_factory=list)
+    commands: list[Execution] = field(default_factory=list)
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Placement:
     folders: list[str]  # "INBOX", or the folders of Store in; empty: not delivered
     flags: str  # Maildir info flags
     copies: list[Copy] = field(default_factory=list)
-    commands: list[Command] = field(default_factory=list)
+    commands: list[Execution] = field(default_factory=list)
     rejection: str | None = None  # Reject with: bounce to the sender with this reply
     remember: list[tuple[str, str]] = field(default_factory=list)  # (address book, address)
     attachments: list[tuple[str, bytes]] = field(default_factory=list)  # (folder, message)
@@ -168,10 +168,10 @@ def _copy(
     return Copy(sender, targets, message, why)
 
 
-def _command(pipes: tuple[Pipe, ...], value: str, message: bytes) -> Command | None:
+def _command(pipes: tuple[Pipe, ...], value: str, message: bytes) -> Execution | None:
     argv = ruleactions.pipe_command(pipes, value)
     if argv is None:
         return None
     name = value.split()[0]
     declared = next(p for p in pipes if p.name == name)
-    return Command(declared, argv, message)
+    return Execution(declared, argv, message)

@@ -156,7 +156,7 @@ def automated(headers: Headers, sender: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class Step:
+class Directive:
     """One action to carry out, the rule that asked for it, and where it is written."""
 
     rule: str
@@ -175,7 +175,7 @@ class Outcome:
     """What the rules decided: the actions in order, the rules that fired, and whether
     processing stopped (Stop Processing, Discard, Reject with)."""
 
-    steps: tuple[Step, ...]
+    steps: tuple[Directive, ...]
     fired: tuple[Rule, ...]
     stopped: bool
 
@@ -185,7 +185,7 @@ class Outcome:
         return not any(step.action.verb in DIVERTING for step in self.steps)
 
     @property
-    def rejection(self) -> Step | None:
+    def rejection(self) -> Directive | None:
         return next((s for s in self.steps if s.action.verb == "Reject with"), None)
 
     def actions(self) -> tuple[str, ...]:
@@ -222,14 +222,14 @@ class Rules:
         self._index = index if index is not None and index.useful else None
 
     def evaluate(self, facts: Facts) -> Outcome:
-        steps: list[Step] = []
+        steps: list[Directive] = []
         fired: list[Rule] = []
         for rule, conditions in self._candidates(facts):
             if not all(holds(facts) for holds in conditions):
                 continue
             fired.append(rule)
             for action in rule.actions:
-                steps.append(Step(rule.name, action))
+                steps.append(Directive(rule.name, action))
                 if action.verb in ENDING:
                     return Outcome(tuple(steps), tuple(fired), True)
         return Outcome(tuple(steps), tuple(fired), False)

@@ -68,7 +68,7 @@ def snapshot(
     return Snapshot(codec.digest(plan), Policy(plan, router), checks, rules)
 
 
-class Server:
+class Daemon:
     def __init__(
         self, load: Callable[[], Plan], options: Options, first: Plan | None = None
     ) -> None:

@@ -2,7 +2,7 @@
 
 One event loop runs on one core; Postfix runs a process per job and uses them all. Here
 the supervisor, which holds the sockets `runtime.serve.startup` bound, forks N workers,
-each a whole server (`runtime.serve.server.Server`) accepting on the same sockets (the
+each a whole server (`runtime.serve.server.Daemon`) accepting on the same sockets (the
 kernel spreads the connections) and delivering what it accepted. The queue is shared,
 its ids are not: each worker makes and recovers only the ids it owns (`spool.Share`), so
 no message is worked on twice and a worker started again finds exactly what its

@@ -27,7 +27,7 @@ from mailplan.runtime.smtp.receiving import Checks
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Judgement:
     case: TestCase
     outcome: str
     actions: tuple[str, ...] | None = None
@@ -45,13 +45,13 @@ class Verdict:
         return self.outcome == expected
 
 
-def judge(policy: Policy, case: TestCase, book: RuleBook | None = None) -> Verdict:
+def judge(policy: Policy, case: TestCase, book: RuleBook | None = None) -> Judgement:
     result = outcome(policy, case)
     about_rules = case.expect.startswith("rule ") or case.expect == "no rule"
     if not about_rules and case.message.actions is None:
-        return Verdict(case, result)
+        return Judgement(case, result)
     if result.startswith("reject") and about_rules:
-        return Verdict(case, result, ())
+        return Judgement(case, result, ())
     decided = rules(policy, book or RuleBook(policy.plan), case)
     names = [rule.name for rule in decided.fired]
     if about_rules:
@@ -60,7 +60,7 @@ def judge(policy: Policy, case: TestCase, book: RuleBook | None = None) -> Verdi
             result = case.expect
         else:
             result = "; ".join(f"rule {name}" for name in names) or "no rule"
-    return Verdict(case, result, decided.actions())
+    return Judgement(case, result, decided.actions())
 
 
 def _plain(action: str) -> str:

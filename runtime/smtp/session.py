@@ -21,7 +21,8 @@ from datetime import datetime
 from email.utils import format_datetime, localtime
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, TLSSetupException, syntax
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException, syntax
+from aiosmtpd.smtp import Envelope as SMTPEnvelope
 from aiosmtpd.smtp import Session as SMTPSession
 
 from mailplan.plan.model import Listener
@@ -37,8 +38,7 @@ from mailplan.runtime.queue.processor import execute
 from mailplan.runtime.rules import enact
 from mailplan.runtime.rules.engine import Facts, Headers, Rules
 from mailplan.runtime.smtp.receiving import Checks
-from mailplan.runtime.store.spool import Envelope as QueueEnvelope
-from mailplan.runtime.store.spool import new_id
+from mailplan.runtime.store.spool import Envelope, new_id
 
 log = logging.getLogger("mailplan.smtp")
 
@@ -58,7 +58,7 @@ class Snapshot:
     server_rules: Rules | None = None
 
 
-Store = Callable[[QueueEnvelope, bytes], Awaitable[None]]
+Store = Callable[[Envelope, bytes], Awaitable[None]]
 _running: set[asyncio.Task[None]] = set()  # Execute actions under way
 
 
@@ -87,7 +87,7 @@ class Handler:
         self,
         server: Session,
         session: SMTPSession,
-        envelope: Envelope,
+        envelope: SMTPEnvelope,
         hostname: str,
         responses: list[str],
     ) -> list[str]:
@@ -100,7 +100,7 @@ class Handler:
         self,
         server: Session,
         session: SMTPSession,
-        envelope: Envelope,
+        envelope: SMTPEnvelope,
         address: str,
         options: list[str],
     ) -> str:
@@ -129,7 +129,7 @@ class Handler:
         self,
         server: Session,
         session: SMTPSession,
-        envelope: Envelope,
+        envelope: SMTPEnvelope,
         address: str,
         options: list[str],
     ) -> str:
@@ -152,14 +152,16 @@ class Handler:
             self.relayable.add(address)
         return reply
 
-    async def handle_DATA(self, server: Session, session: SMTPSession, envelope: Envelope) -> str:
+    async def handle_DATA(
+        self, server: Session, session: SMTPSession, envelope: SMTPEnvelope
+    ) -> str:
         client = self.client(session, server.encrypted)
         if _hops(envelope.original_content or b"") > MAX_HOPS:
             log.info("%s: refused a message with more than %d hops", client.ip, MAX_HOPS)
             return replies.TOO_MANY_HOPS
         queue_id = new_id()
         sender = envelope.mail_from or ""
-        queued = QueueEnvelope(
+        queued = Envelope(
             id=queue_id,
             arrived=time.time(),
             plan=self.snapshot.digest,
@@ -204,7 +206,7 @@ class Handler:
             log.error("%s: cannot queue the message from %s: %s", queue_id, client.ip, exc)
             return replies.QUEUE_WRITE_FAILED
         for command in decided.commands if decided else ():  # once the message is accepted
-            facts = pipe.Envelope(
+            facts = pipe.Handover(
                 queue_id,
                 queued.sender,
                 ",".join(envelope.rcpt_tos),
@@ -229,7 +231,7 @@ class Handler:
         return replies.reply(replies.QUEUED, id=queue_id)
 
     def _server_rules(
-        self, rules: Rules, client: Client, queued: QueueEnvelope, message: bytes
+        self, rules: Rules, client: Client, queued: Envelope, message: bytes
     ) -> enact.Enqueue:
         """What the server rules make of a message about to be queued (pure but for the log)."""
         sources = {"remote"}
@@ -266,7 +268,7 @@ class Handler:
         server: Session,
         session: SMTPSession,
         client: Client,
-        queued: QueueEnvelope,
+        queued: Envelope,
         utf8: bool,
     ) -> bytes:
         # RFC 3848's protocol names, and RFC 6531 4.3's for a transaction with SMTPUTF8
