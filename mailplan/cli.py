@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         # A client that hangs up while the server writes to it is an EPIPE for that one
         # connection, never a signal that ends the process.
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        from mailplan.runtime.serve.startup import hold_signals
+
+        hold_signals()
     else:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `mailplan check ... | head` ends quietly
     code: int = arguments.run(arguments)

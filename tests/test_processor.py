@@ -11,6 +11,7 @@ from mailplan.compiler.pipeline import compile_site
 from mailplan.runtime.decide.router import Router
 from mailplan.runtime.delivery.scheduler import Waiting
 from mailplan.runtime.queue import processor
+from mailplan.runtime.queue.arrival import Arrival
 from mailplan.runtime.queue.processor import Processor, pending, process
 from mailplan.runtime.store import durable
 from mailplan.runtime.store.intake import Intake, Segment, Ticket
@@ -289,7 +290,9 @@ def test_a_batch_that_fails_part_way_marks_nothing_done(
     (mail / "example.com" / "bob").write_text("not a Maildir")  # bob's delivery fails
     files = durable.Batch()
     with pytest.raises(OSError):
-        process(spool, queue_id, router, mail, fresh=(envelope, message), batch=files)
+        process(
+            spool, queue_id, router, mail, fresh=Arrival(envelope, message, "", router), batch=files
+        )
     files.abandon()
     assert not (spool.directory / f"{queue_id}.done").exists()
     assert delivered(mail, "alice@example.com") == []
@@ -304,7 +307,7 @@ def test_a_batch_delivers_nothing_before_its_commit(
     files = durable.Batch()
     lines: list[tuple[object, ...]] = []
     waiting = process(
-        spool, queue_id, router, mail, fresh=(envelope, message), batch=files,
+        spool, queue_id, router, mail, fresh=Arrival(envelope, message, "", router), batch=files,
         say=lambda *line: lines.append(line),
     )  # fmt: skip
     assert waiting == []
@@ -328,12 +331,12 @@ def test_too_much_waiting_for_batches_sends_new_mail_to_the_queue(
     current = ("sha256:test", router)
     batches = Processor(spool, lambda: current, mail, list, Intake(spool.directory / "in"))
     for _ in range(2):
-        batches.deliver_soon(router, "sha256:test", envelope, b"x" * 10, ticket)
+        batches.deliver_soon(Arrival(envelope, b"x" * 10, "sha256:test", router), ticket)
     assert not batches.backlogged
-    batches.deliver_soon(router, "sha256:test", envelope, b"x" * 10, ticket)
+    batches.deliver_soon(Arrival(envelope, b"x" * 10, "sha256:test", router), ticket)
     assert batches.backlogged  # three messages
     by_size = Processor(spool, lambda: current, mail, list, Intake(spool.directory / "in"))
-    by_size.deliver_soon(router, "sha256:test", envelope, b"x" * 999, ticket)
+    by_size.deliver_soon(Arrival(envelope, b"x" * 999, "sha256:test", router), ticket)
     assert not by_size.backlogged
-    by_size.deliver_soon(router, "sha256:test", envelope, b"x", ticket)
+    by_size.deliver_soon(Arrival(envelope, b"x", "sha256:test", router), ticket)
     assert by_size.backlogged  # 1000 bytes

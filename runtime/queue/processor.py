@@ -29,9 +29,10 @@ from typing import Any
 
 from mailplan.runtime.decide import dsn, retry
 from mailplan.runtime.decide.addresslist import AddressSet
-from mailplan.runtime.decide.router import Router
+from mailplan.runtime.decide.router import Router, Routing
 from mailplan.runtime.delivery import pipe
 from mailplan.runtime.delivery.scheduler import Waiting, bounce, enqueue
+from mailplan.runtime.queue.arrival import Arrival
 from mailplan.runtime.rules import actions as ruleactions
 from mailplan.runtime.rules import enact
 from mailplan.runtime.rules.engine import Facts, Headers, RuleBook
@@ -83,7 +84,7 @@ def process(
     router: Router,
     mail_directory: Path,
     digest: str = "",
-    fresh: tuple[Envelope, bytes] | None = None,
+    fresh: Arrival | None = None,
     effects: Effects | None = None,
     replies: ruleactions.ReplyLog | None = None,
     batch: durable.Batch | None = None,
@@ -91,16 +92,19 @@ def process(
 ) -> list[Waiting]:
     """Process one queued message by `router`; returns the recipients still waiting.
 
-    `fresh` is the envelope and message of a message that was just stored (none of its
-    recipients is done yet), to save reading them back. With `batch`, the message was
-    never queued (`Processor.deliver_soon`): its Maildir copies go into the batch, and
-    there is no queue file to update. `say` writes the line about each recipient (a
-    batch logs them once committed). Blocking (it reads the queue file and fsyncs
-    mailboxes): run it off the event loop.
+    `fresh` is a message that just arrived (none of its recipients is done yet): its
+    envelope and bytes save reading them back, and its recipients keep the routing
+    decided at RCPT (`Arrival`); `router` is then the plan it arrived under. With
+    `batch`, the message was never queued (`Processor.deliver_soon`): its Maildir copies
+    go into the batch, and there is no queue file to update. `say` writes the line about
+    each recipient (a batch logs them once committed). Blocking (it reads the queue file
+    and fsyncs mailboxes): run it off the event loop.
     """
     history: retry.History | None = None
+    routing_of: Callable[[str], Routing] = router.route
     if fresh is not None:
-        (envelope, message), finished = fresh, set()
+        envelope, message, finished = fresh.envelope, fresh.message, set()
+        routing_of = fresh.routing
     else:
         try:
             envelope, message = spool.load(queue_id)
@@ -120,7 +124,7 @@ def process(
     for recipient in envelope.recipients:
         if recipient in finished:
             continue
-        routing = router.route(recipient)
+        routing = routing_of(recipient)
         decided = " ".join(str(step.source) for step in routing.steps if step.source) or "built-in"
         decided += f", plan {digest[:19]}" if digest else ""
         # Server rules will run here (the rules issue); then placement in logical queues.
@@ -290,6 +294,20 @@ class Local:
                 file.write(f"{address}\n")
 
 
+def delivers_at_once(arrival: Arrival) -> bool:
+    """Whether every recipient goes to a local account without rules (or is discarded):
+    then the message needs no queue file, only the intake journal until its Maildir
+    copies are durable (`Processor.deliver_soon`)."""
+    book, _ = _rules_of(arrival.router)
+    for recipient in arrival.envelope.recipients:
+        routing = arrival.routing(recipient)
+        if routing.module == "DISCARD":
+            continue
+        if routing.module != "LOCAL" or book.local(routing.queue).rules:
+            return False
+    return True
+
+
 def pending(spool: Spool, router: Router) -> list[Waiting]:
     """Every recipient that is not done, as the plan routes it now (for `mailplan queue`)."""
     found = []
@@ -315,12 +333,9 @@ async def execute(command: enact.Execution, facts: pipe.Handover) -> None:
 
 @dataclass(frozen=True)
 class _Soon:
-    """A message for `Processor.deliver_soon`, with the plan it was accepted under."""
+    """A message for `Processor.deliver_soon`, and its place in the intake journal."""
 
-    router: Router
-    digest: str
-    envelope: Envelope
-    message: bytes
+    arrival: Arrival
     ticket: Ticket
 
 
@@ -342,7 +357,7 @@ class Processor:
         mail_directory.mkdir(parents=True, exist_ok=True)
         self.replies = ruleactions.SqliteReplyLog(mail_directory / REPLY_LOG)
         self.intake = intake
-        self._ids: asyncio.Queue[tuple[str, tuple[Envelope, bytes] | None]] = asyncio.Queue()
+        self._ids: asyncio.Queue[tuple[str, Arrival | None]] = asyncio.Queue()
         self._soon: list[_Soon] = []  # for `_deliver_batches`
         self._more = asyncio.Event()
         self._unsettled = 0  # handed to `deliver_soon`, not settled yet
@@ -354,28 +369,33 @@ class Processor:
         self._workers: list[asyncio.Task[None]] = []
         self._commands: set[asyncio.Task[None]] = set()
 
-    def delivers_at_once(self, router: Router, envelope: Envelope) -> bool:
-        """Whether every recipient goes to a local account without rules (or is discarded):
-        then the message needs no queue file, only the intake journal until its Maildir
-        copies are durable (`deliver_soon`)."""
-        book, _ = _rules_of(router)
-        for recipient in envelope.recipients:
-            routing = router.route(recipient)
-            if routing.module == "DISCARD":
-                continue
-            if routing.module != "LOCAL" or book.local(routing.queue).rules:
-                return False
-        return True
+    async def accept(self, arrival: Arrival) -> None:
+        """Make a message durable before its 250: queue it, or, when every recipient is a
+        local account without rules, write it to the intake journal, to be delivered
+        into the Maildirs in the next batch (`runtime.store.intake`). Then process it."""
+        if not self.backlogged and delivers_at_once(arrival):
+            # shielded: a client gone before its 250 cannot leave a record unsettled
+            await asyncio.shield(self._journal(arrival))
+            return
+        await asyncio.to_thread(self.spool.store, arrival.envelope, arrival.message)
+        self.submit(arrival.envelope.id, arrival)
 
-    def deliver_soon(
-        self, router: Router, digest: str, envelope: Envelope, message: bytes, ticket: Ticket
-    ) -> None:
+    async def _journal(self, arrival: Arrival) -> None:
+        ticket = await self.intake.write(arrival.envelope, arrival.message)
+        self.deliver_soon(arrival, ticket)
+
+    def run(self, execution: enact.Execution, handover: pipe.Handover) -> None:
+        """Start the program of an Execute action; the processor owns the task (a stop
+        waits for it)."""
+        self._spawn(execute(execution, handover))
+
+    def deliver_soon(self, arrival: Arrival, ticket: Ticket) -> None:
         """LOCAL delivery, in the next batch, of a message that is in the intake journal
         and was never queued (see `delivers_at_once`); settled once its copies are
         durable."""
-        self._soon.append(_Soon(router, digest, envelope, message, ticket))
+        self._soon.append(_Soon(arrival, ticket))
         self._unsettled += 1
-        self._unsettled_bytes += len(message)
+        self._unsettled_bytes += len(arrival.message)
         self._settled.clear()
         self._more.set()
 
@@ -417,10 +437,10 @@ class Processor:
             try:
                 await asyncio.to_thread(self._queue_one, soon)
             except Exception as exc:  # it stays in the journal and is tried again
-                log.error("%s: cannot queue it either: %s", soon.envelope.id, exc)
+                log.error("%s: cannot queue it either: %s", soon.arrival.envelope.id, exc)
                 left.append(soon)
                 continue
-            self.submit(soon.envelope.id)
+            self.submit(soon.arrival.envelope.id)
             queued.append(soon)
         if left:
             log.error("%d message(s) tried again in %d s", len(left), RETRY_FAILED)
@@ -428,15 +448,16 @@ class Processor:
         return queued
 
     def _queue_one(self, soon: _Soon) -> None:
-        if not self.spool.exists(soon.envelope.id):  # stored by an earlier try
-            self.spool.store(soon.envelope, soon.message)
+        envelope = soon.arrival.envelope
+        if not self.spool.exists(envelope.id):  # stored by an earlier try
+            self.spool.store(envelope, soon.arrival.message)
 
     def _settle(self, batch: list[_Soon]) -> None:
         for soon in batch:
             self.intake.settle(soon.ticket)
         self.intake.write_marks()
         self._unsettled -= len(batch)
-        self._unsettled_bytes -= sum(len(soon.message) for soon in batch)
+        self._unsettled_bytes -= sum(len(soon.arrival.message) for soon in batch)
         if not self._unsettled:
             self._settled.set()
 
@@ -445,14 +466,13 @@ class Processor:
         lines: list[tuple[Any, ...]] = []  # logged once true: after the commit
         try:
             for soon in batch:
-                envelope, message = soon.envelope, soon.message
-                fresh = (envelope, message)
+                arrival = soon.arrival
                 waiting = process(
-                    self.spool, envelope.id, soon.router, self.mail_directory, soon.digest,
-                    fresh, batch=files, say=lambda *line: lines.append(line),
+                    self.spool, arrival.envelope.id, arrival.router, self.mail_directory,
+                    arrival.digest, arrival, batch=files, say=lambda *line: lines.append(line),
                 )  # fmt: skip
-                if waiting:  # cannot happen: `delivers_at_once` asked the same router
-                    raise OSError(f"{envelope.id}: recipients left to queue")
+                if waiting:  # cannot happen: `delivers_at_once` saw the same routings
+                    raise OSError(f"{arrival.envelope.id}: recipients left to queue")
             files.commit()
         except BaseException:
             files.abandon()
@@ -464,8 +484,8 @@ class Processor:
         self._soon.extend(batch)
         self._more.set()
 
-    def submit(self, queue_id: str, fresh: tuple[Envelope, bytes] | None = None) -> None:
-        """Process `queue_id` soon; `fresh` is its envelope and message when just stored."""
+    def submit(self, queue_id: str, fresh: Arrival | None = None) -> None:
+        """Process `queue_id` soon; `fresh` is the message as it arrived, when it just did."""
         self._ids.put_nowait((queue_id, fresh))
 
     def start(self) -> None:
@@ -502,7 +522,8 @@ class Processor:
             effects = Effects()
             try:
                 started = time.monotonic()
-                digest, router = self.current()
+                # a message that just arrived is processed by the plan it arrived under
+                digest, router = (fresh.digest, fresh.router) if fresh else self.current()
                 waiting = await asyncio.to_thread(
                     process,
                     self.spool,

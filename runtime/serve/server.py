@@ -31,7 +31,14 @@ from mailplan.runtime.mailbox.pop3 import LINE_LIMIT, Pop3
 from mailplan.runtime.queue.processor import Processor
 from mailplan.runtime.rules.engine import Rules
 from mailplan.runtime.serve import notify
-from mailplan.runtime.serve.startup import BACKLOG, POP3_PROTOCOLS, SMTP_PROTOCOLS, Sockets, served
+from mailplan.runtime.serve.startup import (
+    BACKLOG,
+    POP3_PROTOCOLS,
+    SMTP_PROTOCOLS,
+    Sockets,
+    release_signals,
+    served,
+)
 from mailplan.runtime.smtp.receiving import CallbackCache, Checks
 from mailplan.runtime.smtp.session import Handler, Session, Snapshot
 from mailplan.runtime.store.intake import Intake
@@ -114,6 +121,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGUSR1, self.delivery.reschedule)
+        release_signals()  # a reload or flush asked for while the server started comes now
         loop.set_exception_handler(self.loop_exception)
         await asyncio.to_thread(self._recover)
         self.delivery.start()
@@ -197,7 +205,7 @@ class Daemon:
         plan = current.policy.plan
         implicit = listener.tls == "implicit"
         session = Session(
-            Handler(current, listener, self.store),
+            Handler(current, listener, self.processor),
             implicit_tls=implicit,
             hostname=plan.server.hostname,
             ident="mailplan",
@@ -239,24 +247,6 @@ class Daemon:
 
         self.intake.recover(store)
         self.intake.open()
-
-    async def store(self, envelope: Envelope, message: bytes) -> None:
-        """Make a message durable before its 250: queue it, or, when every recipient is a
-        local account without rules, write it to the intake journal, to be delivered
-        into the Maildirs in the next batch (`runtime.store.intake`)."""
-        digest, router = self.current.digest, self.current.policy.router
-        if not self.processor.backlogged and self.processor.delivers_at_once(router, envelope):
-            # shielded: a client gone before its 250 cannot leave a record unsettled
-            await asyncio.shield(self._journal(router, digest, envelope, message))
-            return
-        await asyncio.to_thread(self.spool.store, envelope, message)
-        self.processor.submit(envelope.id, (envelope, message))
-
-    async def _journal(
-        self, router: Router, digest: str, envelope: Envelope, message: bytes
-    ) -> None:
-        ticket = await self.intake.write(envelope, message)
-        self.processor.deliver_soon(router, digest, envelope, message, ticket)
 
     async def reload(self) -> None:
         """Load the plan again; sessions already open finish on the plan they started with."""

@@ -16,6 +16,7 @@ import grp
 import logging
 import os
 import pwd
+import signal
 import socket
 import ssl
 from collections.abc import Iterable
@@ -52,6 +53,21 @@ TLS12_CIPHERS = ":".join(
 )
 
 Sockets = dict[tuple[str, str], socket.socket]
+
+
+# Signals that a running server handles (reload, `queue flush`): held back from the first
+# line of `serve` until the handlers are in place, then delivered, never fatal.
+HELD = frozenset({signal.SIGHUP, signal.SIGUSR1})
+
+
+def hold_signals() -> None:
+    """Keep HUP and USR1 pending while the server starts (their default is to kill)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+
+
+def release_signals() -> None:
+    """Deliver the held signals, now that the server handles them."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
 
 
 class StartupError(Exception):

@@ -30,6 +30,7 @@ from mailplan.plan import codec
 from mailplan.plan.model import Plan
 from mailplan.runtime.serve import notify
 from mailplan.runtime.serve.server import Options
+from mailplan.runtime.serve.startup import release_signals
 from mailplan.runtime.store.spool import Share, work_as
 
 log = logging.getLogger("mailplan.workers")
@@ -96,6 +97,7 @@ def supervise(
     signal.signal(signal.SIGUSR1, forward)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    release_signals()
     for index in range(workers):
         start(index)
     notify.ready(f"{workers} workers serving plan {codec.digest(plan)}")

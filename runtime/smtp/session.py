@@ -11,15 +11,13 @@ Every decision is the policy's (`runtime.decide.policy`); the handler turns it i
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import format_datetime, localtime
-from typing import Any, AnyStr
+from typing import Any, AnyStr, Protocol
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException, syntax
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
@@ -32,9 +30,10 @@ from mailplan.runtime.decide import replies
 from mailplan.runtime.decide.address import canonical_domain, is_utf8
 from mailplan.runtime.decide.message import header_block
 from mailplan.runtime.decide.policy import Client, Policy, international
+from mailplan.runtime.decide.router import Routing
 from mailplan.runtime.decide.throttle import Throttle
 from mailplan.runtime.delivery import pipe
-from mailplan.runtime.queue.processor import execute
+from mailplan.runtime.queue.arrival import Arrival
 from mailplan.runtime.rules import enact
 from mailplan.runtime.rules.engine import Facts, Headers, Rules
 from mailplan.runtime.smtp.receiving import Checks
@@ -58,25 +57,24 @@ class Snapshot:
     server_rules: Rules | None = None
 
 
-Store = Callable[[Envelope, bytes], Awaitable[None]]
-_running: set[asyncio.Task[None]] = set()  # Execute actions under way
+class Queue(Protocol):
+    """Where a message goes at the end of DATA (`runtime.queue.processor.Processor`)."""
 
+    async def accept(self, arrival: Arrival) -> None: ...
 
-def _spawn(coroutine: Coroutine[Any, Any, None]) -> None:
-    task = asyncio.create_task(coroutine)
-    _running.add(task)
-    task.add_done_callback(_running.discard)
+    def run(self, execution: enact.Execution, handover: pipe.Handover) -> None: ...
 
 
 class Handler:
     """aiosmtpd hooks for one session, bound to the plan the session started with."""
 
-    def __init__(self, snapshot: Snapshot, listener: Listener, store: Store) -> None:
+    def __init__(self, snapshot: Snapshot, listener: Listener, queue: Queue) -> None:
         self.snapshot = snapshot
         self.policy = snapshot.policy
         self.listener = listener
-        self.store = store
+        self.queue = queue
         self.relayable: set[str] = set()
+        self.routings: dict[str, Routing] = {}  # of this transaction's recipients, from RCPT
         self.trace: list[str] = []  # header lines the receiving checks add to the message
 
     def client(self, session: SMTPSession, tls: bool) -> Client:
@@ -123,6 +121,7 @@ class Handler:
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         self.relayable = set()
+        self.routings = {}
         return replies.SENDER_OK
 
     async def handle_RCPT(
@@ -148,6 +147,7 @@ class Handler:
             return reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
+        self.routings[address] = routing  # carried with the message: it is not routed again
         if routing.relayable:
             self.relayable.add(address)
         return reply
@@ -191,7 +191,7 @@ class Handler:
             queued = replace(queued, recipients=decided.recipients)
         try:
             if queued.recipients:  # the message first, then what the rules send with it
-                await self.store(queued, message)
+                await self.queue.accept(self._arrival(queued, message))
             for made in decided.copies if decided else ():
                 copy = replace(
                     queued,
@@ -200,7 +200,7 @@ class Handler:
                     recipients=made.recipients,
                     listener="rule",
                 )
-                await self.store(copy, made.message)
+                await self.queue.accept(self._arrival(copy, made.message))
                 log.info("%s: %s: queued as %s", queue_id, made.why, copy.id)
         except OSError as exc:
             log.error("%s: cannot queue the message from %s: %s", queue_id, client.ip, exc)
@@ -214,7 +214,7 @@ class Handler:
                 queued.helo,
                 queued.auth,
             )
-            _spawn(execute(command, facts))
+            self.queue.run(command, facts)
         if not queued.recipients:
             log.info("%s from %s: no recipient left after the server rules", queue_id, client.ip)
             return replies.reply(replies.QUEUED, id=queue_id)
@@ -229,6 +229,12 @@ class Handler:
             extra={"queue_id": queue_id, "client": client.ip, "listener": self.listener.name},
         )
         return replies.reply(replies.QUEUED, id=queue_id)
+
+    def _arrival(self, envelope: Envelope, message: bytes) -> Arrival:
+        """The message for the queue, with the plan it arrived under and its routings."""
+        snapshot = self.snapshot
+        routings = dict(self.routings)
+        return Arrival(envelope, message, snapshot.digest, snapshot.policy.router, routings)
 
     def _server_rules(
         self, rules: Rules, client: Client, queued: Envelope, message: bytes
