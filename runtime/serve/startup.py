@@ -55,13 +55,14 @@ TLS12_CIPHERS = ":".join(
 Sockets = dict[tuple[str, str], socket.socket]
 
 
-# Signals that a running server handles (reload, `queue flush`): held back from the first
-# line of `serve` until the handlers are in place, then delivered, never fatal.
-HELD = frozenset({signal.SIGHUP, signal.SIGUSR1})
+# Signals that a running server handles (reload, `queue flush`, stop): held back from the
+# first line of `serve` until the handlers are in place, then delivered: a reload asked for
+# while the server starts is done once it serves, a stop is a clean stop.
+HELD = frozenset({signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT})
 
 
 def hold_signals() -> None:
-    """Keep HUP and USR1 pending while the server starts (their default is to kill)."""
+    """Keep these signals pending while the server starts (their default is to kill)."""
     signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
 
 
