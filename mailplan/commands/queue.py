@@ -64,14 +64,17 @@ def _list(spool: Spool, plan: Plan) -> int:
 
 def _flush(spool: Spool, plan: Plan, domain: str | None) -> int:
     from mailplan.runtime.decide import retry
+    from mailplan.runtime.decide.address import canonical_domain
     from mailplan.runtime.queue.processor import pending
     from mailplan.runtime.serve.startup import holder_pid, queue_in_use
 
+    # A queue is named by its domain in A-labels: `bücher.example` is xn--bcher-kva.example.
+    wanted = None if domain is None else canonical_domain(domain)
     chosen = sorted(
         {
             entry.queue_id
             for entry in pending(spool, Router(plan))
-            if domain is None or entry.routing.queue.lower() == domain.lower()
+            if wanted is None or entry.routing.queue.lower() == wanted
         }
     )
     now = time.time()
