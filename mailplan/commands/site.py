@@ -110,7 +110,7 @@ def _route(arguments: argparse.Namespace) -> int:
         return 1
     routing = Router(plan).route(arguments.address, arguments.kind)
     if arguments.format == "json":
-        print(json.dumps(codec.encode(routing), indent=2))
+        print(json.dumps(codec.encode(routing), indent=2, ensure_ascii=False))
     else:
         print(_trace(routing))
     return 2 if routing.module == "ERROR" else 0
