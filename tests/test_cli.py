@@ -156,6 +156,16 @@ def test_route_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert [step["source"]["line"] for step in result["steps"]] == [domain, account, account]
 
 
+def test_route_json_prints_utf8(capsys: pytest.CaptureFixture[str]) -> None:
+    """Non-ASCII stays as it is in the JSON, not a \\u escape."""
+    command = ["route", "jörg@Bücher.example", "--site", str(EXAMPLE), "--format", "json"]
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    assert '"target": "jörg@xn--bcher-kva.example"' in out
+    assert "\\u" not in out
+    assert json.loads(out)["address"] == "jörg@Bücher.example"
+
+
 def test_route_refuses_a_tampered_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "plan.json"
     main(["build", str(EXAMPLE), "-o", str(target)])

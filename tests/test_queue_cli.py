@@ -112,3 +112,21 @@ def test_flush_without_a_server_marks_the_journals(
     assert out.splitlines()[-1] == (
         "no server is running on this queue: they are tried at its next start"
     )
+
+
+def test_flush_a_u_label_domain_finds_its_queue_in_a_labels(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The queue of bücher.example is named xn--bcher-kva.example; either spelling, in any
+    case, flushes it."""
+    first = queued(site, "jörg@bücher.example")
+    second = queued(site, "carol@other.test")
+    for domain in ("Bücher.example", "XN--BCHER-KVA.example"):
+        status, out, _ = run(
+            capsys, "queue", "flush", domain, "--site", str(site), "--root", str(site)
+        )
+        assert status == 0
+        assert out.splitlines()[0] == "1 message(s) to be tried again now"
+    spool = Spool(site / "queue")
+    assert spool.history(first).flushed > 0
+    assert spool.history(second).flushed == 0

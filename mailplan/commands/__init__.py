@@ -1,0 +1,1 @@
+"""The `mailplan` commands, one module per family; `mailplan/cli.py` assembles them."""

@@ -1,0 +1,244 @@
+"""`mailplan serve`: start-up in the order of docs/running.md ("Starting"), then one
+server in this process, or a supervisor and its workers (`--workers N`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import uvloop
+
+from mailplan.commands.origin import SiteError, add_origin, loader
+from mailplan.plan import codec
+from mailplan.plan.model import Plan
+from mailplan.runtime.serve import logs
+
+log = logging.getLogger("mailplan.server")
+
+# The installed mailplan package (this is mailplan/commands/), which the serving user
+# must be able to read: it runs from there.
+PACKAGE = Path(__file__).parent.parent
+
+if TYPE_CHECKING:
+    from mailplan.commands.origin import Subcommands
+    from mailplan.runtime.serve.server import Options
+    from mailplan.runtime.serve.startup import Identity, Sockets
+
+
+def add_parser(subcommands: Subcommands) -> None:
+    serve = subcommands.add_parser("serve", help="run the mail server on a site or a plan")
+    add_origin(serve, positional=True)
+    serve.add_argument("--dev", action="store_true", help="loopback, high ports, self-signed TLS")
+    serve.add_argument("--root", type=Path, default=Path("."), help="base of relative paths")
+    serve.add_argument(
+        "--resolver", metavar="IP[:PORT]", help="DNS server for MX look-ups (default: the system's)"
+    )
+    serve.add_argument(
+        "--smtp-port", type=int, default=25, metavar="PORT", help="port of other SMTP servers"
+    )
+    serve.add_argument(
+        "--workers",
+        default="1",
+        metavar="N|auto",
+        help="worker processes (auto: one per CPU; default 1)",
+    )
+    serve.add_argument(
+        "--dns-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a receiving check waits for DNS (default 10)",
+    )
+    serve.add_argument(
+        "--user", metavar="NAME", help="serve as this user once the ports are bound (as root)"
+    )
+    serve.add_argument("--group", metavar="NAME", help="and this group (default: the user's)")
+    serve.add_argument("--allow-root", action="store_true", help="serve as root (without --user)")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text")
+    serve.add_argument("--log-level", choices=logs.LEVELS, default="info")
+    serve.add_argument("--debug", action="store_true", help="a traceback for an internal error")
+    serve.set_defaults(run=_serve)
+
+
+def _serve(arguments: argparse.Namespace) -> int:
+    """Run the server; whatever stops it from starting is one line on standard error."""
+    from mailplan.runtime.serve.startup import StartupError
+
+    if _workers(arguments.workers) is None:
+        print(
+            f"mailplan: --workers is a number from 1, or auto: {arguments.workers!r}",
+            file=sys.stderr,
+        )
+        return 2
+    writer = logs.Writer(arguments.log_format, arguments.log_level)
+    try:
+        return _start(arguments, writer)
+    except StartupError as exc:
+        print(logs.line(f"mailplan: {exc}"), file=sys.stderr)
+    except (SiteError, codec.PlanError) as exc:
+        print(logs.line(f"mailplan: cannot serve:\n{exc}"), file=sys.stderr)
+    except Exception as exc:
+        if arguments.debug:
+            raise
+        print(
+            logs.line(
+                f"mailplan: internal error: {type(exc).__name__}: {exc} (--debug shows where)"
+            ),
+            file=sys.stderr,
+        )
+    finally:
+        writer.stop()
+    return 1
+
+
+def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
+    """The order of `runtime.serve.startup`: queue lock, TLS, sockets, resolver, user, pid."""
+    from mailplan.runtime.delivery.scheduler import Remote
+    from mailplan.runtime.serve import startup
+    from mailplan.runtime.serve.server import Options
+
+    workers = _workers(arguments.workers) or 1
+    load = loader(arguments.site, arguments.plan)
+    plan = load()
+    root, dev = arguments.root, arguments.dev
+    site_user = (None, None) if dev else (plan.server.user, plan.server.group)  # `make run`
+    who = startup.identity(
+        arguments.user or site_user[0],
+        arguments.group or site_user[1],
+        allow_root=arguments.allow_root or dev,
+    )
+    queue = startup.resolve(root, plan.queue.directory)
+    mail = startup.resolve(root, plan.queue.mail_directory)
+    startup.prepare_directories([queue], who)
+    lock = startup.lock_queue(queue)
+    try:
+        tls = startup.tls_context(plan, root, dev)
+        sockets = startup.bind(startup.served(plan, dev))
+        quiet = _settle(arguments, who, queue, mail, sockets)
+        lock.write_pid()
+        if quiet:
+            log.warning("%s", quiet)
+        options = Options(
+            root,
+            dev,
+            Remote(arguments.smtp_port, arguments.resolver, dns_timeout=arguments.dns_timeout),
+            sockets=sockets,
+            tls=tls,
+        )
+        if dev:
+            _banner(plan, arguments)
+        return _run(arguments, writer, load, plan, options, workers)
+    finally:
+        lock.release()
+
+
+def _settle(
+    arguments: argparse.Namespace, who: Identity | None, queue: Path, mail: Path, sockets: Sockets
+) -> str | None:
+    """With the sockets bound: ask the resolver, make the mailbox folder, give up root and
+    check what the serving user writes and reads. The sockets are closed if any of it fails;
+    what a resolver that does not answer means is returned, for a warning."""
+    from mailplan.runtime.serve import startup
+
+    try:
+        quiet = startup.check_resolver(arguments.resolver)
+        startup.prepare_directories([mail], who)
+        if who is not None:
+            startup.become(who)
+        os.umask(0o077)
+        site = arguments.plan if arguments.plan is not None else arguments.site
+        startup.check_writable([queue, mail], [site.resolve(), PACKAGE])
+        if who is not None:
+            log.info("serving as %s (uid %d, gid %d)", who.user, who.uid, who.gid)
+    except BaseException:
+        for sock in sockets.values():
+            sock.close()
+        raise
+    return quiet
+
+
+def _run(
+    arguments: argparse.Namespace,
+    writer: logs.Writer,
+    load: Callable[[], Plan],
+    plan: Plan,
+    options: Options,
+    workers: int,
+) -> int:
+    """Serve in this process, or fork `workers` of them under a supervisor."""
+    if workers > 1:
+        from mailplan.runtime.serve.workers import supervise
+
+        def worker(load: Callable[[], Plan], first: Plan, options: Options) -> int:
+            mine = logs.Writer(arguments.log_format, arguments.log_level)
+            try:
+                return _serve_worker(load, first, options)
+            finally:
+                mine.stop()
+
+        writer.stop()  # no thread may run when the supervisor forks
+        return supervise(load, plan, options, workers, worker)
+    return _serve_worker(load, plan, options)
+
+
+def _workers(text: str) -> int | None:
+    """The number of worker processes `--workers` asks for (None: not a number from 1)."""
+    if text == "auto":
+        return os.cpu_count() or 1
+    if text.isascii() and text.isdigit() and 1 <= int(text) <= 1024:
+        return int(text)
+    return None
+
+
+def _banner(plan: Plan, arguments: argparse.Namespace) -> None:
+    """What `make run` prints: where each listener is, how to start Dovecot for IMAP,
+    and a command to try it."""
+    from mailplan.runtime.serve.startup import POP3_PROTOCOLS, SMTP_PROTOCOLS, development
+
+    print("development mode: listeners on 127.0.0.1")
+    ours = (*SMTP_PROTOCOLS, *POP3_PROTOCOLS)
+    for listener in plan.listeners:
+        moved = development(listener)
+        later = "" if listener.protocol in ours else "  (Dovecot: see below)"
+        print(f"  {listener.name:<12} {listener.protocol:<11} port {moved.port}{later}")
+    if not all(x.protocol in ours for x in plan.listeners):
+        print(_dovecot_howto(arguments))
+    smtp = next((development(x).port for x in plan.listeners if x.protocol == "smtp"), 2525)
+    rcpt = f"postmaster@{plan.server.main_domain}"
+    print(
+        "send a test message:\n"
+        f"  python3 -c \"import smtplib; smtplib.SMTP('127.0.0.1', {smtp}).sendmail("
+        f"'you@remote.test', ['{rcpt}'], 'Subject: hello\\n\\nhello')\"",
+        flush=True,
+    )
+
+
+def _dovecot_howto(arguments: argparse.Namespace) -> str:
+    """How to have Dovecot serve IMAP beside `serve --dev`: it is not started for you."""
+    script = sys.argv[0] if Path(sys.argv[0]).name == "mailplan" else "python3 -m mailplan"
+    origin = f"--plan {arguments.plan}" if arguments.plan else str(arguments.site)
+    root = "" if arguments.root == Path(".") else f" --root {arguments.root}"
+    output = arguments.root / "var" / "dovecot"
+    root_user = os.geteuid() == 0
+    text = (
+        "IMAP is served by Dovecot, which mailplan does not start; in another terminal:\n"
+        f"  {script} dovecot {origin} --dev{root} -o {output}\n"
+        f"  {'' if root_user else 'sudo '}dovecot -F -c {output / 'dovecot.conf'}"
+    )
+    if root_user:
+        text += "\n  (Dovecot never reads mail as root: for IMAP, run this server as another user)"
+    return text
+
+
+def _serve_worker(load: Callable[[], Plan], first: Plan, options: Options) -> int:
+    """The server in this process: alone, or one worker of `serve --workers N`
+    (see runtime.serve.workers)."""
+    from mailplan.runtime.serve.server import Daemon
+
+    uvloop.run(Daemon(load, options, first).run())
+    return 0
