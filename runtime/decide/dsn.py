@@ -53,50 +53,19 @@ def report(
     failed = action == "failed"
     # a sender with a non-ASCII address can only be written in a UTF-8 header (RFC 6532);
     # such a DSN goes out with SMTPUTF8, as any mail to that address must
-    policy = SMTP if sender.isascii() else SMTP.clone(utf8=True)
-    message = EmailMessage(policy=policy)
-    message["From"] = f"Mail Delivery System <MAILER-DAEMON@{hostname}>"
-    message["To"] = sender
+    utf8 = not sender.isascii()
     subject = "Undelivered Mail Returned to Sender" if failed else "Delayed Mail (still trying)"
-    message["Subject"] = subject
-    message["Date"] = format_datetime(_when(now))
-    message["Message-ID"] = make_msgid(domain=hostname)
-    message["Auto-Submitted"] = "auto-replied"
+    message = _cover(hostname, sender, subject, now, utf8)
     message.set_content(_explanation(hostname, failures, failed, retry_until))
-
-    per_message = Message(policy=FIELDS)
-    per_message["Reporting-MTA"] = f"dns; {hostname}"
-    per_message["X-Mailplan-Queue-ID"] = queue_id
-    per_message["Arrival-Date"] = format_datetime(_when(arrived))
-    blocks = [per_message]
-    for failure in failures:
-        block = Message(policy=FIELDS)
-        block["Final-Recipient"] = recipient_field(failure.recipient)
-        block["Action"] = action
-        block["Status"] = failure.status
-        if failure.remote:
-            block["Remote-MTA"] = f"dns; {failure.remote}"
-        kind = "smtp" if failure.smtp else "x-mailplan"
-        diagnostic = _one_line(failure.diagnostic).encode("ascii", "replace").decode()
-        block["Diagnostic-Code"] = f"{kind}; {diagnostic}"
-        block["Last-Attempt-Date"] = format_datetime(_when(now))
-        if retry_until is not None and not failed:
-            block["Will-Retry-Until"] = format_datetime(_when(retry_until))
-        blocks.append(block)
-    status = Message(policy=SMTP)
-    status["Content-Type"] = "message/delivery-status"
-    status.set_payload(blocks)  # type: ignore[arg-type]
+    until = None if failed else retry_until
+    status = _delivery_status(hostname, queue_id, arrived, failures, action, now, until)
     message.make_mixed()
     message.attach(status)  # type: ignore[arg-type]  # a plain Message part is valid MIME
     head = header_block(original)
-    headers = Message(policy=SMTP)
-    headers["Content-Type"] = RFC822_HEADERS
-    headers["Content-Transfer-Encoding"] = "8bit"
-    headers.set_payload(head.decode("ascii", "surrogateescape"))
-    message.attach(headers)  # type: ignore[arg-type]
+    message.attach(_headers_part(head))  # type: ignore[arg-type]
     message.set_type("multipart/report")
     message.set_param("report-type", "delivery-status")
-    made = message.as_bytes(policy=FIELDS.clone(utf8=policy.utf8))
+    made = message.as_bytes(policy=FIELDS.clone(utf8=utf8))
     if _in_utf8(head):
         # RFC 6533 6.3: the email package writes a message/* part only from ASCII, so
         # the part is made as text/rfc822-headers and named here (its own header line,
@@ -105,6 +74,65 @@ def report(
             _CONTENT_TYPE + RFC822_HEADERS.encode(), _CONTENT_TYPE + GLOBAL_HEADERS, 1
         )
     return made
+
+
+def _cover(hostname: str, sender: str, subject: str, now: float, utf8: bool) -> EmailMessage:
+    """The DSN's own header fields, from the mailer-daemon to `sender`."""
+    message = EmailMessage(policy=SMTP.clone(utf8=True) if utf8 else SMTP)
+    message["From"] = f"Mail Delivery System <MAILER-DAEMON@{hostname}>"
+    message["To"] = sender
+    message["Subject"] = subject
+    message["Date"] = format_datetime(_when(now))
+    message["Message-ID"] = make_msgid(domain=hostname)
+    message["Auto-Submitted"] = "auto-replied"
+    return message
+
+
+def _delivery_status(
+    hostname: str,
+    queue_id: str,
+    arrived: float,
+    failures: list[Failure],
+    action: Action,
+    now: float,
+    until: float | None,
+) -> Message:
+    """The message/delivery-status part: the block for the message, then one per recipient."""
+    per_message = Message(policy=FIELDS)
+    per_message["Reporting-MTA"] = f"dns; {hostname}"
+    per_message["X-Mailplan-Queue-ID"] = queue_id
+    per_message["Arrival-Date"] = format_datetime(_when(arrived))
+    blocks = [per_message, *(_recipient_block(f, action, now, until) for f in failures)]
+    status = Message(policy=SMTP)
+    status["Content-Type"] = "message/delivery-status"
+    status.set_payload(blocks)  # type: ignore[arg-type]
+    return status
+
+
+def _recipient_block(failure: Failure, action: Action, now: float, until: float | None) -> Message:
+    """The delivery-status fields of one recipient; `until` only in a delay warning."""
+    block = Message(policy=FIELDS)
+    block["Final-Recipient"] = recipient_field(failure.recipient)
+    block["Action"] = action
+    block["Status"] = failure.status
+    if failure.remote:
+        block["Remote-MTA"] = f"dns; {failure.remote}"
+    kind = "smtp" if failure.smtp else "x-mailplan"
+    diagnostic = _one_line(failure.diagnostic).encode("ascii", "replace").decode()
+    block["Diagnostic-Code"] = f"{kind}; {diagnostic}"
+    block["Last-Attempt-Date"] = format_datetime(_when(now))
+    if until is not None:
+        block["Will-Retry-Until"] = format_datetime(_when(until))
+    return block
+
+
+def _headers_part(head: bytes) -> Message:
+    """The original message's header, as text/rfc822-headers (renamed later when UTF-8)."""
+    headers = Message(policy=SMTP)
+    headers["Content-Type"] = RFC822_HEADERS
+    headers["Content-Transfer-Encoding"] = "8bit"
+    headers.set_payload(head.decode("ascii", "surrogateescape"))
+    return headers
 
 
 def _in_utf8(head: bytes) -> bool:

@@ -122,24 +122,32 @@ class RouteIndex:
         self._ends = _lengths_by_domain(self._local_end)
 
     def _buckets(self, address: Address) -> Iterator[list[int]]:
+        """Every bucket that may hold a record matching `address`, exact ones first."""
         domain = address.domain
-        local = address.local.lower()
         for bucket in (self._exact.get(address.key), self._domain.get(domain)):
             if bucket:
                 yield bucket
+        yield from self._local_buckets(domain, address.local.lower())
+        yield from self._suffix_buckets(domain)
+        if self._generic:
+            yield self._generic
+
+    def _local_buckets(self, domain: str, local: str) -> Iterator[list[int]]:
+        """The buckets of `domain` filed by a literal start, then end, of the local part."""
         for length in self._starts.get(domain, ()):
             if bucket := self._local_start.get((domain, local[:length])):
                 yield bucket
         for length in self._ends.get(domain, ()):
             if bucket := self._local_end.get((domain, local[-length:])):
                 yield bucket
+
+    def _suffix_buckets(self, domain: str) -> Iterator[list[int]]:
+        """The buckets of `*.suffix` records whose suffix ends `domain`, shortest first."""
         for length in self._lengths:
             if length > len(domain):
                 break
             if bucket := self._suffix.get(domain[-length:]):
                 yield bucket
-        if self._generic:
-            yield self._generic
 
     def match(self, i: int, address: Address) -> tuple[str, ...] | None:
         route = self.routes[i]

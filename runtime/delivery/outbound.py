@@ -215,15 +215,25 @@ async def _session(
     STARTTLS is used when offered, unless `tls` is false (a fallback after it failed).
     Also says whether the connection was a kept one.
     """
-    host = name
     cache = settings.connections
     kept = cache.take(address, settings.port, settings.require_tls) if cache else None
     if kept is not None:
         client, encrypted = kept
-        outcomes = await _transactions(client, parcels, host)
-        if client.is_connected and cache is not None:
-            cache.give(address, settings.port, client, encrypted)
-        return outcomes, True
+    else:
+        client, encrypted = await _open(name, address, settings, tls)
+    outcomes = await _transactions(client, parcels, name)
+    if client.is_connected:
+        await _put_back(client, address, settings, encrypted)
+    return outcomes, kept is not None
+
+
+async def _open(
+    name: str, address: str, settings: Settings, tls: bool
+) -> tuple[aiosmtplib.SMTP, bool]:
+    """A new connection to `address`, greeted, and encrypted when offered and `tls`.
+
+    Raises _Refused (or _TlsFailed) with the connection closed when the host will not do.
+    """
     client = aiosmtplib.SMTP(
         hostname=address,
         port=settings.port,
@@ -231,36 +241,44 @@ async def _session(
         timeout=settings.timeout,
         start_tls=False,
     )
-    encrypted = False
     try:
         await client.connect()
         try:
             await client.ehlo()
         except aiosmtplib.SMTPHeloError:
             await client.helo()
-        if tls and client.supports_extension("starttls"):
-            try:
-                await client.starttls(tls_context=_NO_VERIFY, server_hostname=name)
-                await client.ehlo()
-                encrypted = True
-            except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-                raise _TlsFailed(f"TLS failed: {exc or type(exc).__name__}") from None
-        elif settings.require_tls:
-            raise _TlsFailed("TLS is required, but was not offered")
+        encrypted = await _start_tls(client, name, settings.require_tls, tls)
     except _Refused:
         client.close()
         raise
     except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
         client.close()
         raise _Refused(str(exc) or type(exc).__name__) from None
-    outcomes = await _transactions(client, parcels, host)
-    if not client.is_connected:
-        return outcomes, False
-    if cache is not None:
-        cache.give(address, settings.port, client, encrypted)
+    return client, encrypted
+
+
+async def _start_tls(client: aiosmtplib.SMTP, name: str, required: bool, tls: bool) -> bool:
+    """STARTTLS when the host offers it and `tls`; whether the connection is now encrypted."""
+    if tls and client.supports_extension("starttls"):
+        try:
+            await client.starttls(tls_context=_NO_VERIFY, server_hostname=name)
+            await client.ehlo()
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            raise _TlsFailed(f"TLS failed: {exc or type(exc).__name__}") from None
+        return True
+    if required:
+        raise _TlsFailed("TLS is required, but was not offered")
+    return False
+
+
+async def _put_back(
+    client: aiosmtplib.SMTP, address: str, settings: Settings, encrypted: bool
+) -> None:
+    """Keep a connection still open for the next batch, or say QUIT when none are kept."""
+    if settings.connections is not None:
+        settings.connections.give(address, settings.port, client, encrypted)
     else:
         await _quit(client)
-    return outcomes, False
 
 
 async def _transactions(client: aiosmtplib.SMTP, parcels: list[Parcel], host: str) -> list[Fate]:
@@ -276,26 +294,43 @@ async def _transactions(client: aiosmtplib.SMTP, parcels: list[Parcel], host: st
 
 
 async def _transaction(client: aiosmtplib.SMTP, parcel: Parcel, host: str) -> list[Fate]:
-    options = []
-    if client.supports_extension("size"):
-        options.append(f"SIZE={len(parcel.message)}")
-    if client.supports_extension("8bitmime") and not parcel.message.isascii():
-        options.append("BODY=8BITMIME")
+    """MAIL, RCPT for each recipient, then DATA for those accepted: an outcome for each."""
     international = not all(a.isascii() for a in (parcel.sender, *parcel.recipients))
-    if international:
-        if not client.supports_extension("smtputf8"):
-            reason = "a non-ASCII address, and the server does not offer SMTPUTF8"
-            return [
-                Fate(parcel.queue_id, r, "permanent", "5.6.7", reason, host)
-                for r in parcel.recipients
-            ]
-        options.append("SMTPUTF8")
+    if international and not client.supports_extension("smtputf8"):
+        reason = "a non-ASCII address, and the server does not offer SMTPUTF8"
+        return [
+            Fate(parcel.queue_id, r, "permanent", "5.6.7", reason, host) for r in parcel.recipients
+        ]
     encoding = "utf-8" if international else "ascii"
+    options = _mail_options(client, parcel, international)
     try:
         await client.mail(parcel.sender, options=options, encoding=encoding)
     except aiosmtplib.SMTPResponseException as refused:
         await _reset(client, refused)
         return [_outcome(parcel, r, refused.code, refused.message, host) for r in parcel.recipients]
+    accepted, outcomes = await _recipients(client, parcel, encoding, host)
+    if not accepted:
+        await client.rset()
+        return outcomes
+    return outcomes + await _data(client, parcel, accepted, host)
+
+
+def _mail_options(client: aiosmtplib.SMTP, parcel: Parcel, international: bool) -> list[str]:
+    """The MAIL FROM parameters the server offers and the message needs."""
+    options = []
+    if client.supports_extension("size"):
+        options.append(f"SIZE={len(parcel.message)}")
+    if client.supports_extension("8bitmime") and not parcel.message.isascii():
+        options.append("BODY=8BITMIME")
+    if international:
+        options.append("SMTPUTF8")
+    return options
+
+
+async def _recipients(
+    client: aiosmtplib.SMTP, parcel: Parcel, encoding: str, host: str
+) -> tuple[list[str], list[Fate]]:
+    """One RCPT each: the recipients accepted, and outcomes for those refused."""
     accepted: list[str] = []
     outcomes: list[Fate] = []
     for recipient in parcel.recipients:
@@ -309,17 +344,19 @@ async def _transaction(client: aiosmtplib.SMTP, parcel: Parcel, host: str) -> li
             outcomes.append(outcome)
             continue
         accepted.append(recipient)
-    if not accepted:
-        await client.rset()
-        return outcomes
+    return accepted, outcomes
+
+
+async def _data(
+    client: aiosmtplib.SMTP, parcel: Parcel, accepted: list[str], host: str
+) -> list[Fate]:
+    """DATA: the server's one reply is the outcome for every accepted recipient."""
     try:
         reply = await client.data(parcel.message, timeout=DATA_DONE_TIMEOUT)
     except aiosmtplib.SMTPResponseException as refused:
         _raise_if_gone(refused)
-        return outcomes + [
-            _outcome(parcel, r, refused.code, refused.message, host) for r in accepted
-        ]
-    return outcomes + [_outcome(parcel, r, reply.code, reply.message, host) for r in accepted]
+        return [_outcome(parcel, r, refused.code, refused.message, host) for r in accepted]
+    return [_outcome(parcel, r, reply.code, reply.message, host) for r in accepted]
 
 
 async def _reset(client: aiosmtplib.SMTP, refused: aiosmtplib.SMTPResponseException) -> None:

@@ -77,11 +77,21 @@ async def destinations(queue: str, domain: str, resolve: dns.asyncresolver.Resol
         return [Host(queue, (ip,))]
     if queue != domain:
         return [Host(queue, await addresses(queue, resolve, fail=True))]
+    exchanges = await _exchanges(domain, resolve)
+    if exchanges is None:  # no MX: the domain's own addresses
+        return [Host(domain, await addresses(domain, resolve, fail=True))]
+    return await _hosts(domain, exchanges, resolve)
+
+
+async def _exchanges(
+    domain: str, resolve: dns.asyncresolver.Resolver
+) -> list[dns.name.Name] | None:
+    """The exchangers of `domain` in the order to try them, or None when it has no MX."""
     _valid(domain)
     try:
         answer = await resolve.resolve(domain, "MX")
     except dns.resolver.NoAnswer:
-        return [Host(domain, await addresses(domain, resolve, fail=True))]
+        return None
     except dns.resolver.NXDOMAIN:
         raise LookupFailed("5.1.2", f"{domain}: no such domain") from None
     except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
@@ -92,11 +102,17 @@ async def destinations(queue: str, domain: str, resolve: dns.asyncresolver.Resol
     )
     if len(records) == 1 and records[0][2] == dns.name.root:
         raise LookupFailed("5.1.10", f"{domain} accepts no mail (null MX)")
+    return [exchange for _, _, exchange in records if exchange != dns.name.root]
+
+
+async def _hosts(
+    domain: str, exchanges: list[dns.name.Name], resolve: dns.asyncresolver.Resolver
+) -> list[Host]:
+    """The exchangers that have addresses; when none has, a temporary failure before a
+    permanent one."""
     hosts = []
     trouble: LookupFailed | None = None
-    for _, _, exchange in records:
-        if exchange == dns.name.root:
-            continue
+    for exchange in exchanges:
         name = exchange.to_text(omit_final_dot=True)
         try:
             hosts.append(Host(name, await addresses(name, resolve, fail=True)))

@@ -12,11 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from mailplan.plan.model import Pipe, RuleVerb
+from mailplan.plan.model import Pipe, RuleAction, RuleVerb
 from mailplan.runtime.rules import actions as ruleactions
-from mailplan.runtime.rules.engine import Facts, Outcome
+from mailplan.runtime.rules.engine import Directive, Facts, Outcome
 
 SENDING = ("Redirect to", "Mirror to", "Forward to")
+PLACING = ("Reject with", "Store in", "Add Header", "Tag Subject")
+NOTING = ("Remember 'From' in", "Copy Attachments into", "Reply with", "Reply to All with")
 
 
 @dataclass(frozen=True)
@@ -115,42 +117,64 @@ def at_delivery(
     placement = Placement(message, ["INBOX"] if outcome.keep else [], "")
     marks: list[tuple[RuleVerb, tuple[str, ...]]] = []
     for step in outcome.steps:
-        action = step.action
-        verb, value = action.verb, _value(action.values)
-        if verb == "Reject with":
-            placement.rejection = ruleactions.rejection(value or None)
-        elif verb == "Store in":
-            placement.folders.append(value)
-        elif verb == "Mark":
-            marks.append((verb, action.values))
-        elif verb == "Add Header":
-            placement.message = ruleactions.add_header(placement.message, value)
-        elif verb == "Tag Subject":
-            placement.message = ruleactions.tag_subject(placement.message, value)
-        elif verb in SENDING:
-            sender = ruleactions.envelope_sender(verb, facts.sender, account)
-            copy = _copy(
-                verb, action.values, placement.message, sender, account, facts.now, f"{step}"
-            )
-            placement.copies.append(copy)
-        elif verb == "Execute":
-            command = _command(pipes, value, placement.message)
-            if command is not None:
-                placement.commands.append(command)
-        elif verb == "Remember 'From' in":
-            for _, address in facts.headers.mailboxes("from")[:1]:
-                placement.remember.append((value, address))
-        elif verb == "Copy Attachments into":
-            parts = ruleactions.attachments(placement.message)
-            if parts is not None:
-                placement.attachments.append((value, parts))
-        elif verb in ("Reply with", "Reply to All with"):
-            period = action.period if action.period is not None else 7 * 86400
-            placement.replies.append((value, verb == "Reply to All with", period))
+        verb = step.action.verb
+        if verb == "Mark":
+            marks.append((verb, step.action.values))
+        elif verb in PLACING:
+            _place(placement, step.action)
+        elif verb in SENDING or verb == "Execute":
+            _send(placement, step, facts, account, pipes)
+        elif verb in NOTING:
+            _note(placement, step.action, facts)
     placement.flags = ruleactions.flags(marks)
     # one copy per folder, in the order the rules named them
     placement.folders = list(dict.fromkeys(placement.folders))
     return placement
+
+
+def _place(placement: Placement, action: RuleAction) -> None:
+    """Reject with, Store in, Add Header and Tag Subject: where the copy goes, and as what."""
+    verb, value = action.verb, _value(action.values)
+    if verb == "Reject with":
+        placement.rejection = ruleactions.rejection(value or None)
+    elif verb == "Store in":
+        placement.folders.append(value)
+    elif verb == "Add Header":
+        placement.message = ruleactions.add_header(placement.message, value)
+    elif verb == "Tag Subject":
+        placement.message = ruleactions.tag_subject(placement.message, value)
+
+
+def _send(
+    placement: Placement, step: Directive, facts: Facts, account: str, pipes: tuple[Pipe, ...]
+) -> None:
+    """Redirect, Mirror, Forward and Execute: the message as it is now, sent on or piped."""
+    action = step.action
+    if action.verb == "Execute":
+        command = _command(pipes, _value(action.values), placement.message)
+        if command is not None:
+            placement.commands.append(command)
+        return
+    sender = ruleactions.envelope_sender(action.verb, facts.sender, account)
+    copy = _copy(
+        action.verb, action.values, placement.message, sender, account, facts.now, f"{step}"
+    )
+    placement.copies.append(copy)
+
+
+def _note(placement: Placement, action: RuleAction, facts: Facts) -> None:
+    """Remember, Copy Attachments and the Replies: done after the copy is delivered."""
+    verb, value = action.verb, _value(action.values)
+    if verb == "Remember 'From' in":
+        for _, address in facts.headers.mailboxes("from")[:1]:
+            placement.remember.append((value, address))
+    elif verb == "Copy Attachments into":
+        parts = ruleactions.attachments(placement.message)
+        if parts is not None:
+            placement.attachments.append((value, parts))
+    else:  # Reply with, Reply to All with
+        period = action.period if action.period is not None else 7 * 86400
+        placement.replies.append((value, verb == "Reply to All with", period))
 
 
 def _copy(

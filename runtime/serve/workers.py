@@ -23,8 +23,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
+from typing import NoReturn
 
 from mailplan.plan import codec
 from mailplan.plan.model import Plan
@@ -49,82 +50,117 @@ def supervise(
 ) -> int:
     """Run `workers` copies of the server on `plan` (reloads call `load`); returns when
     they have all stopped."""
-    children: dict[int, int] = {}  # pid → worker index
-    stopping = False
+    supervisor = _Supervisor(load, plan, options, workers, run_worker)
+    supervisor.take_signals()
+    release_signals()  # a stop asked for while the server started: no worker is started
+    for index in range(workers if not supervisor.stopping else 0):
+        supervisor.start(index)
+    notify.ready(f"{workers} workers serving plan {codec.digest(plan)}")
+    try:
+        return supervisor.watch()
+    finally:
+        for sock in options.sockets.values():
+            sock.close()
 
-    def start(index: int) -> None:
-        share = Share(index, workers)
+
+class _Supervisor:
+    """The supervisor's side: its workers by pid, what starts one, and whether it is stopping."""
+
+    def __init__(
+        self,
+        load: Callable[[], Plan],
+        plan: Plan,
+        options: Options,
+        workers: int,
+        run_worker: Callable[[Callable[[], Plan], Plan, Options], int],
+    ) -> None:
+        self.load = load
+        self.plan = plan
+        self.options = options
+        self.workers = workers
+        self.run_worker = run_worker
+        self.children: dict[int, int] = {}  # pid → worker index
+        self.stopping = False
+
+    def take_signals(self) -> None:
+        """Reload and flush go on to the workers; SIGTERM and SIGINT stop them all."""
+        signal.signal(signal.SIGHUP, self.forward)
+        signal.signal(signal.SIGUSR1, self.forward)
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def forward(self, number: int, _: object) -> None:
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, number)
+
+    def stop(self, number: int, frame: object) -> None:
+        if not self.stopping:
+            notify.stopping()
+        self.stopping = True
+        self.forward(signal.SIGTERM, frame)
+
+    def start(self, index: int) -> None:
+        """Fork worker `index`; the child runs the server and never comes back here."""
+        share = Share(index, self.workers)
         supervisor = os.getpid()
         # No signal may reach the child while it still has the supervisor's handlers.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         pid = os.fork()
-        if pid == 0:  # the worker
-            status = 1
-            try:
-                _die_with_parent(supervisor)
-                # Until the worker's loop takes them: a reload or flush that comes while
-                # it starts is moot (it reads the plan and the queue as it starts).
-                for number in (signal.SIGHUP, signal.SIGUSR1):
-                    signal.signal(number, signal.SIG_IGN)
-                for number in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(number, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                os.environ.pop("NOTIFY_SOCKET", None)  # systemd hears the supervisor only
-                work_as(share)
-                serving = replace(options, share=share)
-                status = run_worker(load, _plan_now(load, plan), serving)
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(status)
+        if pid == 0:
+            self._work(share, supervisor, mask)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        children[pid] = index
-        log.info("worker %d of %d started (pid %d)", index, workers, pid)
+        self.children[pid] = index
+        log.info("worker %d of %d started (pid %d)", index, self.workers, pid)
 
-    def forward(number: int, _: object) -> None:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, number)
+    def _work(self, share: Share, supervisor: int, mask: Iterable[int]) -> NoReturn:
+        """The worker, in the forked child: a server on its share of the queue, then exit."""
+        status = 1
+        try:
+            _die_with_parent(supervisor)
+            _worker_signals(mask)
+            os.environ.pop("NOTIFY_SOCKET", None)  # systemd hears the supervisor only
+            work_as(share)
+            serving = replace(self.options, share=share)
+            status = self.run_worker(self.load, _plan_now(self.load, self.plan), serving)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
 
-    def stop(number: int, frame: object) -> None:
-        nonlocal stopping
-        if not stopping:
-            notify.stopping()
-        stopping = True
-        forward(signal.SIGTERM, frame)
-
-    signal.signal(signal.SIGHUP, forward)
-    signal.signal(signal.SIGUSR1, forward)
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    release_signals()
-    for index in range(workers):
-        start(index)
-    notify.ready(f"{workers} workers serving plan {codec.digest(plan)}")
-    status = 0
-    try:
-        while children:
+    def watch(self) -> int:
+        """Wait for the workers, starting again each that dies unless stopping; the status."""
+        status = 0
+        while self.children:
             try:
                 pid, code = os.wait()
             except ChildProcessError:
                 break
-            index = children.pop(pid)
-            if stopping:
+            index = self.children.pop(pid)
+            if self.stopping:
                 status = status or os.waitstatus_to_exitcode(code)
-                continue
-            log.error(
-                "worker %d (pid %d) ended with status %d; starting it again",
-                index,
-                pid,
-                os.waitstatus_to_exitcode(code),
-            )
-            time.sleep(RESTART_DELAY)
-            if not stopping:
-                start(index)
-    finally:
-        for sock in options.sockets.values():
-            sock.close()
-    return status
+            else:
+                self._restart(index, pid, os.waitstatus_to_exitcode(code))
+        return status
+
+    def _restart(self, index: int, pid: int, status: int) -> None:
+        log.error("worker %d (pid %d) ended with status %d; starting it again", index, pid, status)
+        time.sleep(RESTART_DELAY)
+        if not self.stopping:
+            self.start(index)
+
+
+def _worker_signals(mask: Iterable[int]) -> None:
+    """The worker's signals until its loop takes them, then the mask from before the fork.
+
+    A reload or flush that comes while it starts is moot (it reads the plan and the queue
+    as it starts); SIGTERM and SIGINT kill it.
+    """
+    for number in (signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(number, signal.SIG_IGN)
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _plan_now(load: Callable[[], Plan], started: Plan) -> Plan:

@@ -123,22 +123,36 @@ def _facts(policy: Policy, case: TestCase) -> Facts:
 
 def outcome(policy: Policy, case: TestCase) -> str:
     """What the server would do with the case, in the words of `expect`."""
-    router = policy.router
     if case.kind == "access":
-        routing = router.route(case.to, "access")
+        routing = policy.router.route(case.to, "access")
         if routing.module == "LOCAL":
             return f"local {routing.queue}"
         return f"reject {routing.status or '5.7.8'}"
+    refusal = _sender_refusal(policy, case)
+    if refusal:
+        return f"reject {_status(refusal)}"
+    return _recipient(policy, case)
+
+
+def _sender_refusal(policy: Policy, case: TestCase) -> str | None:
+    """The reply refusing the case's sender: by the policy, or by the checks with its DNS."""
     if case.sender is not None:
         refusal = policy.sender(case.sender)
         if refusal:
-            return f"reject {_status(refusal)}"
+            return refusal
     if case.dns:
-        refusal = _checks(policy, case)
-        if refusal:
-            return f"reject {_status(refusal)}"
+        return _checks(policy, case)
+    return None
+
+
+def _recipient(policy: Policy, case: TestCase) -> str:
+    """What RCPT TO comes to: a rejection, or the module and queue the mail goes to.
+
+    A case without a client or a login is routed only; one with either is judged as the
+    session would judge it (relaying, the client's limits).
+    """
     if case.client is None and case.authenticated is None:
-        routing = router.route(case.to, case.kind)
+        routing = policy.router.route(case.to, case.kind)
         if routing.module == "ERROR":
             return f"reject {routing.status}"
     else:
