@@ -8,7 +8,8 @@ from pathlib import Path
 
 from mailplan.compiler.pipeline import compile_site
 from mailplan.runtime.decide.router import Router
-from mailplan.runtime.queue.processor import Effects, process
+from mailplan.runtime.queue.local import Effects
+from mailplan.runtime.queue.processor import process
 from mailplan.runtime.store.spool import Envelope, Spool, new_id
 
 SITE = """\

@@ -17,26 +17,22 @@ and is delivered in batches whose Maildir copies are made durable together.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import re
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mailplan.runtime.decide import dsn, retry
-from mailplan.runtime.decide.addresslist import AddressSet
+from mailplan.runtime.decide import retry
 from mailplan.runtime.decide.router import Router, Routing
 from mailplan.runtime.delivery import pipe
-from mailplan.runtime.delivery.scheduler import Waiting, bounce, enqueue
+from mailplan.runtime.delivery.scheduler import Waiting
 from mailplan.runtime.queue.arrival import Arrival
+from mailplan.runtime.queue.local import REPLY_LOG, Effects, Local, execute, rules_of
 from mailplan.runtime.rules import actions as ruleactions
 from mailplan.runtime.rules import enact
-from mailplan.runtime.rules.engine import Facts, Headers, RuleBook
-from mailplan.runtime.store import durable, maildir
+from mailplan.runtime.store import durable
 from mailplan.runtime.store.intake import Intake, Ticket
 from mailplan.runtime.store.spool import BadQueueFile, Envelope, Spool
 
@@ -50,32 +46,6 @@ SOON_LIMIT = 20_000  # messages
 SOON_BYTES = 256 << 20
 STOP_WAIT = 30.0  # seconds a stop waits for those batches (what is left stays in the journal)
 RETRY_FAILED = 60  # seconds before a message whose processing failed is processed again
-MAX_HOPS = 50  # Received and Delivered-To lines a message may carry (as Postfix's hopcount_limit)
-REPLY_LOG = "replies.sqlite"
-# The listener names of messages the server made itself (bounces, list copies, rule
-# copies, auto-replies): for rules, their Source is `local`.
-MADE_HERE = (
-    "bounce",
-    "rule",
-    "list ",
-    "auto-reply",
-)  # in the mail directory: who was auto-answered when
-
-
-@dataclass
-class Effects:
-    """What processing asked the event loop to do next: new messages to process, and
-    programs to run (Execute)."""
-
-    created: list[str] = field(default_factory=list)
-    commands: list[tuple[enact.Execution, pipe.Handover]] = field(default_factory=list)
-
-
-@functools.lru_cache(maxsize=4)
-def _rules_of(router: Router) -> tuple[RuleBook, AddressSet]:
-    """The rules of the router's plan, compiled once, and its Client IPs."""
-    plan = router.plan
-    return RuleBook(plan), AddressSet.named(plan, plan.server.client_ips)
 
 
 def process(
@@ -100,46 +70,29 @@ def process(
     each recipient (a batch logs them once committed). Blocking (it reads the queue file
     and fsyncs mailboxes): run it off the event loop.
     """
-    history: retry.History | None = None
-    routing_of: Callable[[str], Routing] = router.route
     if fresh is not None:
-        envelope, message, finished = fresh.envelope, fresh.message, set()
-        routing_of = fresh.routing
+        message: _Message | None = _Message.fresh(fresh)
     else:
-        try:
-            envelope, message = spool.load(queue_id)
-        except FileNotFoundError:
-            return []  # finished meanwhile
-        except (BadQueueFile, UnicodeError) as exc:
-            spool.set_aside(queue_id, str(exc))
-            return []
-        finished = spool.finished(queue_id)
-        history = spool.history(queue_id)
+        message = _Message.read(spool, queue_id, router)
+    if message is None:
+        return []
     schedule = router.plan.queue.retry
-    effects = effects if effects is not None else Effects()
-    replies = replies if replies is not None else ruleactions.MemoryReplyLog()
+    local = Local(
+        spool, router, mail_directory, message.envelope, message.bytes,
+        effects if effects is not None else Effects(),
+        replies if replies is not None else ruleactions.MemoryReplyLog(), batch,
+    )  # fmt: skip
     done: list[str] = []
     waiting: list[Waiting] = []
     delivered: set[str] = set()  # one copy per mailbox, however many recipients lead to it
-    for recipient in envelope.recipients:
-        if recipient in finished:
+    for recipient in message.envelope.recipients:
+        if recipient in message.finished:
             continue
-        routing = routing_of(recipient)
-        decided = " ".join(str(step.source) for step in routing.steps if step.source) or "built-in"
-        decided += f", plan {digest[:19]}" if digest else ""
-        # Server rules will run here (the rules issue); then placement in logical queues.
+        routing = message.routing(recipient)
+        decided = _decided(routing, digest)
         if routing.module == "LOCAL":
             if routing.queue not in delivered:
-                local = Local(
-                    spool, router, mail_directory, envelope, message, effects, replies, batch
-                )
-                try:
-                    local.deliver(routing.queue)
-                except Exception:
-                    # those are not delivered twice (a batch's copies are not delivered yet)
-                    if batch is None and done and spool.exists(queue_id):
-                        spool.done(queue_id, done)
-                    raise
+                _deliver(local, routing.queue, done, batch is None)
                 delivered.add(routing.queue)
             done.append(recipient)
             say("%s <%s> delivered to %s (%s)", queue_id, recipient, routing, decided)
@@ -147,158 +100,86 @@ def process(
             done.append(recipient)
             say("%s <%s> discarded (%s)", queue_id, recipient, decided)
         else:
-            if history is None:  # fresh: due now, and its bytes are at hand for the first try
-                entry = Waiting(
-                    queue_id,
-                    recipient,
-                    routing,
-                    envelope.arrived,
-                    envelope=envelope,
-                    message=message,
-                )
-            else:
-                due = retry.due(history, recipient, envelope.arrived, schedule)
-                attempts = history.attempts.get(recipient, 0)
-                entry = Waiting(queue_id, recipient, routing, envelope.arrived, due, attempts)
+            entry = message.waiting(recipient, routing, schedule)
             waiting.append(entry)
             say("%s <%s> queued in %s (%s)", queue_id, recipient, entry.queue, decided)
-    if batch is None and not waiting:
-        spool.remove(queue_id)
-    elif batch is None and done:
-        spool.done(queue_id, done)
+    if batch is None:
+        _record(spool, queue_id, done, waiting)
     return waiting
 
 
-@dataclass
-class Local:
-    """LOCAL delivery of one message to the accounts it goes to, through their rules."""
+@dataclass(frozen=True)
+class _Message:
+    """A message to process: as it arrived (with its routings), or read from the queue
+    (with what is done and its retry journal)."""
 
-    spool: Spool
-    router: Router
-    mail_directory: Path
     envelope: Envelope
-    message: bytes
-    effects: Effects
-    replies: ruleactions.ReplyLog
-    batch: durable.Batch | None = None
+    bytes: bytes
+    routing: Callable[[str], Routing]
+    finished: set[str] = field(default_factory=set)
+    history: retry.History | None = None  # None: it just arrived
 
-    def deliver(self, account: str) -> None:
-        book, clients = _rules_of(self.router)
-        rules = book.local(account)
-        if not rules.rules:
-            self._store(account, "INBOX", self.message, "")
-            return
-        facts = self._facts(account, clients)
-        looped = account.lower() in (a.lower() for a in facts.headers.all("delivered-to"))
-        hops = len(facts.headers.all("received")) + len(facts.headers.all("delivered-to"))
-        if looped or hops > MAX_HOPS:
-            why = "it has been through its rules before" if looped else f"{hops} hops"
-            log.warning(
-                "%s <%s> mail loop (%s): delivered without rules", self.envelope.id, account, why
-            )
-            self._store(account, "INBOX", self.message, "")
-            return
-        outcome = rules.evaluate(facts)
-        for line in outcome.log():
-            log.info("%s <%s> %s", self.envelope.id, account, line)
-        placement = enact.at_delivery(outcome, facts, self.message, account, self.router.plan.pipes)
-        for folder in placement.folders:
-            self._store(account, folder, placement.message, placement.flags)
-        for folder, parts in placement.attachments:
-            self._store(account, folder, parts, "")
-        for copy in placement.copies:
-            stamped = f"Delivered-To: {account}\r\n".encode() + copy.message
-            self._queue(copy.sender, copy.recipients, stamped, f"rule copy for {account}")
-        if placement.rejection is not None:
-            self._bounce(account, placement.rejection)
-        for text, everyone, period in placement.replies:
-            self._reply(facts, account, text, everyone, period)
-        for book_name, address in placement.remember:
-            self._remember(account, book_name, address)
-        for command in placement.commands:
-            facts_for_pipe = pipe.Handover(
-                self.envelope.id,
-                self.envelope.sender,
-                account,
-                self.envelope.client,
-                self.envelope.helo,
-                self.envelope.auth,
-            )
-            self.effects.commands.append((command, facts_for_pipe))
+    @classmethod
+    def fresh(cls, arrival: Arrival) -> _Message:
+        return cls(arrival.envelope, arrival.message, arrival.routing)
 
-    def _facts(self, account: str, clients: AddressSet) -> Facts:
+    @classmethod
+    def read(cls, spool: Spool, queue_id: str, router: Router) -> _Message | None:
+        """The queued message, or None when it is gone or set aside as unreadable."""
+        try:
+            envelope, message = spool.load(queue_id)
+        except FileNotFoundError:
+            return None  # finished meanwhile
+        except (BadQueueFile, UnicodeError) as exc:
+            spool.set_aside(queue_id, str(exc))
+            return None
+        finished, history = spool.finished(queue_id), spool.history(queue_id)
+        return cls(envelope, message, router.route, finished, history)
+
+    def waiting(self, recipient: str, routing: Routing, schedule: tuple[int, ...]) -> Waiting:
+        """The recipient for the delivery wing: due now with its bytes at hand when the
+        message just arrived, else when its retry journal says."""
         envelope = self.envelope
-        internal = envelope.listener in MADE_HERE or envelope.listener.startswith(MADE_HERE)
-        sources = {"local" if internal else "remote"}
-        if envelope.client in clients:
-            sources.add("trusted")
-        if envelope.auth not in ("", "-"):
-            sources.add("authenticated")
-        return Facts(
-            headers=Headers.parse(self.message),
-            sender=envelope.sender,
-            recipients=envelope.recipients,
-            size=len(self.message),
-            sources=frozenset(sources),
-            tls=envelope.tls != "none",
-            submit_address=envelope.client,
-            now=datetime.now().astimezone(),
-            mailboxes=lambda name: maildir.mailbox(self.mail_directory, account, name).is_dir(),
-        )
+        if self.history is None:
+            return Waiting(
+                envelope.id, recipient, routing, envelope.arrived,
+                envelope=envelope, message=self.bytes,
+            )  # fmt: skip
+        due = retry.due(self.history, recipient, envelope.arrived, schedule)
+        attempts = self.history.attempts.get(recipient, 0)
+        return Waiting(envelope.id, recipient, routing, envelope.arrived, due, attempts)
 
-    def _store(self, account: str, folder: str, message: bytes, flags: str) -> None:
-        box = maildir.mailbox(self.mail_directory, account, folder)
-        maildir.deliver(box, self.envelope.sender, message, flags, self.batch)
 
-    def _queue(self, sender: str, recipients: tuple[str, ...], message: bytes, why: str) -> None:
-        queue_id = enqueue(self.spool, self.envelope, sender, recipients, message, why, time.time())
-        self.effects.created.append(queue_id)
-        shown = ", ".join(f"<{r}>" for r in recipients)
-        log.info("%s: %s queued as %s for %s", self.envelope.id, why, queue_id, shown)
+def _decided(routing: Routing, digest: str) -> str:
+    """Where a routing was decided, for the log: the site lines, and the plan."""
+    decided = " ".join(str(step.source) for step in routing.steps if step.source) or "built-in"
+    return decided + (f", plan {digest[:19]}" if digest else "")
 
-    def _bounce(self, account: str, reply: str) -> None:
-        if not self.envelope.sender:
-            log.info(
-                "%s <%s> rejected by a rule; no bounce to the null sender",
-                self.envelope.id,
-                account,
-            )
-            return
-        found = re.match(r"[245]\d\d(?: ([245]\.\d{1,3}\.\d{1,3}))?\s*(.*)", reply)
-        status = found[1] if found and found[1] and found[1][0] == "5" else "5.7.1"
-        reason = (found[2] if found else reply) or "rejected by a rule"
-        failure = dsn.Failure(account, status, reason)
-        now = time.time()
-        queue_id = bounce(self.spool, self.router.plan, self.envelope, self.message, [failure], now)
-        self.effects.created.append(queue_id)
 
-    def _reply(self, facts: Facts, account: str, text: str, everyone: bool, period: int) -> None:
-        last = self.replies.last(account, facts.sender)
-        why = ruleactions.why_not_reply(facts, account, last, period)
-        if why is not None:
-            log.info("%s <%s> no auto-reply: %s", self.envelope.id, account, why)
-            return
-        to = ruleactions.reply_recipients(facts, account, everyone)
-        answer = ruleactions.auto_reply(facts.headers, account, to, text, facts.now)
-        self._queue("", to, answer, f"auto-reply of {account}")
-        self.replies.record(account, facts.sender, facts.now.timestamp())
+def _deliver(local: Local, account: str, done: list[str], queued: bool) -> None:
+    """LOCAL delivery to one account; if it fails, what was delivered before it is
+    recorded, so that it is not delivered twice (a batch's copies are not delivered yet)."""
+    try:
+        local.deliver(account)
+    except Exception:
+        if queued and done and local.spool.exists(local.envelope.id):
+            local.spool.done(local.envelope.id, done)
+        raise
 
-    def _remember(self, account: str, book: str, address: str) -> None:
-        """Remember 'From' in: one address a line in `ACCOUNT/addressbooks/BOOK.txt`."""
-        folder = maildir.mailbox(self.mail_directory, account) / "addressbooks"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{book.replace('/', '_')}.txt"
-        known = path.read_text(encoding="utf-8").split("\n") if path.exists() else []
-        if address.lower() not in (line.lower() for line in known):
-            with path.open("a", encoding="utf-8") as file:
-                file.write(f"{address}\n")
+
+def _record(spool: Spool, queue_id: str, done: list[str], waiting: list[Waiting]) -> None:
+    """The queue file after processing: gone when nothing waits, else what is done."""
+    if not waiting:
+        spool.remove(queue_id)
+    elif done:
+        spool.done(queue_id, done)
 
 
 def delivers_at_once(arrival: Arrival) -> bool:
     """Whether every recipient goes to a local account without rules (or is discarded):
     then the message needs no queue file, only the intake journal until its Maildir
     copies are durable (`Processor.deliver_soon`)."""
-    book, _ = _rules_of(arrival.router)
+    book, _ = rules_of(arrival.router)
     for recipient in arrival.envelope.recipients:
         routing = arrival.routing(recipient)
         if routing.module == "DISCARD":
@@ -323,12 +204,6 @@ def pending(spool: Spool, router: Router) -> list[Waiting]:
                     Waiting(queue_id, recipient, router.route(recipient), envelope.arrived)
                 )
     return found
-
-
-async def execute(command: enact.Execution, facts: pipe.Handover) -> None:
-    """An Execute action: the declared program gets the message; its result is logged."""
-    result = await pipe.run(command.pipe, list(command.argv), facts, command.message)
-    log.info("%s Execute %s: %s", facts.queue_id, command.pipe.name, result.text)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import format_datetime, localtime
-from typing import Any, AnyStr, Protocol
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException, syntax
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
@@ -34,6 +34,7 @@ from mailplan.runtime.decide.router import Routing
 from mailplan.runtime.decide.throttle import Throttle
 from mailplan.runtime.delivery import pipe
 from mailplan.runtime.queue.arrival import Arrival
+from mailplan.runtime.queue.processor import Processor
 from mailplan.runtime.rules import enact
 from mailplan.runtime.rules.engine import Facts, Headers, Rules
 from mailplan.runtime.smtp.receiving import Checks
@@ -57,18 +58,11 @@ class Snapshot:
     server_rules: Rules | None = None
 
 
-class Queue(Protocol):
-    """Where a message goes at the end of DATA (`runtime.queue.processor.Processor`)."""
-
-    async def accept(self, arrival: Arrival) -> None: ...
-
-    def run(self, execution: enact.Execution, handover: pipe.Handover) -> None: ...
-
-
 class Handler:
     """aiosmtpd hooks for one session, bound to the plan the session started with."""
 
-    def __init__(self, snapshot: Snapshot, listener: Listener, queue: Queue) -> None:
+    def __init__(self, snapshot: Snapshot, listener: Listener, queue: Processor) -> None:
+        """`queue` takes each message at the end of DATA, and runs what Execute asks."""
         self.snapshot = snapshot
         self.policy = snapshot.policy
         self.listener = listener
