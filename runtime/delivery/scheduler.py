@@ -103,69 +103,95 @@ def settle(
     except (BadQueueFile, UnicodeError) as exc:  # set aside when it is processed next
         log.error("%s: cannot read the message to settle it: %s", queue_id, exc)
         return [], []
+    sorting = _Sorting(queue_id, plan, envelope.arrived, now)
     by_recipient = {entry.recipient: entry for entry in entries}
-    done: list[str] = []
-    failures: list[dsn.Failure] = []
-    delayed: list[dsn.Failure] = []
-    again: list[Waiting] = []
-    journal = ""
     for outcome in outcomes:
-        entry = by_recipient[outcome.recipient]
+        sorting.take(by_recipient[outcome.recipient], outcome)
+    new: list[str] = []
+    if sorting.delayed:
+        new += _warn_once(spool, plan, envelope, message, sorting.delayed, now)
+    if sorting.journal:
+        spool.journal(queue_id, sorting.journal)
+    if sorting.failures:
+        if envelope.sender:
+            new.append(bounce(spool, plan, envelope, message, sorting.failures, now))
+        else:
+            log.info("%s: no bounce for a message with the null return path", queue_id)
+    if sorting.done:
+        _mark_done(spool, envelope, sorting.done)
+    return sorting.again, new
+
+
+@dataclass
+class _Sorting:
+    """The outcomes of one message's recipients, sorted: done, failed (for the bounce),
+    delayed (for the warning), waiting again (with the lines of the retry journal)."""
+
+    queue_id: str
+    plan: Plan
+    arrived: float
+    now: float
+    done: list[str] = field(default_factory=list)
+    failures: list[dsn.Failure] = field(default_factory=list)
+    delayed: list[dsn.Failure] = field(default_factory=list)
+    again: list[Waiting] = field(default_factory=list)
+    journal: str = ""
+
+    def take(self, entry: Waiting, outcome: Fate) -> None:
         failure = dsn.Failure(
             outcome.recipient, outcome.status, outcome.text, outcome.remote, outcome.smtp
         )
         facts = _facts(outcome)
         if outcome.kind == "delivered":
-            done.append(outcome.recipient)
+            self.done.append(outcome.recipient)
             log.info(
-                "%s <%s> delivered: %s%s", queue_id, outcome.recipient, outcome.text,
+                "%s <%s> delivered: %s%s", self.queue_id, outcome.recipient, outcome.text,
                 _by(outcome), extra=facts,
             )  # fmt: skip
         elif outcome.kind == "permanent":
-            failures.append(failure)
-            done.append(outcome.recipient)
+            self.failures.append(failure)
+            self.done.append(outcome.recipient)
             log.info(
-                "%s <%s> failed: %s%s", queue_id, outcome.recipient, outcome.text,
+                "%s <%s> failed: %s%s", self.queue_id, outcome.recipient, outcome.text,
                 _by(outcome), extra=facts,
             )  # fmt: skip
-        elif retry.expired(envelope.arrived, now, plan.queue.give_up_after):
-            gave_up = f"gave up after {_span(now - envelope.arrived)}: {outcome.text}"
-            failures.append(replace(failure, status="4.4.7", diagnostic=gave_up))
-            done.append(outcome.recipient)
-            log.info("%s <%s> %s", queue_id, outcome.recipient, gave_up, extra=facts)
+        elif retry.expired(self.arrived, self.now, self.plan.queue.give_up_after):
+            gave_up = f"gave up after {_span(self.now - self.arrived)}: {outcome.text}"
+            self.failures.append(replace(failure, status="4.4.7", diagnostic=gave_up))
+            self.done.append(outcome.recipient)
+            log.info("%s <%s> %s", self.queue_id, outcome.recipient, gave_up, extra=facts)
         else:
-            journal += retry.failure_line(now, outcome.status, outcome.recipient, outcome.text)
-            attempts = entry.attempts + 1
-            interval = plan.queue.retry[min(attempts, len(plan.queue.retry)) - 1]
-            again.append(replace(entry, due=now + interval, attempts=attempts, message=None))
-            delayed.append(failure)
-            log.info(
-                "%s <%s> deferred (%s), next try in %s",
-                queue_id,
-                outcome.recipient,
-                outcome.text,
-                _span(interval),
-                extra=facts,
-            )
-    new: list[str] = []
-    if delayed:
-        new += _warn_once(spool, plan, envelope, message, delayed, now)
-    if journal:
-        spool.journal(queue_id, journal)
-    if failures:
-        if envelope.sender:
-            new.append(bounce(spool, plan, envelope, message, failures, now))
-        else:
-            log.info("%s: no bounce for a message with the null return path", queue_id)
-    if done:
-        finished = spool.finished(queue_id) | set(done)
-        if finished >= set(envelope.recipients):
-            spool.remove(queue_id)  # all done: no need to record who first
-        else:
-            spool.done(queue_id, done)
-            if spool.finished(queue_id) >= set(envelope.recipients):
-                spool.remove(queue_id)  # another worker finished the rest meanwhile
-    return again, new
+            self._defer(entry, outcome, failure, facts)
+
+    def _defer(
+        self, entry: Waiting, outcome: Fate, failure: dsn.Failure, facts: dict[str, str | None]
+    ) -> None:
+        now, schedule = self.now, self.plan.queue.retry
+        self.journal += retry.failure_line(now, outcome.status, outcome.recipient, outcome.text)
+        attempts = entry.attempts + 1
+        interval = schedule[min(attempts, len(schedule)) - 1]
+        self.again.append(replace(entry, due=now + interval, attempts=attempts, message=None))
+        self.delayed.append(failure)
+        log.info(
+            "%s <%s> deferred (%s), next try in %s",
+            self.queue_id,
+            outcome.recipient,
+            outcome.text,
+            _span(interval),
+            extra=facts,
+        )
+
+
+def _mark_done(spool: Spool, envelope: Envelope, done: list[str]) -> None:
+    """Record recipients as done; the message goes when none is left."""
+    queue_id = envelope.id
+    finished = spool.finished(queue_id) | set(done)
+    if finished >= set(envelope.recipients):
+        spool.remove(queue_id)  # all done: no need to record who first
+    else:
+        spool.done(queue_id, done)
+        if spool.finished(queue_id) >= set(envelope.recipients):
+            spool.remove(queue_id)  # another worker finished the rest meanwhile
 
 
 _warning = threading.Lock()  # for `_warn_once`
