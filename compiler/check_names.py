@@ -7,42 +7,60 @@ member or a routing target is judged exactly as the server will treat it.
 from __future__ import annotations
 
 from mailplan.compiler.diagnostics import Diagnostic, error
-from mailplan.plan.model import Domain, Kind, Plan, Source
+from mailplan.plan.model import Domain, Kind, Plan, Route, Source, TestCase
 from mailplan.runtime.decide.address import idn_problem
 from mailplan.runtime.decide.router import Router
 
 
 def check_names(plan: Plan, router: Router) -> list[Diagnostic]:
-    problems: list[Diagnostic] = []
-    hosted = {domain.name for domain in plan.domains}
-    if plan.server.main_domain not in hosted:
-        message = f"main domain {plan.server.main_domain} is not one of the site's domains"
-        problems.append(_at(plan.server.source, "MP202", message))
+    problems = _main_domain(plan)
     problems += _domain_names(plan)
     problems += _domain_aliases(plan)
     for domain in plan.domains:
         problems += _clashes(domain)
-        for forwarder in domain.forwarders:
-            problems += _reference(router, forwarder.target, forwarder.source)
-        for mailing_list in domain.lists:
-            problems += _reference(router, mailing_list.owner, mailing_list.source)
-            for member in mailing_list.members:
-                problems += _reference(router, member.address, member.source)
+        problems += _domain_references(domain, router)
     for route in plan.routes:
-        if route.right.kind == "pipe" and route.right.value not in router.pipes:
-            problems.append(_at(route.right_source, "MP203", f"no such pipe: {route.right.value}"))
-        if route.right.kind == "address" and "*" not in route.right.value:
-            kind = "mail" if "mail" in route.kinds else route.kinds[0]
-            problems += _reference(router, route.right.value, route.right_source, kind)
+        problems += _route_target(route, router)
     for case in plan.tests:
-        if case.authenticated is not None:
-            login = router.route(case.authenticated, "access")
-            if login.module != "LOCAL":
-                message = (
-                    f"no such account: {case.authenticated} (test {case.name!r} logs in with it)"
-                )
-                problems.append(_at(case.source, "MP201", message))
+        problems += _test_login(case, router)
     return problems
+
+
+def _main_domain(plan: Plan) -> list[Diagnostic]:
+    if plan.server.main_domain in {domain.name for domain in plan.domains}:
+        return []
+    message = f"main domain {plan.server.main_domain} is not one of the site's domains"
+    return [_at(plan.server.source, "MP202", message)]
+
+
+def _domain_references(domain: Domain, router: Router) -> list[Diagnostic]:
+    """Forwarder targets, list owners and list members of one domain that name nothing."""
+    problems: list[Diagnostic] = []
+    for forwarder in domain.forwarders:
+        problems += _reference(router, forwarder.target, forwarder.source)
+    for mailing_list in domain.lists:
+        problems += _reference(router, mailing_list.owner, mailing_list.source)
+        for member in mailing_list.members:
+            problems += _reference(router, member.address, member.source)
+    return problems
+
+
+def _route_target(route: Route, router: Router) -> list[Diagnostic]:
+    """A pipe or an address (without `*`) on the right of a routing record that is not there."""
+    if route.right.kind == "pipe" and route.right.value not in router.pipes:
+        return [_at(route.right_source, "MP203", f"no such pipe: {route.right.value}")]
+    if route.right.kind == "address" and "*" not in route.right.value:
+        kind = "mail" if "mail" in route.kinds else route.kinds[0]
+        return _reference(router, route.right.value, route.right_source, kind)
+    return []
+
+
+def _test_login(case: TestCase, router: Router) -> list[Diagnostic]:
+    """A test that logs in (`authenticated:`) as something that is no account."""
+    if case.authenticated is None or router.route(case.authenticated, "access").module == "LOCAL":
+        return []
+    message = f"no such account: {case.authenticated} (test {case.name!r} logs in with it)"
+    return [_at(case.source, "MP201", message)]
 
 
 def _reference(

@@ -9,7 +9,8 @@ can never be carried out, is a warning.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import operator
+from collections.abc import Callable, Iterator
 
 from mailplan.compiler.diagnostics import Diagnostic, error, warning
 from mailplan.plan.model import Account, Domain, Plan, Rule, RuleCondition, RuleSet, Source
@@ -151,38 +152,58 @@ def _never(rules: tuple[Rule, ...]) -> Iterator[Diagnostic]:
 
 def _contradiction(conditions: tuple[RuleCondition, ...]) -> str | None:
     """Why conditions that must all hold cannot hold together, or None."""
-    below: dict[str, tuple[int, RuleCondition]] = {}
-    above: dict[str, tuple[int, RuleCondition]] = {}
     exact: dict[tuple[str, str | None], RuleCondition] = {}
     for condition in conditions:
-        key = (condition.field, condition.header)
-        number = condition.number
-        if condition.operation == "less than" and number is not None:
-            if condition.field not in below or number < below[condition.field][0]:
-                below[condition.field] = (number, condition)
-        elif condition.operation == "greater than" and number is not None:
-            if condition.field not in above or number > above[condition.field][0]:
-                above[condition.field] = (number, condition)
-        elif condition.operation == "is" and condition.field in SINGLE_VALUED:
-            value = condition.values[0].lower() if condition.values else ""
+        if condition.operation == "is" and condition.field in SINGLE_VALUED:
+            key = (condition.field, condition.header)
             other = exact.get(key)
-            if (
-                other is not None
-                and "*" not in value + other.values[0]
-                and other.values[0].lower() != value
-            ):
+            if other is not None and _differ(other, condition):
                 return f"`{other}` and `{condition}` cannot both hold"
             exact[key] = condition
+    return _negated(conditions, exact) or _empty_range(conditions)
+
+
+def _differ(earlier: RuleCondition, later: RuleCondition) -> bool:
+    """Whether two `is` conditions name different literal values (no `*` in either)."""
+    value = later.values[0].lower() if later.values else ""
+    return "*" not in value + earlier.values[0] and earlier.values[0].lower() != value
+
+
+def _negated(
+    conditions: tuple[RuleCondition, ...], exact: dict[tuple[str, str | None], RuleCondition]
+) -> str | None:
+    """An `is not` that denies the very value an `is` of the same field requires."""
     for condition in conditions:
         key = (condition.field, condition.header)
         if condition.operation == "is not" and key in exact:
             same = exact[key].values[0].lower() == (condition.values or ("",))[0].lower()
             if same:
                 return f"`{exact[key]}` and `{condition}` cannot both hold"
+    return None
+
+
+def _empty_range(conditions: tuple[RuleCondition, ...]) -> str | None:
+    """A `greater than` and a `less than` of one field with no whole number between them."""
+    below = _tightest(conditions, "less than", operator.lt)
+    above = _tightest(conditions, "greater than", operator.gt)
     for field, (high, upper) in below.items():
         if field in above and above[field][0] >= high - 1:
             return f"`{above[field][1]}` and `{upper}` leave nothing between them"
     return None
+
+
+def _tightest(
+    conditions: tuple[RuleCondition, ...], operation: str, tighter: Callable[[int, int], bool]
+) -> dict[str, tuple[int, RuleCondition]]:
+    """For each field, the tightest bound of `operation` and the first condition that sets it."""
+    found: dict[str, tuple[int, RuleCondition]] = {}
+    for condition in conditions:
+        number = condition.number
+        if condition.operation != operation or number is None:
+            continue
+        if condition.field not in found or tighter(number, found[condition.field][0]):
+            found[condition.field] = (number, condition)
+    return found
 
 
 def _at(source: Source, code: str, message: str) -> Diagnostic:

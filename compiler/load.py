@@ -7,7 +7,7 @@ site folder, so the same site compiles to the same plan wherever it is checked o
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -46,28 +46,39 @@ def references(data: Any) -> Iterator[DataPath]:
     for key in ("routing", "server_rules"):
         if isinstance(data.get(key), str):
             yield (key,)
+    yield from _address_list_files(data)
+    for name, domain in _items(data.get("domains")):
+        if isinstance(domain, dict):
+            yield from _domain_files(name, domain)
+
+
+def _address_list_files(data: dict[str, Any]) -> Iterator[DataPath]:
+    """The server's IP lists and the site's address lists that are read from a file."""
     server = data.get("server")
     for key in ("client_ips", "blacklisted_ips"):
         if isinstance(server, dict) and _is_file(server.get(key)):
             yield ("server", key, "file")
-    lists = data.get("address_lists")
-    for name, value in lists.items() if isinstance(lists, dict) else ():
+    for name, value in _items(data.get("address_lists")):
         if _is_file(value):
             yield ("address_lists", name, "file")
-    domains = data.get("domains")
-    for name, domain in domains.items() if isinstance(domains, dict) else ():
-        if not isinstance(domain, dict):
-            continue
-        if isinstance(domain.get("rules"), str):
-            yield ("domains", name, "rules")
-        keys = domain.get("dkim")
-        for i, key in enumerate(keys) if isinstance(keys, list) else ():
-            if isinstance(key, dict) and isinstance(key.get("public_key"), str):
-                yield ("domains", name, "dkim", i, "public_key")
-        accounts = domain.get("accounts")
-        for account, value in accounts.items() if isinstance(accounts, dict) else ():
-            if isinstance(value, dict) and isinstance(value.get("rules"), str):
-                yield ("domains", name, "accounts", account, "rules")
+
+
+def _domain_files(name: str, domain: dict[str, Any]) -> Iterator[DataPath]:
+    """A domain's rule file, its DKIM public keys and its accounts' rule files."""
+    if isinstance(domain.get("rules"), str):
+        yield ("domains", name, "rules")
+    keys = domain.get("dkim")
+    for i, key in enumerate(keys) if isinstance(keys, list) else ():
+        if isinstance(key, dict) and isinstance(key.get("public_key"), str):
+            yield ("domains", name, "dkim", i, "public_key")
+    for account, value in _items(domain.get("accounts")):
+        if isinstance(value, dict) and isinstance(value.get("rules"), str):
+            yield ("domains", name, "accounts", account, "rules")
+
+
+def _items(value: Any) -> Iterable[tuple[Any, Any]]:
+    """The items of a mapping; none for anything else (the schema reports what it is)."""
+    return value.items() if isinstance(value, dict) else ()
 
 
 def _read_references(site_dir: Path, document: Document, texts: dict[str, str]) -> list[Diagnostic]:

@@ -78,72 +78,93 @@ class _Reading:
     tried_acting: bool = False
     broken: bool = False  # its `rule` line did not parse: its lines are checked, then dropped
 
+    def add(self, node: object | None, acting: bool) -> None:
+        """Take a condition or action line; one that did not parse leaves its mark."""
+        if isinstance(node, ActionLine):
+            self.actions.append(node)
+        elif isinstance(node, ConditionLine):
+            self.conditions.append(node)
+        elif not acting:
+            self.complete = False
+        else:
+            self.tried_acting = True
 
-def rule_file(text: str, file: str) -> tuple[tuple[RuleText, ...], list[Diagnostic]]:
-    """The rules of one rule file, and a diagnostic for each line that is wrong."""
-    rules: list[RuleText] = []
-    problems: list[Diagnostic] = []
+    def text(self, file: str) -> RuleText:
+        conditions, actions = tuple(self.conditions), tuple(self.actions)
+        return RuleText(file, self.header, conditions, actions, self.complete)
+
+
+@dataclass
+class _RuleFile:
+    """One rule file being read: the rules read so far, the one being read, the problems."""
+
+    file: str
+    rules: list[RuleText] = field(default_factory=list)
+    problems: list[Diagnostic] = field(default_factory=list)
     current: _Reading | None = None
 
-    def close() -> None:
+    def read(self, number: int, line: str) -> None:
+        """Take one line that is not blank, by the word it starts with."""
+        start = len(line) - len(line.lstrip()) + 1
+        first = line.split(None, 1)[0].lower()
+        if first == "rule":
+            self.start_rule(number, line, start)
+        elif first not in ("if", "and", "then"):
+            self.report(number, start, "a line of a rule file starts with rule, if, and or then")
+        elif self.current is None:
+            message = f"{first!r} outside a rule: a rule starts with `rule NAME priority N`"
+            self.report(number, start, message)
+        else:
+            self.read_step(self.current, first, number, line, start)
+
+    def start_rule(self, number: int, line: str, start: int) -> None:
+        node = _parse(line, "header", self.file, number, self.problems)
+        self.close()
+        if isinstance(node, Header):
+            self.current = _Reading(node)
+        else:
+            self.current = _Reading(Header(number, start, Text("", start), None, False))
+            self.current.broken = True
+
+    def read_step(self, current: _Reading, first: str, number: int, line: str, start: int) -> None:
+        """A condition or action line of the current rule (`if`, `and` or `then`)."""
+        acting = first == "then" or (first == "and" and bool(current.actions))
+        misplaced = _misplaced(first, current)
+        if misplaced:
+            self.report(number, start, misplaced)
+            current.complete = current.complete and acting
+        elif acting and first == "and" and _parses(line, "condition"):
+            message = "conditions come before the actions: move this line above the `then`"
+            self.report(number, start, message)
+            current.complete = False
+        else:
+            node = _parse(
+                line, "action" if acting else "condition", self.file, number, self.problems
+            )
+            current.add(node, acting)
+
+    def close(self) -> None:
+        """The current rule is read: keep it, unless its `rule` line did not parse."""
+        current = self.current
         if current is None or current.broken:
             return
         header = current.header
         if not current.actions and not current.tried_acting:
             message = f"rule {header.name.value!r} has no actions: add a line `then ACTION`"
-            problems.append(error(file, header.line, header.column, "MP601", message))
-        rules.append(
-            RuleText(
-                file,
-                header,
-                tuple(current.conditions),
-                tuple(current.actions),
-                current.complete,
-            )
-        )
+            self.report(header.line, header.column, message)
+        self.rules.append(current.text(self.file))
 
+    def report(self, number: int, column: int, message: str) -> None:
+        self.problems.append(error(self.file, number, column, "MP601", message))
+
+
+def rule_file(text: str, file: str) -> tuple[tuple[RuleText, ...], list[Diagnostic]]:
+    """The rules of one rule file, and a diagnostic for each line that is wrong."""
+    reading = _RuleFile(file)
     for number, line in _lines(text):
-        start = len(line) - len(line.lstrip()) + 1
-        first = line.split(None, 1)[0].lower()
-        if first == "rule":
-            node = _parse(line, "header", file, number, problems)
-            close()
-            if isinstance(node, Header):
-                current = _Reading(node)
-            else:
-                current = _Reading(Header(number, start, Text("", start), None, False))
-                current.broken = True
-            continue
-        if first not in ("if", "and", "then"):
-            message = "a line of a rule file starts with rule, if, and or then"
-            problems.append(error(file, number, start, "MP601", message))
-            continue
-        if current is None:
-            message = f"{first!r} outside a rule: a rule starts with `rule NAME priority N`"
-            problems.append(error(file, number, start, "MP601", message))
-            continue
-        acting = first == "then" or (first == "and" and bool(current.actions))
-        misplaced = _misplaced(first, current)
-        if misplaced:
-            problems.append(error(file, number, start, "MP601", misplaced))
-            current.complete = current.complete and acting
-            continue
-        if acting and first == "and" and _parses(line, "condition"):
-            message = "conditions come before the actions: move this line above the `then`"
-            problems.append(error(file, number, start, "MP601", message))
-            current.complete = False
-            continue
-        node = _parse(line, "action" if acting else "condition", file, number, problems)
-        if isinstance(node, ActionLine):
-            current.actions.append(node)
-        elif isinstance(node, ConditionLine):
-            current.conditions.append(node)
-        elif not acting:
-            current.complete = False
-        else:
-            current.tried_acting = True
-    close()
-    return tuple(rules), problems
+        reading.read(number, line)
+    reading.close()
+    return tuple(reading.rules), reading.problems
 
 
 def _misplaced(first: str, current: _Reading) -> str | None:

@@ -226,8 +226,34 @@ def _domain(
 ) -> Domain:
     name = canonical_domain(written)
     path: DataPath = ("domains", written)
+    source = _source(document, path)
+    accounts = _accounts(document, path, spec, rules)
+    forwarders = _forwarders(document, path, spec, name)
+    lists = _lists(document, path, spec, name)
+    if name == main:
+        accounts += _postmaster(accounts, forwarders, lists, source)
     settled = defaults.DOMAIN | spec
-    accounts = [
+    spf = defaults.SPF | spec.get("spf", {})
+    return Domain(
+        name=name,
+        source=source,
+        aliases=tuple(canonical_domain(alias) for alias in spec.get("aliases", ())),
+        accounts=tuple(sorted(accounts, key=lambda a: a.name)),
+        forwarders=tuple(sorted(forwarders, key=lambda f: f.name)),
+        lists=tuple(sorted(lists, key=lambda m: m.name)),
+        unknown=_unknown(document, path, spec, settled["unknown"], source),
+        sends_mail=settled["sends_mail"],
+        mx=_mx(document, path, spec),
+        spf=Spf(spf["policy"], tuple(spf["include"]), tuple(spf["ip4"]), tuple(spf["ip6"])),
+        rules=rules.get(spec.get("rules", "")),
+    )
+
+
+def _accounts(
+    document: Document, path: DataPath, spec: dict[str, Any], rules: dict[str, RuleSet]
+) -> list[Account]:
+    """A domain's accounts in the order written, each with the default folders first."""
+    return [
         Account(
             _name(account),
             _source(document, (*path, "accounts", account)),
@@ -238,19 +264,29 @@ def _domain(
         )
         for account, value in spec.get("accounts", {}).items()
     ]
-    forwarders = tuple(
+
+
+def _forwarders(
+    document: Document, path: DataPath, spec: dict[str, Any], domain: str
+) -> tuple[Forwarder, ...]:
+    return tuple(
         Forwarder(
             _name(forwarder),
             _source(document, (*path, "forwarders", forwarder)),
-            _full(target, name),
+            _full(target, domain),
         )
         for forwarder, target in spec.get("forwarders", {}).items()
     )
-    lists = tuple(
+
+
+def _lists(
+    document: Document, path: DataPath, spec: dict[str, Any], domain: str
+) -> tuple[MailingList, ...]:
+    return tuple(
         MailingList(
             _name(mailing_list),
             _source(document, (*path, "lists", mailing_list)),
-            _full(value["owner"], name),
+            _full(value["owner"], domain),
             tuple(
                 Member(member, _at(document, (*path, "lists", mailing_list, "members", i)))
                 for i, member in enumerate(value["members"])
@@ -259,39 +295,42 @@ def _domain(
         )
         for mailing_list, value in spec.get("lists", {}).items()
     )
-    source = _source(document, path)
+
+
+def _postmaster(
+    accounts: list[Account],
+    forwarders: tuple[Forwarder, ...],
+    lists: tuple[MailingList, ...],
+    source: Source,
+) -> list[Account]:
+    """The postmaster account the main domain gets when nothing there has that name."""
     names = {a.name for a in accounts} | {alias for a in accounts for alias in a.aliases}
     names |= {f.name for f in forwarders} | {m.name for m in lists}
-    if name == main and defaults.POSTMASTER not in names:
-        accounts.append(Account(defaults.POSTMASTER, source, None, (), None, defaults.FOLDERS))
-    unknown = settled["unknown"]
-    unknown_source = _source(document, (*path, "unknown")) if "unknown" in spec else source
-    spf = defaults.SPF | spec.get("spf", {})
-    return Domain(
-        name=name,
-        source=source,
-        aliases=tuple(canonical_domain(alias) for alias in spec.get("aliases", ())),
-        accounts=tuple(sorted(accounts, key=lambda a: a.name)),
-        forwarders=tuple(sorted(forwarders, key=lambda f: f.name)),
-        lists=tuple(sorted(lists, key=lambda m: m.name)),
-        unknown=Unknown(
-            unknown_source,
-            "route" if isinstance(unknown, dict) else unknown,
-            unknown["route"] if isinstance(unknown, dict) else None,
-        ),
-        sends_mail=settled["sends_mail"],
-        mx=tuple(
-            MxHost(
-                _source(document, (*path, "mx", i)),
-                mx["host"].lower(),
-                mx["priority"],
-                tuple(mx.get("ipv4", ())),
-                tuple(mx.get("ipv6", ())),
-            )
-            for i, mx in enumerate(spec.get("mx", ()))
-        ),
-        spf=Spf(spf["policy"], tuple(spf["include"]), tuple(spf["ip4"]), tuple(spf["ip6"])),
-        rules=rules.get(spec.get("rules", "")),
+    if defaults.POSTMASTER in names:
+        return []
+    return [Account(defaults.POSTMASTER, source, None, (), None, defaults.FOLDERS)]
+
+
+def _unknown(
+    document: Document, path: DataPath, spec: dict[str, Any], unknown: Any, source: Source
+) -> Unknown:
+    """What the domain does with mail for names it does not have (`unknown:`)."""
+    where = _source(document, (*path, "unknown")) if "unknown" in spec else source
+    if isinstance(unknown, dict):
+        return Unknown(where, "route", unknown["route"])
+    return Unknown(where, unknown, None)
+
+
+def _mx(document: Document, path: DataPath, spec: dict[str, Any]) -> tuple[MxHost, ...]:
+    return tuple(
+        MxHost(
+            _source(document, (*path, "mx", i)),
+            mx["host"].lower(),
+            mx["priority"],
+            tuple(mx.get("ipv4", ())),
+            tuple(mx.get("ipv6", ())),
+        )
+        for i, mx in enumerate(spec.get("mx", ()))
     )
 
 

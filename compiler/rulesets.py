@@ -36,6 +36,8 @@ ADDRESS_FIELDS = frozenset(
 TEXT_FIELDS = frozenset({"'From' Name", "Subject", "Message-ID", "Submit Address"})
 PICTURE_OPS = ("is", "is not", "in", "not in")
 COMPARE_OPS = ("greater than", "less than")
+SINGLE_OPS = ("is", "is not", "greater than", "less than")
+REPLY_VERBS = ("Reply with", "Reply to All with")
 _OPERATIONS: dict[str, tuple[str, ...]] = {
     "Message Size": COMPARE_OPS,
     "Time Of Day": COMPARE_OPS,
@@ -63,6 +65,8 @@ _DURATION = re.compile(r"[0-9]+[smhdw]")
 _REPLY_CODE = re.compile(r"([0-9]{3})(?:[ -]|$)")
 
 _Bad = Callable[[Text, str], None]
+_BadCoded = Callable[[Text, str, str], None]
+_ActionValues = Callable[[str, tuple[Text, ...], Text, _Bad], list[str]]
 
 
 def rulesets(
@@ -124,10 +128,7 @@ def _condition(line: ConditionLine, file: str) -> tuple[RuleCondition, list[Diag
         problems.append(_error(at, file, line.line, code, message))
 
     if line.operation is None:
-        if field != "Human Generated":
-            end = Text("", line.field.column + len(line.field.value))
-            bad(end, f"{field} needs an operation and a value (e.g. `{field} is VALUE`)", "MP604")
-        return RuleCondition(source, field, "is", ("yes",), None, None), problems
+        return _bare_condition(line, field, source, bad), problems
     operation = cast(RuleOperation, " ".join(line.operation.value.lower().split()))
     allowed = _OPERATIONS.get(field, PICTURE_OPS)
     if operation not in allowed:
@@ -136,33 +137,56 @@ def _condition(line: ConditionLine, file: str) -> tuple[RuleCondition, list[Diag
         written = tuple(value.value for value in line.values)
         return RuleCondition(source, field, operation, written, None, None), problems
     values = line.values
-    single = operation in ("is", "is not", "greater than", "less than")
-    if single and len(values) > 1:
+    if operation in SINGLE_OPS and len(values) > 1:
         message = f"{operation!r} takes one value; for a list write `in` or `not in`"
         bad(values[1], message, "MP604")
-    header: str | None = None
-    number: int | None = None
-    words = [value.value for value in values]
-    if operation in COMPARE_OPS and operation in allowed:
-        number = _number(field, values[0], bad)
-    elif field == "Header Field":
-        names = set()
-        words = []
-        for value in values:
-            name, colon, picture = value.value.partition(":")
-            if not colon or not _HEADER_NAME.fullmatch(name.strip()) or "*" in name:
-                bad(value, f"{value.value!r} is not `Header-Name: picture`")
-            names.add(name.strip().lower())
-            words.append(picture.strip())
-        if len(names) > 1:
-            bad(values[0], "one Header Field condition reads one header field")
-        header = min(names) if names else None
-    else:
-        words = [_word(field, value, bad) for value in values]
+    words, header, number = _condition_values(field, operation, values, bad)
     if field == "Human Generated" and words:
-        yes = words[0] == "yes"
-        operation, words = "is", ["yes" if yes == (operation == "is") else "no"]
+        operation, words = _human_generated(operation, words[0])
     return RuleCondition(source, field, operation, tuple(words), header, number), problems
+
+
+def _bare_condition(
+    line: ConditionLine, field: RuleField, source: Source, bad: _BadCoded
+) -> RuleCondition:
+    """A condition written without operation: only `Human Generated` means anything alone."""
+    if field != "Human Generated":
+        end = Text("", line.field.column + len(line.field.value))
+        bad(end, f"{field} needs an operation and a value (e.g. `{field} is VALUE`)", "MP604")
+    return RuleCondition(source, field, "is", ("yes",), None, None)
+
+
+def _condition_values(
+    field: str, operation: str, values: tuple[Text, ...], bad: _Bad
+) -> tuple[list[str], str | None, int | None]:
+    """A condition's values as compared: words or pictures, the header it reads, a number."""
+    if operation in COMPARE_OPS:
+        return [value.value for value in values], None, _number(field, values[0], bad)
+    if field == "Header Field":
+        words, header = _header_pictures(values, bad)
+        return words, header, None
+    return [_word(field, value, bad) for value in values], None, None
+
+
+def _header_pictures(values: tuple[Text, ...], bad: _Bad) -> tuple[list[str], str | None]:
+    """The pictures of `Header-Name: picture` values, and the one header they read."""
+    names = set()
+    words = []
+    for value in values:
+        name, colon, picture = value.value.partition(":")
+        if not colon or not _HEADER_NAME.fullmatch(name.strip()) or "*" in name:
+            bad(value, f"{value.value!r} is not `Header-Name: picture`")
+        names.add(name.strip().lower())
+        words.append(picture.strip())
+    if len(names) > 1:
+        bad(values[0], "one Header Field condition reads one header field")
+    return words, min(names) if names else None
+
+
+def _human_generated(operation: RuleOperation, word: str) -> tuple[RuleOperation, list[str]]:
+    """`Human Generated is not yes` as `is no`: one operation, so one way to write each."""
+    yes = word == "yes"
+    return "is", ["yes" if yes == (operation == "is") else "no"]
 
 
 def _word(field: str, value: Text, bad: _Bad) -> str:
@@ -215,61 +239,116 @@ def _action(line: ActionLine, file: str) -> tuple[RuleAction, list[Diagnostic]]:
     def bad(at: Text, message: str) -> None:
         problems.append(_error(at, file, line.line, "MP605", message))
 
-    values = line.values
     after = Text("", line.verb.column + len(line.verb.value))
-    words = [value.value for value in values]
-    if verb in ("Discard", "Stop Processing"):
-        if values:
-            bad(values[0], f"{verb} takes no value")
-    elif verb in ("Redirect to", "Forward to", "Mirror to"):
-        if not values:
-            bad(after, f"{verb} needs one or more addresses")
-        for value in values:
-            if not re.fullmatch(r"[^\s@]+@[^\s@]+", value.value):
-                bad(value, f"{value.value!r} is not a mail address (expected name@domain)")
-    elif verb == "Mark":
-        if not values:
-            bad(after, f"Mark needs a flag: {', '.join(sorted(set(FLAGS.values())))}")
-        words = []
-        for value in values:
-            flag = FLAGS.get(value.value.lower())
-            if flag is None:
-                names = ", ".join(sorted(set(FLAGS.values())))
-                bad(value, f"{value.value!r} is not a flag ({names})")
-            words.append(flag or value.value)
-    elif verb == "Reject with":
-        if len(values) > 1:
-            bad(values[1], "Reject with takes one message")
-        code = _REPLY_CODE.match(words[0]) if words else None
-        if code and code[1][0] not in "45":
-            bad(values[0], f"a rejection's reply code is 4xx or 5xx, not {code[1]}")
-    elif len(values) != 1:
-        bad(values[1] if values else after, f"{verb} takes one value")
-    elif verb == "Add Header":
-        name, colon, text = words[0].partition(":")
-        if not colon or not _HEADER_NAME.fullmatch(name) or "\n" in text:
-            bad(values[0], f"{words[0]!r} is not a header field (`Name: value` on one line)")
-    elif verb in ("Store in", "Copy Attachments into"):
-        problem = _folder_problem(words[0])
-        if problem:
-            bad(values[0], problem)
-    elif not words[0].strip():
-        bad(values[0], f"{verb} needs a value that is not empty")
-    if verb not in ("Reply with", "Reply to All with"):
-        for value in values:
-            if any(ord(c) < 32 or ord(c) == 127 for c in value.value):
-                bad(value, f"{verb} takes a value on one line, without control characters")
-    period = None
-    if line.period is not None:
-        if verb not in ("Reply with", "Reply to All with"):
-            bad(line.period, "`once per` belongs to Reply with and Reply to All with")
-        elif not _DURATION.fullmatch(line.period.value):
-            bad(line.period, f"{line.period.value!r} is not a duration (5m, 4h, 1d, 1w)")
-        else:
-            period = defaults.seconds(line.period.value)
-    elif verb in ("Reply with", "Reply to All with"):
-        period = defaults.seconds(defaults.REPLY_PERIOD)
+    check = _ACTION_VALUES.get(verb, _ONE_VALUE)
+    words = check(verb, line.values, after, bad)
+    if verb not in REPLY_VERBS:
+        _one_line(verb, line.values, bad)
+    period = _period(verb, line.period, bad)
     return RuleAction(source, verb, tuple(words), period), problems
+
+
+def _no_value(verb: str, values: tuple[Text, ...], after: Text, bad: _Bad) -> list[str]:
+    if values:
+        bad(values[0], f"{verb} takes no value")
+    return [value.value for value in values]
+
+
+def _addresses(verb: str, values: tuple[Text, ...], after: Text, bad: _Bad) -> list[str]:
+    if not values:
+        bad(after, f"{verb} needs one or more addresses")
+    for value in values:
+        if not re.fullmatch(r"[^\s@]+@[^\s@]+", value.value):
+            bad(value, f"{value.value!r} is not a mail address (expected name@domain)")
+    return [value.value for value in values]
+
+
+def _flags(verb: str, values: tuple[Text, ...], after: Text, bad: _Bad) -> list[str]:
+    """Mark's flags in their canonical names (`read` is `Seen`)."""
+    names = ", ".join(sorted(set(FLAGS.values())))
+    if not values:
+        bad(after, f"Mark needs a flag: {names}")
+    words = []
+    for value in values:
+        flag = FLAGS.get(value.value.lower())
+        if flag is None:
+            bad(value, f"{value.value!r} is not a flag ({names})")
+        words.append(flag or value.value)
+    return words
+
+
+def _rejection(verb: str, values: tuple[Text, ...], after: Text, bad: _Bad) -> list[str]:
+    if len(values) > 1:
+        bad(values[1], "Reject with takes one message")
+    words = [value.value for value in values]
+    code = _REPLY_CODE.match(words[0]) if words else None
+    if code and code[1][0] not in "45":
+        bad(values[0], f"a rejection's reply code is 4xx or 5xx, not {code[1]}")
+    return words
+
+
+def _one_value(check: Callable[[str, Text, _Bad], None]) -> _ActionValues:
+    """A check of an action that takes exactly one value, then `check` on that value."""
+
+    def checked(verb: str, values: tuple[Text, ...], after: Text, bad: _Bad) -> list[str]:
+        if len(values) != 1:
+            bad(values[1] if values else after, f"{verb} takes one value")
+        else:
+            check(verb, values[0], bad)
+        return [value.value for value in values]
+
+    return checked
+
+
+def _header_field(verb: str, value: Text, bad: _Bad) -> None:
+    name, colon, text = value.value.partition(":")
+    if not colon or not _HEADER_NAME.fullmatch(name) or "\n" in text:
+        bad(value, f"{value.value!r} is not a header field (`Name: value` on one line)")
+
+
+def _folder(verb: str, value: Text, bad: _Bad) -> None:
+    problem = _folder_problem(value.value)
+    if problem:
+        bad(value, problem)
+
+
+def _not_empty(verb: str, value: Text, bad: _Bad) -> None:
+    if not value.value.strip():
+        bad(value, f"{verb} needs a value that is not empty")
+
+
+_ONE_VALUE = _one_value(_not_empty)  # what an action not named below takes
+_ACTION_VALUES: dict[str, _ActionValues] = {
+    "Discard": _no_value,
+    "Stop Processing": _no_value,
+    "Redirect to": _addresses,
+    "Forward to": _addresses,
+    "Mirror to": _addresses,
+    "Mark": _flags,
+    "Reject with": _rejection,
+    "Add Header": _one_value(_header_field),
+    "Store in": _one_value(_folder),
+    "Copy Attachments into": _one_value(_folder),
+}
+
+
+def _one_line(verb: str, values: tuple[Text, ...], bad: _Bad) -> None:
+    for value in values:
+        if any(ord(c) < 32 or ord(c) == 127 for c in value.value):
+            bad(value, f"{verb} takes a value on one line, without control characters")
+
+
+def _period(verb: str, written: Text | None, bad: _Bad) -> int | None:
+    """How often a Reply answers one sender (seconds); None for every other action."""
+    if written is None:
+        return defaults.seconds(defaults.REPLY_PERIOD) if verb in REPLY_VERBS else None
+    if verb not in REPLY_VERBS:
+        bad(written, "`once per` belongs to Reply with and Reply to All with")
+    elif not _DURATION.fullmatch(written.value):
+        bad(written, f"{written.value!r} is not a duration (5m, 4h, 1d, 1w)")
+    else:
+        return defaults.seconds(written.value)
+    return None
 
 
 def _folder_problem(name: str) -> str | None:
