@@ -153,21 +153,7 @@ class Handler:
         if _hops(envelope.original_content or b"") > MAX_HOPS:
             log.info("%s: refused a message with more than %d hops", client.ip, MAX_HOPS)
             return replies.TOO_MANY_HOPS
-        queue_id = new_id()
-        sender = envelope.mail_from or ""
-        queued = Envelope(
-            id=queue_id,
-            arrived=time.time(),
-            plan=self.snapshot.digest,
-            listener=self.listener.name,
-            client=client.ip,
-            helo=session.host_name or "",
-            tls=server.tls_version or "none",
-            auth=client.authenticated or "-",
-            sender="" if sender == "<>" else sender,
-            recipients=tuple(envelope.rcpt_tos),
-            relayable=frozenset(self.relayable),
-        )
+        queued = self._envelope(server, session, envelope, client)
         trace = "".join(f"{line}\r\n" for line in self.trace).encode("utf-8", "surrogateescape")
         message = (
             trace
@@ -184,45 +170,69 @@ class Handler:
             message = decided.message
             queued = replace(queued, recipients=decided.recipients)
         try:
-            if queued.recipients:  # the message first, then what the rules send with it
-                await self.queue.accept(self._arrival(queued, message))
-            for made in decided.copies if decided else ():
-                copy = replace(
-                    queued,
-                    id=new_id(),
-                    sender=made.sender,
-                    recipients=made.recipients,
-                    listener="rule",
-                )
-                await self.queue.accept(self._arrival(copy, made.message))
-                log.info("%s: %s: queued as %s", queue_id, made.why, copy.id)
+            await self._enqueue(queued, message, decided)
         except OSError as exc:
-            log.error("%s: cannot queue the message from %s: %s", queue_id, client.ip, exc)
+            log.error("%s: cannot queue the message from %s: %s", queued.id, client.ip, exc)
             return replies.QUEUE_WRITE_FAILED
         for command in decided.commands if decided else ():  # once the message is accepted
+            rcpts = ",".join(envelope.rcpt_tos)
             facts = pipe.Handover(
-                queue_id,
-                queued.sender,
-                ",".join(envelope.rcpt_tos),
-                client.ip,
-                queued.helo,
-                queued.auth,
+                queued.id, queued.sender, rcpts, client.ip, queued.helo, queued.auth
             )
             self.queue.run(command, facts)
+        self._accepted(queued, client, len(message))
+        return replies.reply(replies.QUEUED, id=queued.id)
+
+    def _envelope(
+        self, server: Session, session: SMTPSession, envelope: SMTPEnvelope, client: Client
+    ) -> Envelope:
+        """The queue's envelope of the message that DATA ends."""
+        sender = envelope.mail_from or ""
+        return Envelope(
+            id=new_id(),
+            arrived=time.time(),
+            plan=self.snapshot.digest,
+            listener=self.listener.name,
+            client=client.ip,
+            helo=session.host_name or "",
+            tls=server.tls_version or "none",
+            auth=client.authenticated or "-",
+            sender="" if sender == "<>" else sender,
+            recipients=tuple(envelope.rcpt_tos),
+            relayable=frozenset(self.relayable),
+        )
+
+    async def _enqueue(
+        self, queued: Envelope, message: bytes, decided: enact.Enqueue | None
+    ) -> None:
+        """The message to the queue, then the copies the server rules made of it."""
+        if queued.recipients:
+            await self.queue.accept(self._arrival(queued, message))
+        for made in decided.copies if decided else ():
+            copy = replace(
+                queued,
+                id=new_id(),
+                sender=made.sender,
+                recipients=made.recipients,
+                listener="rule",
+            )
+            await self.queue.accept(self._arrival(copy, made.message))
+            log.info("%s: %s: queued as %s", queued.id, made.why, copy.id)
+
+    def _accepted(self, queued: Envelope, client: Client, size: int) -> None:
         if not queued.recipients:
-            log.info("%s from %s: no recipient left after the server rules", queue_id, client.ip)
-            return replies.reply(replies.QUEUED, id=queue_id)
+            log.info("%s from %s: no recipient left after the server rules", queued.id, client.ip)
+            return
         log.info(
             "%s accepted from %s <%s> for %s (%d bytes, plan %s)",
-            queue_id,
+            queued.id,
             client.ip,
             queued.sender,
             ", ".join(f"<{r}>" for r in queued.recipients),
-            len(message),
+            size,
             self.snapshot.digest[:19],
-            extra={"queue_id": queue_id, "client": client.ip, "listener": self.listener.name},
+            extra={"queue_id": queued.id, "client": client.ip, "listener": self.listener.name},
         )
-        return replies.reply(replies.QUEUED, id=queue_id)
 
     def _arrival(self, envelope: Envelope, message: bytes) -> Arrival:
         """The message for the queue, with the plan it arrived under and its routings."""
