@@ -30,7 +30,12 @@ RECEIVING: dict[str, Any] = {
 }
 RBL_WEIGHT = 1
 
-LIMITS: dict[str, Any] = {"max_message_size": "25M", "max_recipients": 1000}
+LIMITS: dict[str, Any] = {
+    "max_message_size": "25M",
+    "max_recipients": 1000,
+    "max_connections": 1000,
+    "max_connections_per_client": 20,
+}
 
 QUEUE: dict[str, Any] = {
     "directory": "var/queue",

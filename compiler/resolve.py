@@ -202,7 +202,12 @@ def _receiving(spec: dict[str, Any]) -> Receiving:
 
 def _limits(spec: dict[str, Any]) -> Limits:
     settled = defaults.LIMITS | spec
-    return Limits(defaults.size(settled["max_message_size"]), int(settled["max_recipients"]))
+    return Limits(
+        defaults.size(settled["max_message_size"]),
+        int(settled["max_recipients"]),
+        int(settled["max_connections"]),
+        int(settled["max_connections_per_client"]),
+    )
 
 
 def _queue(spec: dict[str, Any]) -> Queue:

@@ -274,6 +274,8 @@ class Receiving:
 class Limits:
     max_message_size: int
     max_recipients: int
+    max_connections: int  # held at once, in all (each worker of `serve --workers`)
+    max_connections_per_client: int  # from one IPv4 address or IPv6 /64
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ BAD_IDN = "553 5.1.3 <{address}>: the domain is not a valid internationalized do
 TOO_MANY_HOPS = "554 5.4.6 Too many hops: the message seems to be in a mail loop"
 QUEUE_WRITE_FAILED = "451 4.3.0 The message could not be queued, please try again later"
 CONNECTION_LOST = "421 4.4.2 Connection lost"  # what a session says to a client that went away
+# Connections past a limit (`runtime.decide.admission`), said before the greeting
+CLIENT_BUSY = "421 4.7.0 Too many connections from your address (at most {limit}), try again later"
+SERVER_BUSY = "421 4.3.2 Too many connections (at most {limit}), try again later"
 
 
 def reply(template: str, **values: object) -> str:

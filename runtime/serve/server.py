@@ -22,6 +22,7 @@ from typing import Any
 from mailplan.plan import codec
 from mailplan.plan.model import Listener, Plan
 from mailplan.runtime.base import hangups
+from mailplan.runtime.decide.admission import Admission
 from mailplan.runtime.decide.policy import Policy
 from mailplan.runtime.decide.router import Router
 from mailplan.runtime.decide.throttle import Throttle
@@ -104,6 +105,9 @@ class Daemon:
         self.sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self.pop3_sessions: set[asyncio.StreamWriter] = set()
         self.throttle = Throttle()  # failed logins per client IP, shared by POP3 and SMTP AUTH
+        limits = plan.limits
+        # connections per client and in all, shared by SMTP and POP3
+        self.admission = Admission(limits.max_connections, limits.max_connections_per_client)
         self.servers: list[asyncio.AbstractServer] = []
         self.stopping = asyncio.Event()
         self.listeners: list[Listener] = []
@@ -215,6 +219,7 @@ class Daemon:
             auth_without_starttls=implicit or listener.plaintext_auth,
             auth_exclude_mechanism=[] if listener.auth != "none" else ["PLAIN", "LOGIN"],
             throttle=self.throttle,
+            admission=self.admission,
             timeout=300,
         )
         self.sessions.add(session)
@@ -228,6 +233,14 @@ class Daemon:
         writer: asyncio.StreamWriter,
     ) -> None:
         policy = self.current.policy
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if peer else ""
+        refused = self.admission.enter(ip)
+        if refused is not None:  # POP3 has no 421: -ERR with RFC 2449's SYS/TEMP code
+            log.info("%s refused at connect: %s", ip, refused)
+            writer.write(f"-ERR [SYS/TEMP] {refused[10:]}\r\n".encode())
+            writer.close()
+            return
         mail_directory = self._path(policy.plan.queue.mail_directory)
         session = Pop3(policy, listener, context, mail_directory, self.throttle, reader, writer)
         self.pop3_sessions.add(writer)
@@ -235,6 +248,7 @@ class Daemon:
             await session.serve()
         finally:
             self.pop3_sessions.discard(writer)
+            self.admission.leave(ip)
 
     def _recover(self) -> None:
         """Queue what the intake journals of dead processes hold unsettled, then start
@@ -264,6 +278,9 @@ class Daemon:
         if fresh.policy.plan.listeners != self.current.policy.plan.listeners:
             log.warning("reload: listeners changed; they take effect at the next start")
         self.current = fresh
+        limits = fresh.policy.plan.limits  # the next connections count against these
+        self.admission.total = limits.max_connections
+        self.admission.per_client = limits.max_connections_per_client
         self.delivery.reschedule()  # a new retry schedule applies to what waits already
         log.info("reloaded: serving plan %s", fresh.digest)
         if alone:

@@ -28,6 +28,7 @@ from mailplan.runtime.base import hangups
 from mailplan.runtime.base.threads import checking
 from mailplan.runtime.decide import replies
 from mailplan.runtime.decide.address import canonical_domain, is_utf8
+from mailplan.runtime.decide.admission import Admission
 from mailplan.runtime.decide.message import header_block
 from mailplan.runtime.decide.policy import Client, Policy, international
 from mailplan.runtime.decide.router import Routing
@@ -327,10 +328,14 @@ class Session(SMTP):
         implicit_tls: bool,
         auth_without_starttls: bool,
         throttle: Throttle | None = None,
+        admission: Admission | None = None,
         **options: Any,
     ) -> None:
         super().__init__(handler, **{"enable_SMTPUTF8": True, **options})
         self.throttle = throttle or Throttle()  # failed logins per client IP
+        self.admission = admission
+        self.refused: str | None = None  # the 421 for a connection past a limit
+        self.admitted = False
         # Inside implicit TLS the channel is encrypted although aiosmtpd never saw
         # STARTTLS: AUTH must be offered there (and where the site allows plain AUTH).
         self._auth_require_tls = not auth_without_starttls
@@ -422,10 +427,22 @@ class Session(SMTP):
             return found
         return plain.group(1), arg[plain.end() :]
 
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        if self.admission is not None and self.session is not None:
+            self.refused = self.admission.enter(peer_ip(self.session))
+            self.admitted = self.refused is None
+
     async def _handle_client(self) -> None:
         assert self.session is not None
         handler = self.handler
         try:
+            if self.refused is not None:
+                log.info("%s refused at connect: %s", peer_ip(self.session), self.refused)
+                await self.push(self.refused)
+                if self.transport is not None:
+                    self.transport.close()
+                return
             refusal = handler.policy.refuse_connection(handler.client(self.session, self.encrypted))
             if refusal:
                 log.info("%s refused at connect: blacklisted", peer_ip(self.session))
@@ -477,6 +494,9 @@ class Session(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         if hangups.client_went_away(error):
             self._went_away(error)
+        if self.admitted and self.admission is not None and self.session is not None:
+            self.admitted = False
+            self.admission.leave(peer_ip(self.session))
         super().connection_lost(error)
 
     @syntax("AUTH <mechanism>")
@@ -564,6 +584,7 @@ class Session(SMTP):
             return await self._read_until_end(buffer, limit)
         finally:
             reader._limit = line_limit
+            buffer.clear()  # a client gone mid-DATA leaves nothing held (the task may live on)
 
     async def _read_until_end(self, buffer: bytearray, limit: int) -> bytes | None:
         scanned = 0
@@ -581,6 +602,7 @@ class Session(SMTP):
             chunk = await self._reader.read(CHUNK)
             if not chunk:
                 return None
+            self._reset_timeout()  # the time-out is per block of data, not for the message
             buffer += chunk
         rest = bytes(buffer[end + len(END_OF_DATA) :])
         if rest:
