@@ -37,20 +37,11 @@ sys.path[:0] = [str(PROJECT), str(PROJECT / "tests")]
 
 from argon2 import PasswordHasher  # noqa: E402
 from serverkit import LOOPBACK, MailServer, accepts, free_ports, mailplan, wait_until  # noqa: E402
+from sitekit import listener, write_site  # noqa: E402
 
 from mailplan.runtime.store import maildir  # noqa: E402
 
 PASSWORD = "bench"
-SITE = """\
-server: {{hostname: mail.example.com, main_domain: example.com}}
-listeners:
-  pop3: {{port: {port}, bind: [{loopback}], tls: none, plaintext_auth: true}}
-queue: {{directory: var/queue, mail_directory: var/mail}}
-domains:
-  example.com:
-    accounts:
-      reader: {{password: "{hash}"}}
-"""
 
 
 def session(port: int) -> tuple[float, float, float, int]:
@@ -83,10 +74,11 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="mailplan-pop3-bench-"))
     os.chmod(base, 0o711)
     mine, theirs = free_ports(2)
-    site = base / "site"
-    site.mkdir()
-    (site / "site.yaml").write_text(
-        SITE.format(port=mine, loopback=LOOPBACK, hash=PasswordHasher().hash(PASSWORD))
+    site = write_site(
+        base / "site",
+        listeners={"pop3": listener(mine, tls="none", plaintext_auth=True)},
+        client_ips=(),
+        accounts={"reader": {"password": PasswordHasher().hash(PASSWORD)}},
     )
     folder = base / "var" / "mail" / "example.com" / "reader"
     line = b"x" * 76 + b"\r\n"

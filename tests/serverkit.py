@@ -1,10 +1,11 @@
 """Start and stop a real `mailplan serve` process for end-to-end tests.
 
-Nothing here knows about a particular site: a test writes its own site folder, then
-`MailServer(site, root, ports).start()` runs the server on it and waits until every
-given port accepts connections. The server's standard error goes to a file (no pipe
-to fill up), so tests can read its log at any time; `stop()` sends SIGTERM, waits,
-and kills only as a last resort. Loopback only: listeners belong on 127.0.0.0/8.
+Nothing here knows about a particular site: a test writes its own site folder (with
+`sitekit.write_site`), then `MailServer(site, root, ports).start()` runs the server on
+it and waits until every given port accepts connections. The server's standard error
+goes to a file (no pipe to fill up), so tests can read its log at any time; `stop()`
+sends SIGTERM, waits, and kills only as a last resort. Loopback only: listeners belong
+on 127.0.0.0/8.
 """
 
 from __future__ import annotations

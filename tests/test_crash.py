@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from serverkit import MailServer, accepts, free_port, wait_until
+from sitekit import plain, write_site
 
 from mailplan.runtime.store.spool import Envelope, Spool, new_id
 
@@ -33,28 +34,10 @@ KILL_AFTER = 60  # acknowledged messages before the SIGKILL
 TOKEN = re.compile(rb"^Token: (\S+)\r?$", re.MULTILINE)
 
 
-def write_site(directory: Path, port: int) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    accounts = "".join(f"      {name}: {{}}\n" for name in ACCOUNTS)
-    (directory / "site.yaml").write_text(
-        f"""\
-server:
-  hostname: mail.crash.test
-  main_domain: example.com
-  client_ips: |
-    127.0.0.1
-listeners:
-  smtp: {{port: {port}, bind: [{HOST}], tls: none, auth: none}}
-queue:
-  directory: var/queue
-  mail_directory: var/mail
-domains:
-  example.com:
-    accounts:
-{accounts}""",
-        encoding="utf-8",
+def write_crash_site(directory: Path, port: int) -> Path:
+    return write_site(
+        directory, hostname="mail.crash.test", listeners={"smtp": plain(port)}, accounts=ACCOUNTS
     )
-    return directory
 
 
 @pytest.fixture
@@ -63,9 +46,6 @@ def servers() -> Iterator[list[MailServer]]:
     yield started
     for server in started:
         server.stop()
-    for server in started:
-        # Shown by pytest only when the test fails.
-        print(f"==== server log ({server.log_file}) ====\n{server.log()[-20000:]}")
 
 
 def queue_files(root: Path, suffix: str) -> list[Path]:
@@ -132,7 +112,7 @@ def test_acknowledged_messages_survive_sigkill(
     tmp_path: Path, servers: list[MailServer], workers: str
 ) -> None:
     port = free_port()
-    site = write_site(tmp_path / "site", port)
+    site = write_crash_site(tmp_path / "site", port)
     root = tmp_path / "root"
     root.mkdir()
     server = MailServer(site, root, [port], extra_arguments=["--workers", workers])
@@ -217,7 +197,7 @@ def test_acknowledged_messages_survive_sigkill(
         token for (token, _) in found if token not in acknowledged and token in attempted
     }
     maildir_tmp = list((root / "var" / "mail").glob("*/*/tmp/*"))
-    print(
+    summary = (
         f"\ncrash test: {len(attempted)} attempted, {len(acknowledged)} acknowledged "
         f"({len(expected)} acknowledged deliveries), killed after {KILL_AFTER} "
         f"in {sending:.2f} s of sending\n"
@@ -229,21 +209,21 @@ def test_acknowledged_messages_survive_sigkill(
         f"broken files: {len(broken)}; leftovers in Maildir tmp/: {len(maildir_tmp)}\n"
         f"  client errors: {collections.Counter(e.split(': ')[-1] for e in errors)}"
     )
-    assert drained, f"the queue did not drain: {queue_files(root, '.msg')}"
-    assert lost == [], f"{len(lost)} acknowledged deliveries lost: {lost[:10]}"
-    assert broken == [], f"partial messages in new/: {broken[:10]}"
+    assert drained, f"the queue did not drain: {queue_files(root, '.msg')}{summary}"
+    assert lost == [], f"{len(lost)} acknowledged deliveries lost: {lost[:10]}{summary}"
+    assert broken == [], f"partial messages in new/: {broken[:10]}{summary}"
     assert not queue_files(root, ".bad"), "a crash must not leave unreadable queue files"
     assert not queue_files(root, ".tmp"), "leftover .tmp files are removed at start"
     assert not queue_files(root, ".done"), "no .done without its .msg"
-    assert restarted.running
-    assert "Traceback" not in restarted.log()
+    assert restarted.running, restarted.log()[-20000:]
+    assert "Traceback" not in restarted.log(), restarted.log()[-20000:]
 
 
 def test_corrupt_queue_file_does_not_stop_the_server(
     tmp_path: Path, servers: list[MailServer]
 ) -> None:
     port = free_port()
-    site = write_site(tmp_path / "site", port)
+    site = write_crash_site(tmp_path / "site", port)
     root = tmp_path / "root"
     spool = Spool(root / "var" / "queue")
     garbage = b"\x00\xffthis is not a queue file\n\nat all\n" * 20
@@ -284,7 +264,7 @@ def test_killed_while_the_queue_is_processed(
     """A crash in the middle of delivery (not of acceptance): nothing queued is lost.
     With two workers each recovers the queue ids it owns, and together they recover all."""
     port = free_port()
-    site = write_site(tmp_path / "site", port)
+    site = write_crash_site(tmp_path / "site", port)
     root = tmp_path / "root"
     spool = Spool(root / "var" / "queue")
     total = 400
@@ -312,15 +292,15 @@ def test_killed_while_the_queue_is_processed(
     found, broken = maildir_tokens(root)
     lost = sorted(expected - set(found))
     duplicates = sum(count - 1 for count in found.values() if count > 1)
-    print(
+    summary = (
         f"\nkilled while delivering: {total} queued ({len(expected)} deliveries), "
         f"{remaining} .msg left at the kill; delivered {sum(found.values())} copies, "
         f"lost {len(lost)}, duplicates {duplicates}"
     )
-    assert remaining > 0, "the kill came after the queue was done"
-    assert drained, f"the queue did not drain: {queue_files(root, '.msg')[:5]}"
-    assert lost == [], f"{len(lost)} queued deliveries lost: {lost[:10]}"
-    assert broken == []
-    assert set(found) == expected
+    assert remaining > 0, "the kill came after the queue was done" + summary
+    assert drained, f"the queue did not drain: {queue_files(root, '.msg')[:5]}{summary}"
+    assert lost == [], f"{len(lost)} queued deliveries lost: {lost[:10]}{summary}"
+    assert broken == [], summary
+    assert set(found) == expected, summary
     assert not queue_files(root, ".bad")
     assert not queue_files(root, ".done")

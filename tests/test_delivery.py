@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope as SinkEnvelope
 from aiosmtpd.smtp import Session as SinkSession
 from dnskit import NameServer, zone_text
 from serverkit import LOOPBACK, Maildir, MailServer, free_port, free_ports, mailplan, wait_until
+from sitekit import plain, write_site
 
 TIMEOUT = 15.0
 HOSTS = {"accept": "127.0.0.2", "defer": "127.0.0.3", "refuse": "127.0.0.4", "drop": "127.0.0.5"}
@@ -149,37 +151,36 @@ PIPES = {
 }
 
 
-def site_yaml(port: int, queue: str, extra: str = "") -> str:
-    return f"""\
-server:
-  hostname: mail.example.com
-  main_domain: example.com
-  client_ips: |
-    127.0.0.1
-listeners:
-  smtp: {{port: {port}, bind: [{LOOPBACK}], tls: none, auth: none}}
-queue: {{directory: var/queue, mail_directory: var/mail, {queue}}}
-pipes:
-  ok: {{program: PIPES/ok, args: [--from-site]}}
-  later: {{program: PIPES/later}}
-  broken: {{program: PIPES/broken}}
-domains:
-  example.com:
-    accounts:
-      alice: {{}}
-      bob: {{}}
-      owner: {{}}
-    lists:
-      team:
-        owner: owner
-        members: [alice@example.com, bob@example.com, carol@accept.test, bad@accept.test]
-        posting: members
-      news:
-        owner: owner
-        members: [bob@example.com]
-        posting: moderated
-routing: router.cgr
-{extra}"""
+LISTS = {
+    "team": {
+        "owner": "owner",
+        "members": ["alice@example.com", "bob@example.com", "carol@accept.test", "bad@accept.test"],
+        "posting": "members",
+    },
+    "news": {"owner": "owner", "members": ["bob@example.com"], "posting": "moderated"},
+}
+
+
+def write_relay_site(root: Path, port: int, queue: str, extra: str = "") -> Path:
+    """The relay's site in `root`/site: `queue` is YAML for the inside of its `queue: {}`,
+    `extra` more YAML; the programs of its pipes are in `root`/pipes."""
+    pipes = root / "pipes"
+    return write_site(
+        root / "site",
+        listeners={"smtp": plain(port)},
+        accounts=["alice", "bob", "owner"],
+        domains={"example.com": {"lists": LISTS}},
+        queue=yaml.safe_load(f"{{{queue}}}"),
+        extra={
+            "pipes": {
+                "ok": {"program": f"{pipes}/ok", "args": ["--from-site"]},
+                "later": {"program": f"{pipes}/later"},
+                "broken": {"program": f"{pipes}/broken"},
+            },
+            "routing": "router.cgr",
+            **(yaml.safe_load(extra) or {}),
+        },
+    )
 
 
 ROUTER = """\
@@ -246,11 +247,8 @@ def make_relay(world: World, tmp_path: Path) -> Iterator[Any]:
             script = pipes / name
             script.write_text(f'#!/bin/sh\nOUT="{out}"\n{body}\n')
             script.chmod(script.stat().st_mode | stat.S_IEXEC)
-        directory = tmp_path / "site"
-        directory.mkdir(exist_ok=True)
         (port,) = free_ports(1)
-        text = site_yaml(port, queue, extra).replace("PIPES/", f"{pipes}/")
-        (directory / "site.yaml").write_text(text)
+        directory = write_relay_site(tmp_path, port, queue, extra)
         (directory / "router.cgr").write_text(ROUTER)
         server = MailServer(
             directory, tmp_path, [port], resolver=world.dns.address, smtp_port=world.port
@@ -394,12 +392,7 @@ def test_a_reloaded_schedule_applies_to_mail_already_waiting(
     relay = make_relay(queue="retry: [1h], warn_after: 1d, give_up_after: 1d")
     relay.send(["x@defer.test"], subject="waiting")
     assert wait_until(lambda: relay.queue_files("tries"), TIMEOUT), relay.server.log()
-    site = relay.directory / "site.yaml"
-    site.write_text(
-        site.read_text()
-        .replace("retry: [1h]", "retry: [1s]")
-        .replace("give_up_after: 1d", "give_up_after: 2s")
-    )
+    write_relay_site(relay.root, relay.port, "retry: [1s], warn_after: 1d, give_up_after: 2s")
     relay.server.reload()
     (report,) = bounces(relay)
     assert delivery_status(report)[1]["Status"] == "4.4.7"

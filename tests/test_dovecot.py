@@ -298,10 +298,8 @@ def _served(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int], MailServer]]
             yield tmp_path, ports, server
         finally:
             imap.stop()
-            print(f"--- dovecot log ---\n{imap.log()}")
     finally:
         server.stop()
-        print(f"--- mailplan log ---\n{server.log()}")
 
 
 def read_inbox(client: imaplib.IMAP4, name: str) -> bytes:
@@ -383,12 +381,13 @@ def test_dovecot_runs_beside_serve_dev_as_its_banner_says(reachable: Path) -> No
     imap = Dovecot(Path(start[-1]), reachable / "dovecot-dev.log", [ports["imap"], ports["imaps"]])
     imap.start()
     try:
-        assert (output / "run" / "master.pid").exists()  # not the system Dovecot's /run/dovecot
+        # not the system Dovecot's /run/dovecot
+        assert (output / "run" / "master.pid").exists(), imap.log()
         context = ssl.create_default_context(cafile=reachable / "var" / "tls" / "dev.crt")
         context.check_hostname = False  # the certificate names mail.example.com, not an IP
         client = imaplib.IMAP4(LOOPBACK, ports["imap"], timeout=TIMEOUT)
         client.starttls(context)
-        assert b"Subject: through mailplan\r\n" in read_inbox(client, "alice@example.com")
+        inbox = read_inbox(client, "alice@example.com")
+        assert b"Subject: through mailplan\r\n" in inbox, imap.log()
     finally:
         imap.stop()
-        print(f"--- dovecot log ---\n{imap.log()}")

@@ -35,6 +35,7 @@ import pytest
 from argon2 import PasswordHasher
 from interop import program
 from serverkit import LOOPBACK, Maildir, MailServer, free_ports, wait_until
+from sitekit import NO_SENDER_CHECKS, write_site
 
 from mailplan.runtime.base import hangups
 from mailplan.runtime.serve import devtls
@@ -47,32 +48,6 @@ PIPELINED_NOOPS = 200
 PIPELINED_CAPAS = 300
 BIG = 2 * 1024 * 1024  # a message RETR cannot finish writing before the reset arrives
 MODES = {"one-process": [], "two-workers": ["--workers", "2"]}
-
-
-def site_yaml(ports: dict[str, int], password_hash: str) -> str:
-    return f"""\
-server:
-  hostname: {HOSTNAME}
-  main_domain: example.com
-  client_ips: |
-    127.0.0.1
-listeners:
-  smtp:  {{port: {ports["smtp"]}, bind: [{LOOPBACK}]}}
-  smtps: {{port: {ports["smtps"]}, bind: [{LOOPBACK}]}}
-  pop3:  {{port: {ports["pop3"]}, bind: [{LOOPBACK}]}}
-  pop3s: {{port: {ports["pop3s"]}, bind: [{LOOPBACK}]}}
-tls: {{certificate: tls/dev.crt, key: tls/dev.key}}
-receiving:  # not what these tests are about
-  return_path: {{scope: nobody}}
-  spf: {{scope: nobody}}
-queue: {{directory: var/queue, mail_directory: var/mail}}
-domains:
-  example.com:
-    accounts:
-      alice: {{}}
-      hangup: {{}}
-      reader: {{password: "{password_hash}"}}
-"""
 
 
 @dataclass
@@ -195,10 +170,19 @@ def site(
     mode: str = request.param
     base = tmp_path_factory.mktemp(f"hangups-{mode}")
     devtls.ensure(base / "tls", HOSTNAME)
-    directory = base / "site"
-    directory.mkdir()
     ports = dict(zip(("smtp", "smtps", "pop3", "pop3s"), free_ports(4), strict=True))
-    (directory / "site.yaml").write_text(site_yaml(ports, PasswordHasher().hash(PASSWORD)))
+    directory = write_site(
+        base / "site",
+        hostname=HOSTNAME,
+        listeners=ports,
+        tls=True,
+        accounts={
+            "alice": {},
+            "hangup": {},
+            "reader": {"password": PasswordHasher().hash(PASSWORD)},
+        },
+        extra=NO_SENDER_CHECKS,  # not what these tests are about
+    )
     server = MailServer(directory, base, ports.values(), extra_arguments=MODES[mode])
     made = Site(base, ports, server, mode)
     big = made.maildir("reader") / "new"
@@ -211,9 +195,8 @@ def site(
         yield made
     finally:
         status = server.stop()
-        print(f"--- server log (stopped with status {status}) ---\n{server.log()}")
-    assert status == 0
-    assert errors(server.log()) == []
+    assert status == 0, f"stopped with status {status}; the server log:\n{server.log()}"
+    assert errors(server.log()) == [], server.log()
 
 
 # -- hostile clients ---------------------------------------------------------------------

@@ -137,15 +137,10 @@ def test_json_lines_carry_the_queue_id_client_and_listener(tmp_path: Path) -> No
     import smtplib
 
     from serverkit import LOOPBACK, MailServer, free_port
+    from sitekit import plain, write_site
 
     port = free_port()
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "site.yaml").write_text(
-        "server: {hostname: mail.example.com, main_domain: example.com, client_ips: 127.0.0.1}\n"
-        f"listeners:\n  smtp: {{port: {port}, bind: [{LOOPBACK}], tls: none, auth: none}}\n"
-        "domains:\n  example.com:\n    accounts:\n      alice: {}\n"
-    )
+    site = write_site(tmp_path / "site", listeners={"smtp": plain(port)})
     arguments = ["--log-format", "json", "--log-level", "debug"]
     with MailServer(site, tmp_path, [port], extra_arguments=arguments) as server:
         with smtplib.SMTP(LOOPBACK, port, timeout=10) as client:

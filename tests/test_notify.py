@@ -180,17 +180,12 @@ def _message(sock: socket.socket) -> tuple[int, list[str]]:
 def test_the_server_says_ready_reloading_and_stopping_from_its_main_process(
     path_socket: Listener, tmp_path: Path, workers: str
 ) -> None:
-    from serverkit import LOOPBACK, MailServer, free_port
+    from serverkit import MailServer, free_port
+    from sitekit import plain, write_site
 
     sock, _ = path_socket
     port = free_port()
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "site.yaml").write_text(
-        "server: {hostname: mail.example.com, main_domain: example.com, client_ips: 127.0.0.1}\n"
-        f"listeners:\n  smtp: {{port: {port}, bind: [{LOOPBACK}], tls: none, auth: none}}\n"
-        "domains:\n  example.com:\n    accounts:\n      alice: {}\n"
-    )
+    site = write_site(tmp_path / "site", listeners={"smtp": plain(port)})
     with MailServer(site, tmp_path, [port], extra_arguments=["--workers", workers]) as server:
         assert server.process is not None
         main = server.process.pid

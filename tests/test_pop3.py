@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sitekit
 from argon2 import PasswordHasher
 from serverkit import LOOPBACK, MailServer, free_ports, wait_until
 
@@ -114,49 +115,32 @@ class Site:
         return client
 
 
-def site_yaml(ports: dict[str, int], password_hash: str) -> str:
-    accounts = "\n".join(
-        f'      {name}: {{password: "{password_hash}", aliases: [{name}-alias]}}'
-        for name in ACCOUNTS
-    )
-    return f"""\
-server:
-  hostname: {HOSTNAME}
-  main_domain: example.com
-  client_ips: |
-    127.0.0.1
-listeners:
-  smtp:      {{port: {ports["smtp"]}, bind: [{LOOPBACK}]}}
-  pop3:      {{port: {ports["pop3"]}, bind: [{LOOPBACK}]}}
-  pop3s:     {{port: {ports["pop3s"]}, bind: [{LOOPBACK}]}}
-  pop3plain: {{protocol: pop3, port: {ports["pop3plain"]}, bind: [{LOOPBACK}], tls: none,
-               plaintext_auth: true}}
-tls: {{certificate: tls/dev.crt, key: tls/dev.key}}
-queue: {{directory: var/queue, mail_directory: var/mail}}
-domains:
-  example.com:
-    aliases: [example.org]
-    accounts:
-{accounts}
-"""
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     base = tmp_path_factory.mktemp("pop3")
     devtls.ensure(base / "tls", HOSTNAME)
-    directory = base / "site"
-    directory.mkdir()
     ports = dict(zip(("smtp", "pop3", "pop3s", "pop3plain"), free_ports(4), strict=True))
-    (directory / "site.yaml").write_text(site_yaml(ports, PasswordHasher().hash(PASSWORD)))
+    password_hash = PasswordHasher().hash(PASSWORD)
+    plaintext = sitekit.listener(
+        ports["pop3plain"], protocol="pop3", tls="none", plaintext_auth=True
+    )
+    directory = sitekit.write_site(
+        base / "site",
+        hostname=HOSTNAME,
+        listeners={**ports, "pop3plain": plaintext},
+        tls=True,
+        accounts={
+            name: {"password": password_hash, "aliases": [f"{name}-alias"]} for name in ACCOUNTS
+        },
+        domains={"example.com": {"aliases": ["example.org"]}},
+    )
     server = MailServer(directory, base, ports.values())
     server.start()
     try:
         yield Site(base, ports, server)
     finally:
         status = server.stop()
-        print(f"--- server log (stopped with status {status}) ---\n{server.log()}")
-    assert status == 0
+    assert status == 0, f"stopped with status {status}; the server log:\n{server.log()}"
 
 
 def message(subject: str, body: str = "hello") -> bytes:

@@ -24,6 +24,7 @@ from aiosmtpd.smtp import Envelope as SinkEnvelope
 from aiosmtpd.smtp import Session as SinkSession
 from dnskit import NameServer, Silent, zone_text
 from serverkit import LOOPBACK, Maildir, MailServer, free_port
+from sitekit import plain, write_site
 
 STRANGER = "127.0.0.9"
 LISTED_TWICE = "127.0.0.10"  # in both DNSBL zones
@@ -143,23 +144,8 @@ def make_site(world: World, tmp_path: Path) -> Iterator[Any]:
     def make(receiving: str = RECEIVING, resolver: str | None = None) -> Site:
         port = free_port()
         root = tmp_path / f"root{len(servers)}"
-        directory = root / "site"
-        directory.mkdir(parents=True)
-        (directory / "site.yaml").write_text(
-            f"""\
-server:
-  hostname: mail.example.com
-  main_domain: example.com
-  client_ips: |
-    127.0.0.1
-listeners:
-  smtp: {{port: {port}, bind: [{LOOPBACK}], tls: none, auth: none}}
-queue: {{directory: var/queue, mail_directory: var/mail}}
-domains:
-  example.com:
-    accounts:
-      bob: {{}}
-{receiving}"""
+        directory = write_site(
+            root / "site", listeners={"smtp": plain(port)}, accounts=["bob"], extra=receiving
         )
         server = MailServer(
             directory,

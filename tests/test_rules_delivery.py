@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from serverkit import LOOPBACK, Maildir, MailServer, free_port, wait_until
+from sitekit import plain, write_site
 
 TIMEOUT = 15.0
 
@@ -138,32 +139,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     program.write_text(f'#!/bin/sh\ncat > "{out}/report.$QUEUE_ID"\necho "$@" > "{out}/argv"\n')
     program.chmod(program.stat().st_mode | stat.S_IEXEC)
     port = free_port()
-    (directory / "site.yaml").write_text(
-        f"""\
-server:
-  hostname: mail.example.com
-  main_domain: example.com
-  client_ips: |
-    127.0.0.1
-listeners:
-  smtp: {{port: {port}, bind: [{LOOPBACK}], tls: none, auth: none}}
-queue: {{directory: var/queue, mail_directory: var/mail}}
-pipes:
-  report: {{program: {program}}}
-server_rules: rules/server.rules
-domains:
-  example.com:
-    rules: rules/example.com.rules
-    accounts:
-      alice:
-        rules: rules/alice.rules
-        folders: [Files]
-      bob: {{}}
-      carol: {{}}
-      boss: {{}}
-      reports: {{}}
-      old: {{}}
-"""
+    write_site(
+        directory,
+        listeners={"smtp": plain(port)},
+        accounts={
+            "alice": {"rules": "rules/alice.rules", "folders": ["Files"]},
+            **{name: {} for name in ("bob", "carol", "boss", "reports", "old")},
+        },
+        domains={"example.com": {"rules": "rules/example.com.rules"}},
+        extra={
+            "pipes": {"report": {"program": str(program)}},
+            "server_rules": "rules/server.rules",
+        },
     )
     (directory / "rules" / "server.rules").write_text(SERVER_RULES)
     (directory / "rules" / "example.com.rules").write_text(DOMAIN_RULES)

@@ -13,33 +13,18 @@ from dataclasses import replace
 from pathlib import Path
 
 from serverkit import Maildir, MailServer, free_port, free_ports
+from sitekit import listener, write_site
 
 from mailplan.compiler.pipeline import compile_site
 from mailplan.runtime.serve.startup import DEV_PORTS, development
 from tests.conftest import EXAMPLE
 
-SITE = """\
-server:
-  hostname: mail.example.com
-  main_domain: example.com
-  client_ips: |
-    127.0.0.1
-    ::1
-listeners:
-  smtp: {{port: {port}, bind: ["127.0.0.1", "::1"], tls: none, auth: none}}
-queue: {{directory: var/queue, mail_directory: var/mail}}
-domains:
-  example.com:
-    accounts:
-      alice: {{}}
-"""
-
 
 def test_one_listener_serves_ipv4_and_ipv6(tmp_path: Path) -> None:
     port = free_port()
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "site.yaml").write_text(SITE.format(port=port))
+    both = ["127.0.0.1", "::1"]
+    smtp = listener(port, bind=both, tls="none", auth="none")
+    site = write_site(tmp_path / "site", listeners={"smtp": smtp}, client_ips=both)
     root = tmp_path / "root"
     with MailServer(site, root, [("127.0.0.1", port), ("::1", port)]):
         for host in ("127.0.0.1", "::1"):

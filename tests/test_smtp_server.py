@@ -25,6 +25,7 @@ import pytest
 from argon2 import PasswordHasher
 from interop import program
 from serverkit import LOOPBACK, Maildir, MailServer, free_ports, mailplan, wait_until
+from sitekit import NO_SENDER_CHECKS, site_yaml
 
 from mailplan.runtime.decide import replies
 from mailplan.runtime.serve import devtls
@@ -90,77 +91,64 @@ BAD_UTF8 = (
 SIZES = ("undeclared-over", "declared-small-sends-big", "far-over", "exactly-the-limit")
 
 
-def accounts(password_hash: str, extra: dict[str, str] | None = None) -> str:
-    """The accounts block of example.com, as YAML lines."""
-    entries = {
-        "alice": f'{{password: "{password_hash}", aliases: [al, alison]}}',
-        "printer": "{}",
-        "dora": "{}",
-        "carol": "{aliases: [caro]}",
-        "dave": "{}",
-        "ellen": "{aliases: [el]}",
-        "erin": "{aliases: [erin2]}",
-        "frank": "{}",
-        "fwdcopy": "{}",
-        "nullsender": "{}",
-        "crowd": "{aliases: [" + ", ".join(f"crowd{i}" for i in range(1, 8)) + "]}",
-        "blk": "{}",
-        "implicit": "{}",
-        "stamp": "{}",
-        "piped1": "{}",
-        "piped2": "{}",
-        "many": "{}",
-        "helo": "{}",
-        **{f"bare-cr-{case}": "{}" for case in ("helo", "quoted-sender")},
-        **{f"big-{case}": "{}" for case in SIZES},
-        **{f"dots-{case}": "{}" for case in DOTS},
-        **{f"smuggle-{case}": "{}" for case in SMUGGLING},
-        **{f"smuggled-{case}": "{}" for case in SMUGGLING},
-        **{f"after-{case}": "{}" for case in BAD_COMMANDS},
-        **{f"after-{case}": "{}" for case in BAD_UTF8},
-        "zoë": "{}",
-        "chloé": "{}",
-        "émile": "{}",
-        "zoe": "{aliases: [ζωή]}",
-        "ülrich": "{}",
-        "rené": "{}",
-        **(extra or {}),
+def accounts(password_hash: str, *more: str) -> dict[str, dict[str, object]]:
+    """The accounts of example.com, and `more` (without settings)."""
+    return {
+        "alice": {"password": password_hash, "aliases": ["al", "alison"]},
+        "printer": {},
+        "dora": {},
+        "carol": {"aliases": ["caro"]},
+        "dave": {},
+        "ellen": {"aliases": ["el"]},
+        "erin": {"aliases": ["erin2"]},
+        "frank": {},
+        "fwdcopy": {},
+        "nullsender": {},
+        "crowd": {"aliases": [f"crowd{i}" for i in range(1, 8)]},
+        "blk": {},
+        "implicit": {},
+        "stamp": {},
+        "piped1": {},
+        "piped2": {},
+        "many": {},
+        "helo": {},
+        **{f"bare-cr-{case}": {} for case in ("helo", "quoted-sender")},
+        **{f"big-{case}": {} for case in SIZES},
+        **{f"dots-{case}": {} for case in DOTS},
+        **{f"smuggle-{case}": {} for case in SMUGGLING},
+        **{f"smuggled-{case}": {} for case in SMUGGLING},
+        **{f"after-{case}": {} for case in BAD_COMMANDS},
+        **{f"after-{case}": {} for case in BAD_UTF8},
+        "zoë": {},
+        "chloé": {},
+        "émile": {},
+        "zoe": {"aliases": ["ζωή"]},
+        "ülrich": {},
+        "rené": {},
+        **{name: {} for name in more},
     }
-    return "\n".join(f"      {name}: {value}" for name, value in entries.items())
 
 
-def site_yaml(ports: dict[str, int], password_hash: str, extra_accounts: str = "") -> str:
-    return f"""\
-server:
-  hostname: {HOSTNAME}
-  main_domain: example.com
-  client_ips: |
-    127.0.0.1
-  blacklisted_ips: |
-    {BLACKLISTED}
-listeners:
-  smtp:       {{port: {ports["smtp"]}, bind: [{LOOPBACK}]}}
-  submission: {{port: {ports["submission"]}, bind: [{LOOPBACK}]}}
-  smtps:      {{port: {ports["smtps"]}, bind: [{LOOPBACK}]}}
-tls: {{certificate: tls/dev.crt, key: tls/dev.key}}
-limits: {{max_message_size: {MAX_SIZE}, max_recipients: {MAX_RECIPIENTS}}}
-receiving:  # not what these tests are about: tests/test_receiving.py is
-  return_path: {{scope: nobody}}
-  spf: {{scope: nobody}}
-queue: {{directory: var/queue, mail_directory: var/mail}}
-domains:
-  example.com:
-    aliases: [example.org, straße.example]
-    accounts:
-{extra_accounts or accounts(password_hash)}
-    forwarders:
-      info: sales@forward.example
-  xn--bcher-kva.example:  # bücher.example, written in A-labels
-    accounts:
-      jörg: {{}}
-      jürgen: {{}}
-routing: router.cgr
-"""
+def site_text(ports: dict[str, int], password_hash: str, *more_accounts: str) -> str:
+    return site_yaml(
+        hostname=HOSTNAME,
+        listeners=ports,
+        tls=True,
+        accounts=accounts(password_hash, *more_accounts),
+        domains={
+            "example.com": {
+                "aliases": ["example.org", "straße.example"],
+                "forwarders": {"info": "sales@forward.example"},
+            },
+            "xn--bcher-kva.example": {"accounts": {"jörg": {}, "jürgen": {}}},  # bücher.example
+        },
+        extra={
+            "server": {"blacklisted_ips": BLACKLISTED},
+            "limits": {"max_message_size": MAX_SIZE, "max_recipients": MAX_RECIPIENTS},
+            **NO_SENDER_CHECKS,  # not what these tests are about: tests/test_receiving.py is
+            "routing": "router.cgr",
+        },
+    )
 
 
 ROUTER = '<gone@example.com> = error "gone away; write to alice@example.com"\n'
@@ -215,7 +203,7 @@ def make_site(base: Path, password_hash: str) -> Site:
     ports = {"smtp": smtp, "submission": submission, "smtps": smtps}
     (directory / "router.cgr").write_text(ROUTER, encoding="utf-8")
     site = Site(directory, base, ports, MailServer(directory, base, ports.values()), password_hash)
-    site.write(site_yaml(ports, password_hash))
+    site.write(site_text(ports, password_hash))
     return site
 
 
@@ -231,17 +219,14 @@ def module_site(tmp_path_factory: pytest.TempPathFactory, password_hash: str) ->
     try:
         yield site
     finally:
-        status = site.server.stop()
-        print(f"--- server log (stopped with status {status}) ---\n{site.server.log()}")
+        site.server.stop()
 
 
 @pytest.fixture
 def site(module_site: Site) -> Iterator[Site]:
-    """The module's server; its log lines written during a test are shown if the test fails."""
-    start = len(module_site.server.log())
+    """The module's server, which must outlive each test."""
     yield module_site
     assert module_site.server.running, "the server died:\n" + module_site.server.log()
-    print(f"--- server log during the test ---\n{module_site.server.log()[start:]}")
 
 
 @pytest.fixture
@@ -253,7 +238,6 @@ def own_site(tmp_path: Path, password_hash: str) -> Iterator[Site]:
         yield site
     finally:
         site.server.stop()
-        print(f"--- server log ---\n{site.server.log()}")
 
 
 # -- clients ---------------------------------------------------------------------------
@@ -1162,11 +1146,7 @@ def test_sighup_reload_adds_an_account(own_site: Site) -> None:
         assert (code, text[:6]) == (550, b"5.1.1 ")
 
         offset = len(site.server.log())
-        site.write(
-            site_yaml(
-                site.ports, site.password_hash, accounts(site.password_hash, {"newcomer": "{}"})
-            )
-        )
+        site.write(site_text(site.ports, site.password_hash, "newcomer"))
         site.server.reload()
         assert site.server.wait_for_log("reloaded: serving plan", after=offset), site.server.log()
 
@@ -1181,9 +1161,7 @@ def test_sighup_reload_adds_an_account(own_site: Site) -> None:
 
 def test_sighup_with_a_broken_site_keeps_the_old_plan(own_site: Site) -> None:
     site = own_site
-    with_newcomer = site_yaml(
-        site.ports, site.password_hash, accounts(site.password_hash, {"newcomer": "{}"})
-    )
+    with_newcomer = site_text(site.ports, site.password_hash, "newcomer")
     offset = len(site.server.log())
     site.write(with_newcomer + "bogus_key: true\n")  # an unknown key: the site does not compile
     site.server.reload()

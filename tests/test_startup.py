@@ -30,35 +30,19 @@ from serverkit import (
     mailplan,
     wait_until,
 )
+from sitekit import listener, plain, write_site
 
 TIMEOUT = 15.0
 ROOT = os.geteuid() == 0
 
 
-def site_yaml(port: int, *, queue: str = "var/queue", mail: str = "var/mail", tls: str = "") -> str:
-    listener = "tls: starttls, auth: optional" if tls else "tls: none, auth: none"
-    return f"""\
-server:
-  hostname: mail.example.com
-  main_domain: example.com
-  client_ips: |
-    127.0.0.1
-listeners:
-  smtp: {{port: {port}, bind: [{LOOPBACK}], {listener}}}
-queue: {{directory: {queue}, mail_directory: {mail}}}
-{tls}
-domains:
-  example.com:
-    accounts:
-      alice: {{}}
-"""
-
-
-def make_site(root: Path, port: int, **settings: str) -> Path:
-    site = root / "site"
-    site.mkdir(parents=True, exist_ok=True)
-    (site / "site.yaml").write_text(site_yaml(port, **settings))
-    return site
+def make_site(
+    root: Path, port: int, *, queue: str = "var/queue", mail: str = "var/mail", tls: str = ""
+) -> Path:
+    """A site with one SMTP listener; given the site's `tls:` line, it offers STARTTLS."""
+    smtp = listener(port, tls="starttls", auth="optional") if tls else plain(port)
+    folders = {"directory": queue, "mail_directory": mail}
+    return write_site(root / "site", listeners={"smtp": smtp}, queue=folders, extra=tls)
 
 
 def serve(

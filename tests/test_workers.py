@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import smtplib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 from serverkit import LOOPBACK, Maildir, MailServer, free_port, mailplan, wait_until
+from sitekit import plain, write_site
 
 TIMEOUT = 15.0
 
@@ -32,36 +33,18 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def site_yaml(port: int, accounts: str = "alice: {}") -> str:
-    return f"""\
-server:
-  hostname: mail.example.com
-  main_domain: example.com
-  client_ips: |
-    127.0.0.1
-listeners:
-  smtp: {{port: {port}, bind: [{LOOPBACK}], tls: none, auth: none}}
-queue: {{directory: var/queue, mail_directory: var/mail}}
-domains:
-  example.com:
-    accounts:
-      {accounts}
-"""
-
-
 class Site:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.port = free_port()
         self.directory = root / "site"
-        self.directory.mkdir(parents=True)
         self.write()
         self.server = MailServer(
             self.directory, root, [self.port], extra_arguments=["--workers", "2"]
         )
 
-    def write(self, accounts: str = "alice: {}") -> None:
-        (self.directory / "site.yaml").write_text(site_yaml(self.port, accounts))
+    def write(self, accounts: Iterable[str] = ("alice",)) -> None:
+        write_site(self.directory, listeners={"smtp": plain(self.port)}, accounts=accounts)
 
     @property
     def pid(self) -> int:
@@ -132,7 +115,7 @@ def test_a_worker_that_dies_is_started_again(site: Site) -> None:
 def test_reload_reaches_every_worker(site: Site) -> None:
     assert wait_until(lambda: len(children(site.pid)) == 2, TIMEOUT)
     assert site.send("bob@example.com", "before")[0] == 550
-    site.write("alice: {}\n      bob: {}")
+    site.write(["alice", "bob"])
     site.server.reload()
     assert wait_until(lambda: site.server.log().count("reloaded: serving plan") == 2, TIMEOUT)
     for n in range(10):  # whichever worker takes the connection knows bob now
@@ -151,9 +134,7 @@ def test_flush_and_stop(site: Site) -> None:
 
 
 def test_a_bad_worker_count_is_refused(tmp_path: Path) -> None:
-    directory = tmp_path / "site"
-    directory.mkdir()
-    (directory / "site.yaml").write_text(site_yaml(free_port()))
+    directory = write_site(tmp_path / "site", listeners={"smtp": plain(free_port())})
     result = mailplan("serve", directory, "--root", tmp_path, "--workers", "0")
     assert result.returncode == 2
     assert "--workers is a number from 1, or auto" in result.stderr
