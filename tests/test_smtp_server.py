@@ -717,7 +717,7 @@ def test_auth_refused(site: Site, user: str, password: str, mechanism: str) -> N
         # still not authenticated, and a second try may succeed
         assert client.mail("alice@example.com") == (530, b"5.7.0 Authentication required")
         assert login(client, "alice", mechanism=mechanism)[0] == 235
-    assert f"failed to log in as {user!r} (after waiting 0 s)" in site.server.log()
+    assert site.server.wait_for_log(f"failed to log in as {user!r} (after waiting 0 s)")
 
 
 def test_a_message_with_too_many_hops_is_refused(site: Site) -> None:
