@@ -122,6 +122,23 @@ def test_reload_reaches_every_worker(site: Site) -> None:
         assert site.send("bob@example.com", f"b{n}")[0] == 250
 
 
+def test_a_worker_started_again_serves_the_plan_the_others_serve(site: Site) -> None:
+    """Not the plan the server started with, nor an edit of the site nobody reloaded."""
+    assert wait_until(lambda: len(children(site.pid)) == 2, TIMEOUT)
+    site.write(["alice", "bob"])
+    site.server.reload()
+    assert wait_until(lambda: site.server.log().count("reloaded: serving plan") == 2, TIMEOUT)
+    (site.directory / "site.yaml").write_text("server: {half: written\n")  # an edit under way
+    victim = children(site.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(
+        lambda: len(children(site.pid)) == 2 and victim not in children(site.pid), TIMEOUT
+    )
+    assert serving(site), site.server.log()
+    for n in range(12):  # whichever worker takes the connection knows bob
+        assert site.send("bob@example.com", f"b{n}")[0] == 250, site.server.log()
+
+
 def test_flush_and_stop(site: Site) -> None:
     assert wait_until(lambda: len(children(site.pid)) == 2, TIMEOUT)
     flushed = mailplan("queue", "flush", "--site", site.directory, "--root", site.root)

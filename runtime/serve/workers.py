@@ -84,10 +84,20 @@ class _Supervisor:
 
     def take_signals(self) -> None:
         """Reload and flush go on to the workers; SIGTERM and SIGINT stop them all."""
-        signal.signal(signal.SIGHUP, self.forward)
+        signal.signal(signal.SIGHUP, self.reload)
         signal.signal(signal.SIGUSR1, self.forward)
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+
+    def reload(self, number: int, frame: object) -> None:
+        """Load the plan too, for the workers started after this (a worker that died is
+        started on the plan the others serve, never on an edit nobody reloaded), then
+        pass the signal on."""
+        try:
+            self.plan = self.load()
+        except Exception as exc:
+            log.error("reload refused, workers started from now on serve the plan before: %s", exc)
+        self.forward(number, frame)
 
     def forward(self, number: int, _: object) -> None:
         for pid in self.children:
@@ -122,7 +132,7 @@ class _Supervisor:
             os.environ.pop("NOTIFY_SOCKET", None)  # systemd hears the supervisor only
             work_as(share)
             serving = replace(self.options, share=share)
-            status = self.run_worker(self.load, _plan_now(self.load, self.plan), serving)
+            status = self.run_worker(self.load, self.plan, serving)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -161,16 +171,6 @@ def _worker_signals(mask: Iterable[int]) -> None:
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
-def _plan_now(load: Callable[[], Plan], started: Plan) -> Plan:
-    """The site as it is now, or, when it no longer compiles, the plan the supervisor
-    started with: a worker started again must serve, not fail every second."""
-    try:
-        return load()
-    except Exception as exc:
-        log.error("the site does not load (%s); serving the plan the server started with", exc)
-        return started
 
 
 def _die_with_parent(supervisor: int) -> None:
