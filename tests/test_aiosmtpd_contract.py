@@ -29,6 +29,8 @@ METHODS = {
     "check_auth_needed": ["self", "caller_method"],
     "smtp_DATA": ["self", "arg"],
     "smtp_AUTH": ["self", "arg"],
+    "smtp_STARTTLS": ["self", "arg"],
+    "challenge_auth": ["self", "challenge", "encode_to_b64", "log_client_response"],
     "auth_PLAIN": ["self", "_", "args"],
     "auth_LOGIN": ["self", "_", "args"],
 }
@@ -49,6 +51,10 @@ def test_each_private_method_is_there_with_its_parameters(method: str) -> None:
     assert parameters[: len(METHODS[method])] == METHODS[method], (
         f"aiosmtpd.smtp.SMTP.{method}{inspect.signature(found)} changed"
     )
+
+
+def test_the_marker_of_a_missing_auth_answer_is_there() -> None:
+    assert isinstance(smtp.MISSING, smtp._Missing)
 
 
 def test_an_instance_has_the_attributes_session_uses() -> None:

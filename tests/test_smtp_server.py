@@ -766,6 +766,28 @@ def test_auth_offered_only_after_starttls(site: Site, listener: str) -> None:
         assert client.esmtp_features["auth"].split() == ["LOGIN", "PLAIN"]
 
 
+def test_a_second_starttls_is_refused_and_the_session_goes_on(site: Site) -> None:
+    with connect(site, "smtp") as client:
+        client.starttls(context=unverified())
+        client.ehlo()
+        assert client.docmd("STARTTLS") == (503, b"5.5.1 TLS is already active")
+        assert client.noop()[0] == 250
+
+
+def test_an_auth_line_past_the_limit_is_refused_without_an_error(site: Site) -> None:
+    offset = len(site.server.log())
+    with connect(site, "smtps") as client:
+        assert client.docmd("AUTH", "LOGIN")[0] == 334
+        client.send(b"A" * 70_000 + b"\r\nNOOP\r\n")
+        replies = [client.getreply()]
+        while replies[-1][0] != 250:  # the rest of the line is read as a command, refused
+            replies.append(client.getreply())
+        assert replies[0] == (500, b"5.5.6 Authentication exchange line is too long")
+        assert client.noop()[0] == 250
+    log = site.server.log()[offset:]
+    assert "Traceback" not in log and " ERROR " not in log, log
+
+
 def test_implicit_tls(site: Site) -> None:
     with connect(site, "smtps") as client:
         client.ehlo()

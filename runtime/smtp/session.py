@@ -19,7 +19,15 @@ from datetime import datetime
 from email.utils import format_datetime, localtime
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException, syntax
+from aiosmtpd.smtp import (
+    MISSING,
+    SMTP,
+    AuthResult,
+    LoginPassword,
+    TLSSetupException,
+    _Missing,
+    syntax,
+)
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 from aiosmtpd.smtp import Session as SMTPSession
 
@@ -479,9 +487,11 @@ class Session(SMTP):
             hangups.went_away(log, client, self.stage, error)
 
     async def handle_exception(self, error: Exception) -> str:
-        # A failed STARTTLS handshake is the client's doing, whatever the TLS error.
+        # A failed STARTTLS handshake is the client's doing (a TLS error, a reset, or none
+        # at all); any other error there is ours, and stays an error.
         cause = error.__cause__ if isinstance(error, TLSSetupException) else error
-        if isinstance(error, TLSSetupException) or hangups.client_went_away(cause):
+        handshake = isinstance(error, TLSSetupException) and cause is None
+        if handshake or hangups.client_went_away(cause):
             self._went_away(cause)
             return replies.CONNECTION_LOST
         status: str = await super().handle_exception(error)
@@ -498,6 +508,24 @@ class Session(SMTP):
             self.admitted = False
             self.admission.leave(peer_ip(self.session))
         super().connection_lost(error)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self.encrypted:  # RFC 3207: no second TLS layer inside the first
+            await self.push(replies.TLS_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def challenge_auth(
+        self,
+        challenge: str | bytes,
+        encode_to_b64: bool = True,
+        log_client_response: bool = False,
+    ) -> _Missing | bytes:
+        try:
+            return await super().challenge_auth(challenge, encode_to_b64, log_client_response)
+        except ValueError:  # the reader's line limit: the rest is read as a bad command
+            await self.push(replies.AUTH_LINE_TOO_LONG)
+            return MISSING
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str) -> None:
