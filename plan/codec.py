@@ -109,6 +109,8 @@ def load(path: Path) -> Plan:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PlanError(f"{path}: cannot read plan: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"{path}: not a plan: not UTF-8 text ({exc.reason})") from None
     return loads(text, str(path))
 
 

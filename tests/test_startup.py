@@ -143,9 +143,11 @@ def test_a_missing_certificate_is_named(tmp_path: Path) -> None:
     )
 
 
-def _certificate(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _certificate(key: ec.EllipticCurvePrivateKey, days: int = 30) -> bytes:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mail.example.com")])
     now = datetime.datetime.now(datetime.UTC)
+    if days < 0:  # made two years ago, for `days` ago
+        now -= datetime.timedelta(days=730)
     built = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -153,7 +155,7 @@ def _certificate(key: ec.EllipticCurvePrivateKey) -> bytes:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
+        .not_valid_after(now + datetime.timedelta(days=days if days > 0 else 730 + days))
         .sign(key, hashes.SHA256())
     )
     return built.public_bytes(serialization.Encoding.PEM)
@@ -181,6 +183,113 @@ def test_a_key_that_does_not_belong_to_its_certificate_is_named(tmp_path: Path) 
         f"mailplan: the TLS key {tmp_path / 'tls' / 'mail.key'} does not belong to the "
         f"certificate {tmp_path / 'tls' / 'mail.crt'}"
     )
+
+
+def _tls_files(folder: Path, days: int = 30, passphrase: bytes | None = None) -> str:
+    """A certificate and its key in folder/tls; the site's `tls:` line for them."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    (folder / "tls").mkdir()
+    (folder / "tls" / "mail.crt").write_bytes(_certificate(key, days))
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+    (folder / "tls" / "mail.key").write_bytes(pem)
+    (folder / "tls" / "mail.key").chmod(0o600)
+    return "tls: {certificate: tls/mail.crt, key: tls/mail.key}"
+
+
+def test_a_key_with_a_passphrase_is_named_and_never_prompts(tmp_path: Path) -> None:
+    site = make_site(tmp_path, free_port(), tls=_tls_files(tmp_path, passphrase=b"secret"))
+    assert one_line(serve(site, tmp_path, *as_root())) == (
+        f"mailplan: the TLS key {tmp_path / 'tls' / 'mail.key'} is protected by a passphrase; "
+        f"mailplan needs it without one (openssl pkey -in {tmp_path / 'tls' / 'mail.key'} "
+        "-out KEY), readable by the serving user only"
+    )
+
+
+@pytest.mark.parametrize(
+    ("days", "mode", "warned"),
+    [
+        (-3, 0o600, "has expired"),
+        (5, 0o600, "expires in 5 day(s)"),
+        (90, 0o644, "is readable by every user: chmod o-r"),
+    ],
+    ids=["expired", "expires-soon", "key-world-readable"],
+)
+def test_what_is_wrong_with_the_certificate_is_a_warning(
+    tmp_path: Path, days: int, mode: int, warned: str
+) -> None:
+    port = free_port()
+    site = make_site(tmp_path, port, tls=_tls_files(tmp_path, days))
+    (tmp_path / "tls" / "mail.key").chmod(mode)
+    with MailServer(site, tmp_path, [port]) as server:
+        assert server.wait_for_log(warned), server.log()
+        assert send(port, "served")[0] == 250
+    assert " WARNING the TLS " in server.log()
+
+
+def test_a_queue_folder_that_is_a_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "queue").write_text("a file\n")
+    site = make_site(tmp_path, free_port())
+    assert one_line(serve(site, tmp_path, *as_root())) == (
+        f"mailplan: {tmp_path / 'var' / 'queue'} is not a directory"
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--smtp-port", "70000", "a port is a number from 1 to 65535: '70000'"),
+        ("--dns-timeout", "nan", "seconds above 0, at most 3600: 'nan'"),
+        ("--dns-timeout", "-1", "seconds above 0, at most 3600: '-1'"),
+    ],
+)
+def test_an_option_out_of_range_is_a_usage_error(
+    tmp_path: Path, option: str, value: str, said: str
+) -> None:
+    site = make_site(tmp_path, free_port())
+    result = serve(site, tmp_path, option, value, *as_root())
+    assert result.returncode == 2
+    assert said in result.stderr.splitlines()[-1]
+
+
+def test_a_resolver_port_out_of_range_is_named(tmp_path: Path) -> None:
+    site = make_site(tmp_path, free_port())
+    assert one_line(serve(site, tmp_path, *as_root(), resolver="127.0.0.1:99999")) == (
+        "mailplan: --resolver is IP[:PORT], a port from 1 to 65535: '127.0.0.1:99999'"
+    )
+
+
+def test_a_plan_file_that_is_not_text_is_named(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(b"\xff\xfe not a plan")
+    result = mailplan("serve", "--plan", plan, "--root", tmp_path, *as_root())
+    assert (
+        one_line(result)
+        == (
+            f"mailplan: cannot serve:\n{plan}: not a plan: not UTF-8 text (invalid start byte)"
+        ).splitlines()[0]
+        or result
+    )
+
+
+def test_a_start_up_error_is_json_when_the_log_is(tmp_path: Path) -> None:
+    import json
+
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        site = make_site(tmp_path, taken.getsockname()[1])
+        result = serve(site, tmp_path, "--log-format", "json", *as_root())
+    line = json.loads(one_line(result))
+    assert line["level"] == "critical"
+    assert line["message"].startswith("mailplan: cannot listen on 127.0.0.1 port ")
 
 
 def test_a_certificate_and_key_that_match_serve_starttls_with_aead_only(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def add_parser(subcommands: Subcommands) -> None:
         "--resolver", metavar="IP[:PORT]", help="DNS server for MX look-ups (default: the system's)"
     )
     serve.add_argument(
-        "--smtp-port", type=int, default=25, metavar="PORT", help="port of other SMTP servers"
+        "--smtp-port", type=_port, default=25, metavar="PORT", help="port of other SMTP servers"
     )
     serve.add_argument(
         "--workers",
@@ -49,7 +49,7 @@ def add_parser(subcommands: Subcommands) -> None:
     )
     serve.add_argument(
         "--dns-timeout",
-        type=float,
+        type=_seconds,
         default=10.0,
         metavar="SECONDS",
         help="how long a receiving check waits for DNS (default 10)",
@@ -65,13 +65,30 @@ def add_parser(subcommands: Subcommands) -> None:
     serve.set_defaults(run=_serve)
 
 
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535: {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:  # NaN too
+        raise argparse.ArgumentTypeError(f"seconds above 0, at most 3600: {text!r}")
+    return value
+
+
 def _serve(arguments: argparse.Namespace) -> int:
     """Run the server; whatever stops it from starting is one line on standard error."""
     from mailplan.runtime.serve.startup import StartupError
 
     if _workers(arguments.workers) is None:
         print(
-            f"mailplan: --workers is a number from 1, or auto: {arguments.workers!r}",
+            f"mailplan: --workers is a number from 1, or auto: {arguments.workers!r}"
+            f" (at most {4 * len(os.sched_getaffinity(0))}, four per CPU this process may use)",
             file=sys.stderr,
         )
         return 2
@@ -79,21 +96,28 @@ def _serve(arguments: argparse.Namespace) -> int:
     try:
         return _start(arguments, writer)
     except StartupError as exc:
-        print(logs.line(f"mailplan: {exc}"), file=sys.stderr)
+        _fail(arguments, f"mailplan: {exc}")
     except (SiteError, codec.PlanError) as exc:
-        print(logs.line(f"mailplan: cannot serve:\n{exc}"), file=sys.stderr)
+        text = str(exc)  # a plan's problem is one line; a site's are its diagnostics
+        _fail(arguments, f"mailplan: cannot serve:{chr(10) if chr(10) in text else ' '}{text}")
     except Exception as exc:
         if arguments.debug:
             raise
-        print(
-            logs.line(
-                f"mailplan: internal error: {type(exc).__name__}: {exc} (--debug shows where)"
-            ),
-            file=sys.stderr,
-        )
+        what = f"{type(exc).__name__}: {exc}"
+        _fail(arguments, f"mailplan: internal error: {what} (--debug shows where)")
     finally:
         writer.stop()
     return 1
+
+
+def _fail(arguments: argparse.Namespace, text: str) -> None:
+    """Why the server did not start, on standard error: as a log line in JSON when the
+    log is JSON (a collector reads one shape), else as text."""
+    if arguments.log_format == "json":
+        record = logging.LogRecord("mailplan.server", logging.CRITICAL, "", 0, text, None, None)
+        print(logs.formatter("json", logs.to_journal()).format(record), file=sys.stderr)
+    else:
+        print(logs.line(text), file=sys.stderr)
 
 
 def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
@@ -118,6 +142,11 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
     lock = startup.lock_queue(queue)
     try:
         tls = startup.tls_context(plan, root, dev)
+        for warning in startup.tls_warnings(plan, root, dev):
+            log.warning("%s", warning)
+        descriptors = startup.raise_descriptor_limit(plan.limits.max_connections)
+        if descriptors:
+            log.warning("%s", descriptors)
         sockets = startup.bind(startup.served(plan, dev))
         quiet = _settle(arguments, who, queue, mail, sockets)
         lock.write_pid()
@@ -188,9 +217,10 @@ def _run(
 
 def _workers(text: str) -> int | None:
     """The number of worker processes `--workers` asks for (None: not a number from 1)."""
+    cpus = len(os.sched_getaffinity(0))  # the CPUs this process may use, not the machine's
     if text == "auto":
-        return os.cpu_count() or 1
-    if text.isascii() and text.isdigit() and 1 <= int(text) <= 1024:
+        return cpus
+    if text.isascii() and text.isdigit() and 1 <= int(text) <= 4 * cpus:
         return int(text)
     return None
 

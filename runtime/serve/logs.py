@@ -128,6 +128,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
+
+
+def printable(text: str) -> str:
+    """`text` with control characters written as `\\xNN`: what a client sends (a command
+    word, an address) cannot move the cursor, clear a terminal or start a false line."""
+    return text.translate(_CONTROL) if not text.isprintable() else text
+
+
 def formatter(shape: str, journal: bool) -> logging.Formatter:
     """The formatter for `--log-format`; under the journal, with priorities."""
     if shape == "json":
@@ -170,7 +179,7 @@ class _Enqueue(logging.handlers.QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         prepared = logging.makeLogRecord(record.__dict__)
-        prepared.msg = record.getMessage()
+        prepared.msg = printable(record.getMessage())
         prepared.args = None
         if record.exc_info:
             prepared.exc_text = logging.Formatter().formatException(record.exc_info)

@@ -16,12 +16,20 @@ import grp
 import logging
 import os
 import pwd
+import resource
 import signal
 import socket
 import ssl
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.rdatatype
+import dns.resolver
+from cryptography import x509
 
 from mailplan.plan.model import Listener, Plan
 from mailplan.runtime.serve import devtls
@@ -35,6 +43,7 @@ POP3_PROTOCOLS = ("pop3", "pop3s")
 PIDFILE = "mailplan.pid"
 BACKLOG = 512
 RESOLVER_PROBE_TIMEOUT = 2.0
+CERTIFICATE_WARNING = 14 * 86400  # seconds before a certificate expires that start-up warns
 
 # Mozilla's "intermediate" profile for TLS 1.2: forward secrecy and AEAD only (no CBC,
 # so nothing for LUCKY13); TLS 1.3 suites are all AEAD and are not affected by this.
@@ -195,7 +204,12 @@ def tls_context(plan: Plan, root: Path, dev: bool) -> ssl.SSLContext | None:
     context.set_ciphers(TLS12_CIPHERS)
     context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     try:
-        context.load_cert_chain(certificate, key)
+        context.load_cert_chain(certificate, key, password=_no_passphrase)
+    except _Passphrase as exc:  # never a prompt on the terminal, queue lock held
+        raise StartupError(
+            f"the TLS key {key} is protected by a passphrase; mailplan needs it without one "
+            f"(openssl pkey -in {key} -out KEY), readable by the serving user only"
+        ) from exc
     except ssl.SSLError as exc:
         if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
             raise StartupError(
@@ -206,6 +220,42 @@ def tls_context(plan: Plan, root: Path, dev: bool) -> ssl.SSLContext | None:
             f"{exc.reason or exc} (both must be PEM)"
         ) from exc
     return context
+
+
+class _Passphrase(Exception):
+    """The key asked for a passphrase."""
+
+
+def _no_passphrase() -> str:
+    raise _Passphrase
+
+
+def tls_warnings(plan: Plan, root: Path, dev: bool, now: float | None = None) -> list[str]:
+    """What an operator should hear about the certificate and key the server uses: a
+    certificate that has expired or expires within two weeks (senders that check it,
+    as MTA-STS and DANE make them, will not deliver), a key that others can read."""
+    if dev or not plan.tls.certificate or not plan.tls.key:
+        return []
+    found = []
+    certificate, key = resolve(root, plan.tls.certificate), resolve(root, plan.tls.key)
+    try:
+        leaf = x509.load_pem_x509_certificate(certificate.read_bytes())
+    except (OSError, ValueError):
+        return []  # tls_context has already read and used it: nothing more to say
+    left = leaf.not_valid_after_utc.timestamp() - (time.time() if now is None else now)
+    if left <= 0:
+        found.append(
+            f"the TLS certificate {certificate} has expired ({leaf.not_valid_after_utc:%Y-%m-%d})"
+        )
+    elif left < CERTIFICATE_WARNING:
+        found.append(
+            f"the TLS certificate {certificate} expires in {left / 86400:.0f} day(s) "
+            f"({leaf.not_valid_after_utc:%Y-%m-%d})"
+        )
+    with contextlib.suppress(OSError):
+        if key.stat().st_mode & 0o004:
+            found.append(f"the TLS key {key} is readable by every user: chmod o-r {key}")
+    return found
 
 
 # -- listening sockets -------------------------------------------------------------------
@@ -225,6 +275,24 @@ def listening(address: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def raise_descriptor_limit(connections: int) -> str | None:
+    """Raise this process's open-file limit to what it may have (each connection takes a
+    descriptor, and so does each file the queue writes); a warning when that is still
+    fewer than the connections the site allows, with some to spare."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    wanted = connections + connections // 4 + 64
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        return (
+            f"the open-file limit is {soft}, fewer than limits.max_connections "
+            f"({connections}) needs ({wanted}): raise it (LimitNOFILE= in the unit)"
+        )
+    return None
 
 
 def bind(listeners: Iterable[Listener]) -> Sockets:
@@ -269,8 +337,6 @@ def check_resolver(nameserver: str | None) -> str | None:
     """Ask the resolver the server will use one question. A resolver that is not
     configured or cannot be sent to is a StartupError; one that sends no answer is
     returned as a warning (the server serves, and mail waits until DNS answers)."""
-    import dns.resolver
-
     from mailplan.runtime.dns.mx import resolver as make_resolver
 
     try:
@@ -281,6 +347,8 @@ def check_resolver(nameserver: str | None) -> str | None:
         ) from exc
     except ValueError as exc:
         raise StartupError(f"--resolver is IP[:PORT]: {nameserver!r}") from exc
+    if not 0 < configured.port < 65536:
+        raise StartupError(f"--resolver is IP[:PORT], a port from 1 to 65535: {nameserver!r}")
     if not configured.nameservers:
         raise StartupError("no DNS resolver in /etc/resolv.conf; give --resolver IP[:PORT]")
     where, port = str(configured.nameservers[0]), configured.port
@@ -357,6 +425,8 @@ def prepare_directories(folders: Iterable[Path], who: Identity | None) -> None:
     """Create the folders the server writes (0700), owned by whom it serves as; a folder
     that exists and belongs to someone else is the admin's to give (named, not changed)."""
     for folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise StartupError(f"{folder} is not a directory")
         try:
             if not folder.exists():
                 folder.mkdir(mode=0o700, parents=True)
@@ -385,6 +455,8 @@ def check_writable(folders: Iterable[Path], readable: Iterable[Path]) -> None:
     """As the serving user: the folders it writes are writable, and what it reads later
     (the Python installation, the site for reloads) is readable."""
     for folder in folders:
+        if _read_only(folder):
+            raise StartupError(f"{folder} is on a read-only file system")
         if not os.access(folder, os.W_OK | os.X_OK):
             raise StartupError(
                 f"{folder} is not writable by uid {os.geteuid()}, who serves; fix its owner or mode"
@@ -399,6 +471,13 @@ def check_writable(folders: Iterable[Path], readable: Iterable[Path]) -> None:
                 f"{path} is not readable by uid {os.geteuid()}, who serves; "
                 "install where that user can read (docs/deploy.md)"
             )
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _why(exc: OSError) -> str:
