@@ -34,7 +34,7 @@ LIMITS: dict[str, Any] = {
     "max_message_size": "25M",
     "max_recipients": 1000,
     "max_connections": 1000,
-    "max_connections_per_client": 20,
+    "max_connections_per_client": 50,  # as Postfix's smtpd_client_connection_count_limit
 }
 
 QUEUE: dict[str, Any] = {

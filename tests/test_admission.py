@@ -39,6 +39,17 @@ def test_an_ipv6_client_is_counted_by_its_64() -> None:
     assert admission.enter("2001:db8:1:3::10") is None
 
 
+def test_a_client_ip_has_no_share_of_its_own_only_the_total() -> None:
+    admission = Admission(total=3, per_client=1)
+    assert admission.enter("192.0.2.1", trusted=True) is None
+    assert admission.enter("192.0.2.1", trusted=True) is None
+    assert admission.enter("192.0.2.1", trusted=False) == replies.reply(
+        replies.CLIENT_BUSY, limit=1
+    )
+    assert admission.enter("192.0.2.1", trusted=True) is None
+    assert admission.enter("192.0.2.1", trusted=True) == replies.reply(replies.SERVER_BUSY, limit=3)
+
+
 def test_leaving_forgets_a_client() -> None:
     admission = Admission(total=10, per_client=5)
     admission.enter("192.0.2.1")

@@ -4,8 +4,10 @@ Every connection costs a descriptor and memory (a message in DATA is held whole)
 client, or many, must not take them all: a connection past the client's share
 (`limits.max_connections_per_client`, counted per IPv4 address or IPv6 /64, as failed
 logins are) or past the server's (`limits.max_connections`) is told 421 and closed
-before anything else. The count is per process (each worker of `--workers N` has its
-own).
+before anything else. The site's Client IPs have no share of their own (as Postfix
+exempts `mynetworks`): an office behind one address, or the server's own tools, count
+against the total only. The count is per process (each worker of `--workers N` has
+its own).
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ class Admission:
         self.open: Counter[str] = Counter()  # client key -> connections held
         self.held = 0
 
-    def enter(self, ip: str) -> str | None:
-        """Take a connection from `ip`: None, or the reply that refuses it (then it is
-        not counted, and `leave` must not be called for it)."""
+    def enter(self, ip: str, trusted: bool = False) -> str | None:
+        """Take a connection from `ip` (a Client IP when `trusted`): None, or the reply
+        that refuses it (then it is not counted, and `leave` must not be called for it)."""
         key = client(ip)
         if self.held >= self.total:
             return replies.reply(replies.SERVER_BUSY, limit=self.total)
-        if self.open[key] >= self.per_client:
+        if not trusted and self.open[key] >= self.per_client:
             return replies.reply(replies.CLIENT_BUSY, limit=self.per_client)
         self.open[key] += 1
         self.held += 1

@@ -235,7 +235,7 @@ class Daemon:
         policy = self.current.policy
         peer = writer.get_extra_info("peername")
         ip = str(peer[0]) if peer else ""
-        refused = self.admission.enter(ip)
+        refused = self.admission.enter(ip, policy.client(ip, False).trusted)
         if refused is not None:  # POP3 has no 421: -ERR with RFC 2449's SYS/TEMP code
             log.info("%s refused at connect: %s", ip, refused)
             writer.write(f"-ERR [SYS/TEMP] {refused[10:]}\r\n".encode())

@@ -438,7 +438,9 @@ class Session(SMTP):
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         if self.admission is not None and self.session is not None:
-            self.refused = self.admission.enter(peer_ip(self.session))
+            ip = peer_ip(self.session)
+            trusted = self.handler.policy.client(ip, False).trusted
+            self.refused = self.admission.enter(ip, trusted)
             self.admitted = self.refused is None
 
     async def _handle_client(self) -> None:
