@@ -428,10 +428,9 @@ def prepare_directories(folders: Iterable[Path], who: Identity | None) -> None:
         if folder.exists() and not folder.is_dir():
             raise StartupError(f"{folder} is not a directory")
         try:
-            if not folder.exists():
-                folder.mkdir(mode=0o700, parents=True)
-                if who is not None:
-                    os.chown(folder, who.uid, who.gid)
+            made = _made(folder)
+            if made and who is not None:
+                os.chown(folder, who.uid, who.gid)
             elif who is not None and folder.stat().st_uid != who.uid:
                 raise StartupError(
                     f"{folder} belongs to uid {folder.stat().st_uid}, not to {who.user}, "
@@ -439,6 +438,18 @@ def prepare_directories(folders: Iterable[Path], who: Identity | None) -> None:
                 )
         except OSError as exc:
             raise StartupError(f"cannot create {folder}: {_why(exc)}") from exc
+
+
+def _made(folder: Path) -> bool:
+    """Make `folder` (0700) unless it is there; whether this call made it (two servers
+    started at once both get here before one of them has the queue's lock)."""
+    try:
+        folder.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        if not folder.is_dir():
+            raise StartupError(f"{folder} is not a directory") from None
+        return False
+    return True
 
 
 def become(who: Identity) -> None:
