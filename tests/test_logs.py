@@ -150,6 +150,7 @@ def test_json_lines_carry_the_queue_id_client_and_listener(tmp_path: Path) -> No
             assert code == 550
         assert server.wait_for_log("accepted from")
         assert server.wait_for_log("refused <nobody@example.com>")
+        assert server.wait_for_log(" delivered to LOCAL")
     lines = [json.loads(line) for line in server.log().splitlines()]
     accepted = next(line for line in lines if "accepted from" in line["message"])
     assert accepted["level"] == "info"
@@ -160,6 +161,10 @@ def test_json_lines_carry_the_queue_id_client_and_listener(tmp_path: Path) -> No
     refused = next(line for line in lines if "refused <" in line["message"])
     assert refused["recipient"] == "nobody@example.com"
     assert {"time", "level", "logger", "message"} <= set(refused)
+    delivered = next(line for line in lines if " delivered to LOCAL" in line["message"])
+    assert delivered["queue_id"] == accepted["queue_id"]
+    assert delivered["recipient"] == "alice@example.com"
+    assert delivered["source"].startswith("site.yaml:")  # the line that made alice an account
 
 
 def test_json_formatter_keeps_a_traceback_and_unknown_types() -> None:

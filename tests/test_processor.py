@@ -308,7 +308,7 @@ def test_a_batch_delivers_nothing_before_its_commit(
     lines: list[tuple[object, ...]] = []
     waiting = process(
         spool, queue_id, router, mail, fresh=Arrival(envelope, message, "", router), batch=files,
-        say=lambda *line: lines.append(line),
+        say=lambda *line, **facts: lines.append(line),
     )  # fmt: skip
     assert waiting == []
     assert delivered(mail, "alice@example.com") == delivered(mail, "bob@example.com") == []

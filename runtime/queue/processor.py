@@ -90,19 +90,20 @@ def process(
             continue
         routing = message.routing(recipient)
         decided = _decided(routing, digest)
+        facts = {"extra": _facts(queue_id, recipient, routing)}
         if routing.module == "LOCAL":
             if routing.queue not in delivered:
                 _deliver(local, routing.queue, done, batch is None)
                 delivered.add(routing.queue)
             done.append(recipient)
-            say("%s <%s> delivered to %s (%s)", queue_id, recipient, routing, decided)
+            say("%s <%s> delivered to %s (%s)", queue_id, recipient, routing, decided, **facts)
         elif routing.module == "DISCARD":
             done.append(recipient)
-            say("%s <%s> discarded (%s)", queue_id, recipient, decided)
+            say("%s <%s> discarded (%s)", queue_id, recipient, decided, **facts)
         else:
             entry = message.waiting(recipient, routing, schedule)
             waiting.append(entry)
-            say("%s <%s> queued in %s (%s)", queue_id, recipient, entry.queue, decided)
+            say("%s <%s> queued in %s (%s)", queue_id, recipient, entry.queue, decided, **facts)
     if batch is None:
         _record(spool, queue_id, done, waiting)
     return waiting
@@ -148,6 +149,13 @@ class _Message:
         due = retry.due(self.history, recipient, envelope.arrived, schedule)
         attempts = self.history.attempts.get(recipient, 0)
         return Waiting(envelope.id, recipient, routing, envelope.arrived, due, attempts)
+
+
+def _facts(queue_id: str, recipient: str, routing: Routing) -> dict[str, str]:
+    """What a JSON log line says of a recipient's routing (`runtime.serve.logs.FACTS`)."""
+    sources = " ".join(str(step.source) for step in routing.steps if step.source)
+    facts = {"queue_id": queue_id, "recipient": recipient}
+    return facts | {"source": sources} if sources else facts
 
 
 def _decided(routing: Routing, digest: str) -> str:
@@ -338,13 +346,17 @@ class Processor:
 
     def _deliver_batch(self, batch: list[_Soon]) -> None:
         files = durable.Batch()
-        lines: list[tuple[Any, ...]] = []  # logged once true: after the commit
+        lines: list[tuple[tuple[Any, ...], dict[str, Any]]] = []  # logged after the commit
+
+        def say(*line: Any, **facts: Any) -> None:
+            lines.append((line, facts))
+
         try:
             for soon in batch:
                 arrival = soon.arrival
                 waiting = process(
                     self.spool, arrival.envelope.id, arrival.router, self.mail_directory,
-                    arrival.digest, arrival, batch=files, say=lambda *line: lines.append(line),
+                    arrival.digest, arrival, batch=files, say=say,
                 )  # fmt: skip
                 if waiting:  # cannot happen: `delivers_at_once` saw the same routings
                     raise OSError(f"{arrival.envelope.id}: recipients left to queue")
@@ -353,7 +365,7 @@ class Processor:
             files.abandon()
             raise
         for line in lines:
-            log.info(*line)
+            log.info(*line[0], **line[1])
 
     def _retry_soon(self, batch: list[_Soon]) -> None:
         self._soon.extend(batch)
