@@ -1,7 +1,7 @@
 """What `mailplan serve` does before its first client, in this order: lock the queue
-(one server per queue), load the TLS certificate, bind every listener, ask the
-resolver once, give up root, check that what the server writes is writable, and
-write the pid file.
+(one server per queue), load the TLS certificate and the DKIM keys, bind every
+listener, ask the resolver once, give up root, check that what the server writes is
+writable, and write the pid file.
 
 Every mistake an operator can make on the way is a `StartupError` whose text is one
 line naming the culprit; the CLI prints it and exits, with no traceback.
@@ -33,6 +33,7 @@ from cryptography import x509
 
 from mailplan.plan.model import Listener, Plan
 from mailplan.runtime.serve import devtls
+from mailplan.runtime.smtp.signing import KeyProblem, Keyring, load_keys
 
 log = logging.getLogger("mailplan.server")
 
@@ -256,6 +257,46 @@ def tls_warnings(plan: Plan, root: Path, dev: bool, now: float | None = None) ->
         if key.stat().st_mode & 0o004:
             found.append(f"the TLS key {key} is readable by every user: chmod o-r {key}")
     return found
+
+
+# -- DKIM keys ---------------------------------------------------------------------------
+
+
+def dkim_keys(
+    plan: Plan, root: Path, site: Path | None, dev: bool = False
+) -> tuple[Keyring, list[str]]:
+    """The DKIM private keys of the plan, each checked against the public key the plan
+    publishes, and warnings. Read as root (before the server gives it up): key files are
+    typically root's. With `--dev`, a key file that does not exist is a warning and its
+    selector does not sign, so that the example site starts on a fresh clone."""
+    warnings: list[str] = []
+    if dev:
+        plan, warnings = without_missing_keys(plan, root)
+    try:
+        return load_keys(plan, root, site), warnings
+    except KeyProblem as exc:
+        raise StartupError(str(exc)) from exc
+
+
+def without_missing_keys(plan: Plan, root: Path) -> tuple[Plan, list[str]]:
+    """`--dev`: the plan without the private keys whose files do not exist, and why."""
+    domains, warnings = [], []
+    for domain in plan.domains:
+        if domain.dns is None:
+            domains.append(domain)
+            continue
+        keys = []
+        for key in domain.dns.dkim:
+            if key.private_key is not None and not resolve(root, key.private_key).exists():
+                warnings.append(
+                    f"the DKIM key {resolve(root, key.private_key)} (selector {key.selector} "
+                    f"of {domain.name}) does not exist: --dev does not sign with it "
+                    "(docs/dkim.md says how to make the pair)"
+                )
+                key = replace(key, private_key=None)
+            keys.append(key)
+        domains.append(replace(domain, dns=replace(domain.dns, dkim=tuple(keys))))
+    return replace(plan, domains=tuple(domains)), warnings
 
 
 # -- listening sockets -------------------------------------------------------------------
