@@ -10,7 +10,7 @@ do not host) is not signed with our keys. `runtime/smtp/signing.py` does the sig
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
 from typing import Literal
@@ -62,8 +62,8 @@ class Signing:
 def author_domain(message: bytes) -> str | None:
     """The domain of the message's `From:` (A-labels, lower case), or None when there is
     no From, or its addresses are not all of one domain (DMARC does not align those)."""
-    head = header_block(message)
-    fields = BytesHeaderParser(policy=compat32).parsebytes(head).get_all("from") or []
+    head = header_block(message).decode("utf-8", "replace")  # RFC 6532: UTF-8 headers
+    fields = HeaderParser(policy=compat32).parsestr(head).get_all("from") or []
     domains = {
         canonical_domain(address.rpartition("@")[2].rstrip(".>").strip())
         for _, address in getaddresses([str(value) for value in fields])
