@@ -31,7 +31,7 @@ from mailplan.runtime.dns.lookup import Answerer, Dns
 from mailplan.runtime.mailbox.pop3 import LINE_LIMIT, Pop3
 from mailplan.runtime.queue.processor import Processor
 from mailplan.runtime.rules.engine import Rules
-from mailplan.runtime.serve import notify
+from mailplan.runtime.serve import devdkim, notify
 from mailplan.runtime.serve.startup import (
     BACKLOG,
     POP3_PROTOCOLS,
@@ -39,11 +39,10 @@ from mailplan.runtime.serve.startup import (
     Sockets,
     release_signals,
     served,
-    without_missing_keys,
 )
 from mailplan.runtime.smtp.receiving import CallbackCache, Checks
 from mailplan.runtime.smtp.session import Handler, Session, Snapshot
-from mailplan.runtime.smtp.signing import Keyring, Signer, load_keys
+from mailplan.runtime.smtp.signing import Keyring, Loading, Signer, load_keys
 from mailplan.runtime.store.intake import Intake
 from mailplan.runtime.store.spool import Envelope, Share, Spool, new_id, owns
 
@@ -125,10 +124,11 @@ class Daemon:
         return snapshot(plan, self.answerer, self.callbacks, remote.port, self.keys)
 
     def _keys(self, plan: Plan) -> Keyring:
-        """The DKIM keys of a plan being reloaded, read again (`--dev`: those that exist)."""
-        root = self.options.root
-        signing = without_missing_keys(plan, root)[0] if self.options.dev else plan
-        return load_keys(signing, root, None, self.keys)
+        """The DKIM keys of a plan being reloaded, read again (`--dev`: as at start-up)."""
+        root, dev = self.options.root, self.options.dev
+        for made in devdkim.ensure(plan, root) if dev else ():
+            log.warning("%s", made)
+        return load_keys(plan, Loading(root, None, self.keys, log.warning if dev else None))
 
     def _path(self, value: str) -> Path:
         path = Path(value)

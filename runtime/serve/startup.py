@@ -32,8 +32,8 @@ import dns.resolver
 from cryptography import x509
 
 from mailplan.plan.model import Listener, Plan
-from mailplan.runtime.serve import devtls
-from mailplan.runtime.smtp.signing import KeyProblem, Keyring, load_keys
+from mailplan.runtime.serve import devdkim, devtls
+from mailplan.runtime.smtp.signing import KeyProblem, Keyring, Loading, load_keys
 
 log = logging.getLogger("mailplan.server")
 
@@ -267,36 +267,15 @@ def dkim_keys(
 ) -> tuple[Keyring, list[str]]:
     """The DKIM private keys of the plan, each checked against the public key the plan
     publishes, and warnings. Read as root (before the server gives it up): key files are
-    typically root's. With `--dev`, a key file that does not exist is a warning and its
-    selector does not sign, so that the example site starts on a fresh clone."""
-    warnings: list[str] = []
-    if dev:
-        plan, warnings = without_missing_keys(plan, root)
+    typically root's. With `--dev`, a key file that does not exist is made (`devdkim`) and
+    a key that is not the published one is a warning, so that the example site signs on a
+    fresh clone."""
+    warnings = devdkim.ensure(plan, root) if dev else []
+    how = Loading(root, site, mismatch=warnings.append if dev else None)
     try:
-        return load_keys(plan, root, site), warnings
+        return load_keys(plan, how), warnings
     except KeyProblem as exc:
         raise StartupError(str(exc)) from exc
-
-
-def without_missing_keys(plan: Plan, root: Path) -> tuple[Plan, list[str]]:
-    """`--dev`: the plan without the private keys whose files do not exist, and why."""
-    domains, warnings = [], []
-    for domain in plan.domains:
-        if domain.dns is None:
-            domains.append(domain)
-            continue
-        keys = []
-        for key in domain.dns.dkim:
-            if key.private_key is not None and not resolve(root, key.private_key).exists():
-                warnings.append(
-                    f"the DKIM key {resolve(root, key.private_key)} (selector {key.selector} "
-                    f"of {domain.name}) does not exist: --dev does not sign with it "
-                    "(docs/dkim.md says how to make the pair)"
-                )
-                key = replace(key, private_key=None)
-            keys.append(key)
-        domains.append(replace(domain, dns=replace(domain.dns, dkim=tuple(keys))))
-    return replace(plan, domains=tuple(domains)), warnings
 
 
 # -- listening sockets -------------------------------------------------------------------

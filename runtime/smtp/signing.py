@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,27 +60,36 @@ class Key:
 Keyring = Mapping[tuple[str, str], Key]  # (hosted domain, selector) → key
 
 
-def load_keys(
-    plan: Plan, root: Path, site: Path | None = None, previous: Keyring | None = None
-) -> dict[tuple[str, str], Key]:
+@dataclass(frozen=True)
+class Loading:
+    """How keys are read: from `root` (relative paths); `site`: a key file inside it is
+    refused; `previous` (at a reload, as the serving user): a key file that user cannot
+    read is kept from it if it is the same; `mismatch` (`--dev`): a key that is not the
+    published one is told to it and signs anyway, instead of being refused."""
+
+    root: Path
+    site: Path | None = None
+    previous: Keyring | None = None
+    mismatch: Callable[[str], None] | None = None
+
+
+def load_keys(plan: Plan, how: Loading) -> dict[tuple[str, str], Key]:
     """Every signing key of the plan, read and checked; a `KeyProblem` for the first that
-    is not right. `site`: a key file inside it is refused. `previous` (at a reload, as the
-    serving user): a key file that user cannot read is kept from it, if it is the same."""
+    is not right."""
     keys = {}
     for domain in plan.domains:
         for key in domain.dns.dkim if domain.dns else ():
             if key.private_key is not None:
-                keys[domain.name, key.selector] = _load(domain.name, key, root, site, previous)
+                keys[domain.name, key.selector] = _load(domain.name, key, how)
     return keys
 
 
-def _load(
-    domain: str, key: DkimKey, root: Path, site: Path | None, previous: Keyring | None
-) -> Key:
+def _load(domain: str, key: DkimKey, how: Loading) -> Key:
     assert key.private_key is not None
     name = f"selector {key.selector} of {domain}"
     path = Path(key.private_key)
-    path = path if path.is_absolute() else root / path
+    path = path if path.is_absolute() else how.root / path
+    site = how.site
     if site is not None and path.resolve().is_relative_to(site.resolve()):
         raise KeyProblem(
             f"the DKIM key {path} ({name}) is inside the site folder {site}: "
@@ -89,7 +98,7 @@ def _load(
     try:
         data = path.read_bytes()
     except PermissionError as exc:
-        kept = (previous or {}).get((domain, key.selector))
+        kept = (how.previous or {}).get((domain, key.selector))
         if kept is not None and kept.file == key.private_key and kept.public_key == key.public_key:
             return kept  # root-only, read at start-up: the same key, still published
         raise KeyProblem(f"cannot read the DKIM key {path} ({name}): {_why(exc)}") from exc
@@ -97,10 +106,13 @@ def _load(
         raise KeyProblem(f"cannot read the DKIM key {path} ({name}): {_why(exc)}") from exc
     secret, public = _parse(data, path, name)
     if public != key.public_key:
-        raise KeyProblem(
+        problem = (
             f"the DKIM key {path} does not belong to {name}: its public key is not the one "
             f"the plan publishes ({key.file})"
         )
+        if how.mismatch is None:
+            raise KeyProblem(problem)
+        how.mismatch(problem)
     return Key(key.private_key, key.public_key, secret)
 
 
