@@ -11,7 +11,7 @@ import os
 import smtplib
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope as SinkEnvelope
 from aiosmtpd.smtp import Session as SinkSession
+from argon2 import PasswordHasher
 from cryptography.hazmat.primitives import serialization
 from dnskit import NameServer, zone_text
 from serverkit import (
@@ -33,13 +34,17 @@ from serverkit import (
     mailplan,
     wait_until,
 )
-from sitekit import plain, write_site
+from sitekit import listener, plain, write_site
 
+from mailplan.compiler.pipeline import compile_site
+from mailplan.runtime.smtp.signing import KeyProblem, Loading, load_keys
 from mailplan.zones.dkim import key_pair
 
 TIMEOUT = 15.0
 SINK = "127.0.0.2"
 STRANGER = "127.0.0.9"  # not a Client IP
+PASSWORD = "secret"
+PASSWORD_HASH = PasswordHasher().hash(PASSWORD)
 
 
 @dataclass
@@ -95,7 +100,8 @@ class Signing:
 
     tmp: Path
     site: Path
-    port: int
+    port: int  # smtp, no AUTH
+    submission: int  # AUTH (PLAIN without TLS, for the test)
     selectors: dict[str, str]  # selector → algorithm
     keys: Path = field(init=False)
 
@@ -118,8 +124,13 @@ class Signing:
             )
         write_site(
             self.site,
-            listeners={"smtp": plain(self.port)},
-            accounts=["alice"],
+            listeners={
+                "smtp": plain(self.port),
+                "submission": listener(
+                    self.submission, tls="none", auth="required", plaintext_auth=True
+                ),
+            },
+            accounts={"alice": {"password": PASSWORD_HASH}},
             domains={"example.com": {"dkim": entries, "aliases": ["example.net"]}},
             extra={"receiving": {"return_path": {"scope": "nobody"}, "spf": {"scope": "nobody"}}},
         )
@@ -138,7 +149,8 @@ class Signing:
 @pytest.fixture
 def signing(tmp_path: Path) -> Callable[..., Signing]:
     def make(**selectors: str) -> Signing:
-        made = Signing(tmp_path, tmp_path / "site", free_ports(1)[0], selectors)
+        smtp, submission = free_ports(2)
+        made = Signing(tmp_path, tmp_path / "site", smtp, submission, selectors)
         made.write()
         return made
 
@@ -155,7 +167,11 @@ def served(
         names = NameServer(tmp_path / "dns", zones or site.zones()).start()
         running.append(names)
         server = MailServer(
-            site.site, tmp_path, [site.port], resolver=names.address, smtp_port=sink_port[1]
+            site.site,
+            tmp_path,
+            [site.port, site.submission],
+            resolver=names.address,
+            smtp_port=sink_port[1],
         )
         running.append(server)
         return server.start(), names
@@ -165,7 +181,13 @@ def served(
         thing.stop()
 
 
-def send(port: int, author: str, source: str = LOOPBACK, to: str = "carol@accept.test") -> None:
+def send(
+    port: int,
+    author: str,
+    source: str = LOOPBACK,
+    to: str = "carol@accept.test",
+    login: bool = False,
+) -> None:
     message = EmailMessage()
     message["From"] = f"Alice <{author}>"
     message["To"] = to
@@ -175,6 +197,8 @@ def send(port: int, author: str, source: str = LOOPBACK, to: str = "carol@accept
     message.set_content("hello\n")
     with smtplib.SMTP(LOOPBACK, port, timeout=TIMEOUT, source_address=(source, 0)) as client:
         client.ehlo("client.example.com")
+        if login:
+            client.login("alice@example.com", PASSWORD)
         client.mail(author)
         assert client.rcpt(to)[0] == 250
         code, reply = client.data(message.as_bytes().replace(b"\n", b"\r\n"))
@@ -222,6 +246,16 @@ def test_mail_from_a_client_ip_arrives_signed_and_verifies(
     assert (algorithm_used, selector) == (f"{algorithm}-sha256".encode(), b"mail")
     assert signed.replace(b" ", b"") == HEADERS + b":from"  # present ones, From oversigned
     assert b"c=relaxed/relaxed" in message.replace(b"\r\n\t", b"").replace(b" ", b"")
+
+
+def test_mail_from_an_authenticated_user_arrives_signed_and_verifies(
+    signing: Callable[..., Signing], served: Any, sink: Sink
+) -> None:
+    site = signing(mail="ed25519")
+    _, names = served(site)
+    send(site.submission, "alice@example.com", source=STRANGER, login=True)
+    (message,) = sink.received()
+    assert [ok for ok, _ in verifications(message, names)] == [True]
 
 
 def test_two_selectors_during_a_rotation_give_two_signatures(
@@ -398,3 +432,42 @@ def test_a_key_with_a_passphrase_is_named(signing: Callable[..., Signing]) -> No
         f"mailplan: the DKIM key {key} (selector mail of example.com) is protected by a "
         f"passphrase; mailplan needs it without one (openssl pkey -in {key} -out KEY)"
     )
+
+
+# -- reading keys (load_keys) ---------------------------------------------------------------
+
+
+def test_a_reload_keeps_a_key_it_may_not_read_only_while_it_is_the_same(
+    signing: Callable[..., Signing], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read as root at start-up, a root-only key cannot be read again by the serving user."""
+    site = signing(mail="ed25519")
+    plan = compile_site(site.site).plan
+    assert plan is not None
+    keys = load_keys(plan, Loading(site.tmp))
+
+    def denied(path: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    assert load_keys(plan, Loading(site.tmp, previous=keys)) == keys
+    moved = {("example.com", "mail"): replace(keys["example.com", "mail"], file="/elsewhere")}
+    with pytest.raises(KeyProblem, match=r"\(selector mail of example.com\): permission denied"):
+        load_keys(plan, Loading(site.tmp, previous=moved))
+
+
+def test_dev_mode_warns_of_a_key_that_is_not_the_published_one(
+    signing: Callable[..., Signing],
+) -> None:
+    site = signing(mail="ed25519")
+    other, _ = make_key(site.tmp / "other", "other", "ed25519")
+    site.write(private={"mail": str(other)})
+    plan = compile_site(site.site).plan
+    assert plan is not None
+    told: list[str] = []
+    keys = load_keys(plan, Loading(site.tmp, mismatch=told.append))
+    assert list(keys) == [("example.com", "mail")]
+    assert told == [
+        f"the DKIM key {other} does not belong to selector mail of example.com: its public "
+        "key is not the one the plan publishes (dkim/mail.pub)"
+    ]
