@@ -40,6 +40,11 @@ CPU ms/msg is the server's CPU time (user + system, all threads; for Postfix, ma
 and all its children) over the same span plus the time to settle, per message;
 "others" is the CPU the rest of the machine used meanwhile, a noise gauge.
 
+`--dkim ALGORITHM` (ed25519 or rsa) adds a server, "signed": the same mailplan with a
+DKIM key for the senders' domain (x.test), so that every message is signed before it
+is queued (docs/dkim.md); the report gives signed / mailplan per cell, the cost of
+signing in the same run. Issue 18 aims at 0.9 or more with ed25519 at 2 KiB.
+
 `--profile DIR` instead records mailplan with py-spy in both cells (on-CPU, then
 wall-clock) and prints where its time goes per message (bench/smtp_accept.py's
 analysis).
@@ -49,6 +54,7 @@ Nothing here asserts a timing. Network only to 127.0.0.1.
     .venv/bin/python bench/relay_throughput.py --with-postfix          # ~4 min
     .venv/bin/python bench/relay_throughput.py --quick                 # seconds; no Postfix
     .venv/bin/python bench/relay_throughput.py --with-postfix --count 5000 --rounds 5
+    .venv/bin/python bench/relay_throughput.py --quick --dkim ed25519      # signing's cost
     .venv/bin/python bench/relay_throughput.py --profile /tmp/relay-prof
 """
 
@@ -230,6 +236,28 @@ def finish_clients(clients: list[subprocess.Popen[str]], timeout: float) -> list
         if process.returncode:
             errors.append(f"a client exited with status {process.returncode}")
     return errors[:4]
+
+
+def signing_mailplan(work: Path, options: tuple[str, ...], algorithm: str) -> RelayMailplan:
+    """mailplan with a DKIM key for the senders' domain: every message is signed."""
+    from mailplan.zones.dkim import key_pair
+
+    private, public = key_pair(algorithm)  # type: ignore[arg-type]
+    keys = work / "dkim-keys"
+    keys.mkdir(parents=True)
+    (keys / "bench.key").write_bytes(private)
+    domains = (
+        f"  {SENDER.rpartition('@')[2]}:\n"
+        "    dkim: [{selector: bench, public_key: dkim/bench.pub, "
+        f"private_key: {keys / 'bench.key'}}}]\n"
+    )
+    return RelayMailplan(
+        "signed",
+        work=work / "signed",
+        options=options,
+        domains_yaml=domains,
+        files={"dkim/bench.pub": public},
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -507,6 +535,10 @@ def report(results: list[Result], names: list[str], cells: list[int]) -> dict[st
                 "rounds": [r.rate for r in runs],
                 **{f"{k}_ms_per_msg": v for k, v in cpu.items()},
             }
+        if "mailplan" in medians and "signed" in medians:
+            signed = medians["signed"] / medians["mailplan"] if medians["mailplan"] else 0.0
+            print(f"  signed / mailplan: {signed:.2f}  (DKIM signing on / off)")
+            summary[cell]["signed/mailplan"] = signed
         if "mailplan" in medians and medians.get("Postfix"):
             ratio = medians["mailplan"] / medians["Postfix"]
             print(f"  mailplan / Postfix: {ratio:.2f}")
@@ -644,6 +676,11 @@ def main() -> int:
         "--workers", default="1", metavar="N|auto", help="mailplan serve --workers (default 1)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--dkim",
+        choices=("ed25519", "rsa"),
+        help="also measure mailplan signing every message with a key of this kind",
+    )
     args = parser.parse_args()
     if args.quick:
         args.count, args.rounds = 300, 1
@@ -675,6 +712,11 @@ def main() -> int:
         mailplan.start()
         started.append(mailplan)
         servers: list[Server] = [mailplan]
+        if args.dkim:
+            signed = signing_mailplan(work, options, args.dkim)
+            signed.start()
+            started.append(signed)
+            servers.append(signed)
         if args.with_postfix:
             domains = tuple(domain(n) for n in range(1, max(CELLS) + 1))
             postfix = RelayPostfix("Postfix", sink_port=sink.port, domains=domains)

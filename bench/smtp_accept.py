@@ -362,6 +362,8 @@ class Mailplan(Server):
     command: tuple[str, ...] = ()  # what runs `mailplan`; the virtualenv's by default
     options: tuple[str, ...] = ()  # more options of `mailplan serve`
     variant: bool = False
+    domains_yaml: str = ""  # more of `domains:` in site.yaml (relay_throughput.py --dkim)
+    files: dict[str, bytes] = field(default_factory=dict)  # more files of the site
     log_path: Path = Path()
     log: Any = None
     accepts: LogCounter | None = None
@@ -383,8 +385,11 @@ class Mailplan(Server):
             "domains:\n"
             "  bench.test:\n"
             "    accounts:\n"
-            "      b: {}\n"
+            "      b: {}\n" + self.domains_yaml
         )
+        for name, data in self.files.items():
+            (site / name).parent.mkdir(parents=True, exist_ok=True)
+            (site / name).write_bytes(data)
         self.log_path = self.work / "mailplan.log"
         self.log = self.log_path.open("wb")
         mailplan = self.command or (str(Path(sys.executable).with_name("mailplan")),)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
@@ -104,6 +105,7 @@ def _dkim(
         return None
     selector = spec["selector"].lower()
     source = _key(document, path)
+    private = _private_key(document, path, spec, texts, problems)
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < RSA_MINIMUM_BITS:
             message = (
@@ -115,13 +117,36 @@ def _dkim(
         der = key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        return DkimKey(source, selector, "rsa", base64.b64encode(der).decode(), file)
+        return DkimKey(source, selector, "rsa", base64.b64encode(der).decode(), file, private)
     if isinstance(key, ed25519.Ed25519PublicKey):
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return DkimKey(source, selector, "ed25519", base64.b64encode(raw).decode(), file)
+        return DkimKey(source, selector, "ed25519", base64.b64encode(raw).decode(), file, private)
     message = f"{file}: DKIM keys are RSA or Ed25519, not {type(key).__name__}"
     problems.append(_error(where, "MP502", message))
     return None
+
+
+def _private_key(
+    document: Document,
+    path: DataPath,
+    spec: dict[str, Any],
+    texts: Mapping[str, str],
+    problems: list[Diagnostic],
+) -> str | None:
+    """The path of the key file that signs, as written (absolute, or relative to `serve
+    --root`); a file of the site is refused (MP509): a private key is never committed.
+    Whether the file is inside the site folder is known where the site is: `serve` checks."""
+    name = spec.get("private_key")
+    if name is None:
+        return None
+    if name in texts or PurePosixPath(name).suffix == ".pub":
+        message = (
+            f"{name} is a file of the site: the private key stays out of the site folder "
+            "and out of git (e.g. /etc/mailplan/dkim/, as `mailplan dkim keygen -o` writes it)"
+        )
+        problems.append(_error(_at(document, (*path, "private_key")), "MP509", message))
+        return None
+    return str(name)
 
 
 def _dmarc(document: Document, path: DataPath, spec: dict[str, Any], domain: Domain) -> Dmarc:

@@ -119,13 +119,18 @@ class Spf:
 
 @dataclass(frozen=True)
 class DkimKey:
-    """A DKIM public key published at `selector._domainkey.DOMAIN`: `public_key` is `p=`."""
+    """A DKIM public key published at `selector._domainkey.DOMAIN`: `public_key` is `p=`.
+
+    `private_key` is the path of the key file that signs with this selector (absolute, or
+    relative to `serve --root`, as `tls.key`), or None: published, not signing.
+    """
 
     source: Source
     selector: str
     algorithm: Literal["rsa", "ed25519"]
     public_key: str
     file: str
+    private_key: str | None = None
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,10 @@ def test_dkim_keygen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     assert private.read_text().startswith("-----BEGIN PRIVATE KEY-----\n")
     assert public.read_text().startswith("-----BEGIN PUBLIC KEY-----\n")
-    assert "dkim: [{selector: s1, public_key: PATH/s1.example.test.pub}]" in capsys.readouterr().out
+    assert (
+        "dkim: [{selector: s1, public_key: PATH/s1.example.test.pub,\n"
+        f"            private_key: {private.resolve()}}}]\n"
+    ) in capsys.readouterr().out
     before = private.read_bytes()
     assert main(args) == 1  # never overwrites a key
     assert capsys.readouterr().err == f"mailplan: cannot write {private}: File exists\n"

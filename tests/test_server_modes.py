@@ -80,7 +80,19 @@ def test_development_mode_moves_listeners_and_makes_a_certificate(tmp_path: Path
             code, _ = client.ehlo()
             assert code == 250 and client.has_extn("auth")
         (message,) = Maildir(root / "var/mail/example.com/postmaster").wait(1)
+        with smtplib.SMTP("127.0.0.1", smtp, timeout=10) as client:  # a Client IP, our From
+            client.sendmail(
+                "alice@example.com",
+                ["postmaster@example.com"],
+                "From: alice@example.com\r\nSubject: signed\r\n\r\nhello",
+            )
+        signed = Maildir(root / "var/mail/example.com/postmaster").wait(2)
     assert message.startswith(b"Return-Path: <you@remote.test>\r\nReceived: from ")
+    # --dev made the example's DKIM keys (docs/dkim.md) and signs with both
+    assert (root / "var/dkim/ed2026.example.com.key").stat().st_mode & 0o077 == 0
+    assert "(selector ed2026 of example.com) did not exist: --dev made a new pair" in server.log()
+    (ours,) = [m for m in signed if b"Subject: signed" in m]
+    assert ours.count(b"DKIM-Signature: ") == 2 and b"s=ed2026" in ours
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
     assert re.search(
         rf"(?m)^{stamp} mailplan.server INFO serving plan sha256:[0-9a-f]{{64}}$", server.log()

@@ -115,6 +115,8 @@ def _dkim_keygen(arguments: argparse.Namespace) -> int:
     print(f"wrote {written[1]}")
     print(
         f"in site.yaml, under domains: {domain}:\n"
-        f"    dkim: [{{selector: {selector}, public_key: PATH/{selector}.{domain}.pub}}]"
+        f"    dkim: [{{selector: {selector}, public_key: PATH/{selector}.{domain}.pub,\n"
+        f"            private_key: {Path(written[0]).resolve()}}}]\n"
+        "(PATH: in the site; the private key stays where it is, docs/dkim.md)"
     )
     return 0

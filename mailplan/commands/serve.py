@@ -121,7 +121,8 @@ def _fail(arguments: argparse.Namespace, text: str) -> None:
 
 
 def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
-    """The order of `runtime.serve.startup`: queue lock, TLS, sockets, resolver, user, pid."""
+    """The order of `runtime.serve.startup`: queue lock, TLS and DKIM keys, sockets,
+    resolver, user, pid."""
     from mailplan.runtime.delivery.scheduler import Remote
     from mailplan.runtime.serve import startup
     from mailplan.runtime.serve.server import Options
@@ -142,7 +143,8 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
     lock = startup.lock_queue(queue)
     try:
         tls = startup.tls_context(plan, root, dev)
-        for warning in startup.tls_warnings(plan, root, dev):
+        dkim, warnings = startup.dkim_keys(plan, root, arguments.site, dev)
+        for warning in (*startup.tls_warnings(plan, root, dev), *warnings):
             log.warning("%s", warning)
         descriptors = startup.raise_descriptor_limit(plan.limits.max_connections)
         if descriptors:
@@ -158,6 +160,7 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
             Remote(arguments.smtp_port, arguments.resolver, dns_timeout=arguments.dns_timeout),
             sockets=sockets,
             tls=tls,
+            dkim=dkim,
         )
         if dev:
             _banner(plan, arguments)

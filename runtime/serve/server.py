@@ -31,7 +31,7 @@ from mailplan.runtime.dns.lookup import Answerer, Dns
 from mailplan.runtime.mailbox.pop3 import LINE_LIMIT, Pop3
 from mailplan.runtime.queue.processor import Processor
 from mailplan.runtime.rules.engine import Rules
-from mailplan.runtime.serve import notify
+from mailplan.runtime.serve import devdkim, notify
 from mailplan.runtime.serve.startup import (
     BACKLOG,
     POP3_PROTOCOLS,
@@ -42,6 +42,7 @@ from mailplan.runtime.serve.startup import (
 )
 from mailplan.runtime.smtp.receiving import CallbackCache, Checks
 from mailplan.runtime.smtp.session import Handler, Session, Snapshot
+from mailplan.runtime.smtp.signing import Keyring, Loading, Signer, load_keys
 from mailplan.runtime.store.intake import Intake
 from mailplan.runtime.store.spool import Envelope, Share, Spool, new_id, owns
 
@@ -61,6 +62,8 @@ class Options:
     sockets: Sockets = field(default_factory=dict)
     tls: ssl.SSLContext | None = None
     share: Share = field(default_factory=Share)
+    # The DKIM private keys, read at start-up (as root, before the server gives it up).
+    dkim: Keyring = field(default_factory=dict)
 
 
 def snapshot(
@@ -68,12 +71,15 @@ def snapshot(
     answerer: Answerer | None = None,
     cache: CallbackCache | None = None,
     smtp_port: int = 25,
+    keys: Keyring | None = None,
 ) -> Snapshot:
-    """A plan ready to serve; with `answerer` (DNS), its receiving checks run too."""
+    """A plan ready to serve; with `answerer` (DNS), its receiving checks run too; with
+    `keys`, the mail of its hosted domains is DKIM-signed."""
     router = Router(plan)
     checks = Checks(plan, router, answerer, cache, smtp_port) if answerer is not None else None
     rules = Rules(plan.server_rules) if plan.server_rules is not None else None
-    return Snapshot(codec.digest(plan), Policy(plan, router), checks, rules)
+    signer = Signer(plan, keys) if keys else None
+    return Snapshot(codec.digest(plan), Policy(plan, router), checks, rules, signer)
 
 
 class Daemon:
@@ -85,6 +91,7 @@ class Daemon:
         self.options = options
         self.answerer = Dns(options.remote.resolver, timeout=options.remote.dns_timeout)
         self.callbacks = CallbackCache()
+        self.keys = options.dkim
         self.current = self._snapshot(first if first is not None else load())
         plan = self.current.policy.plan
         self.spool = Spool(self._path(plan.queue.directory))
@@ -113,7 +120,15 @@ class Daemon:
         self.listeners: list[Listener] = []
 
     def _snapshot(self, plan: Plan) -> Snapshot:
-        return snapshot(plan, self.answerer, self.callbacks, self.options.remote.port)
+        remote = self.options.remote
+        return snapshot(plan, self.answerer, self.callbacks, remote.port, self.keys)
+
+    def _keys(self, plan: Plan) -> Keyring:
+        """The DKIM keys of a plan being reloaded, read again (`--dev`: as at start-up)."""
+        root, dev = self.options.root, self.options.dev
+        for made in devdkim.ensure(plan, root) if dev else ():
+            log.warning("%s", made)
+        return load_keys(plan, Loading(root, None, self.keys, log.warning if dev else None))
 
     def _path(self, value: str) -> Path:
         path = Path(value)
@@ -269,7 +284,11 @@ class Daemon:
             notify.reloading()
         try:
             plan = await asyncio.to_thread(self.load)
-            fresh = await asyncio.to_thread(self._snapshot, plan)
+            # the key files again (rotated keys): a bad one refuses the reload, old keys stay
+            keys = await asyncio.to_thread(self._keys, plan)
+            fresh = await asyncio.to_thread(
+                snapshot, plan, self.answerer, self.callbacks, self.options.remote.port, keys
+            )
         except Exception as exc:
             log.error("reload refused, still serving plan %s: %s", self.current.digest, exc)
             if alone:
@@ -277,7 +296,7 @@ class Daemon:
             return
         if fresh.policy.plan.listeners != self.current.policy.plan.listeners:
             log.warning("reload: listeners changed; they take effect at the next start")
-        self.current = fresh
+        self.current, self.keys = fresh, keys
         limits = fresh.policy.plan.limits  # the next connections count against these
         self.admission.total = limits.max_connections
         self.admission.per_client = limits.max_connections_per_client

@@ -1,7 +1,7 @@
 """What `mailplan serve` does before its first client, in this order: lock the queue
-(one server per queue), load the TLS certificate, bind every listener, ask the
-resolver once, give up root, check that what the server writes is writable, and
-write the pid file.
+(one server per queue), load the TLS certificate and the DKIM keys, bind every
+listener, ask the resolver once, give up root, check that what the server writes is
+writable, and write the pid file.
 
 Every mistake an operator can make on the way is a `StartupError` whose text is one
 line naming the culprit; the CLI prints it and exits, with no traceback.
@@ -32,7 +32,8 @@ import dns.resolver
 from cryptography import x509
 
 from mailplan.plan.model import Listener, Plan
-from mailplan.runtime.serve import devtls
+from mailplan.runtime.serve import devdkim, devtls
+from mailplan.runtime.smtp.signing import KeyProblem, Keyring, Loading, load_keys
 
 log = logging.getLogger("mailplan.server")
 
@@ -256,6 +257,25 @@ def tls_warnings(plan: Plan, root: Path, dev: bool, now: float | None = None) ->
         if key.stat().st_mode & 0o004:
             found.append(f"the TLS key {key} is readable by every user: chmod o-r {key}")
     return found
+
+
+# -- DKIM keys ---------------------------------------------------------------------------
+
+
+def dkim_keys(
+    plan: Plan, root: Path, site: Path | None, dev: bool = False
+) -> tuple[Keyring, list[str]]:
+    """The DKIM private keys of the plan, each checked against the public key the plan
+    publishes, and warnings. Read as root (before the server gives it up): key files are
+    typically root's. With `--dev`, a key file that does not exist is made (`devdkim`) and
+    a key that is not the published one is a warning, so that the example site signs on a
+    fresh clone."""
+    warnings = devdkim.ensure(plan, root) if dev else []
+    how = Loading(root, site, mismatch=warnings.append if dev else None)
+    try:
+        return load_keys(plan, how), warnings
+    except KeyProblem as exc:
+        raise StartupError(str(exc)) from exc
 
 
 # -- listening sockets -------------------------------------------------------------------

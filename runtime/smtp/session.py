@@ -47,6 +47,7 @@ from mailplan.runtime.queue.processor import Processor
 from mailplan.runtime.rules import enact
 from mailplan.runtime.rules.engine import Facts, Headers, Rules
 from mailplan.runtime.smtp.receiving import Checks
+from mailplan.runtime.smtp.signing import Signer
 from mailplan.runtime.store.spool import Envelope, new_id
 
 log = logging.getLogger("mailplan.smtp")
@@ -65,6 +66,7 @@ class Snapshot:
     policy: Policy
     checks: Checks | None = None  # the receiving checks (None: none run)
     server_rules: Rules | None = None
+    signer: Signer | None = None  # DKIM signing (None: no key signs)
 
 
 class Handler:
@@ -178,6 +180,8 @@ class Handler:
                 return decided.rejection
             message = decided.message
             queued = replace(queued, recipients=decided.recipients)
+        if self.snapshot.signer is not None:  # signed once, before it is queued
+            message = await self.snapshot.signer.sign(client, message, queued.id)
         try:
             await self._enqueue(queued, message, decided)
         except OSError as exc:

@@ -1,0 +1,72 @@
+"""Which mail is DKIM-signed, and with which selectors: a pure decision over the plan.
+
+Mail is signed when its submitter is ours (an authenticated user or a Client IP) and
+its author domain (the domain of the RFC 5322 `From:`, what DMARC aligns on) is a
+hosted domain, or an alias of one, that has keys with a `private_key`. Every such
+selector signs: two during a key rotation. Mail relayed for others (a From domain we
+do not host) is not signed with our keys. `runtime/smtp/signing.py` does the signing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.parser import HeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+from typing import Literal
+
+from mailplan.plan.model import DkimKey, Plan
+from mailplan.runtime.decide.address import canonical_domain
+from mailplan.runtime.decide.message import header_block
+from mailplan.runtime.decide.policy import Client
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One DKIM-Signature to add: `d=` (the author domain), `s=`, the algorithm, and the
+    hosted domain whose key signs (the same as `domain` unless that is an alias)."""
+
+    domain: str
+    selector: str
+    algorithm: Literal["rsa", "ed25519"]
+    owner: str
+
+    def text(self) -> str:
+        suffix = "" if self.owner == self.domain else f" (key of {self.owner})"
+        return f"d={self.domain} s={self.selector} a={self.algorithm}-sha256{suffix}"
+
+
+class Signing:
+    """The signing selectors of every hosted domain and domain alias, from one plan."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.keys: dict[str, tuple[str, tuple[DkimKey, ...]]] = {}
+        for domain in plan.domains:
+            signing = tuple(k for k in domain.dns.dkim if k.private_key) if domain.dns else ()
+            if not signing or not domain.sends_mail:
+                continue
+            for name in (domain.name, *domain.aliases):
+                self.keys[canonical_domain(name)] = (domain.name, signing)
+
+    def signatures(self, client: Client, message: bytes) -> tuple[Signature, ...]:
+        """The signatures this message gets (none: it is not ours to sign)."""
+        if client.authenticated is None and not client.trusted:
+            return ()
+        author = author_domain(message)
+        if author is None or author not in self.keys:
+            return ()
+        owner, keys = self.keys[author]
+        return tuple(Signature(author, k.selector, k.algorithm, owner) for k in keys)
+
+
+def author_domain(message: bytes) -> str | None:
+    """The domain of the message's `From:` (A-labels, lower case), or None when there is
+    no From, or its addresses are not all of one domain (DMARC does not align those)."""
+    head = header_block(message).decode("utf-8", "replace")  # RFC 6532: UTF-8 headers
+    fields = HeaderParser(policy=compat32).parsestr(head).get_all("from") or []
+    domains = {
+        canonical_domain(address.rpartition("@")[2].rstrip(".>").strip())
+        for _, address in getaddresses([str(value) for value in fields])
+        if "@" in address
+    }
+    return domains.pop() if len(domains) == 1 else None
