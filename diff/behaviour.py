@@ -26,17 +26,24 @@ def _witness(pattern: Pattern) -> Probe:
 
 
 def probes(old: Plan, new: Plan, kind: Kind) -> list[Probe]:
-    """The routing tables' left sides (of records for `kind`), then `*@DOMAIN` per domain."""
+    """The addresses the routing tables mention (left sides of records for `kind`, and the
+    addresses they produce), then `*@DOMAIN` for their domains and every domain of the site."""
     found: dict[str, Probe] = {}
+    domains: list[str] = []
     for plan in (old, new):
         for route in plan.routes:
-            if kind in route.kinds:
-                probe = _witness(route.left)
+            if kind not in route.kinds:
+                continue
+            mentioned = [_witness(route.left)]
+            if route.right.kind == "address":
+                mentioned.append(_witness(Pattern("address", route.right.value)))
+            for probe in mentioned:
                 found.setdefault(probe.address, probe)
-    for plan in (old, new):
-        for domain in plan.domains:
-            for name in (domain.name, *domain.aliases):
-                found.setdefault(f"{PROBE}@{name}", Probe(f"*@{name}", f"{PROBE}@{name}"))
+                domains.append(probe.address.rpartition("@")[2])
+        domains += [n for d in plan.domains for n in (d.name, *d.aliases)]
+    for name in domains:
+        if name and "[" not in name:
+            found.setdefault(f"{PROBE}@{name}", Probe(f"*@{name}", f"{PROBE}@{name}"))
     return list(found.values())
 
 

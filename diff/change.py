@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 # The groups in the order they are shown; `unsafe` changes are listed once more, first.
 GROUPS = {
+    "server": "server",
     "domains": "domains and aliases",
     "accounts": "accounts",
     "forwarders": "forwarders",

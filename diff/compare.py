@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailplan.diff import behaviour, records, settings, table
+from mailplan.diff import behaviour, records, server, settings, table
 from mailplan.diff.change import Change, ordered
 from mailplan.plan import codec
 from mailplan.plan.model import Plan
@@ -16,6 +16,7 @@ def compare(old: Plan, new: Plan) -> tuple[Change, ...]:
         return ()
     return ordered(
         [
+            *server.server(old, new),
             *settings.settings(old, new),
             *table.routes(old, new),
             *table.rules(old, new),
