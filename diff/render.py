@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from mailplan.diff.change import GROUPS, Change
 
 FORMATS = ("text", "json", "markdown")
+MARKUP = set("\\`*_[]<>|#")
 
 
 def summary(changes: Sequence[Change]) -> str:
@@ -33,13 +34,23 @@ def markdown(changes: Sequence[Change]) -> str:
     lines = ["### mailplan diff", "", f"**{summary(changes)}**", ""]
     unsafe = [c for c in changes if c.unsafe]
     if unsafe:
-        lines += ["#### ⚠ Unsafe", *(f"- **{c.group}**: {c.text} — _{c.unsafe}_" for c in unsafe)]
+        lines.append("#### ⚠ Unsafe")
+        lines += [f"- **{c.group}**: {_escaped(c.text)} — _{c.unsafe}_" for c in unsafe]
         lines.append("")
     for group, title in GROUPS.items():
         found = [c for c in changes if c.group == group]
         if found:
-            lines += [f"#### {title}", *(f"- {c.text}" for c in found), ""]
+            lines += [f"#### {title}", *(f"- {_escaped(c.text)}" for c in found), ""]
     return "\n".join(lines)
+
+
+def _escaped(line: str) -> str:
+    """`line` for markdown: what is outside backticks has its markup characters escaped
+    (`_dmarc`, `*@domain`), what is inside is code already."""
+    parts = line.split("`")
+    for i in range(0, len(parts), 2):
+        parts[i] = "".join(f"\\{c}" if c in MARKUP else c for c in parts[i])
+    return "`".join(parts)
 
 
 def as_json(changes: Sequence[Change], code: int) -> str:
