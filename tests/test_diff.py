@@ -573,3 +573,14 @@ def test_git_compiles_the_site_at_a_revision_without_touching_the_work_tree(
     capsys.readouterr()
     assert main(["diff", "--git", "no-such-revision", str(folder)]) == 2
     assert "git archive" in capsys.readouterr().err
+    assert main(["diff", "--git", "--", "--output=/tmp/x", str(folder)]) == 2
+    assert main(["diff", "--git", "HEAD", str(tmp_path / "nothing")]) == 2
+    assert "--git compares a site folder" in capsys.readouterr().err
+
+
+def test_git_at_the_top_of_the_repository(tmp_path: Path) -> None:
+    folder = site(tmp_path / "repo", {})
+    _git(folder, "init", "-q")
+    _git(folder, "add", ".")
+    _git(folder, "commit", "-q", "-m", "first")
+    assert main(["diff", "--git", "HEAD", str(folder)]) == 0

@@ -48,11 +48,11 @@ def add_parser(subcommands: Subcommands) -> None:
 
 def _diff(arguments: argparse.Namespace) -> int:
     try:
-        new = side(Path(arguments.new))
         if arguments.git:
             old = at_revision(arguments.old, Path(arguments.new))
         else:
             old = side(Path(arguments.old))
+        new = side(Path(arguments.new))
     except SideError as exc:
         print(f"mailplan: {exc}", file=sys.stderr)
         return ERRORS
@@ -82,13 +82,20 @@ def side(path: Path, shown: str | None = None) -> Plan:
 def at_revision(revision: str, site: Path) -> Plan:
     """The site folder `site` as it was at `revision`, compiled from git objects in a
     temporary folder (the work tree is not touched)."""
+    if not site.is_dir():
+        raise SideError(f"--git compares a site folder, and {site} is none")
+    if revision.startswith("-"):
+        raise SideError(f"{revision}: a revision, not an option of git, please")
     folder = site.resolve()
     top = _git(folder, "rev-parse", "--show-toplevel").decode().strip()
     inside = folder.relative_to(Path(top).resolve()).as_posix()
-    archive = _git(Path(top), "archive", "--format=tar", revision, "--", inside or ".")
+    archive = _git(Path(top), "archive", "--format=tar", revision, "--", inside)
     with tempfile.TemporaryDirectory(prefix="mailplan-diff-") as temporary:
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(temporary, filter="data")
+        try:
+            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                tar.extractall(temporary, filter="data")  # nothing lands outside it
+        except tarfile.TarError as exc:
+            raise SideError(f"{site} at {revision}: {exc}") from exc
         return side(Path(temporary) / inside, f"{site} at {revision}")
 
 
@@ -97,7 +104,7 @@ def _git(where: Path, *words: str) -> bytes:
         ran = subprocess.run(
             ["git", "-C", str(where), *words], capture_output=True, check=False, timeout=120
         )
-    except OSError as exc:
+    except (OSError, subprocess.TimeoutExpired) as exc:
         raise SideError(f"cannot run git: {exc}") from exc
     if ran.returncode != 0:
         raise SideError(f"git {words[0]}: {ran.stderr.decode(errors='replace').strip()}")
