@@ -584,3 +584,28 @@ def test_git_at_the_top_of_the_repository(tmp_path: Path) -> None:
     _git(folder, "add", ".")
     _git(folder, "commit", "-q", "-m", "first")
     assert main(["diff", "--git", "HEAD", str(folder)]) == 0
+
+
+def test_networks_are_subtracted_and_shown_as_cidr() -> None:
+    from mailplan.diff.server import minus
+    from mailplan.plan.model import AddressList, Interval, Source
+
+    def networks(*ranges: str) -> AddressList:
+        v4 = tuple(Interval(*r.split("-")) for r in ranges if ":" not in r)
+        v6 = tuple(Interval(*r.split("-")) for r in ranges if ":" in r)
+        return AddressList("x", Source("site.yaml", 1, 1), v4, v6)
+
+    wide = networks("10.0.0.0-10.0.3.255", "2001:db8::-2001:db8::ffff")
+    narrow = networks("10.0.1.0-10.0.1.255")
+    assert minus(wide, narrow) == ["10.0.0.0/24", "10.0.2.0/23", "2001:db8::/112"]
+    assert minus(narrow, wide) == []
+    assert minus(None, narrow) == []
+    assert minus(narrow, None) == ["10.0.1.0/24"]
+
+
+def test_markdown_escapes_markup_outside_code() -> None:
+    from mailplan.diff.change import Change
+    from mailplan.diff.render import markdown
+
+    text = markdown([Change("dns", "_dmarc.x TXT added: `a_b*`", None)])
+    assert "- \\_dmarc.x TXT added: `a_b*`" in text
