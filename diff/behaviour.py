@@ -72,8 +72,14 @@ def _opens(was: Routing, now: Routing) -> bool:
     return now.module == "SMTP" and now.relayable and not (was.module == "SMTP" and was.relayable)
 
 
-def mail(old: Plan, new: Plan) -> Iterator[Change]:
+def behaviour(old: Plan, new: Plan) -> Iterator[Change]:
+    """What changes for mail to the probed addresses, then for login names."""
     before, after = Router(old), Router(new)
+    yield from mail(old, new, before, after)
+    yield from logins(old, new, before, after)
+
+
+def mail(old: Plan, new: Plan, before: Router, after: Router) -> Iterator[Change]:
     for probe in probes(old, new, "mail"):
         was, now = before.route(probe.address), after.route(probe.address)
         a, b = outcome(was), outcome(now)
@@ -98,8 +104,7 @@ def _account(routing: Routing) -> str | None:
     return routing.queue if routing.module == "LOCAL" else None
 
 
-def logins(old: Plan, new: Plan) -> Iterator[Change]:
-    before, after = Router(old), Router(new)
+def logins(old: Plan, new: Plan, before: Router, after: Router) -> Iterator[Change]:
     for name in sorted(_logins(old) | _logins(new)):
         was = _account(before.route(name, "access"))
         now = _account(after.route(name, "access"))

@@ -20,8 +20,7 @@ def compare(old: Plan, new: Plan) -> tuple[Change, ...]:
             *settings.settings(old, new),
             *table.routes(old, new),
             *table.rules(old, new),
-            *behaviour.mail(old, new),
-            *behaviour.logins(old, new),
+            *behaviour.behaviour(old, new),
             *records.dns(old, new),
             Change("digests", f"plan digest {a} -> {b}"),
         ]
