@@ -7,10 +7,17 @@ import argparse
 import signal
 import sys
 
-from mailplan.commands import dns, mailbox, queue, serve, site
+from mailplan.commands import diff, dns, mailbox, queue, serve, site
 
 # The families of commands, in the order `mailplan --help` lists them: check mode first.
-FAMILIES = (site.add_parser, serve.add_parser, queue.add_parser, dns.add_parser, mailbox.add_parser)
+FAMILIES = (
+    site.add_parser,
+    diff.add_parser,
+    serve.add_parser,
+    queue.add_parser,
+    dns.add_parser,
+    mailbox.add_parser,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PROJECT = Path(__file__).resolve().parent.parent
-PACKAGES = ("compiler", "runtime", "plan", "grammar", "zones", "mailplan")
+PACKAGES = ("compiler", "runtime", "plan", "grammar", "zones", "diff", "mailplan")
 
 # What each wing of runtime/ may import of the runtime, besides itself. A wing sends a
 # message on to the wings it imports; nothing comes back up.
@@ -119,13 +119,18 @@ def test_only_the_command_line_uses_serve_and_nothing_below_uses_the_compiler(
     if top != "mailplan" and not (top == "runtime" and path.parent.name == "serve"):
         serve = sorted(m for m in found if m.startswith("mailplan.runtime.serve"))
         assert not serve, f"{name(path)} imports {serve}: only the CLI starts a server"
-    if top in ("runtime", "plan", "zones", "grammar"):
+    if top in ("runtime", "plan", "zones", "grammar", "diff"):
         compiler = sorted(m for m in found if m.startswith("mailplan.compiler"))
         assert not compiler, f"{name(path)} imports the compiler: {compiler}"
     if top == "compiler":
         used = {m for m in found if m.startswith("mailplan.runtime.")}
         allowed = {m for m in used if any(m.startswith(a) for a in COMPILER_MAY_IMPORT)}
         assert used == allowed, f"{name(path)} imports {sorted(used - allowed)}"
+    if top == "diff":
+        runtime = sorted(
+            m for m in found if m.startswith("mailplan.runtime") and _wing(m) != "decide"
+        )
+        assert not runtime, f"{name(path)} compares plans with pure decisions only: {runtime}"
 
 
 @pytest.mark.parametrize("path", sorted((PROJECT / "runtime" / "decide").glob("*.py")), ids=name)

@@ -63,7 +63,8 @@ def test_installed_it_imports_as_mailplan_and_only_so(wheel: Path, tmp_path: Pat
         "assert r.__file__.startswith(sys.argv[1]), r.__file__;"
         "assert s.site_schema()['type'] == 'object';"
         "import importlib.util as u;"
-        "print([n for n in ('compiler','runtime','plan','grammar','zones') if u.find_spec(n)])"
+        "print([n for n in ('compiler','runtime','plan','grammar','zones','diff')"
+        " if u.find_spec(n)])"
     )
     ran = subprocess.run(
         [sys.executable, "-c", probe, str(target)],

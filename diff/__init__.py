@@ -1,0 +1,1 @@
+"""What a change between two plans does: pure functions of two `Plan`s (`mailplan diff`)."""

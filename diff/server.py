@@ -1,0 +1,95 @@
+"""Changes in the server's own settings: names, addresses, TLS files, outbound TLS, what
+account rules may do, and the networks of the Client IPs and the blacklisted IPs."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+
+from mailplan.diff.change import Change
+from mailplan.diff.settings import COVERS
+from mailplan.plan.model import AddressList, Interval, Plan
+
+Ranges = list[tuple[int, int]]
+
+
+def server(old: Plan, new: Plan) -> Iterator[Change]:
+    for label, was, now in _fields(old, new):
+        if was != now:
+            yield Change("server", f"{label}: {_shown(was)} -> {_shown(now)}")
+    yield from _networks(old, new)
+
+
+def _fields(old: Plan, new: Plan) -> list[tuple[str, object, object]]:
+    a, b = old.server, new.server
+    return [
+        ("hostname", a.hostname, b.hostname),
+        ("main domain", a.main_domain, b.main_domain),
+        ("addresses", a.addresses, b.addresses),
+        ("user", a.user, b.user),
+        ("group", a.group, b.group),
+        ("tls certificate", old.tls.certificate, new.tls.certificate),
+        ("tls key", old.tls.key, new.tls.key),
+        ("outbound require_tls", old.outbound.require_tls, new.outbound.require_tls),
+        ("account rules may", old.account_rules.actions, new.account_rules.actions),
+    ]
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
+def _networks(old: Plan, new: Plan) -> Iterator[Change]:
+    clients = _list(old, old.server.client_ips), _list(new, new.server.client_ips)
+    relays = True in COVERS[new.relaying.scope]
+    for network in minus(clients[1], clients[0]):
+        why = "widens who may relay" if relays else None
+        yield Change("server", f"client IPs: {network} added", why)
+    for network in minus(clients[0], clients[1]):
+        yield Change("server", f"client IPs: {network} removed")
+    blacklisted = _list(old, old.server.blacklisted_ips), _list(new, new.server.blacklisted_ips)
+    for network in minus(blacklisted[1], blacklisted[0]):
+        yield Change("server", f"blacklisted IPs: {network} added")
+    for network in minus(blacklisted[0], blacklisted[1]):
+        yield Change("server", f"blacklisted IPs: {network} removed")
+
+
+def _list(plan: Plan, name: str) -> AddressList | None:
+    return next((c for c in plan.address_lists if c.name == name), None)
+
+
+def _ranges(intervals: tuple[Interval, ...]) -> Ranges:
+    return [
+        (int(ipaddress.ip_address(i.first)), int(ipaddress.ip_address(i.last))) for i in intervals
+    ]
+
+
+def minus(a: AddressList | None, b: AddressList | None) -> list[str]:
+    """The networks (CIDR) in `a` and not in `b`."""
+    found: list[str] = []
+    families = (("ipv4", ipaddress.IPv4Address), ("ipv6", ipaddress.IPv6Address))
+    for family, address in families:
+        mine = _ranges(getattr(a, family)) if a else []
+        theirs = _ranges(getattr(b, family)) if b else []
+        for first, last in _subtract(mine, theirs):
+            networks = ipaddress.summarize_address_range(address(first), address(last))
+            found += [str(n) for n in networks]
+    return found
+
+
+def _subtract(mine: Ranges, theirs: Ranges) -> Ranges:
+    """The parts of the sorted, disjoint ranges `mine` that no range of `theirs` covers."""
+    left: Ranges = []
+    for first, last in mine:
+        start = first
+        for low, high in theirs:
+            if high < start or low > last:
+                continue
+            if low > start:
+                left.append((start, low - 1))
+            start = high + 1
+        if start <= last:
+            left.append((start, last))
+    return left
