@@ -8,12 +8,13 @@ would silently merge, are reported.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-from mailplan.compiler.diagnostics import Diagnostic, error, split_lines
+from mailplan.compiler.diagnostics import LINE_END, Diagnostic, error, split_lines
 
 Path = tuple[str | int, ...]
 
@@ -92,25 +93,42 @@ class _Refused(Exception):
 
     def __init__(self, node: yaml.Node, problem: str) -> None:
         super().__init__(problem)
-        self.line = node.start_mark.line + 1
-        self.column = node.start_mark.column + 1
+        self.index = node.start_mark.index
         self.problem = problem
+
+
+class _Lines:
+    """Line and column (from 1) of a character offset, lines counted as editors count
+    them. PyYAML's own marks also end lines at NEL, U+2028 and U+2029 (YAML 1.1 does),
+    so every position is taken from a mark's offset, never from its line."""
+
+    def __init__(self, text: str) -> None:
+        self.starts = [0, *(found.end() for found in LINE_END.finditer(text))]
+
+    def at(self, index: int) -> tuple[int, int]:
+        line = bisect.bisect_right(self.starts, index)
+        return line, index - self.starts[line - 1] + 1
+
+    def position(self, node: yaml.Node) -> Position:
+        return Position(*self.at(node.start_mark.index), getattr(node, "style", None))
 
 
 def load(text: str, file: str) -> tuple[Document | None, list[Diagnostic]]:
     """Parse one YAML document; on a syntax error, return the error with its position."""
     document = Document(file, None, lines=tuple(split_lines(text)))
+    lines = _Lines(text)
     problems: list[Diagnostic] = []
     try:
         node = yaml.compose(text, Loader=_Loader)
         if node is not None:
-            document.data = _Builder(document, problems).build(node, ())
+            document.data = _Builder(document, lines, problems).build(node, ())
     except _Refused as exc:
-        return None, [error(file, exc.line, exc.column, "MP101", f"YAML syntax: {exc.problem}")]
+        line, column = lines.at(exc.index)
+        return None, [error(file, line, column, "MP101", f"YAML syntax: {exc.problem}")]
     except yaml.MarkedYAMLError as exc:
-        return None, [_syntax(exc, file)]
+        return None, [_syntax(exc, file, lines)]
     except yaml.reader.ReaderError as exc:
-        line, column = _line_column(text, exc.position)
+        line, column = lines.at(_characters(text, exc.position))
         problem = f"character {_code(exc.character)} is not allowed in YAML"
         return None, [error(file, line, column, "MP101", f"YAML syntax: {problem}")]
     except yaml.YAMLError as exc:
@@ -118,25 +136,28 @@ def load(text: str, file: str) -> tuple[Document | None, list[Diagnostic]]:
     return document, problems
 
 
+def _characters(text: str, position: int) -> int:
+    """The character offset of a reader error: libyaml counts bytes of UTF-8."""
+    if _Loader is yaml.SafeLoader:  # pragma: no cover - PyYAML built without libyaml
+        return position
+    return len(text.encode("utf-8", "surrogatepass")[:position].decode("utf-8", "ignore"))
+
+
 def _code(character: int | str) -> str:
     return f"U+{character if isinstance(character, int) else ord(character):04X}"
 
 
-def _line_column(text: str, offset: int) -> tuple[int, int]:
-    """Line and column (from 1) of a character offset, lines counted as editors do."""
-    before = split_lines(text[:offset] + "x")
-    return len(before), len(before[-1])
-
-
-def _syntax(exc: yaml.MarkedYAMLError, file: str) -> Diagnostic:
+def _syntax(exc: yaml.MarkedYAMLError, file: str, lines: _Lines) -> Diagnostic:
     """A YAML error at the place it was found, with the place its context starts."""
     mark = exc.problem_mark or exc.context_mark
-    line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    line, column = lines.at(mark.index) if mark else (1, 1)
     problem = exc.problem or exc.context or "invalid YAML"
     context = exc.context_mark
-    if exc.problem and exc.context and context is not None and context.line + 1 != line:
-        start = f"line {context.line + 1}, column {context.column + 1}"
-        problem += f" ({exc.context} that starts at {start})"
+    if exc.problem and exc.context and context is not None:
+        start_line, start_column = lines.at(context.index)
+        if start_line != line:
+            start = f"line {start_line}, column {start_column}"
+            problem += f" ({exc.context} that starts at {start})"
     return error(file, line, column, "MP101", f"YAML syntax: {problem}")
 
 
@@ -146,8 +167,9 @@ _constructor = yaml.constructor.SafeConstructor()
 class _Builder:
     """Plain values from composed nodes, with positions, within the bounds above."""
 
-    def __init__(self, doc: Document, problems: list[Diagnostic]) -> None:
+    def __init__(self, doc: Document, lines: _Lines, problems: list[Diagnostic]) -> None:
         self.doc = doc
+        self.lines = lines
         self.problems = problems
         self.built: set[int] = set()  # nodes built once: building one again is an alias
         self.inside: list[int] = []  # the nodes being built, outermost first
@@ -165,9 +187,7 @@ class _Builder:
             if self.alias_values > MAX_ALIAS_VALUES:
                 raise _Refused(node, f"aliases that expand to more than {MAX_ALIAS_VALUES} values")
         self.built.add(id(node))
-        self.doc.values[path] = Position(
-            node.start_mark.line + 1, node.start_mark.column + 1, getattr(node, "style", None)
-        )
+        self.doc.values[path] = self.lines.position(node)
         self.inside.append(id(node))
         self.aliases_open += alias
         try:
@@ -187,7 +207,7 @@ class _Builder:
                 raise _Refused(key_node, "a key that is a list or a mapping")
             key = _scalar(key_node)
             key = key if isinstance(key, str) else str(key)
-            where = Position(key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            where = Position(*self.lines.at(key_node.start_mark.index))
             if key in result:
                 first = self.doc.keys[(*path, key)]
                 message = f"duplicate key {key!r} (first written at line {first.line})"
@@ -209,7 +229,7 @@ def _scalar(node: yaml.Node) -> Any:
         value = _constructor.construct_object(node, deep=True)
     except yaml.MarkedYAMLError as exc:
         raise _Refused(node, exc.problem or "invalid YAML") from None
-    except (yaml.YAMLError, ValueError, KeyError, TypeError, OverflowError) as exc:
+    except Exception as exc:  # whatever PyYAML's constructors raise (IndexError for `!!int ''`)
         kind = str(node.tag).rsplit(":", 1)[-1]
         if "limit" in str(exc) and "digits" in str(exc):
             raise _Refused(node, f"a number of more than {MAX_INT_BITS} bits") from None

@@ -361,6 +361,17 @@ def test_merge_key_is_merged_or_reported() -> None:
         ("? [a, b]\n: 1\n", mp101(1, 3, "a key that is a list or a mapping")),
         ("a: 1\nb: 2\nc: \x01\n", mp101(3, 4, "character U+0001 is not allowed in YAML")),
         ("a: 1\r\nb: \x7f\n", mp101(2, 4, "character U+007F is not allowed in YAML")),
+        ("a: \u00e9\u00e9\nb: \x01\n", mp101(2, 4, "character U+0001 is not allowed in YAML")),
+        ("a: !!int ''\n", mp101(1, 4, "'' is not a valid int")),
+        (
+            "a: x\x85y\nb: [\nc: 1\n",
+            mp101(
+                2,
+                1,
+                "could not find expected ':'"
+                " (while scanning a simple key that starts at line 1, column 6)",
+            ),
+        ),
     ],
 )
 def test_hostile_documents_are_one_mp101_at_their_place(text: str, expected: Diagnostic) -> None:
@@ -394,3 +405,12 @@ def test_aliases_within_the_bound_are_expanded() -> None:
     items = ", ".join(["*a"] * 1000)
     document = loaded(f"a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9]\nb: [{items}]\n")
     assert len(document.data["b"]) == 1000
+
+
+@pytest.mark.parametrize("separator", ["\x85", "\u2028", "\u2029"])
+def test_positions_are_counted_as_editors_count_lines(separator: str) -> None:
+    """PyYAML ends lines at NEL, U+2028 and U+2029 too; an editor does not, nor do we."""
+    document = loaded(f'a: "x{separator}y"\nb: [1, 2]\n')
+    assert document.at(("b",)) == Position(2, 4, None)
+    assert document.at(("b", 1)) == Position(2, 8, "")
+    assert document.key_at(("b",)) == Position(2, 1)
