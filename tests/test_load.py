@@ -57,3 +57,17 @@ def test_a_rule_file_by_any_spelling_of_its_name_is_used(tmp_path: Path, name: s
 def test_names_that_cannot_be_files_of_the_site(tmp_path: Path, value: str, message: str) -> None:
     unit = compile_site(_site(tmp_path, f"routing: {value}\n"))
     assert unit.diagnostics == (error("site.yaml", 7, 10, "MP100", message),)
+
+
+def test_a_list_file_by_any_spelling_of_its_name_is_used(tmp_path: Path) -> None:
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "office.txt").write_text("10.0.0.1/8\n", encoding="utf-8")
+    unit = compile_site(
+        _site(tmp_path, "address_lists:\n  office: {file: .//lists/./office.txt}\n")
+    )
+    assert [d.headline() for d in unit.diagnostics] == [
+        "lists/office.txt:1:1: error MP106: 10.0.0.1/8 has host bits set: the low 24 bits must "
+        "be zero (they are 0x1); the network is 10.0.0.0/8"
+    ]
+    assert unit.document is not None
+    assert unit.document.data["address_lists"]["office"]["file"] == "lists/office.txt"
