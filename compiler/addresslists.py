@@ -117,9 +117,11 @@ def _span(entry: Entry, problems: list[Diagnostic]) -> tuple[int, int, int] | No
             return None
         return first.version, int(first), int(last)
     bits_text = entry.values[1]
-    bits, width = int(bits_text.value), first.max_prefixlen
+    written, width = bits_text.value, first.max_prefixlen
+    bits = int(written) if len(written) <= 10 else -1  # no int() of 5,000 digits
     if not 0 < bits <= width:
-        message = f"/{bits} is not a prefix length for IPv{first.version} (1 to {width})"
+        shown = bits if bits >= 0 else written[:10] + "…"
+        message = f"/{shown} is not a prefix length for IPv{first.version} (1 to {width})"
         problems.append(_error(entry, bits_text, "MP106", message))
         return None
     host = width - bits

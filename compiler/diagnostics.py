@@ -7,11 +7,13 @@ under the column. Codes are stable and documented in docs/diagnostics.md.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 Severity = Literal["error", "warning"]
+LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True, order=True)
@@ -45,6 +47,19 @@ def ordered(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
     return sorted(set(diagnostics))
 
 
+def split_lines(text: str) -> list[str]:
+    """The lines of a text as editors count them: ended by LF, CRLF or CR, nothing else.
+
+    (`str.splitlines` also ends lines at form feeds, NEL, U+2028 and others, which would
+    put every later diagnostic on the wrong line.)
+    """
+    return (
+        re.split(r"\r\n|\r|\n", text.removesuffix("\r\n").removesuffix("\n").removesuffix("\r"))
+        if text
+        else []
+    )
+
+
 def render_text(
     diagnostics: Iterable[Diagnostic], texts: Mapping[str, str], prefix: str = ""
 ) -> str:
@@ -53,7 +68,7 @@ def render_text(
     items = ordered(diagnostics)
     for d in items:
         out.append(d.headline(prefix))
-        lines = texts.get(d.file, "").splitlines()
+        lines = split_lines(texts.get(d.file, ""))
         if 0 < d.line <= len(lines):
             source = lines[d.line - 1].expandtabs(1)
             out.append(f"    {source}")

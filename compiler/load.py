@@ -82,21 +82,40 @@ def _items(value: Any) -> Iterable[tuple[Any, Any]]:
 
 
 def _read_references(site_dir: Path, document: Document, texts: dict[str, str]) -> list[Diagnostic]:
+    """Read every file site.yaml names, under its normalised name (`./r.cgr` and `r.cgr`
+    are one file), which replaces the name in the document: later passes look files up
+    by that one key."""
     problems = []
     for path in references(document.data):
         name = document.data_at(path)
         where = document.at(path)
-        relative = PurePosixPath(name)
-        if relative.is_absolute() or ".." in relative.parts:
-            message = f"{name}: files of a site must be named by a path inside the site folder"
-            problems.append(error(document.file, where.line, where.column, "MP100", message))
+        key, why = _normalised(name)
+        if key is None:
+            problems.append(error(document.file, where.line, where.column, "MP100", why))
             continue
+        _replace(document.data, path, key)
         try:
-            texts[str(relative)] = (site_dir / relative).read_text(encoding="utf-8")
+            texts[key] = (site_dir / key).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             message = f"cannot read {name}: {_why(exc)}"
             problems.append(error(document.file, where.line, where.column, "MP100", message))
     return problems
+
+
+def _normalised(name: str) -> tuple[str | None, str]:
+    """The one name a file of the site goes by (relative, without `.` or `//`), or why not."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return None, f"{name!r}: a file name with a control character"
+    relative = PurePosixPath(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        return None, f"{name}: files of a site must be named by a path inside the site folder"
+    return str(relative), ""
+
+
+def _replace(data: Any, path: DataPath, value: str) -> None:
+    for part in path[:-1]:
+        data = data[part]
+    data[path[-1]] = value
 
 
 def _is_file(value: Any) -> bool:

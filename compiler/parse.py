@@ -12,7 +12,7 @@ from typing import Any
 
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.diagnostics import Diagnostic, error, split_lines
 from mailplan.compiler.syntax import Entry, EntryBuilder, Record, RecordBuilder
 from mailplan.compiler.unit import ListSource, Unit
 from mailplan.compiler.yamlpos import Path as DataPath
@@ -119,7 +119,7 @@ def _entries(
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
     """Numbered lines that hold more than white space and a comment."""
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(split_lines(text), start=1):
         content = line.strip()
         if content and not content.startswith(";"):
             yield number, line

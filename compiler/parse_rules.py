@@ -16,7 +16,7 @@ from typing import get_args
 from lark import Lark
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.diagnostics import Diagnostic, error, split_lines
 from mailplan.compiler.load import references
 from mailplan.compiler.rulesyntax import (
     ActionLine,
@@ -203,7 +203,7 @@ def _parses(line: str, start: str) -> bool:
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
     """Numbered lines that hold more than white space and a comment."""
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(split_lines(text), start=1):
         content = line.strip()
         if content and not content.startswith("#"):
             yield number, line

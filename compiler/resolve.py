@@ -144,7 +144,7 @@ def _listeners(document: Document) -> tuple[Listener, ...]:
     """Listeners in the order written (the schema made sure each has a protocol)."""
     found = []
     for name, spec in document.data.get("listeners", {}).items():
-        protocol = spec.get("protocol", name)
+        protocol = spec.get("protocol", name.lower())  # a name is its protocol in any case
         source = _source(document, ("listeners", name))
         settled = defaults.LISTENERS[protocol] | spec
         found.append(

@@ -59,9 +59,11 @@ FLAGS = {
 _CANONICAL_FIELDS = {name.lower().replace("'", ""): name for name in FIELDS}
 _CANONICAL_VERBS = {name.lower().replace("'", ""): name for name in VERBS}
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable, no colon
-_SIZE = re.compile(r"([0-9]+)([KMG]?)", re.IGNORECASE)
+# Numbers in rules have at most ten digits: more means nothing here, and Python will
+# not even turn a number of more than 4,300 digits into an int.
+_SIZE = re.compile(r"([0-9]{1,10})([KMG]?)", re.IGNORECASE)
 _TIME = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])")
-_DURATION = re.compile(r"[0-9]+[smhdw]")
+_DURATION = re.compile(r"[0-9]{1,10}[smhdw]")
 _REPLY_CODE = re.compile(r"([0-9]{3})(?:[ -]|$)")
 
 _Bad = Callable[[Text, str], None]
@@ -98,9 +100,11 @@ def _rule(text: RuleText) -> tuple[Rule, list[Diagnostic]]:
     problems: list[Diagnostic] = []
     priority = 0
     if header.priority is not None:
-        priority = int(header.priority.value)
+        written = header.priority.value
+        priority = int(written) if len(written) <= 10 else 10  # no int() of 5,000 digits
         if not 1 <= priority <= 9:
-            message = f"priority {priority} is not 1 to 9 (higher runs first; or write `inactive`)"
+            shown = priority if len(written) <= 10 else written[:10] + "…"
+            message = f"priority {shown} is not 1 to 9 (higher runs first; or write `inactive`)"
             problems.append(_error(header.priority, text.file, header.line, "MP606", message))
     conditions = []
     for line in text.conditions:

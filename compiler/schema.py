@@ -36,9 +36,18 @@ def site_schema() -> dict[str, Any]:
     return schema
 
 
+def _is_integer(checker: Any, instance: Any) -> bool:
+    """A whole number is an int as YAML wrote it: `5.0` is not one (JSON Schema would say it is)."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
 @functools.cache
 def _validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(site_schema())
+    base = jsonschema.Draft202012Validator
+    types = base.TYPE_CHECKER.redefine("integer", _is_integer)
+    validator = jsonschema.validators.extend(base, type_checker=types)  # type: ignore[no-untyped-call]
+    found: jsonschema.Draft202012Validator = validator(site_schema())
+    return found
 
 
 def schema(unit: Unit) -> Unit:

@@ -8,12 +8,13 @@ would silently merge, are reported.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.diagnostics import LINE_END, Diagnostic, error, split_lines
 
 Path = tuple[str | int, ...]
 
@@ -77,63 +78,169 @@ class Document:
         return value
 
 
+# Bounds on what a site.yaml may make the loader build: how deep values nest, how
+# many values aliases may add (a few aliases can otherwise expand into gigabytes, the
+# "billion laughs"), and how large a whole number may be (Python will not even print
+# one of more than 4,300 digits).
+MAX_DEPTH = 64
+MAX_ALIAS_VALUES = 10_000
+MAX_INT_BITS = 64
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+
+
+class _Refused(Exception):
+    """A document the loader will not build: one MP101 at the node that caused it."""
+
+    def __init__(self, node: yaml.Node, problem: str) -> None:
+        super().__init__(problem)
+        self.index = node.start_mark.index
+        self.problem = problem
+
+
+class _Lines:
+    """Line and column (from 1) of a character offset, lines counted as editors count
+    them. PyYAML's own marks also end lines at NEL, U+2028 and U+2029 (YAML 1.1 does),
+    so every position is taken from a mark's offset, never from its line."""
+
+    def __init__(self, text: str) -> None:
+        self.starts = [0, *(found.end() for found in LINE_END.finditer(text))]
+
+    def at(self, index: int) -> tuple[int, int]:
+        line = bisect.bisect_right(self.starts, index)
+        return line, index - self.starts[line - 1] + 1
+
+    def position(self, node: yaml.Node) -> Position:
+        return Position(*self.at(node.start_mark.index), getattr(node, "style", None))
+
+
 def load(text: str, file: str) -> tuple[Document | None, list[Diagnostic]]:
     """Parse one YAML document; on a syntax error, return the error with its position."""
-    document = Document(file, None, lines=tuple(text.splitlines()))
+    document = Document(file, None, lines=tuple(split_lines(text)))
+    lines = _Lines(text)
     problems: list[Diagnostic] = []
     try:
         node = yaml.compose(text, Loader=_Loader)
         if node is not None:
-            document.data = _build(node, (), document, problems)
+            document.data = _Builder(document, lines, problems).build(node, ())
+    except _Refused as exc:
+        line, column = lines.at(exc.index)
+        return None, [error(file, line, column, "MP101", f"YAML syntax: {exc.problem}")]
     except yaml.MarkedYAMLError as exc:
-        return None, [_syntax(exc, file)]
+        return None, [_syntax(exc, file, lines)]
+    except yaml.reader.ReaderError as exc:
+        line, column = lines.at(_characters(text, exc.position))
+        problem = f"character {_code(exc.character)} is not allowed in YAML"
+        return None, [error(file, line, column, "MP101", f"YAML syntax: {problem}")]
     except yaml.YAMLError as exc:
         return None, [error(file, 1, 1, "MP101", f"YAML syntax: {exc}")]
     return document, problems
 
 
-def _syntax(exc: yaml.MarkedYAMLError, file: str) -> Diagnostic:
+def _characters(text: str, position: int) -> int:
+    """The character offset of a reader error: libyaml counts bytes of UTF-8."""
+    if _Loader is yaml.SafeLoader:  # pragma: no cover - PyYAML built without libyaml
+        return position
+    return len(text.encode("utf-8", "surrogatepass")[:position].decode("utf-8", "ignore"))
+
+
+def _code(character: int | str) -> str:
+    return f"U+{character if isinstance(character, int) else ord(character):04X}"
+
+
+def _syntax(exc: yaml.MarkedYAMLError, file: str, lines: _Lines) -> Diagnostic:
     """A YAML error at the place it was found, with the place its context starts."""
     mark = exc.problem_mark or exc.context_mark
-    line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    line, column = lines.at(mark.index) if mark else (1, 1)
     problem = exc.problem or exc.context or "invalid YAML"
     context = exc.context_mark
-    if exc.problem and exc.context and context is not None and context.line + 1 != line:
-        start = f"line {context.line + 1}, column {context.column + 1}"
-        problem += f" ({exc.context} that starts at {start})"
+    if exc.problem and exc.context and context is not None:
+        start_line, start_column = lines.at(context.index)
+        if start_line != line:
+            start = f"line {start_line}, column {start_column}"
+            problem += f" ({exc.context} that starts at {start})"
     return error(file, line, column, "MP101", f"YAML syntax: {problem}")
 
 
 _constructor = yaml.constructor.SafeConstructor()
 
 
-def _build(node: yaml.Node, path: Path, doc: Document, problems: list[Diagnostic]) -> Any:
-    doc.values[path] = Position(
-        node.start_mark.line + 1,
-        node.start_mark.column + 1,
-        getattr(node, "style", None),
-    )
-    if isinstance(node, yaml.MappingNode):
+class _Builder:
+    """Plain values from composed nodes, with positions, within the bounds above."""
+
+    def __init__(self, doc: Document, lines: _Lines, problems: list[Diagnostic]) -> None:
+        self.doc = doc
+        self.lines = lines
+        self.problems = problems
+        self.built: set[int] = set()  # nodes built once: building one again is an alias
+        self.inside: list[int] = []  # the nodes being built, outermost first
+        self.alias_values = 0
+        self.aliases_open = 0  # how many of the nodes being built are aliases
+
+    def build(self, node: yaml.Node, path: Path) -> Any:
+        if id(node) in self.inside:
+            raise _Refused(node, "an alias that contains itself")
+        if len(self.inside) >= MAX_DEPTH:
+            raise _Refused(node, f"values nested more than {MAX_DEPTH} deep")
+        alias = id(node) in self.built
+        if alias or self.aliases_open:
+            self.alias_values += 1
+            if self.alias_values > MAX_ALIAS_VALUES:
+                raise _Refused(node, f"aliases that expand to more than {MAX_ALIAS_VALUES} values")
+        self.built.add(id(node))
+        self.doc.values[path] = self.lines.position(node)
+        self.inside.append(id(node))
+        self.aliases_open += alias
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+            return _scalar(node)
+        finally:
+            self.inside.pop()
+            self.aliases_open -= alias
+
+    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = _constructor.construct_object(key_node, deep=True)
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _Refused(key_node, "a key that is a list or a mapping")
+            key = _scalar(key_node)
             key = key if isinstance(key, str) else str(key)
-            where = Position(key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            where = Position(*self.lines.at(key_node.start_mark.index))
             if key in result:
-                first = doc.keys[(*path, key)]
-                problems.append(
-                    error(
-                        doc.file,
-                        where.line,
-                        where.column,
-                        "MP102",
-                        f"duplicate key {key!r} (first written at line {first.line})",
-                    )
+                first = self.doc.keys[(*path, key)]
+                message = f"duplicate key {key!r} (first written at line {first.line})"
+                self.problems.append(
+                    error(self.doc.file, where.line, where.column, "MP102", message)
                 )
                 continue
-            doc.keys[(*path, key)] = where
-            result[key] = _build(value_node, (*path, key), doc, problems)
+            self.doc.keys[(*path, key)] = where
+            result[key] = self.build(value_node, (*path, key))
         return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(item, (*path, i), doc, problems) for i, item in enumerate(node.value)]
-    return _constructor.construct_object(node, deep=True)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    """A scalar's value; a date stays the text it was written as (nothing in a site is a
+    date), and what PyYAML cannot construct is an MP101 at the scalar."""
+    if node.tag == _TIMESTAMP:
+        return str(node.value)
+    try:
+        value = _constructor.construct_object(node, deep=True)
+    except yaml.MarkedYAMLError as exc:
+        raise _Refused(node, exc.problem or "invalid YAML") from None
+    except Exception as exc:  # whatever PyYAML's constructors raise (IndexError for `!!int ''`)
+        kind = str(node.tag).rsplit(":", 1)[-1]
+        if "limit" in str(exc) and "digits" in str(exc):
+            raise _Refused(node, f"a number of more than {MAX_INT_BITS} bits") from None
+        raise _Refused(node, f"{_shown(node.value)} is not a valid {kind}") from None
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise _Refused(node, f"a number of more than {MAX_INT_BITS} bits")
+    if not isinstance(value, (str, int, float, bool, type(None))):
+        raise _Refused(node, f"a value of type {type(value).__name__} ({node.tag}) is not allowed")
+    return value
+
+
+def _shown(value: Any) -> str:
+    text = str(value)
+    return repr(text if len(text) <= 40 else text[:40] + "…")

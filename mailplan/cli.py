@@ -7,7 +7,7 @@ import argparse
 import signal
 import sys
 
-from mailplan.commands import diff, dns, mailbox, queue, serve, site
+from mailplan.commands import diff, dns, internal, mailbox, queue, serve, site
 
 # The families of commands, in the order `mailplan --help` lists them: check mode first.
 FAMILIES = (
@@ -21,6 +21,7 @@ FAMILIES = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; an exception it did not expect is one line and exit 70."""
     arguments = _parser().parse_args(argv)
     if arguments.command == "serve":
         # A client that hangs up while the server writes to it is an EPIPE for that one
@@ -31,12 +32,21 @@ def main(argv: list[str] | None = None) -> int:
         hold_signals()
     else:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `mailplan check ... | head` ends quietly
-    code: int = arguments.run(arguments)
+    try:
+        code: int = arguments.run(arguments)
+    except Exception as exc:  # the last line of defence: see commands/internal.py
+        if arguments.debug:
+            print(internal.where(exc), file=sys.stderr)
+        print(internal.line(exc), file=sys.stderr)
+        return internal.EXIT
     return code
 
 
 def _parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mailplan", description="A mail server configured as code.")
+    top.add_argument(
+        "--debug", action="store_true", help="the traceback of an internal error (exit 70)"
+    )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_parser in FAMILIES:
         add_parser(commands)

@@ -26,6 +26,11 @@ T = TypeVar("T")
 SCHEMA_ID = "https://mailplan.invalid/schema/plan-v1.json"
 
 
+# The longest whole number a plan may hold: no field of a plan needs more, and Python
+# will not even read one of more than 4,300 digits.
+MAX_DIGITS = 20
+
+
 class PlanError(Exception):
     """A plan file that cannot be used: unreadable, not matching its schema, or tampered with."""
 
@@ -79,13 +84,46 @@ def dumps(plan: Plan) -> str:
 
 
 def loads(text: str, origin: str = "plan") -> Plan:
-    """Parse a plan file, verifying its format, schema and digest before trusting it."""
+    """Parse a plan file, verifying its format, schema and digest before trusting it.
+
+    Whatever the text, the answer is a plan or one PlanError line: numbers of more than
+    MAX_DIGITS digits, nesting deeper than Python recurses and strings that are not
+    Unicode (a lone surrogate escape, `"\\ud800"`) are "not a plan"."""
     try:
-        document = json.loads(text)
+        return _verified(_parsed(text, origin), origin)
+    except (RecursionError, UnicodeEncodeError) as exc:
+        raise PlanError(f"{origin}: not a plan: {_unusable(exc)}") from None
+
+
+def _parsed(text: str, origin: str) -> dict[str, Any]:
+    try:
+        document = json.loads(text, parse_int=_whole, parse_constant=_constant)
     except json.JSONDecodeError as exc:
         raise PlanError(f"{origin}: not JSON: {exc}") from None
+    except ValueError as exc:
+        raise PlanError(f"{origin}: not a plan: {exc}") from None
     if not isinstance(document, dict):
         raise PlanError(f"{origin}: not a plan: the top level is not an object")
+    return document
+
+
+def _whole(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise ValueError(f"a number of more than {MAX_DIGITS} digits")
+    return int(text)
+
+
+def _constant(text: str) -> float:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def _unusable(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "values nested too deeply"
+    return "a string that is not Unicode text (a lone surrogate escape)"
+
+
+def _verified(document: dict[str, Any], origin: str) -> Plan:
     if document.get("format") != FORMAT:
         raise PlanError(
             f"{origin}: plan format {document.get('format')!r} is not supported "

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from interop import fail_if_required, skip_if_missing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,3 +27,26 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture
 def example_site() -> Path:
     return EXAMPLE
+
+
+# Hypothesis (tests/test_fuzz.py): `make test` runs a few hundred examples of each
+# property, the same ones every run (derandomised, no example database), so the suite
+# stays fast and never flaky; `make fuzz` (HYPOTHESIS_PROFILE=fuzz) runs many thousands
+# at random. The deadline is far above what an example takes (milliseconds): it is
+# there to name a hang, not to time a slow machine.
+settings.register_profile(
+    "default",
+    max_examples=150,
+    deadline=timedelta(seconds=10),
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "12000")),
+    deadline=timedelta(seconds=10),
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

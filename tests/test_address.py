@@ -214,3 +214,22 @@ def test_idn_problem(domain: str, problem: str | None) -> None:
 
 def test_canonical_domain_of_ascii_is_lower_case() -> None:
     assert canonical_domain("Example.COM") == "example.com"
+
+
+def test_a_source_route_of_any_length_is_unwound_without_recursion() -> None:
+    """~1,000 hops raised RecursionError in `check`, `route` and the server alike."""
+    address = parse("<" + "@a:" * 100_000 + "u@b>", MAIN)
+    assert address.domain == "a"
+    assert address.local == "u%" + "b%" + "a%" * 99_998 + "a"
+
+
+@pytest.mark.parametrize(
+    ("written", "local", "domain"),
+    [
+        ("<@a:<@b:u@c>>", "u%c%b", "a"),
+        ("@a:@b,@x:@c:u@d", "u%d%c%x%b", "a"),
+        ("@a:@b:", "%example.com%b", "a"),
+    ],
+)
+def test_nested_source_routes(written: str, local: str, domain: str) -> None:
+    assert parse(written, MAIN) == Address(local, domain)

@@ -779,3 +779,10 @@ def test_positions_in_a_folded_block(tmp_path: Path) -> None:
     assert [(d.line, d.column, d.code, d.message) for d in problems] == [
         (4, 15, "MP105", "write an address list as a literal block (|), not a folded one (>)")
     ]
+
+
+def test_a_prefix_length_of_thousands_of_digits() -> None:
+    _, problems = compile_yaml(lists_yaml(x=["192.0.2.0/" + "9" * 5000]))
+    assert problems == [
+        err(3, 15, "MP106", "/9999999999… is not a prefix length for IPv4 (1 to 32)")
+    ]

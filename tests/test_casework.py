@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from mailplan.cli import main
+from mailplan.runtime.dns.lookup import zone_of
 from tests.conftest import EXAMPLE
 
 SITE = """\
@@ -237,3 +238,47 @@ def test_dns_of_a_case_that_does_not_parse_is_an_error(
     assert main(["check", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "error MP110: test 'listed': the records of bl.test do not parse" in out
+
+
+GENERATE_SITE = """\
+server: {hostname: mail.example.com, main_domain: example.com}
+domains:
+  example.com:
+    accounts: {alice: {}}
+tests:
+  - name: generated
+    from: x@example.org
+    to: alice@example.com
+    expect: local alice
+    dns:
+      example.org: |
+        $GENERATE 1-10000000 host$ A 192.0.2.1
+"""
+
+
+def test_a_generated_zone_is_bounded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`$GENERATE 1-10000000` made dnspython expand ten million records: `check` hung."""
+    (tmp_path / "site.yaml").write_text(GENERATE_SITE)
+    assert main(["check", str(tmp_path)]) == 1
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{tmp_path}/site.yaml:6:5: error MP110: test 'generated': the records of example.org "
+        "do not parse: more than 10000 records ($GENERATE ranges counted)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("records", "fits"),
+    [
+        ("$GENERATE 1-9990 h$ A 192.0.2.1", True),
+        ("$generate 1-19000/2 h$ A 192.0.2.1", True),
+        ("$GENERATE 1-10000 h$ A 192.0.2.1", False),
+        ("$GENERATE 1-" + "9" * 5000 + " h$ A 192.0.2.1", False),
+        ("a A 192.0.2.1\n" * 10001, False),
+    ],
+)
+def test_zone_size_counts_generated_records(records: str, fits: bool) -> None:
+    if fits:
+        assert zone_of("example.org", records).startswith("$ORIGIN example.org.")
+    else:
+        with pytest.raises(ValueError, match="more than 10000 records"):
+            zone_of("example.org", records)

@@ -231,3 +231,46 @@ def test_route_a_bad_idn_domain(capsys: pytest.CaptureFixture[str]) -> None:
         "reply      5.1.3 not a valid internationalized domain name: bü_cher.example",
         "relayable  no",
     ]
+
+
+def _broken(*args: object) -> None:
+    raise RuntimeError("the compiler\nbroke")
+
+
+def test_an_internal_error_is_one_line_and_exit_70(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("mailplan.commands.site.compile_site", _broken)
+    assert main(["check", str(EXAMPLE)]) == 70
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "mailplan: internal error: RuntimeError: the compiler broke; "
+        "please report it with this site\n"
+    )
+
+
+def test_debug_shows_the_traceback_of_an_internal_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("mailplan.commands.site.compile_site", _broken)
+    assert main(["--debug", "check", str(EXAMPLE)]) == 70
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):\n")
+    assert 'in _broken\n    raise RuntimeError("the compiler\\nbroke")' in err
+    assert err.endswith("RuntimeError: the compiler broke; please report it with this site\n")
+
+
+@pytest.mark.parametrize("flags", [["--debug", "serve"], ["serve", "--debug"]])
+def test_serve_reports_an_internal_error_the_same_way(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    monkeypatch.setattr("mailplan.commands.serve._start", _broken)
+    assert main([*flags, str(EXAMPLE)]) == 70
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):\n")
+    assert err.splitlines()[-1].endswith(
+        "mailplan: internal error: RuntimeError: the compiler broke; "
+        "please report it with this site"
+    )
+    assert main(["serve", str(EXAMPLE)]) == 70
+    assert "Traceback" not in capsys.readouterr().err

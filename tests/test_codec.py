@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,39 @@ def test_fast_and_full_validation_agree_on_broken_plans() -> None:
         broken[section][key] = value
         with pytest.raises(codec.PlanError, match=f"at {section}/{key}"):
             codec.loads(json.dumps(broken))
+
+
+def _surrogate() -> str:
+    text = codec.dumps(_plan())
+    return text.replace('"example.com"', '"ex\\ud800ample.com"', 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (lambda: "9" * 5000, "a number of more than 20 digits"),
+        (lambda: "[" * 100_000 + "]" * 100_000, "values nested too deeply"),
+        (lambda: '{"a": ' * 100_000 + "1" + "}" * 100_000, "values nested too deeply"),
+        (lambda: '{"format": NaN}', "NaN is not a JSON number"),
+        (lambda: '{"format": -Infinity}', "-Infinity is not a JSON number"),
+        (_surrogate, "a string that is not Unicode text (a lone surrogate escape)"),
+        (
+            lambda: codec.dumps(_plan()).replace(f'"format": {FORMAT}', '"format": 1' + "0" * 30),
+            "a number of more than 20 digits",
+        ),
+    ],
+    ids=["huge-number", "nested-lists", "nested-objects", "nan", "infinity", "surrogate", "digits"],
+)
+def test_what_is_not_a_plan_is_one_line(text: Callable[[], str], why: str) -> None:
+    with pytest.raises(codec.PlanError) as caught:
+        codec.loads(text(), "plan.json")
+    assert str(caught.value) == f"plan.json: not a plan: {why}"
+
+
+def test_a_plan_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "plan.json").write_bytes(b'{"format": "\xff"}')
+    with pytest.raises(codec.PlanError) as caught:
+        codec.load(tmp_path / "plan.json")
+    assert str(caught.value) == (
+        f"{tmp_path}/plan.json: not a plan: not UTF-8 text (invalid start byte)"
+    )

@@ -547,3 +547,26 @@ def test_angle_target_without_domain_is_an_error() -> None:
     assert problems == [
         mp104(1, 7, "<null> needs a domain: write <null@domain>, or null for a domain")
     ]
+
+
+@pytest.mark.parametrize(
+    "prefix", ["\u017fignal:", "\u017fignal: ", "Acce\u017fs:", "Relay:Ma\u0131l:"]
+)
+def test_prefixes_are_case_insensitive_in_ascii_only(prefix: str) -> None:
+    """U+017F (long s) and U+0131 (dotless i) are no prefix letters: an error, never a
+    record for every kind of address."""
+    records, problems = parse_table(f"{prefix}<a@example.com> = b@example.com\n")
+    assert records == ()
+    assert [p.code for p in problems] == ["MP104"]
+
+
+def test_a_pipe_is_named_in_ascii_only() -> None:
+    _, problems = parse_table('<a@example.com> = "p"@p\u0131pe\n')
+    assert problems == [mp104(1, 19, f"unexpected '\"p\"': expected {EXPECTED_RIGHT}")]
+
+
+@pytest.mark.parametrize("separator", ["\f", "\x85", "\u2028", "\v"])
+def test_lines_are_counted_as_editors_count_them(separator: str) -> None:
+    text = f"a.example = b.example ; x{separator}y\n<c@example.com> =\n"
+    _, problems = parse_table(text)
+    assert [(p.line, p.column) for p in problems] == [(2, 18)]

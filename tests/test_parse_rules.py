@@ -328,3 +328,60 @@ def test_the_lines_of_a_rule_whose_header_is_broken_join_no_other_rule() -> None
     parsed, problems = rule_file(text, "t")
     assert [(d.line, d.code) for d in problems] == [(3, "MP601"), (6, "MP603")]
     assert [(r.header.name.value, len(r.actions)) for r in parsed] == [("A", 1)]
+
+
+@pytest.mark.parametrize("separator", ["\f", "\x85", "\u2028", "\x1c", "\v"])
+def test_lines_are_counted_as_editors_count_them(separator: str) -> None:
+    """Only LF, CRLF and CR end a line; a form feed, NEL or U+2028 inside one does not."""
+    text = f'rule "a" priority 5\n  if Subject is "x{separator}y"\n  then Discard\n  and Bogus\n'
+    assert [(p.line, p.message) for p in _problems(text)] == [(4, "unknown action 'Bogus'")]
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "column", "message"),
+    [
+        (
+            "  then Di\u017fcard",
+            "MP603",
+            8,
+            "unknown action 'Di\u017fcard': did you mean 'Discard'?",
+        ),
+        (
+            "  and Ex\u0131st\u0131ng Mailbox is yes",
+            "MP602",
+            7,
+            "unknown condition field 'Ex\u0131st\u0131ng Mailbox': "
+            "did you mean 'Existing Mailbox'?",
+        ),
+    ],
+)
+def test_keywords_are_case_insensitive_in_ascii_only(
+    line: str, code: str, column: int, message: str
+) -> None:
+    """U+017F (long s) and U+0131 (dotless i) fold to `s` and `i` in Unicode, not in keywords."""
+    text = f'rule "a" priority 5\n  if Subject is "x"\n{line}\n'
+    problems = _problems(text)
+    assert [(p.code, p.line, p.column, p.message) for p in problems][:1] == [
+        (code, 3, column, message)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ('rule "a" priority ' + "9" * 5000, "priority 9999999999… is not 1 to 9"),
+        ('rule "a" priority 0012', "priority 12 is not 1 to 9"),
+    ],
+)
+def test_priorities_of_any_length_are_reported(header: str, message: str) -> None:
+    problems = _problems(f'{header}\n  if Subject is "x"\n  then Discard\n')
+    assert [(p.code, p.message.split(" (")[0]) for p in problems] == [("MP606", message)]
+
+
+def test_a_size_of_thousands_of_digits_is_no_size() -> None:
+    digits = "9" * 5000
+    problems = _problems(
+        f'rule "a" priority 5\n  if Message Size greater than {digits}\n  then Discard\n'
+    )
+    assert [(p.code, p.column) for p in problems] == [("MP605", 32)]
+    assert problems[0].message.endswith("is not a size (bytes, or a number followed by K, M or G)")

@@ -466,3 +466,48 @@ def test_a_trailing_newline_does_not_slip_past_a_pattern(tmp_path: Path) -> None
             "_ - . (not at the start or end), at most 128 characters",
         ),
     ]
+
+
+def test_whole_numbers_are_whole_and_bounded(tmp_path: Path) -> None:
+    """`5.0` is no whole number (JSON Schema would take it); numbers have at most ten digits."""
+    text = (
+        HEAD
+        + DOMAINS
+        + (
+            "queue:\n"  # 6
+            "  give_up_after: 5.0\n"  # 7
+            "  warn_after: 12345678901s\n"  # 8
+            "  retry: [10000000000]\n"  # 9
+            "limits:\n"  # 10
+            "  max_message_size: 1024.0\n"  # 11
+            "  max_recipients: 2.0\n"  # 12
+            "tests:\n"  # 13
+            "  - {name: t, from: a@example.org, to: b@example.com, expect: reject,"
+            " size: 99999999999K}\n"  # 14
+        )
+    )
+    assert schema_errors(tmp_path, text) == [
+        mp103(7, 18, f"queue.give_up_after: {DURATION}"),
+        mp103(8, 15, f"queue.warn_after: {DURATION}"),
+        mp103(9, 11, f"queue.retry[0]: {DURATION}"),
+        mp103(11, 21, f"limits.max_message_size: {SIZE}"),
+        mp103(12, 19, "limits.max_recipients: expected a whole number"),
+        mp103(14, 77, f"tests[0].size: {SIZE}"),
+    ]
+
+
+def test_a_date_is_a_string_to_the_schema(tmp_path: Path) -> None:
+    text = HEAD + DOMAINS + "relaying: {scope: 2001-01-01}\n"
+    assert schema_errors(tmp_path, text) == [
+        mp103(6, 19, f"relaying.scope: '2001-01-01' is not one of: {SCOPES}")
+    ]
+
+
+def test_a_listener_named_as_its_protocol_in_any_case(tmp_path: Path) -> None:
+    """Names are case-insensitive: `SMTP:` is an smtp listener, not one without a protocol."""
+    text = HEAD + DOMAINS + "listeners:\n  SMTP: {port: 2525, tls: none, auth: none}\n"
+    (tmp_path / "site.yaml").write_text(text, encoding="utf-8")
+    unit = compile_site(tmp_path)
+    assert unit.diagnostics == ()
+    assert unit.plan is not None
+    assert [(x.name, x.protocol) for x in unit.plan.listeners] == [("SMTP", "smtp")]

@@ -337,3 +337,80 @@ def test_merge_key_is_merged_or_reported() -> None:
     document, problems = load("base: &b {x: 1}\nother:\n  <<: *b\n  y: 2\n", FILE)
     merged = document is not None and document.data["other"] == {"x": 1, "y": 2}
     assert (merged and problems == []) or [p.code for p in problems] == ["MP101"]
+
+
+# --- hostile documents (issue 17): one MP101 at the place, never an exception -------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("x: 0x_\n", mp101(1, 4, "'0x_' is not a valid int")),
+        ("x: !!bool maybe\n", mp101(1, 4, "'maybe' is not a valid bool")),
+        ("x: !!float 1.2.3\n", mp101(1, 4, "'1.2.3' is not a valid float")),
+        (
+            "x: !!binary aGk=\n",
+            mp101(1, 4, "a value of type bytes (tag:yaml.org,2002:binary) is not allowed"),
+        ),
+        ("x: " + "9" * 5000 + "\n", mp101(1, 4, "a number of more than 64 bits")),
+        ("x: 0x" + "f" * 4000 + "\n", mp101(1, 4, "a number of more than 64 bits")),
+        ("x: 18446744073709551616\n", mp101(1, 4, "a number of more than 64 bits")),
+        ("a: &a [*a]\n", mp101(1, 4, "an alias that contains itself")),
+        ("a: &a {b: *a}\n", mp101(1, 4, "an alias that contains itself")),
+        ("a: " + "[" * 600 + "]" * 600 + "\n", mp101(1, 67, "values nested more than 64 deep")),
+        ("? [a, b]\n: 1\n", mp101(1, 3, "a key that is a list or a mapping")),
+        ("a: 1\nb: 2\nc: \x01\n", mp101(3, 4, "character U+0001 is not allowed in YAML")),
+        ("a: 1\r\nb: \x7f\n", mp101(2, 4, "character U+007F is not allowed in YAML")),
+        ("a: \u00e9\u00e9\nb: \x01\n", mp101(2, 4, "character U+0001 is not allowed in YAML")),
+        ("a: !!int ''\n", mp101(1, 4, "'' is not a valid int")),
+        (
+            "a: x\x85y\nb: [\nc: 1\n",
+            mp101(
+                2,
+                1,
+                "could not find expected ':'"
+                " (while scanning a simple key that starts at line 1, column 6)",
+            ),
+        ),
+    ],
+)
+def test_hostile_documents_are_one_mp101_at_their_place(text: str, expected: Diagnostic) -> None:
+    document, problems = load(text, FILE)
+    assert document is None
+    assert problems == [expected]
+
+
+def test_biggest_whole_number_is_64_bits() -> None:
+    assert loaded("x: 18446744073709551615\n").data == {"x": 2**64 - 1}
+
+
+def test_dates_stay_the_text_they_were_written_as() -> None:
+    """Nothing in a site is a date: `2001-01-01` is a string, `2001-02-30` no error."""
+    assert loaded("a: 2001-01-01\nb: 2001-02-30\n").data == {"a": "2001-01-01", "b": "2001-02-30"}
+
+
+def test_billion_laughs_is_refused_before_it_grows() -> None:
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 9):
+        this, last = chr(ord("a") + i), chr(ord("a") + i - 1)
+        lines.append(f"{this}: &{this} [{', '.join([f'*{last}'] * 9)}]")
+    document, problems = load("\n".join(lines) + "\n", FILE)
+    assert document is None
+    assert [p.message for p in problems] == [
+        "YAML syntax: aliases that expand to more than 10000 values"
+    ]
+
+
+def test_aliases_within_the_bound_are_expanded() -> None:
+    items = ", ".join(["*a"] * 1000)
+    document = loaded(f"a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9]\nb: [{items}]\n")
+    assert len(document.data["b"]) == 1000
+
+
+@pytest.mark.parametrize("separator", ["\x85", "\u2028", "\u2029"])
+def test_positions_are_counted_as_editors_count_lines(separator: str) -> None:
+    """PyYAML ends lines at NEL, U+2028 and U+2029 too; an editor does not, nor do we."""
+    document = loaded(f'a: "x{separator}y"\nb: [1, 2]\n')
+    assert document.at(("b",)) == Position(2, 4, None)
+    assert document.at(("b", 1)) == Position(2, 8, "")
+    assert document.key_at(("b",)) == Position(2, 1)

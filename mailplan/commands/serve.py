@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
+from mailplan.commands import internal
 from mailplan.commands.origin import SiteError, add_origin, loader
 from mailplan.plan import codec
 from mailplan.plan.model import Plan
@@ -61,7 +62,9 @@ def add_parser(subcommands: Subcommands) -> None:
     serve.add_argument("--allow-root", action="store_true", help="serve as root (without --user)")
     serve.add_argument("--log-format", choices=("text", "json"), default="text")
     serve.add_argument("--log-level", choices=logs.LEVELS, default="info")
-    serve.add_argument("--debug", action="store_true", help="a traceback for an internal error")
+    serve.add_argument(  # also `mailplan --debug serve`: one flag, kept here for old units
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     serve.set_defaults(run=_serve)
 
 
@@ -100,11 +103,11 @@ def _serve(arguments: argparse.Namespace) -> int:
     except (SiteError, codec.PlanError) as exc:
         text = str(exc)  # a plan's problem is one line; a site's are its diagnostics
         _fail(arguments, f"mailplan: cannot serve:{chr(10) if chr(10) in text else ' '}{text}")
-    except Exception as exc:
+    except Exception as exc:  # as every command (cli.main), in the log's shape
         if arguments.debug:
-            raise
-        what = f"{type(exc).__name__}: {exc}"
-        _fail(arguments, f"mailplan: internal error: {what} (--debug shows where)")
+            print(internal.where(exc), file=sys.stderr)
+        _fail(arguments, internal.line(exc))
+        return internal.EXIT
     finally:
         writer.stop()
     return 1

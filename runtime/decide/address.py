@@ -33,15 +33,31 @@ class Address:
 
 
 def parse(text: str, default_domain: str) -> Address:
+    """The address `text` names; a source route of any length is unwound in one loop."""
+    routes: list[list[str]] = []  # the hops of each `@hop,@hop:` layer, outermost first
+    text = _unwrapped(text)
+    while (colon := _route_end(text)) is not None:
+        routes.append([hop.strip().lstrip("@") for hop in text[:colon].split(",")])
+        text = _unwrapped(text[colon + 1 :])
+    inner = _plain(text, default_domain)
+    if not routes:
+        return inner
+    parts = [inner.local, inner.domain]
+    for hops in reversed(routes[1:]):
+        parts += [*reversed(hops[1:]), _domain(hops[0])]
+    parts += reversed(routes[0][1:])
+    return Address("%".join(parts), _domain(routes[0][0]))
+
+
+def _unwrapped(text: str) -> str:
     text = text.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1].strip()
-    colon = _route_end(text)
-    if colon is not None:
-        hops = [hop.strip().lstrip("@") for hop in text[:colon].split(",")]
-        inner = parse(text[colon + 1 :], default_domain)
-        local = "%".join([inner.local, inner.domain, *reversed(hops[1:])])
-        return Address(local, _domain(hops[0]))
+    return text
+
+
+def _plain(text: str, default_domain: str) -> Address:
+    """An address without a source route: `user@dom`, `hop!dom!user` or `user`."""
     if "@" not in text and "!" in text:
         parts = text.split("!")
         user, path = parts[-1], parts[:-1]

@@ -14,6 +14,7 @@ either answerer, for one thread at a time.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -77,14 +78,38 @@ class Dns:
             raise DnsTrouble(f"{name} {rdtype}: {_why(exc)}") from None
 
 
+# The most records a test case's zone may hold, counting each line and what every
+# `$GENERATE` makes: dnspython would expand `$GENERATE 1-10000000` for minutes.
+MAX_ZONE_RECORDS = 10_000
+_GENERATE = re.compile(r"^[ \t]*\$GENERATE[ \t]+(\S+)", re.IGNORECASE | re.MULTILINE)
+_RANGE = re.compile(r"([0-9]{1,10})-([0-9]{1,10})(?:/([0-9]{1,10}))?")
+
+
 def zone_of(origin: str, records: str) -> str:
     """A whole zone file for `origin`: an SOA and NS on top of `records` (zone-file lines,
-    names relative to the origin), as `mailplan test` cases write them."""
+    names relative to the origin), as `mailplan test` cases write them.
+
+    ValueError when the records are more than MAX_ZONE_RECORDS."""
+    if _records(records) > MAX_ZONE_RECORDS:
+        raise ValueError(f"more than {MAX_ZONE_RECORDS} records ($GENERATE ranges counted)")
     origin = origin.rstrip(".") + "."
     return (
         f"$ORIGIN {origin}\n$TTL 300\n@ IN SOA ns hostmaster 1 3600 600 86400 300\n"
         f"@ IN NS ns\n{records}\n"
     )
+
+
+def _records(text: str) -> int:
+    """How many records zone-file lines make at most: a line one, a `$GENERATE` its range."""
+    count = text.count("\n") + 1
+    for written in _GENERATE.findall(text):
+        span = _RANGE.fullmatch(written)
+        if span is None:  # too many digits is too many records; dnspython refuses the rest
+            count += MAX_ZONE_RECORDS if written[:1].isdigit() else 0
+            continue
+        start, stop, step = int(span[1]), int(span[2]), int(span[3] or 1)
+        count += (stop - start) // max(step, 1) + 1 if stop >= start else 0
+    return count
 
 
 class Zones:
