@@ -362,18 +362,18 @@ def test_root_without_a_user_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_user_other_than_oneself_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Decided by `startup.identity` from the effective uid: here that of a server started
+    """Decided by `privileges.identity` from the effective uid: here that of a server started
     by uid 1000 (the suite may run as root, where --user is how root is given up)."""
-    from mailplan.runtime.serve import startup
+    from mailplan.runtime.serve import privileges, startup
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(os, "getegid", lambda: 1000)
     with pytest.raises(startup.StartupError) as refused:
-        startup.identity("nobody", None, allow_root=False)
+        privileges.identity("nobody", None, allow_root=False)
     assert str(refused.value) == (
         "--user nobody needs the server to start as root; it runs as uid 1000"
     )
-    assert startup.identity(None, None, allow_root=False) is None  # serves as it is
+    assert privileges.identity(None, None, allow_root=False) is None  # serves as it is
 
 
 def test_an_unknown_user_is_named(tmp_path: Path) -> None:

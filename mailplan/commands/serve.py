@@ -27,8 +27,9 @@ PACKAGE = Path(__file__).parent.parent
 
 if TYPE_CHECKING:
     from mailplan.commands.origin import Subcommands
+    from mailplan.runtime.serve.privileges import Identity
     from mailplan.runtime.serve.server import Options
-    from mailplan.runtime.serve.startup import Identity, Sockets
+    from mailplan.runtime.serve.startup import Sockets
 
 
 def add_parser(subcommands: Subcommands) -> None:
@@ -127,7 +128,7 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
     """The order of `runtime.serve.startup`: queue lock, TLS and DKIM keys, sockets,
     resolver, user, pid."""
     from mailplan.runtime.delivery.scheduler import Remote
-    from mailplan.runtime.serve import startup
+    from mailplan.runtime.serve import privileges, startup, tls
     from mailplan.runtime.serve.server import Options
 
     workers = _workers(arguments.workers) or 1
@@ -135,19 +136,19 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
     plan = load()
     root, dev = arguments.root, arguments.dev
     site_user = (None, None) if dev else (plan.server.user, plan.server.group)  # `make run`
-    who = startup.identity(
+    who = privileges.identity(
         arguments.user or site_user[0],
         arguments.group or site_user[1],
         allow_root=arguments.allow_root or dev,
     )
     queue = startup.resolve(root, plan.queue.directory)
     mail = startup.resolve(root, plan.queue.mail_directory)
-    startup.prepare_directories([queue], who)
+    privileges.prepare_directories([queue], who)
     lock = startup.lock_queue(queue)
     try:
-        tls = startup.tls_context(plan, root, dev)
+        context = tls.context(plan, root, dev)
         dkim, warnings = startup.dkim_keys(plan, root, arguments.site, dev)
-        for warning in (*startup.tls_warnings(plan, root, dev), *warnings):
+        for warning in (*tls.warnings(plan, root, dev), *warnings):
             log.warning("%s", warning)
         descriptors = startup.raise_descriptor_limit(plan.limits.max_connections)
         if descriptors:
@@ -162,7 +163,7 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
             dev,
             Remote(arguments.smtp_port, arguments.resolver, dns_timeout=arguments.dns_timeout),
             sockets=sockets,
-            tls=tls,
+            tls=context,
             dkim=dkim,
         )
         if dev:
@@ -178,16 +179,16 @@ def _settle(
     """With the sockets bound: ask the resolver, make the mailbox folder, give up root and
     check what the serving user writes and reads. The sockets are closed if any of it fails;
     what a resolver that does not answer means is returned, for a warning."""
-    from mailplan.runtime.serve import startup
+    from mailplan.runtime.serve import privileges, startup
 
     try:
         quiet = startup.check_resolver(arguments.resolver)
-        startup.prepare_directories([mail], who)
+        privileges.prepare_directories([mail], who)
         if who is not None:
-            startup.become(who)
+            privileges.become(who)
         os.umask(0o077)
         site = arguments.plan if arguments.plan is not None else arguments.site
-        startup.check_writable([queue, mail], [site.resolve(), PACKAGE])
+        privileges.check_writable([queue, mail], [site.resolve(), PACKAGE])
         if who is not None:
             log.info("serving as %s (uid %d, gid %d)", who.user, who.uid, who.gid)
     except BaseException:

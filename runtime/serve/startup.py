@@ -12,15 +12,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import grp
 import logging
 import os
-import pwd
 import resource
 import signal
 import socket
-import ssl
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,10 +25,9 @@ import dns.exception
 import dns.message
 import dns.rdatatype
 import dns.resolver
-from cryptography import x509
 
 from mailplan.plan.model import Listener, Plan
-from mailplan.runtime.serve import devdkim, devtls
+from mailplan.runtime.serve import devdkim
 from mailplan.runtime.smtp.signing import KeyProblem, Keyring, Loading, load_keys
 
 log = logging.getLogger("mailplan.server")
@@ -44,23 +39,6 @@ POP3_PROTOCOLS = ("pop3", "pop3s")
 PIDFILE = "mailplan.pid"
 BACKLOG = 512
 RESOLVER_PROBE_TIMEOUT = 2.0
-CERTIFICATE_WARNING = 14 * 86400  # seconds before a certificate expires that start-up warns
-
-# Mozilla's "intermediate" profile for TLS 1.2: forward secrecy and AEAD only (no CBC,
-# so nothing for LUCKY13); TLS 1.3 suites are all AEAD and are not affected by this.
-TLS12_CIPHERS = ":".join(
-    (
-        "ECDHE-ECDSA-AES128-GCM-SHA256",
-        "ECDHE-RSA-AES128-GCM-SHA256",
-        "ECDHE-ECDSA-AES256-GCM-SHA384",
-        "ECDHE-RSA-AES256-GCM-SHA384",
-        "ECDHE-ECDSA-CHACHA20-POLY1305",
-        "ECDHE-RSA-CHACHA20-POLY1305",
-        "DHE-RSA-AES128-GCM-SHA256",
-        "DHE-RSA-AES256-GCM-SHA384",
-        "DHE-RSA-CHACHA20-POLY1305",
-    )
-)
 
 Sockets = dict[tuple[str, str], socket.socket]
 
@@ -142,7 +120,7 @@ def lock_queue(directory: Path) -> QueueLock:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
-        raise StartupError(f"cannot use the queue directory {directory}: {_why(exc)}") from exc
+        raise StartupError(f"cannot use the queue directory {directory}: {why(exc)}") from exc
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -178,85 +156,6 @@ def queue_in_use(directory: Path) -> bool:
     finally:
         os.close(descriptor)
     return False
-
-
-# -- TLS ---------------------------------------------------------------------------------
-
-
-def tls_context(plan: Plan, root: Path, dev: bool) -> ssl.SSLContext | None:
-    """The listeners' TLS context, or None when no listener uses TLS."""
-    if not any(listener.tls != "none" for listener in plan.listeners):
-        return None
-    if dev:
-        certificate, key = devtls.ensure(root / "var" / "tls", plan.server.hostname)
-    else:
-        if not plan.tls.certificate or not plan.tls.key:
-            raise StartupError("a listener uses TLS but tls.certificate and tls.key are not set")
-        certificate = resolve(root, plan.tls.certificate)
-        key = resolve(root, plan.tls.key)
-    for what, path in (("certificate", certificate), ("key", key)):
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            raise StartupError(f"cannot read the TLS {what} {path}: {_why(exc)}") from exc
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_ciphers(TLS12_CIPHERS)
-    context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    try:
-        context.load_cert_chain(certificate, key, password=_no_passphrase)
-    except _Passphrase as exc:  # never a prompt on the terminal, queue lock held
-        raise StartupError(
-            f"the TLS key {key} is protected by a passphrase; mailplan needs it without one "
-            f"(openssl pkey -in {key} -out KEY), readable by the serving user only"
-        ) from exc
-    except ssl.SSLError as exc:
-        if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
-            raise StartupError(
-                f"the TLS key {key} does not belong to the certificate {certificate}"
-            ) from exc
-        raise StartupError(
-            f"cannot use the TLS certificate {certificate} with the key {key}: "
-            f"{exc.reason or exc} (both must be PEM)"
-        ) from exc
-    return context
-
-
-class _Passphrase(Exception):
-    """The key asked for a passphrase."""
-
-
-def _no_passphrase() -> str:
-    raise _Passphrase
-
-
-def tls_warnings(plan: Plan, root: Path, dev: bool, now: float | None = None) -> list[str]:
-    """What an operator should hear about the certificate and key the server uses: a
-    certificate that has expired or expires within two weeks (senders that check it,
-    as MTA-STS and DANE make them, will not deliver), a key that others can read."""
-    if dev or not plan.tls.certificate or not plan.tls.key:
-        return []
-    found = []
-    certificate, key = resolve(root, plan.tls.certificate), resolve(root, plan.tls.key)
-    try:
-        leaf = x509.load_pem_x509_certificate(certificate.read_bytes())
-    except (OSError, ValueError):
-        return []  # tls_context has already read and used it: nothing more to say
-    left = leaf.not_valid_after_utc.timestamp() - (time.time() if now is None else now)
-    if left <= 0:
-        found.append(
-            f"the TLS certificate {certificate} has expired ({leaf.not_valid_after_utc:%Y-%m-%d})"
-        )
-    elif left < CERTIFICATE_WARNING:
-        found.append(
-            f"the TLS certificate {certificate} expires in {left / 86400:.0f} day(s) "
-            f"({leaf.not_valid_after_utc:%Y-%m-%d})"
-        )
-    with contextlib.suppress(OSError):
-        if key.stat().st_mode & 0o004:
-            found.append(f"the TLS key {key} is readable by every user: chmod o-r {key}")
-    return found
 
 
 # -- DKIM keys ---------------------------------------------------------------------------
@@ -347,7 +246,7 @@ def _bind_problem(listener: Listener, address: str, exc: OSError) -> str:
         )
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"{where}: {address} is not an address of this host"
-    return f"{where}: {_why(exc)}"
+    return f"{where}: {why(exc)}"
 
 
 # -- the resolver ------------------------------------------------------------------------
@@ -389,127 +288,13 @@ def check_resolver(nameserver: str | None) -> str | None:
             return f"nothing answers DNS on {where} port {port}: mail waits until it does"
         except OSError as exc:
             raise StartupError(
-                f"cannot reach the DNS resolver {where} port {port}: {_why(exc)}"
+                f"cannot reach the DNS resolver {where} port {port}: {why(exc)}"
             ) from exc
         except dns.exception.DNSException:
             pass  # an answer of some kind: a resolver is there
     return None
 
 
-# -- giving up root ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Whom the server runs as once its sockets are bound."""
-
-    user: str
-    uid: int
-    gid: int
-
-
-def identity(user: str | None, group: str | None, allow_root: bool) -> Identity | None:
-    """Whom to become (None: stay who we are), or why this cannot be."""
-    root = os.geteuid() == 0
-    if user is None:
-        if root and not allow_root:
-            raise StartupError(
-                "refusing to serve as root: give --user NAME (or server.user in site.yaml) "
-                "to serve as that user once the ports are bound, or --allow-root"
-            )
-        if group is not None:
-            raise StartupError("--group needs --user (or server.user in site.yaml)")
-        return None
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise StartupError(f"no such user: {user} (create it: adduser --system {user})") from None
-    gid = entry.pw_gid
-    if group is not None:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise StartupError(f"no such group: {group}") from None
-    if entry.pw_uid == 0:
-        raise StartupError(f"--user {user} is root: name an unprivileged user")
-    if not root:
-        if entry.pw_uid == os.geteuid() and gid == os.getegid():
-            return None  # already that user
-        raise StartupError(
-            f"--user {user} needs the server to start as root; it runs as uid {os.geteuid()}"
-        )
-    return Identity(entry.pw_name, entry.pw_uid, gid)
-
-
-def prepare_directories(folders: Iterable[Path], who: Identity | None) -> None:
-    """Create the folders the server writes (0700), owned by whom it serves as; a folder
-    that exists and belongs to someone else is the admin's to give (named, not changed)."""
-    for folder in folders:
-        if folder.exists() and not folder.is_dir():
-            raise StartupError(f"{folder} is not a directory")
-        try:
-            made = _made(folder)
-            if made and who is not None:
-                os.chown(folder, who.uid, who.gid)
-            elif who is not None and folder.stat().st_uid != who.uid:
-                raise StartupError(
-                    f"{folder} belongs to uid {folder.stat().st_uid}, not to {who.user}, "
-                    f"who serves: chown -R {who.user}: {folder}"
-                )
-        except OSError as exc:
-            raise StartupError(f"cannot create {folder}: {_why(exc)}") from exc
-
-
-def _made(folder: Path) -> bool:
-    """Make `folder` (0700) unless it is there; whether this call made it (two servers
-    started at once both get here before one of them has the queue's lock)."""
-    try:
-        folder.mkdir(mode=0o700, parents=True)
-    except FileExistsError:
-        if not folder.is_dir():
-            raise StartupError(f"{folder} is not a directory") from None
-        return False
-    return True
-
-
-def become(who: Identity) -> None:
-    """Give up root for good: groups, then group, then user."""
-    os.initgroups(who.user, who.gid)
-    os.setgid(who.gid)
-    os.setuid(who.uid)
-    with contextlib.suppress(PermissionError):
-        os.setuid(0)
-        raise StartupError("root could be taken back after dropping it; refusing to serve")
-
-
-def check_writable(folders: Iterable[Path], readable: Iterable[Path]) -> None:
-    """As the serving user: the folders it writes are writable, and what it reads later
-    (the Python installation, the site for reloads) is readable."""
-    for folder in folders:
-        if _read_only(folder):
-            raise StartupError(f"{folder} is on a read-only file system")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise StartupError(
-                f"{folder} is not writable by uid {os.geteuid()}, who serves; fix its owner or mode"
-            )
-    for path in (Path(os.__file__).parent, *readable):  # the standard library first
-        try:
-            mode = os.R_OK | os.X_OK if path.is_dir() else os.R_OK
-        except OSError:
-            mode = os.R_OK | os.X_OK
-        if not os.access(path, mode):
-            raise StartupError(
-                f"{path} is not readable by uid {os.geteuid()}, who serves; "
-                "install where that user can read (docs/deploy.md)"
-            )
-
-
-def _read_only(folder: Path) -> bool:
-    try:
-        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
-
-
-def _why(exc: OSError) -> str:
+def why(exc: OSError) -> str:
+    """An OSError in a few lower-case words, for a one-line error."""
     return (exc.strerror or str(exc)).lower()
