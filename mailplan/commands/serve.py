@@ -234,25 +234,27 @@ def _workers(text: str) -> int | None:
 
 def _banner(plan: Plan, arguments: argparse.Namespace) -> None:
     """What `make run` prints: where each listener is, how to start Dovecot for IMAP,
-    and a command to try it."""
+    and a command to try it. One write, so that no log line lands inside it (the log's
+    thread writes to the same terminal or file)."""
     from mailplan.runtime.serve.startup import POP3_PROTOCOLS, SMTP_PROTOCOLS, development
 
-    print("development mode: listeners on 127.0.0.1")
+    lines = ["development mode: listeners on 127.0.0.1"]
     ours = (*SMTP_PROTOCOLS, *POP3_PROTOCOLS)
     for listener in plan.listeners:
         moved = development(listener)
         later = "" if listener.protocol in ours else "  (Dovecot: see below)"
-        print(f"  {listener.name:<12} {listener.protocol:<11} port {moved.port}{later}")
+        lines.append(f"  {listener.name:<12} {listener.protocol:<11} port {moved.port}{later}")
     if not all(x.protocol in ours for x in plan.listeners):
-        print(_dovecot_howto(arguments))
+        lines.append(_dovecot_howto(arguments))
     smtp = next((development(x).port for x in plan.listeners if x.protocol == "smtp"), 2525)
     rcpt = f"postmaster@{plan.server.main_domain}"
-    print(
+    lines.append(
         "send a test message:\n"
         f"  python3 -c \"import smtplib; smtplib.SMTP('127.0.0.1', {smtp}).sendmail("
-        f"'you@remote.test', ['{rcpt}'], 'Subject: hello\\n\\nhello')\"",
-        flush=True,
+        f"'you@remote.test', ['{rcpt}'], 'Subject: hello\\n\\nhello')\""
     )
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
 
 
 def _dovecot_howto(arguments: argparse.Namespace) -> str:
