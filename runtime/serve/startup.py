@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import logging
 import os
 import resource
 import signal
@@ -29,8 +28,6 @@ import dns.resolver
 from mailplan.plan.model import Listener, Plan
 from mailplan.runtime.serve import devdkim
 from mailplan.runtime.smtp.signing import KeyProblem, Keyring, Loading, load_keys
-
-log = logging.getLogger("mailplan.server")
 
 # `make run`: every listener moves to 127.0.0.1, on a fixed high port.
 DEV_PORTS = {25: 2525, 587: 2587, 465: 2465, 110: 2110, 995: 2995, 143: 2143, 993: 2993}
