@@ -11,7 +11,6 @@ hundred examples of each (conftest.py's default profile); `make fuzz` thousands.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from collections.abc import Callable, Iterator
@@ -31,7 +30,7 @@ from mailplan.compiler.unit import Unit
 from mailplan.plan import codec
 from mailplan.plan.model import KINDS
 from mailplan.runtime.decide.router import Router
-from tests.conftest import EXAMPLE
+from tests.conftest import EXAMPLE, resealed
 
 # --- the property --------------------------------------------------------------------
 
@@ -270,13 +269,6 @@ PLAN = codec.dumps(compile_site(EXAMPLE).plan)  # type: ignore[arg-type]
 ROUTER = Router(codec.loads(PLAN))
 
 
-def _resealed(document: dict[str, Any]) -> str:
-    """The document with the digest its content has: an edit the digest does not catch."""
-    content = {key: item for key, item in document.items() if key != "digest"}
-    digest = "sha256:" + hashlib.sha256(codec.canonical(content)).hexdigest()
-    return json.dumps({**content, "digest": digest})
-
-
 def _replace(document: Any, path: list[int], new: Callable[[Any], Any]) -> Any:
     """`document` with the value that `path` (indexes into its items) leads to replaced by
     what `new` makes of it."""
@@ -302,7 +294,7 @@ def test_edited_plans(path: list[int], new: Any, reseal: bool) -> None:
     text = json.dumps(edited)
     if reseal and isinstance(edited, dict):
         with suppress(UnicodeEncodeError):  # a lone surrogate cannot be hashed: left as is
-            text = _resealed(edited)
+            text = resealed(edited)
     try:
         plan = codec.loads(text, "plan.json")
     except codec.PlanError as exc:
