@@ -13,7 +13,7 @@ import hashlib
 import json
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
@@ -156,23 +156,25 @@ def _form_problem(hint: Any, data: Any, where: str) -> str | None:
         except ValueError:
             return f"at {where.lstrip('/')}: {data!r} is not {form.what}"
         return None
-    if typing.get_origin(hint) is tuple:
-        (item,) = typing.get_args(hint)[:1]
-        if _has_forms(item):
-            for index, element in enumerate(data):
-                problem = _form_problem(item, element, f"{where}/{index}")
-                if problem:
-                    return problem
-        return None
-    if typing.get_origin(hint) in (Union, types.UnionType):
-        options = [option for option in typing.get_args(hint) if option is not type(None)]
-        return _form_problem(options[0], data, where)
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        for name, field in _formed_fields(hint):
-            problem = _form_problem(field, data[name], f"{where}/{name}")
-            if problem:
-                return problem
+    for part, value, place in _parts(hint, data, where):
+        problem = _form_problem(part, value, place)
+        if problem:
+            return problem
     return None
+
+
+def _parts(hint: Any, data: Any, where: str) -> Iterator[tuple[Any, Any, str]]:
+    """The values inside `data` that hold something with a Form: (hint, value, place)."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if _has_forms(item):
+            yield from ((item, element, f"{where}/{i}") for i, element in enumerate(data))
+    elif origin in (Union, types.UnionType):
+        options = [option for option in typing.get_args(hint) if option is not type(None)]
+        yield options[0], data, where
+    elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        yield from ((part, data[name], f"{where}/{name}") for name, part in _formed_fields(hint))
 
 
 def _form_of(hint: Any) -> Form | None:

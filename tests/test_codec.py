@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from mailplan.cli import main
 from mailplan.compiler.pipeline import compile_site
 from mailplan.plan import codec
 from mailplan.plan.model import FORMAT, Plan
-from mailplan.cli import main
 from tests.conftest import EXAMPLE, resealed
 
 

@@ -479,10 +479,13 @@ def test_dev_mode_warns_of_a_key_that_is_not_the_published_one(
     site.write(private={"mail": str(other)})
     plan = compile_site(site.site).plan
     assert plan is not None
-    told: list[str] = []
-    keys = load_keys(plan, Loading(site.tmp, mismatch=told.append))
+    told: list[tuple[Path, str]] = []
+    keys = load_keys(plan, Loading(site.tmp, mismatch=lambda *problem: told.append(problem)))
     assert list(keys) == [("example.com", "mail")]
     assert told == [
-        f"the DKIM key {other} does not belong to selector mail of example.com: its public "
-        "key is not the one the plan publishes (dkim/mail.pub)"
+        (
+            other,
+            f"the DKIM key {other} does not belong to selector mail of example.com: its public "
+            "key is not the one the plan publishes (dkim/mail.pub)",
+        )
     ]

@@ -166,8 +166,14 @@ def dkim_keys(
     typically root's. With `--dev`, a key file that does not exist is made (`devdkim`) and
     a key that is not the published one is a warning, so that the example site signs on a
     fresh clone."""
-    warnings = devdkim.ensure(plan, root) if dev else []
-    how = Loading(root, site, mismatch=warnings.append if dev else None)
+    made = devdkim.ensure(plan, root) if dev else {}
+    warnings = list(made.values())
+
+    def mismatch(path: Path, problem: str) -> None:
+        if path not in made:  # a key just made is not the published one: said once already
+            warnings.append(problem)
+
+    how = Loading(root, site, mismatch=mismatch if dev else None)
     try:
         return load_keys(plan, how), warnings
     except KeyProblem as exc:
