@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from serverkit import as_root, mailplan
 
 from mailplan.cli import main
 from mailplan.compiler.pipeline import compile_site
@@ -239,3 +240,15 @@ def test_a_resealed_plan_with_a_value_of_no_use_is_refused(
     path.write_text(_tampered(edit))
     assert main(["route", "--plan", str(path), "bob@example.com"]) == 1
     assert capsys.readouterr().err == f"mailplan: {path}: plan does not hold what it must: {why}\n"
+
+
+def test_serve_refuses_a_resealed_plan_with_a_value_of_no_use(tmp_path: Path) -> None:
+    """`serve` loads its plan through the same loader: one line and exit 1, before it binds."""
+    path = tmp_path / "plan.json"
+    path.write_text(_tampered(_first_interval))
+    done = mailplan("serve", "--plan", path, "--root", tmp_path, *as_root())
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"mailplan: cannot serve: {path}: plan does not hold what it must: "
+        "at address_lists/0/ipv4/0/first: '' is not an IP address\n"
+    )
