@@ -25,6 +25,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from dnskit import NameServer, Silent, zone_text
 from serverkit import free_port
+from tlskit import Authority
 
 from mailplan.runtime.delivery import outbound
 from mailplan.runtime.delivery.outbound import Fate, Parcel, Settings
@@ -208,6 +209,17 @@ class Servers:
             greeter.close()
 
 
+TRUST: ssl.SSLContext | None = None  # what `deliver` verifies certificates with: the test CA
+
+
+@pytest.fixture(autouse=True)
+def _trust_the_test_ca(authority: Authority) -> Iterator[None]:
+    global TRUST
+    TRUST = authority.client_context()
+    yield
+    TRUST = None
+
+
 @pytest.fixture
 def servers() -> Iterator[Servers]:
     running = Servers()
@@ -225,12 +237,23 @@ def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NameServer]
 
 
 @pytest.fixture(scope="module")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> Authority:
+    return Authority(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return devtls.ensure(tmp_path_factory.mktemp("tls"), "mx1.out.test")
 
 
 @pytest.fixture
-def tls(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+def tls(authority: Authority) -> ssl.SSLContext:
+    """A certificate for both MX hosts, from the test CA that `deliver` trusts."""
+    return authority.issue("mx1.out.test", "mx2.out.test", label="good").server_context()
+
+
+@pytest.fixture
+def self_signed(certificate: tuple[Path, Path]) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(*certificate)
     return context
@@ -267,8 +290,11 @@ def deliver(
     domain: str | None = None,
     require_tls: bool = False,
     timeout: float = 5.0,
+    trust: ssl.SSLContext | None = None,
 ) -> list[Fate]:
-    settings = Settings(helo=HELO, port=port, require_tls=require_tls, timeout=timeout)
+    settings = Settings(
+        helo=HELO, port=port, require_tls=require_tls, timeout=timeout, trust=trust or TRUST
+    )
 
     async def run() -> list[Fate]:
         resolve = mx.resolver(nameserver, 1.0)
@@ -384,14 +410,14 @@ def test_a_sweep_never_puts_back_a_connection_taken_meanwhile(servers: Servers) 
             await client.connect()
             clients.append(client)
         old, fresh = clients
-        kept.give("127.0.0.2", servers.port, old, False)
-        kept._free[("127.0.0.2", servers.port)][0] = (0.0, old, False)  # long expired
-        kept.give("127.0.0.2", servers.port, fresh, False)
+        kept.give("127.0.0.2", servers.port, old, "plain")
+        kept._free[("127.0.0.2", servers.port)][0] = (0.0, old, "plain")  # long expired
+        kept.give("127.0.0.2", servers.port, fresh, "plain")
         sweeping = asyncio.create_task(kept.sweep())
         await asyncio.sleep(0)  # the sweep is now waiting for the old one's QUIT
-        taken = kept.take("127.0.0.2", servers.port, False)
+        taken = kept.take("127.0.0.2", servers.port, "plain")
         await sweeping
-        again = kept.take("127.0.0.2", servers.port, False)
+        again = kept.take("127.0.0.2", servers.port, "plain")
         await fresh.quit()
         await closed()
         return taken, again
@@ -894,7 +920,8 @@ def test_required_tls_not_offered_is_temporary(servers: Servers, dns_server: Nam
         (
             "temporary",
             "4.7.4",
-            "mx1.out.test[127.0.0.2]: TLS is required, but was not offered",
+            "mx1.out.test[127.0.0.2]: TLS is required, but was not offered; "
+            "TLS policy: one.out.test is in outbound.require_tls",
         ),
     ] * 2
     assert mailbox.transactions == []
@@ -928,8 +955,56 @@ def test_required_tls_whose_handshake_fails_is_temporary(
         dns_server.address,
         require_tls=True,
     )
-    assert [(o.kind, o.status) for o in outcomes] == [("temporary", "4.7.4")]
+    assert [(o.kind, o.status) for o in outcomes] == [("temporary", "4.7.5")]
     assert mailbox.transactions == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("self-signed", "self-signed certificate"),
+        ("wrong-name", "Hostname mismatch, certificate is not valid for 'mx1.out.test'."),
+        ("expired", "certificate has expired"),
+    ],
+)
+def test_required_tls_with_an_unverifiable_certificate_is_deferred(
+    servers: Servers, dns_server: NameServer, authority: Authority, kind: str, reason: str
+) -> None:
+    # `require_tls` means a certificate verified for the MX host's name: an attacker
+    # in the path can present any certificate to a client that does not check it.
+    issued = {
+        "self-signed": lambda: authority.self_signed("mx1.out.test"),
+        "wrong-name": lambda: authority.issue("other.out.test"),
+        "expired": lambda: authority.issue("mx1.out.test", expired=True, label="old"),
+    }[kind]()
+    mailbox = servers.smtp("127.0.0.2", tls=issued.server_context())
+    outcomes = deliver(
+        "one.out.test",
+        [parcel("Q1", "a@remote.test")],
+        servers.port,
+        dns_server.address,
+        require_tls=True,
+    )
+    assert [(o.kind, o.status, o.text) for o in outcomes] == [
+        (
+            "temporary",
+            "4.7.5",
+            f"mx1.out.test[127.0.0.2]: certificate not verified for mx1.out.test: {reason}; "
+            "TLS policy: one.out.test is in outbound.require_tls",
+        )
+    ]
+    assert mailbox.transactions == []
+
+
+def test_opportunistic_tls_takes_any_certificate(
+    servers: Servers, dns_server: NameServer, self_signed: ssl.SSLContext
+) -> None:
+    mailbox = servers.smtp("127.0.0.2", tls=self_signed)
+    outcomes = deliver(
+        "one.out.test", [parcel("Q1", "a@remote.test")], servers.port, dns_server.address
+    )
+    assert [o.kind for o in outcomes] == ["delivered"]
+    assert [t.tls for t in mailbox.transactions] == [True]
 
 
 def test_opportunistic_tls_whose_handshake_fails_falls_back_to_plain_text(

@@ -1,0 +1,188 @@
+"""Certificates for tests, made with `cryptography`: a test CA, leaves it signs (for given
+names, expired, ...), self-signed leaves; server contexts that present them, the client
+context that trusts the CA, and the TLSA record data that matches them. Nothing here is
+trusted outside the test that made it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+_NOW = datetime.datetime.now(datetime.UTC)
+DAY = datetime.timedelta(days=1)
+
+
+@dataclass
+class Issued:
+    """A certificate, its key, and the chain a server presents (PEM files in `folder`)."""
+
+    certificate: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    chain: list[x509.Certificate]  # the certificate first, then its issuers (no root)
+    cert_file: Path
+    key_file: Path
+
+    @property
+    def der(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.DER)
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+class Authority:
+    """A test CA (a root, and an intermediate that signs the leaves) in `folder`."""
+
+    def __init__(self, folder: Path, name: str = "mailplan test CA") -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.root_key = _key()
+        self.root = self._ca(_name(name), self.root_key, _name(name), self.root_key, None)
+        self.intermediate_key = _key()
+        self.intermediate = self._ca(
+            _name(f"{name} intermediate"), self.intermediate_key, _name(name), self.root_key, 0
+        )
+        self.ca_file = folder / "ca.pem"
+        self.ca_file.write_bytes(self.root.public_bytes(serialization.Encoding.PEM))
+
+    @staticmethod
+    def _ca(
+        subject: x509.Name,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: x509.Name,
+        signer: ec.EllipticCurvePrivateKey,
+        path_length: int | None,
+    ) -> x509.Certificate:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(_NOW - DAY)
+            .not_valid_after(_NOW + 365 * DAY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
+                critical=False,
+            )
+            .sign(signer, hashes.SHA256())
+        )
+
+    def issue(self, *names: str, expired: bool = False, label: str = "") -> Issued:
+        """A leaf for `names` (DNS names or IP addresses) signed by the intermediate."""
+        key = _key()
+        certificate = _leaf(
+            names, key, self.intermediate.subject, self.intermediate_key, expired
+        )
+        return _files(self.folder, label or names[0], certificate, key, [certificate, self.intermediate])
+
+    def self_signed(self, *names: str, label: str = "") -> Issued:
+        key = _key()
+        certificate = _leaf(names, key, _name(names[0]), key, False)
+        return _files(self.folder, label or f"self-{names[0]}", certificate, key, [certificate])
+
+    def client_context(self) -> ssl.SSLContext:
+        """A verifying client context that trusts this CA (and nothing else)."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        return context
+
+
+def _leaf(
+    names: tuple[str, ...],
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    signer: ec.EllipticCurvePrivateKey,
+    expired: bool,
+) -> x509.Certificate:
+    alternatives: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            alternatives.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alternatives.append(x509.DNSName(name))
+    start, end = (_NOW - 30 * DAY, _NOW - 2 * DAY) if expired else (_NOW - DAY, _NOW + 90 * DAY)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(names[0]))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False
+        )
+        .sign(signer, hashes.SHA256())
+    )
+
+
+def _files(
+    folder: Path,
+    label: str,
+    certificate: x509.Certificate,
+    key: ec.EllipticCurvePrivateKey,
+    chain: list[x509.Certificate],
+) -> Issued:
+    safe = label.replace("*", "star").replace(":", "_")
+    cert_file, key_file = folder / f"{safe}.crt", folder / f"{safe}.key"
+    cert_file.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return Issued(certificate, key, chain, cert_file, key_file)
+
+
+def tlsa_data(certificate: x509.Certificate, selector: int = 1) -> str:
+    """The hex of a `x 1 1` (SHA-256 of the public key) or `x 0 1` TLSA record."""
+    if selector == 0:
+        data = certificate.public_bytes(serialization.Encoding.DER)
+    else:
+        data = certificate.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(data)
+    return digest.finalize().hex()
