@@ -95,7 +95,9 @@ class Authority:
                 ),
                 critical=True,
             )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
                 critical=False,
@@ -106,10 +108,10 @@ class Authority:
     def issue(self, *names: str, expired: bool = False, label: str = "") -> Issued:
         """A leaf for `names` (DNS names or IP addresses) signed by the intermediate."""
         key = _key()
-        certificate = _leaf(
-            names, key, self.intermediate.subject, self.intermediate_key, expired
+        certificate = _leaf(names, key, self.intermediate.subject, self.intermediate_key, expired)
+        return _files(
+            self.folder, label or names[0], certificate, key, [certificate, self.intermediate]
         )
-        return _files(self.folder, label or names[0], certificate, key, [certificate, self.intermediate])
 
     def self_signed(self, *names: str, label: str = "") -> Issued:
         key = _key()

@@ -35,10 +35,12 @@ FILE = "mta-sts.json"
 
 
 class Cache:
-    """The policies fetched, by domain, kept in a file that survives restarts."""
+    """The policies fetched, by domain, kept in a file that survives restarts (with
+    `keep` false, read from the file and never written: `mailplan tls`)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, keep: bool = True) -> None:
         self.path = directory / FILE
+        self.keep = keep
         self._lock = threading.Lock()
         self.policies: dict[str, mtasts.Policy] = {}
         try:
@@ -60,6 +62,8 @@ class Cache:
         """Keep `policy` for `domain`, durably (blocking: fsync)."""
         with self._lock:
             self.policies[domain] = policy
+            if not self.keep:
+                return
             now = time.time()
             kept = {d: p for d, p in self.policies.items() if not p.expired(now)}
             text = json.dumps({d: asdict(p) for d, p in sorted(kept.items())}, indent=1)

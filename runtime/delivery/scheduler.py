@@ -561,7 +561,9 @@ class Delivery:
         fetcher = None
         if wanted.mta_sts:
             if self._fetcher is None:  # one for all batches: one fetch at a time per domain
-                self._fetcher = mtasts.Fetcher(self.policies, resolve, trust, self.remote.https_port)
+                self._fetcher = mtasts.Fetcher(
+                    self.policies, resolve, trust, self.remote.https_port
+                )
             fetcher = self._fetcher
             fetcher.trust = trust  # the current plan's
         policies = tlspolicy.Policies(wanted, plan.outbound.require_tls, resolve, fetcher)
