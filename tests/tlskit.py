@@ -7,8 +7,10 @@ trusted outside the test that made it.
 from __future__ import annotations
 
 import datetime
+import http.server
 import ipaddress
 import ssl
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,3 +190,54 @@ def tlsa_data(certificate: x509.Certificate, selector: int = 1) -> str:
     digest = hashes.Hash(hashes.SHA256())
     digest.update(data)
     return digest.finalize().hex()
+
+
+class PolicyServer:
+    """An HTTPS server on a loopback address and a kernel-chosen port, serving each
+    `mta-sts.DOMAIN`'s policy (by Host header) and taking TLS reports POSTed to
+    `/report`; its certificate is `issued` (from a test CA)."""
+
+    def __init__(self, address: str, issued: Issued) -> None:
+        self.policies: dict[str, str] = {}  # host -> policy text (absent: 404)
+        self.content_type = "text/plain"
+        self.fetches: list[str] = []
+        self.reports: list[bytes] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+                host = (self.headers.get("Host") or "").split(":")[0]
+                owner.fetches.append(host)
+                text = owner.policies.get(host)
+                if text is None or self.path != "/.well-known/mta-sts.txt":
+                    self.send_error(404)
+                    return
+                body = text.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", owner.content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                owner.reports.append(self.rfile.read(length))
+                self.send_response(201 if self.path == "/report" else 404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((address, 0), Handler)
+        self.server.socket = issued.server_context().wrap_socket(
+            self.server.socket, server_side=True
+        )
+        self.port: int = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
