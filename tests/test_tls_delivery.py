@@ -445,7 +445,9 @@ def test_require_tls_defers_an_unverifiable_certificate(make_relay: Any, world: 
 # --- TLS-RPT -----------------------------------------------------------------------------
 
 
-def test_the_daily_report_is_mailed_and_posted(make_relay: Any, world: World, tmp_path: Path) -> None:
+def test_the_daily_report_is_mailed_and_posted(
+    make_relay: Any, world: World, tmp_path: Path
+) -> None:
     # The counts of a day that is over, as yesterday's server left them in the queue folder.
     yesterday = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
     queue = tmp_path / "var" / "queue"
@@ -469,7 +471,7 @@ def test_the_daily_report_is_mailed_and_posted(make_relay: Any, world: World, tm
     assert report.get_content_type() == "multipart/report"
     assert report.get_param("report-type") == "tlsrpt"
     (attachment,) = [p for p in report.walk() if p.get_content_type() == "application/tlsrpt+gzip"]
-    assert attachment.get_filename().startswith(f"mail.example.com!testing.test!")
+    assert attachment.get_filename().startswith("mail.example.com!testing.test!")
     document = json.loads(gzip.decompress(attachment.get_content()))
     jsonschema.validate(document, REPORT_SCHEMA)
     (policy,) = document["policies"]

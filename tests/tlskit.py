@@ -205,7 +205,7 @@ class PolicyServer:
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+            def do_GET(self) -> None:
                 host = (self.headers.get("Host") or "").split(":")[0]
                 owner.fetches.append(host)
                 text = owner.policies.get(host)
@@ -219,7 +219,7 @@ class PolicyServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 owner.reports.append(self.rfile.read(length))
                 self.send_response(201 if self.path == "/report" else 404)

@@ -23,7 +23,7 @@ class Invalid(Exception):
 
 
 @dataclass(frozen=True)
-class Policy:
+class StsPolicy:
     """A policy as fetched: its mode, the MX patterns, how long it is good for, the id
     of the TXT record it came with and when it was fetched (seconds since the epoch)."""
 
@@ -61,7 +61,7 @@ def record_id(texts: list[str]) -> str:
     return ident
 
 
-def parse(text: str, ident: str, fetched: float) -> Policy:
+def parse(text: str, ident: str, fetched: float) -> StsPolicy:
     """A policy file (RFC 8461 §3.2): `key: value` lines, CRLF or LF; Invalid when it is not one."""
     fields: dict[str, str] = {}
     patterns: list[str] = []
@@ -88,7 +88,7 @@ def parse(text: str, ident: str, fetched: float) -> Policy:
         raise Invalid(f"the policy's max_age is not a number of seconds: {age!r}")
     if mode != "none" and not patterns:
         raise Invalid("the policy names no mx")
-    return Policy(mode, tuple(patterns), min(int(age), MAX_AGE_LIMIT), ident, fetched)  # type: ignore[arg-type]
+    return StsPolicy(mode, tuple(patterns), min(int(age), MAX_AGE_LIMIT), ident, fetched)  # type: ignore[arg-type]
 
 
 def allows(patterns: tuple[str, ...], host: str) -> bool:

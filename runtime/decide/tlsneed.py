@@ -41,14 +41,14 @@ class Lookup:
 
 
 @dataclass(frozen=True)
-class Facts:
+class TlsFacts:
     """What is known about a destination domain's TLS policies."""
 
     domain: str
     required: bool = False  # listed in outbound.require_tls
     dane: str = "off"  # "off" (by the site), or why not: "insecure ...", or "secure"
     tlsa: Mapping[str, Lookup] = field(default_factory=dict)  # MX host -> its TLSA
-    sts: mtasts.Policy | None = None
+    sts: mtasts.StsPolicy | None = None
     sts_note: str = "off"  # why there is no policy (or where it came from)
 
 
@@ -88,7 +88,7 @@ def plain(domain: str, required: bool = False) -> Need:
     return Need(domain, "opportunistic", "no policy: STARTTLS when offered, unverified")
 
 
-def need(facts: Facts) -> Need:
+def need(facts: TlsFacts) -> Need:
     """The requirement for a domain, from what the look-ups found."""
     domain = facts.domain
     with_records = {host: found for host, found in facts.tlsa.items() if found.records}

@@ -29,7 +29,7 @@ MAX_FAILURE_ROWS = 1000  # per policy domain and day: what a report lists at mos
 
 
 @dataclass(frozen=True)
-class Session:
+class TlsSession:
     """One TLS session attempt to a host of a domain with a policy: success, or a
     failure with its RFC 8460 result type."""
 
@@ -46,7 +46,7 @@ def day_of(moment: float) -> str:
     return datetime.datetime.fromtimestamp(moment, datetime.UTC).strftime("%Y-%m-%d")
 
 
-def count(counts: Counts, day: str, session: Session) -> None:
+def count(counts: Counts, day: str, session: TlsSession) -> None:
     """Add one session to `counts` (in place: the caller owns the dictionary)."""
     need = session.need
     entry = counts.setdefault(day, {}).setdefault(need.domain, {"success": 0, "failures": []})

@@ -42,12 +42,12 @@ class Cache:
         self.path = directory / FILE
         self.keep = keep
         self._lock = threading.Lock()
-        self.policies: dict[str, mtasts.Policy] = {}
+        self.policies: dict[str, mtasts.StsPolicy] = {}
         try:
             data = json.loads(self.path.read_text())
             for domain, fields in data.items():
                 fields["mx"] = tuple(fields["mx"])
-                self.policies[domain] = mtasts.Policy(**fields)
+                self.policies[domain] = mtasts.StsPolicy(**fields)
         except FileNotFoundError:
             pass
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -55,10 +55,10 @@ class Cache:
                 "%s: cannot read the MTA-STS policy cache, starting afresh: %s", self.path, exc
             )
 
-    def get(self, domain: str) -> mtasts.Policy | None:
+    def get(self, domain: str) -> mtasts.StsPolicy | None:
         return self.policies.get(domain)
 
-    def put(self, domain: str, policy: mtasts.Policy) -> None:
+    def put(self, domain: str, policy: mtasts.StsPolicy) -> None:
         """Keep `policy` for `domain`, durably (blocking: fsync)."""
         with self._lock:
             self.policies[domain] = policy
@@ -84,14 +84,14 @@ class Fetcher:
         self.resolve = resolve
         self.trust = trust
         self.port = port
-        self._busy: dict[str, asyncio.Future[tuple[mtasts.Policy | None, str]]] = {}
+        self._busy: dict[str, asyncio.Future[tuple[mtasts.StsPolicy | None, str]]] = {}
 
-    async def policy(self, domain: str) -> tuple[mtasts.Policy | None, str]:
+    async def policy(self, domain: str) -> tuple[mtasts.StsPolicy | None, str]:
         """The policy for `domain` (or None) and a note on where it came from."""
         running = self._busy.get(domain)
         if running is not None:  # one fetch per domain at a time
             return await asyncio.shield(running)
-        future: asyncio.Future[tuple[mtasts.Policy | None, str]] = (
+        future: asyncio.Future[tuple[mtasts.StsPolicy | None, str]] = (
             asyncio.get_running_loop().create_future()
         )
         self._busy[domain] = future
@@ -106,7 +106,7 @@ class Fetcher:
         finally:
             del self._busy[domain]
 
-    async def _policy(self, domain: str) -> tuple[mtasts.Policy | None, str]:
+    async def _policy(self, domain: str) -> tuple[mtasts.StsPolicy | None, str]:
         now = time.time()
         cached = self.cache.get(domain)
         fresh = cached if cached is not None and not cached.expired(now) else None

@@ -139,7 +139,7 @@ class Settings:
     # What a domain needs, once its MX hosts are known (runtime/delivery/tlspolicy.py)
     policy: Callable[[str, list[mx.Host]], Awaitable[Need]] | None = None
     trust: ssl.SSLContext | None = None  # verifies certificates (the system's CA store when None)
-    observe: Callable[[tlsrpt.Session], None] | None = None  # TLS-RPT counts
+    observe: Callable[[tlsrpt.TlsSession], None] | None = None  # TLS-RPT counts
 
 
 class _Refused(Exception):
@@ -295,7 +295,7 @@ def _observe(
     settings: Settings, needed: Need, success: bool, result: str, host: str, address: str
 ) -> None:
     if settings.observe is not None:
-        settings.observe(tlsrpt.Session(needed, success, result, "", host, address))
+        settings.observe(tlsrpt.TlsSession(needed, success, result, "", host, address))
 
 
 def _unfinished(parcels: list[Parcel], finished: set[tuple[str, str]]) -> list[Parcel]:

@@ -13,7 +13,7 @@ import dns.asyncresolver
 
 from mailplan.plan.model import OutboundTls
 from mailplan.runtime.decide import tlsneed
-from mailplan.runtime.decide.tlsneed import Facts, Lookup, Need
+from mailplan.runtime.decide.tlsneed import Lookup, Need, TlsFacts
 from mailplan.runtime.delivery import mtasts
 from mailplan.runtime.dns import mx, secure
 
@@ -46,12 +46,12 @@ class Policies:
     async def need(self, domain: str, hosts: list[mx.Host]) -> Need:
         return tlsneed.need(await self.facts(domain, hosts))
 
-    async def facts(self, domain: str, hosts: list[mx.Host]) -> Facts:
+    async def facts(self, domain: str, hosts: list[mx.Host]) -> TlsFacts:
         dane, tlsa = await self._dane(hosts)
         policy, note = None, "off (outbound.tls.mta_sts)"
         if self.settings.mta_sts and self.fetcher is not None:
             policy, note = await self.fetcher.policy(domain)
-        return Facts(domain, domain in self.required, dane, tlsa, policy, note)
+        return TlsFacts(domain, domain in self.required, dane, tlsa, policy, note)
 
     async def _dane(self, hosts: list[mx.Host]) -> tuple[str, dict[str, Lookup]]:
         if not self.settings.dane:

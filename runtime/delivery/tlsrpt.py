@@ -59,7 +59,7 @@ class Reports:
                 "%s: cannot read the TLS report counts, starting afresh: %s", self.path, exc
             )
 
-    def observe(self, session: tlsrpt.Session) -> None:
+    def observe(self, session: tlsrpt.TlsSession) -> None:
         """Count one session (on the event loop)."""
         tlsrpt.count(self.counts, tlsrpt.day_of(time.time()), session)
         self.changed = True
