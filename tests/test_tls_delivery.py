@@ -33,7 +33,7 @@ from aiosmtpd.smtp import Session as SinkSession
 from dnskit import NameServer, zone_text
 from serverkit import LOOPBACK, Maildir, MailServer, free_port, free_ports, mailplan, wait_until
 from sitekit import NO_SENDER_CHECKS, plain, write_site
-from tlskit import Authority, PolicyServer, tlsa_data
+from tlskit import REPORT_SCHEMA, Authority, PolicyServer, tlsa_data
 
 TIMEOUT = 20.0
 POLICY_HOST = "127.0.0.20"
@@ -56,90 +56,6 @@ POLICIES = {
     "testing.test": POLICY.format(mode="testing", mx="mx.testing.test"),
     "good.test": POLICY.format(mode="enforce", mx="*.good.test"),
     "stripped.test": POLICY.format(mode="enforce", mx="mx.stripped.test"),
-}
-
-# The RFC 8460 §4.4 report, as a JSON Schema (what a receiver of reports checks).
-REPORT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["organization-name", "date-range", "contact-info", "report-id", "policies"],
-    "properties": {
-        "organization-name": {"type": "string"},
-        "contact-info": {"type": "string"},
-        "report-id": {"type": "string"},
-        "date-range": {
-            "type": "object",
-            "required": ["start-datetime", "end-datetime"],
-            "properties": {
-                "start-datetime": {"type": "string", "pattern": r"^\d{4}-\d\d-\d\dT00:00:00Z$"},
-                "end-datetime": {"type": "string", "pattern": r"^\d{4}-\d\d-\d\dT23:59:59Z$"},
-            },
-        },
-        "policies": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["policy", "summary"],
-                "properties": {
-                    "policy": {
-                        "type": "object",
-                        "required": ["policy-type", "policy-domain"],
-                        "properties": {
-                            "policy-type": {"enum": ["tlsa", "sts", "no-policy-found"]},
-                            "policy-string": {"type": "array", "items": {"type": "string"}},
-                            "policy-domain": {"type": "string"},
-                            "mx-host": {"type": "array", "items": {"type": "string"}},
-                        },
-                        "additionalProperties": False,
-                    },
-                    "summary": {
-                        "type": "object",
-                        "required": [
-                            "total-successful-session-count",
-                            "total-failure-session-count",
-                        ],
-                        "additionalProperties": False,
-                        "properties": {
-                            "total-successful-session-count": {"type": "integer", "minimum": 0},
-                            "total-failure-session-count": {"type": "integer", "minimum": 0},
-                        },
-                    },
-                    "failure-details": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": ["result-type", "failed-session-count"],
-                            "properties": {
-                                "result-type": {
-                                    "enum": [
-                                        "starttls-not-supported",
-                                        "certificate-host-mismatch",
-                                        "certificate-expired",
-                                        "certificate-not-trusted",
-                                        "validation-failure",
-                                        "tlsa-invalid",
-                                        "dnssec-invalid",
-                                        "dane-required",
-                                        "sts-policy-fetch-error",
-                                        "sts-policy-invalid",
-                                        "sts-webpki-invalid",
-                                    ]
-                                },
-                                "sending-mta-ip": {"type": "string"},
-                                "receiving-mx-hostname": {"type": "string"},
-                                "receiving-mx-helo": {"type": "string"},
-                                "receiving-ip": {"type": "string"},
-                                "failed-session-count": {"type": "integer", "minimum": 1},
-                                "additional-information": {"type": "string"},
-                                "failure-reason-code": {"type": "string"},
-                            },
-                            "additionalProperties": False,
-                        },
-                    },
-                },
-            },
-        },
-    },
 }
 
 

@@ -1,7 +1,9 @@
 """Certificates for tests, made with `cryptography`: a test CA, leaves it signs (for given
 names, expired, ...), self-signed leaves; server contexts that present them, the client
-context that trusts the CA, and the TLSA record data that matches them. Nothing here is
-trusted outside the test that made it.
+context that trusts the CA, and the TLSA record data that matches them; `PolicyServer`,
+an HTTPS server on loopback for MTA-STS policies and POSTed TLS reports; and
+`REPORT_SCHEMA`, RFC 8460's report as a JSON Schema. Nothing here is trusted outside the
+test that made it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -241,3 +244,88 @@ class PolicyServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join()
+
+
+# The RFC 8460 §4.4 report, as a JSON Schema (what a receiver of reports checks).
+REPORT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["organization-name", "date-range", "contact-info", "report-id", "policies"],
+    "properties": {
+        "organization-name": {"type": "string"},
+        "contact-info": {"type": "string"},
+        "report-id": {"type": "string"},
+        "date-range": {
+            "type": "object",
+            "required": ["start-datetime", "end-datetime"],
+            "properties": {
+                "start-datetime": {"type": "string", "pattern": r"^\d{4}-\d\d-\d\dT00:00:00Z$"},
+                "end-datetime": {"type": "string", "pattern": r"^\d{4}-\d\d-\d\dT23:59:59Z$"},
+            },
+        },
+        "policies": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["policy", "summary"],
+                "properties": {
+                    "policy": {
+                        "type": "object",
+                        "required": ["policy-type", "policy-domain"],
+                        "properties": {
+                            "policy-type": {"enum": ["tlsa", "sts", "no-policy-found"]},
+                            "policy-string": {"type": "array", "items": {"type": "string"}},
+                            "policy-domain": {"type": "string"},
+                            "mx-host": {"type": "array", "items": {"type": "string"}},
+                        },
+                        "additionalProperties": False,
+                    },
+                    "summary": {
+                        "type": "object",
+                        "required": [
+                            "total-successful-session-count",
+                            "total-failure-session-count",
+                        ],
+                        "additionalProperties": False,
+                        "properties": {
+                            "total-successful-session-count": {"type": "integer", "minimum": 0},
+                            "total-failure-session-count": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                    "failure-details": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["result-type", "failed-session-count"],
+                            "properties": {
+                                "result-type": {
+                                    "enum": [
+                                        "starttls-not-supported",
+                                        "certificate-host-mismatch",
+                                        "certificate-expired",
+                                        "certificate-not-trusted",
+                                        "validation-failure",
+                                        "tlsa-invalid",
+                                        "dnssec-invalid",
+                                        "dane-required",
+                                        "sts-policy-fetch-error",
+                                        "sts-policy-invalid",
+                                        "sts-webpki-invalid",
+                                    ]
+                                },
+                                "sending-mta-ip": {"type": "string"},
+                                "receiving-mx-hostname": {"type": "string"},
+                                "receiving-mx-helo": {"type": "string"},
+                                "receiving-ip": {"type": "string"},
+                                "failed-session-count": {"type": "integer", "minimum": 1},
+                                "additional-information": {"type": "string"},
+                                "failure-reason-code": {"type": "string"},
+                            },
+                            "additionalProperties": False,
+                        },
+                    },
+                },
+            },
+        },
+    },
+}

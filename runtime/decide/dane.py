@@ -83,11 +83,14 @@ def check(
         problem = _chain(certificates[0], certificates[1:depth], anchor, host, now)
         if not problem:
             return None
-    if "name" in problem.lower() or "subject" in problem.lower():
-        return Mismatch(
-            f"certificate does not match {host}: {problem}", "certificate-host-mismatch"
-        )
-    return Mismatch(f"chain to the DANE-TA anchor is not valid: {problem}", "validation-failure")
+    problem = problem.split(" (encountered processing", 1)[0]
+    if "no matching subjectAltName" in problem:
+        result = "certificate-host-mismatch"
+    elif "not valid at validation time" in problem:
+        result = "certificate-expired"
+    else:
+        result = "validation-failure"
+    return Mismatch(f"chain to the DANE-TA anchor is not valid: {problem}", result)
 
 
 def _chain(

@@ -157,7 +157,9 @@ def message(
     )
     mail.set_type("multipart/report")  # keeps the boundary
     mail.set_param("report-type", "tlsrpt")
-    return mail.as_bytes(policy=mail.policy.clone(linesep="\r\n")), payload
+    # headers unfolded up to RFC 5322's limit: a folded Subject would gain a leading space
+    wire = mail.policy.clone(linesep="\r\n", max_line_length=998)
+    return mail.as_bytes(policy=wire), payload
 
 
 def due(counts: Counts, today: str) -> list[str]:
