@@ -276,7 +276,8 @@ def test_mta_sts_enforce_testing_and_good_certificates(make_relay: Any, world: W
 def test_policies_survive_a_restart(make_relay: Any, world: World) -> None:
     relay = make_relay()
     first = relay.send(["x@enforce.test"], "first")
-    assert relay.waits_with(first, "MTA-STS policy id 20261207a in enforce mode (fetched)")
+    assert relay.server.wait_for_log("enforce.test: MTA-STS policy id 20261207a fetched")
+    assert relay.waits_with(first, "MTA-STS policy id 20261207a in enforce mode")
     relay.server.stop()
     fetched = len(world.policies.fetches)
     world.policies.policies = {}  # the policy server is gone: a fetch would fail

@@ -29,6 +29,7 @@ from mailplan.runtime.dns import mx, secure
 from mailplan.runtime.store import durable
 
 log = logging.getLogger("mailplan.mta-sts")
+logging.getLogger("httpx").setLevel(logging.WARNING)  # our own line says what was fetched
 
 FETCH_TIMEOUT = 10.0
 FILE = "mta-sts.json"

@@ -348,6 +348,7 @@ class Delivery:
         self._fetcher: mtasts.Fetcher | None = None
 
     def start(self) -> None:
+        self.trust(self.current().plan)  # a CA file that cannot be read: said at start
         self._runner = asyncio.create_task(self._run())
         self._sweeper = asyncio.create_task(self._sweep())
         self._reporter = asyncio.create_task(self._report())
@@ -517,7 +518,7 @@ class Delivery:
             self.add(again)
             for created in new:
                 self.submit(created)
-        await self.reports.save()
+        await self.reports.save(now=False)
 
     async def _deliver(self, queue: _Queue, batch: list[Waiting], router: Router) -> list[Fate]:
         if queue.module == "SMTP":

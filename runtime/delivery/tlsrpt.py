@@ -4,10 +4,12 @@ sent to the `rua` of each domain's `_smtp._tls` record: a message through the se
 own queue for `mailto:`, a POST of the gzip JSON for `https:`.
 
 Counting happens on the event loop (in memory); `save` writes the file, off the loop,
-after each delivery batch, so counts survive a restart (a crash loses at most the
-sessions of the batches in flight). A day's counts are dropped once its reports are
-queued or posted; a report that cannot be sent now (DNS trouble) is tried again later,
-and a day older than a week is dropped unsent.
+after a delivery batch at most once every SAVE_EVERY seconds, before reports are sent
+and at a clean stop, so counts survive a restart (a crash loses at most the last
+minute's sessions: counts are statistics, and one fsync per batch would cost relaying).
+A day's counts are dropped once its reports are queued or posted; a report that cannot
+be sent now (DNS trouble) is tried again later, and a day older than a week is dropped
+unsent.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ log = logging.getLogger("mailplan.tls-rpt")
 FILE = "tls-rpt.json"
 POST_TIMEOUT = 30.0
 KEEP_DAYS = 7  # a day whose reports could not be sent for this long is dropped
+SAVE_EVERY = 60.0  # seconds between two writes of the counts after delivery batches
 
 
 class Reports:
@@ -47,6 +50,7 @@ class Reports:
         self.changed = False
         self._lock = threading.Lock()
         self._made = self._written = 0  # generations of the file's text
+        self._saved = time.monotonic()
         try:
             loaded = json.loads(self.path.read_text())
             if not isinstance(loaded, dict):
@@ -64,11 +68,13 @@ class Reports:
         tlsrpt.count(self.counts, tlsrpt.day_of(time.time()), session)
         self.changed = True
 
-    async def save(self) -> None:
-        """Write the counts if they changed: made on the event loop, written off it."""
-        if not self.changed:
+    async def save(self, now: bool = True) -> None:
+        """Write the counts if they changed (with `now` false, only when the last write is
+        SAVE_EVERY seconds old): made on the event loop, written off it."""
+        if not self.changed or (not now and time.monotonic() - self._saved < SAVE_EVERY):
             return
         self.changed = False
+        self._saved = time.monotonic()
         self._made += 1
         text = json.dumps(self.counts, indent=1, sort_keys=True).encode()
         await asyncio.to_thread(self._write, self._made, text)
