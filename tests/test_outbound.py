@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ from dnskit import NameServer, Silent, zone_text
 from serverkit import free_port
 from tlskit import Authority
 
+from mailplan.runtime.decide import tlsneed, tlsrpt
+from mailplan.runtime.decide.mtasts import StsPolicy
 from mailplan.runtime.delivery import outbound
 from mailplan.runtime.delivery.outbound import Fate, Parcel, Settings
 from mailplan.runtime.dns import mx
@@ -1075,3 +1077,158 @@ def test_non_ascii_recipient_does_not_stop_the_queue(servers: Servers) -> None:
     assert found["Q2", "other@remote.test"].kind == "delivered"
     assert found["Q1", "jörg@remote.test"].kind in ("delivered", "permanent")
     assert ("other@remote.test",) in [t.recipients for t in mailbox.transactions]
+
+
+# --- what a domain's TLS policy asks of each host ---------------------------------------
+
+
+def _with_policy(
+    queue: str,
+    parcels: list[Parcel],
+    port: int,
+    nameserver: str,
+    needed: tlsneed.Need,
+    connections: outbound.Connections | None = None,
+) -> tuple[list[Fate], list[tlsrpt.TlsSession]]:
+    seen: list[tlsrpt.TlsSession] = []
+
+    async def policy(domain: str, hosts: list[mx.Host]) -> tlsneed.Need:
+        return needed
+
+    settings = Settings(
+        helo=HELO,
+        port=port,
+        timeout=5.0,
+        trust=TRUST,
+        policy=policy,
+        observe=seen.append,
+        connections=connections,
+    )
+
+    async def run() -> list[Fate]:
+        outcomes = await outbound.deliver(
+            queue, queue, parcels, settings, mx.resolver(nameserver, 1.0)
+        )
+        if connections is not None:
+            await connections.sweep(everything=True)
+        await closed()
+        return outcomes
+
+    return asyncio.run(run()), seen
+
+
+def _sts(mode: str, *patterns: str) -> tlsneed.Need:
+    policy = StsPolicy(mode, patterns, 86400, "p1", 0.0)  # type: ignore[arg-type]
+    return tlsneed.need(tlsneed.TlsFacts("one.out.test", sts=policy, sts_note="fetched"))
+
+
+def test_a_testing_policy_delivers_without_starttls_and_reports_it(
+    servers: Servers, dns_server: NameServer
+) -> None:
+    mailbox = servers.smtp("127.0.0.2")
+    outcomes, seen = _with_policy(
+        "one.out.test",
+        [parcel("Q1", "a@one.out.test")],
+        servers.port,
+        dns_server.address,
+        _sts("testing", "mx1.out.test"),
+    )
+    assert [o.kind for o in outcomes] == ["delivered"]
+    assert [t.tls for t in mailbox.transactions] == [False]
+    assert [(s.success, s.result, s.mx) for s in seen] == [
+        (False, "starttls-not-supported", "mx1.out.test")
+    ]
+
+
+def test_a_testing_policy_delivers_to_a_wrong_certificate_over_tls(
+    servers: Servers, dns_server: NameServer, self_signed: ssl.SSLContext
+) -> None:
+    mailbox = servers.smtp("127.0.0.2", tls=self_signed)
+    outcomes, seen = _with_policy(
+        "one.out.test",
+        [parcel("Q1", "a@one.out.test")],
+        servers.port,
+        dns_server.address,
+        _sts("testing", "mx1.out.test"),
+    )
+    assert [o.kind for o in outcomes] == ["delivered"]
+    assert [t.tls for t in mailbox.transactions] == [True]
+    assert [(s.success, s.result) for s in seen] == [(False, "certificate-not-trusted")]
+
+
+def test_an_enforce_policy_passes_over_hosts_it_does_not_name(
+    servers: Servers, dns_server: NameServer, tls: ssl.SSLContext
+) -> None:
+    first = servers.smtp("127.0.0.2", tls=tls)
+    second = servers.smtp("127.0.0.3", tls=tls)
+    outcomes, seen = _with_policy(
+        "two.out.test",
+        [parcel("Q1", "a@two.out.test")],
+        servers.port,
+        dns_server.address,
+        _sts("enforce", "mx2.out.test"),
+    )
+    assert [(o.kind, o.remote) for o in outcomes] == [("delivered", "mx2.out.test")]
+    assert first.transactions == [] and first.peers == set()  # never even connected
+    assert len(second.transactions) == 1
+    assert [(s.success, s.result, s.mx) for s in seen] == [
+        (False, "validation-failure", "mx1.out.test"),
+        (True, "", "mx2.out.test"),
+    ]
+    outcomes, _ = _with_policy(
+        "one.out.test",
+        [parcel("Q2", "a@one.out.test")],
+        servers.port,
+        dns_server.address,
+        _sts("enforce", "mx2.out.test"),
+    )
+    assert [(o.kind, o.status) for o in outcomes] == [("temporary", "4.7.5")]
+    assert outcomes[0].text.startswith(
+        "mx1.out.test: not an MX host the MTA-STS policy allows (MTA-STS policy id p1"
+    )
+
+
+def test_required_tls_to_an_ip_literal_checks_the_address(
+    servers: Servers, authority: Authority
+) -> None:
+    mailbox = servers.smtp("127.0.0.2", tls=authority.issue("127.0.0.2").server_context())
+    outcomes = deliver(
+        "[127.0.0.2]", [parcel("Q1", "a@remote.test")], servers.port, domain="remote.test",
+        require_tls=True,
+    )  # fmt: skip
+    assert [o.kind for o in outcomes] == ["delivered"]
+    assert [t.tls for t in mailbox.transactions] == [True]
+
+
+def test_an_unverified_kept_connection_never_serves_a_verified_delivery(
+    servers: Servers, dns_server: NameServer, self_signed: ssl.SSLContext
+) -> None:
+    mailbox = servers.smtp("127.0.0.2", tls=self_signed)
+    kept = outbound.Connections()
+
+    async def run() -> list[Fate]:
+        resolve = mx.resolver(dns_server.address, 1.0)
+        opportunistic = Settings(
+            helo=HELO, port=servers.port, timeout=5.0, connections=kept, trust=TRUST
+        )
+        required = replace(opportunistic, require_tls=True)
+        outcomes = await outbound.deliver(
+            "[127.0.0.2]", "remote.test", [parcel("Q1", "a@remote.test")], opportunistic, resolve
+        )
+        outcomes += await outbound.deliver(
+            "[127.0.0.2]", "remote.test", [parcel("Q2", "b@remote.test")], required, resolve
+        )
+        await kept.sweep(everything=True)
+        await closed()
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert [(o.kind, o.status) for o in outcomes] == [
+        ("delivered", "2.0.0"),
+        ("temporary", "4.7.5"),
+    ]
+    assert outcomes[1].text == (
+        "[127.0.0.2][127.0.0.2]: certificate not verified for [127.0.0.2]: "
+        "self-signed certificate; TLS policy: remote.test is in outbound.require_tls"
+    )
+    assert len(mailbox.transactions) == 1

@@ -268,8 +268,8 @@ async def _address(
         except _TlsFailed as refused:
             trouble = refused.status, f"{name}[{address}]: {refused}"
             _observe(settings, needed, False, refused.result, name, address)
-            if attempt.check == "pkix-testing" and refused.handshake:
-                attempt = HostCheck("opportunistic")  # MTA-STS testing: reported, delivered
+            if attempt.check == "pkix-testing":  # MTA-STS testing: reported, then delivered
+                attempt, tls = HostCheck("opportunistic"), refused.handshake
                 continue
             if attempt.check != "opportunistic" or not tls:
                 break
@@ -386,8 +386,10 @@ async def _start_tls(
         return "plain"
     verify = check.check in ("pkix", "pkix-testing")
     context = _verifying(settings) if verify else _NO_VERIFY
+    # an IP literal's certificate is checked for the address (an IP subjectAltName)
+    server_name = name[1:-1] if name.startswith("[") and name.endswith("]") else name
     try:
-        await client.starttls(tls_context=context, server_hostname=name)
+        await client.starttls(tls_context=context, server_hostname=server_name)
     except ssl.SSLCertVerificationError as exc:
         result = _RESULTS.get(exc.verify_code, "validation-failure")
         raise _TlsFailed(
