@@ -24,6 +24,11 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.zone
 import jsonschema
 import pytest
 from aiosmtpd.controller import Controller
@@ -31,6 +36,7 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope as SinkEnvelope
 from aiosmtpd.smtp import Session as SinkSession
 from dnskit import NameServer, zone_text
+from namedkit import Named, Validator, sign
 from serverkit import LOOPBACK, Maildir, MailServer, free_port, free_ports, mailplan, wait_until
 from sitekit import NO_SENDER_CHECKS, plain, write_site
 from tlskit import REPORT_SCHEMA, Authority, PolicyServer, tlsa_data
@@ -89,6 +95,7 @@ class World:
     port: int
     sinks: dict[str, Sink]
     policies: PolicyServer
+    presented: dict[str, Any]  # domain -> the Issued its sink presents (or None)
 
 
 def _zones(authority: Authority, presented: dict[str, Any], policy_port: int) -> dict[str, str]:
@@ -145,7 +152,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for controller in controllers:
             controller.start()
         try:
-            yield World(folder, authority, dns, port, sinks, policies)
+            yield World(folder, authority, dns, port, sinks, policies, presented)
         finally:
             for controller in controllers:
                 controller.stop()
@@ -191,7 +198,11 @@ class Relay:
 def make_relay(world: World, tmp_path: Path) -> Iterator[Any]:
     started: list[MailServer] = []
 
-    def make(tls: dict[str, Any] | None = None, require_tls: tuple[str, ...] = ()) -> Relay:
+    def make(
+        tls: dict[str, Any] | None = None,
+        require_tls: tuple[str, ...] = (),
+        resolver: str | None = None,
+    ) -> Relay:
         (port,) = free_ports(1)
         outbound: dict[str, Any] = {"tls": {"ca_file": str(world.authority.ca_file), **(tls or {})}}
         if require_tls:
@@ -206,7 +217,7 @@ def make_relay(world: World, tmp_path: Path) -> Iterator[Any]:
             directory,
             tmp_path,
             [port],
-            resolver=world.dns.address,
+            resolver=resolver or world.dns.address,
             smtp_port=world.port,
             extra_arguments=["--mta-sts-port", str(world.policies.port)],
         )
@@ -336,6 +347,58 @@ def test_dane_needs_a_resolver_it_can_trust(make_relay: Any, world: World) -> No
     relay.send(["b@dane-bad.test"], "no dane")
     ((recipients, _, _),) = world.sinks["dane-bad.test"].received()
     assert recipients == ["b@dane-bad.test"]
+
+
+def _tampered(signed: str, origin: str, data: str) -> str:
+    """A signed zone whose TLSA record of `mx` says `data`, its signature left as it was."""
+    zone = dns.zone.from_text(signed, origin=origin, relativize=False)
+    name = dns.name.from_text(f"_25._tcp.mx.{origin}")
+    node = zone.find_node(name)
+    tlsa = node.find_rdataset(dns.rdataclass.IN, dns.rdatatype.TLSA)
+    tlsa.clear()
+    tlsa.add(dns.rdata.from_text("IN", "TLSA", f"3 1 1 {data}"), 300)
+    return zone.to_text()
+
+
+@pytest.mark.interop("named")
+def test_dane_through_bind_as_the_validating_resolver(
+    make_relay: Any, world: World, tmp_path: Path
+) -> None:
+    # Zones signed with BIND's tools, served by one named and validated by another on
+    # loopback (the only kind of resolver whose AD bit the server believes by default).
+    # bind-bogus.test's TLSA record is changed after signing: the validator answers
+    # SERVFAIL, and the server defers rather than deliver without DANE.
+    ee = tlsa_data(world.presented["dane-ee.test"].certificate)
+    other = tlsa_data(world.authority.self_signed("x.example", label="bind-other").certificate)
+    texts = {
+        "bind-ok.test": f"@ IN MX 10 mx\nmx IN A 127.0.0.6\n_25._tcp.mx IN TLSA 3 1 1 {ee}\n",
+        "bind-bad.test": f"@ IN MX 10 mx\nmx IN A 127.0.0.7\n_25._tcp.mx IN TLSA 3 1 1 {other}\n",
+        "bind-bogus.test": f"@ IN MX 10 mx\nmx IN A 127.0.0.6\n_25._tcp.mx IN TLSA 3 1 1 {ee}\n",
+    }
+    zones, anchors = {}, {}
+    for name, records in texts.items():
+        signed, anchors[name] = sign(tmp_path / "keys" / name, name, zone_text(name, records))
+        zones[name] = signed
+    zones["bind-bogus.test"] = _tampered(zones["bind-bogus.test"], "bind-bogus.test", other)
+    with (
+        Named(tmp_path / "auth", zones) as authoritative,
+        Validator(tmp_path / "validator", authoritative.address, anchors) as validator,
+    ):
+        relay = make_relay(resolver=validator.address)
+        queue_id = relay.send(["a@bind-ok.test", "b@bind-bad.test", "c@bind-bogus.test"], "bind")
+        ((recipients, _, encrypted),) = world.sinks["dane-ee.test"].received()
+        assert (recipients, encrypted) == (["a@bind-ok.test"], True)
+        assert relay.waits_with(
+            queue_id,
+            "mx.bind-bad.test[127.0.0.7]: DANE: no certificate of the chain matches "
+            "the TLSA records of mx.bind-bad.test",
+        ), relay.server.log()
+        assert relay.waits_with(
+            queue_id, "mx.bind-bogus.test: TLSA look-up failed: _25._tcp.mx.bind-bogus.test TLSA"
+        ), relay.server.log()
+        relay.server.stop()
+    assert world.sinks["dane-bad.test"].messages == []
+    assert len(world.sinks["dane-ee.test"].messages) == 1
 
 
 # --- require_tls -------------------------------------------------------------------------
