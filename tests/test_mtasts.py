@@ -134,7 +134,7 @@ def authority(tmp_path_factory: pytest.TempPathFactory) -> Authority:
 
 @pytest.fixture(scope="module")
 def web(authority: Authority) -> Iterator[PolicyServer]:
-    names = ["mta-sts.good.test", "mta-sts.big.test", "mta-sts.html.test", "mta-sts.bad.test"]
+    names = [f"mta-sts.{d}.test" for d in ("good", "big", "html", "bad", "invalid")]
     server = PolicyServer("127.0.0.30", authority.issue(*names, label="web"))
     yield server
     server.close()
@@ -143,10 +143,14 @@ def web(authority: Authority) -> Iterator[PolicyServer]:
 @pytest.fixture(scope="module")
 def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NameServer]:
     records = 'mta-sts IN A 127.0.0.30\n_mta-sts IN TXT "v=STSv1; id=one"\n'
-    zones = {d: zone_text(d, records) for d in ("good.test", "big.test", "html.test", "bad.test")}
+    domains = ("good.test", "big.test", "html.test", "bad.test", "invalid.test")
+    zones = {d: zone_text(d, records) for d in domains}
     zones["wrongcert.test"] = zone_text("wrongcert.test", records)
     with NameServer(tmp_path_factory.mktemp("dns"), zones) as server:
         yield server
+
+
+FAILURES: list[str] = []  # the TLS-RPT result type of each fetch, in order
 
 
 def _policy(
@@ -157,7 +161,9 @@ def _policy(
         fetcher = fetching.Fetcher(
             cache, mx.resolver(dns_server.address, 2.0), authority.client_context(), web.port
         )
-        return await fetcher.policy(domain)
+        found = await fetcher.policy(domain)
+        FAILURES.append(found.failure)
+        return found.policy, found.note
 
     return asyncio.run(run())
 
@@ -182,6 +188,7 @@ def test_a_policy_is_fetched_and_cached_durably(
         ("big.test", "https://mta-sts.big.test/: the policy is larger than 65536 bytes"),
         ("html.test", "https://mta-sts.html.test/: Content-Type 'text/html', not text/plain"),
         ("bad.test", "https://mta-sts.bad.test/: HTTP 404"),
+        ("invalid.test", "the policy's mode is not enforce, testing or none: 'on'"),
         ("nowhere.test", "mta-sts.nowhere.test: DNS failure (server failure)"),
     ],
 )
@@ -195,13 +202,17 @@ def test_policies_that_cannot_be_fetched(
 ) -> None:
     web.policies["mta-sts.big.test"] = POLICY + "x: " + "y" * 70000 + "\n"
     web.policies["mta-sts.html.test"] = POLICY
+    web.policies["mta-sts.invalid.test"] = POLICY.replace("enforce", "on")
     web.content_type = "text/html" if domain == "html.test" else "text/plain"
     policy, note = _policy(tmp_path, web, dns_server, authority, domain)
     web.content_type = "text/plain"
     if domain == "nowhere.test":  # no zone: the TXT look-up itself fails
         assert (policy, note) == (None, "_mta-sts.nowhere.test TXT: server failure")
+        assert FAILURES[-1] == ""  # no policy published as far as anyone knows: no failure
         return
     assert (policy, note) == (None, f"policy fetch failed: {reason}")
+    invalid = domain == "invalid.test"
+    assert FAILURES[-1] == ("sts-policy-invalid" if invalid else "sts-policy-fetch-error")
     assert not (tmp_path / "mta-sts.json").exists()
 
 
@@ -218,6 +229,7 @@ def test_a_policy_is_never_fetched_over_an_unverified_connection(
     assert policy is None
     assert note.startswith("policy fetch failed: https://mta-sts.wrongcert.test/: ")
     assert "certificate verify failed" in note
+    assert FAILURES[-1] == "sts-webpki-invalid"
     assert server.fetches == []
 
 

@@ -113,3 +113,22 @@ def test_mode_none_is_no_policy() -> None:
     needed = tlsneed.need(TlsFacts("example.net", sts=none, sts_note="fetched"))
     assert needed.level == "opportunistic"
     assert tlsneed.host_check(needed, "anything.example") == HostCheck("opportunistic")
+
+
+def test_a_failed_policy_fetch_is_reported_under_mta_sts() -> None:
+    needed = tlsneed.need(
+        TlsFacts(
+            "example.net",
+            sts_note="policy fetch failed: https://mta-sts.example.net/: HTTP 404",
+            sts_failure="sts-policy-fetch-error",
+        )
+    )
+    assert (needed.level, needed.policy_type, needed.failure) == (
+        "opportunistic",
+        "sts",
+        "sts-policy-fetch-error",
+    )
+    assert needed.reason.endswith(
+        "MTA-STS policy fetch failed: https://mta-sts.example.net/: HTTP 404): "
+        "STARTTLS when offered"
+    )

@@ -22,7 +22,7 @@ is skipped.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from mailplan.runtime.decide import dane, mtasts
@@ -50,6 +50,7 @@ class TlsFacts:
     tlsa: Mapping[str, Lookup] = field(default_factory=dict)  # MX host -> its TLSA
     sts: mtasts.StsPolicy | None = None
     sts_note: str = "off"  # why there is no policy (or where it came from)
+    sts_failure: str = ""  # the TLS-RPT result type of a policy fetch that failed
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Need:
     mx_patterns: tuple[str, ...] = ()
     tlsa: Mapping[str, Lookup] = field(default_factory=dict)
     required: bool = False
+    failure: str = ""  # a policy fetch that failed, for TLS-RPT (RFC 8460 §4.3.2.2)
 
     @property
     def strict(self) -> bool:
@@ -112,25 +114,37 @@ def need(facts: TlsFacts) -> Need:
             facts.required,
         )
     policy = facts.sts
-    if policy is not None and policy.mode in ("enforce", "testing"):
-        level: Level = "mta-sts" if policy.mode == "enforce" else "mta-sts-testing"
-        if level == "mta-sts-testing" and facts.required:
-            level = "required"
-        return Need(
-            domain,
-            level,
-            f"MTA-STS policy id {policy.id} in {policy.mode} mode ({facts.sts_note}), "
-            f"mx {' '.join(policy.mx)}",
-            "sts",
-            tuple(policy.text().split("\n")),
-            policy.mx,
-            {},
-            facts.required,
+    needed = _sts(facts) if policy is not None and policy.mode in ("enforce", "testing") else None
+    if needed is None and facts.required:
+        needed = plain(domain, True)
+    if needed is None:
+        why = [f"DANE {facts.dane}", f"MTA-STS {facts.sts_note}"]
+        needed = Need(
+            domain, "opportunistic", f"no policy ({'; '.join(why)}): STARTTLS when offered"
         )
-    if facts.required:
-        return plain(domain, True)
-    why = [f"DANE {facts.dane}", f"MTA-STS {facts.sts_note}"]
-    return Need(domain, "opportunistic", f"no policy ({'; '.join(why)}): STARTTLS when offered")
+    if facts.sts_failure:  # reported under the MTA-STS policy type (RFC 8460 §4.4)
+        return replace(needed, policy_type="sts", failure=facts.sts_failure)
+    return needed
+
+
+def _sts(facts: TlsFacts) -> Need:
+    """The requirement of a domain's MTA-STS policy in enforce or testing mode."""
+    domain, policy = facts.domain, facts.sts
+    assert policy is not None
+    level: Level = "mta-sts" if policy.mode == "enforce" else "mta-sts-testing"
+    if level == "mta-sts-testing" and facts.required:
+        level = "required"
+    return Need(
+        domain,
+        level,
+        f"MTA-STS policy id {policy.id} in {policy.mode} mode ({facts.sts_note}), "
+        f"mx {' '.join(policy.mx)}",
+        "sts",
+        tuple(policy.text().split("\n")),
+        policy.mx,
+        {},
+        facts.required,
+    )
 
 
 def host_check(needed: Need, host: str) -> HostCheck:

@@ -17,7 +17,7 @@ import logging
 import ssl
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,16 +85,15 @@ class Fetcher:
         self.resolve = resolve
         self.trust = trust
         self.port = port
-        self._busy: dict[str, asyncio.Future[tuple[mtasts.StsPolicy | None, str]]] = {}
+        self._busy: dict[str, asyncio.Future[Found]] = {}
 
-    async def policy(self, domain: str) -> tuple[mtasts.StsPolicy | None, str]:
-        """The policy for `domain` (or None) and a note on where it came from."""
+    async def policy(self, domain: str) -> Found:
+        """The policy for `domain` (or None), a note on where it came from, and the
+        TLS-RPT result type of a fetch that failed."""
         running = self._busy.get(domain)
         if running is not None:  # one fetch per domain at a time
             return await asyncio.shield(running)
-        future: asyncio.Future[tuple[mtasts.StsPolicy | None, str]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        future: asyncio.Future[Found] = asyncio.get_running_loop().create_future()
         self._busy[domain] = future
         try:
             found = await self._policy(domain)
@@ -107,31 +106,35 @@ class Fetcher:
         finally:
             del self._busy[domain]
 
-    async def _policy(self, domain: str) -> tuple[mtasts.StsPolicy | None, str]:
+    async def _policy(self, domain: str) -> Found:
         now = time.time()
         cached = self.cache.get(domain)
         fresh = cached if cached is not None and not cached.expired(now) else None
         try:
             ident = mtasts.record_id(await secure.txt(f"_mta-sts.{domain}", self.resolve))
         except secure.Trouble as trouble:
-            return fresh, f"cached; the TXT look-up failed: {trouble}" if fresh else f"{trouble}"
+            return Found(
+                fresh, f"cached; the TXT look-up failed: {trouble}" if fresh else f"{trouble}"
+            )
         except mtasts.Invalid as invalid:
             if fresh is not None:
-                return fresh, f"cached; _mta-sts.{domain}: {invalid}"
-            return None, f"not published (_mta-sts.{domain}: {invalid})"
+                return Found(fresh, f"cached; _mta-sts.{domain}: {invalid}")
+            return Found(None, f"not published (_mta-sts.{domain}: {invalid})")
         if fresh is not None and fresh.id == ident:
-            return fresh, "cached"
+            return Found(fresh, "cached")
         try:
             text = await self.fetch(domain)
             policy = mtasts.parse(text, ident, now)
         except (Unavailable, mtasts.Invalid) as failure:
             log.info("%s: MTA-STS policy not fetched: %s", domain, failure)
+            result = failure.result if isinstance(failure, Unavailable) else "sts-policy-invalid"
             if fresh is not None:
-                return fresh, f"cached; the new policy could not be fetched: {failure}"
-            return None, f"policy fetch failed: {failure}"
+                note = f"cached; the new policy could not be fetched: {failure}"
+                return Found(fresh, note, result)
+            return Found(None, f"policy fetch failed: {failure}", result)
         await asyncio.to_thread(self.cache.put, domain, policy)
         log.info("%s: MTA-STS policy id %s fetched: mode %s", domain, ident, policy.mode)
-        return policy, "fetched"
+        return Found(policy, "fetched")
 
     async def fetch(self, domain: str) -> str:
         """The text of `https://mta-sts.DOMAIN/.well-known/mta-sts.txt` (Unavailable if not)."""
@@ -140,15 +143,15 @@ class Fetcher:
             addresses = await mx.addresses(host, self.resolve, fail=True)
         except mx.LookupFailed as failure:
             raise Unavailable(failure.reason) from None
-        problem = "no address"
+        problem = Unavailable("no address")
         for address in addresses:
             literal = f"[{address}]" if ":" in address else address
             url = f"https://{literal}:{self.port}/.well-known/mta-sts.txt"
             try:
                 return await self._get(url, host)
             except Unavailable as unavailable:
-                problem = str(unavailable)
-        raise Unavailable(problem)
+                problem = unavailable
+        raise problem
 
     async def _get(self, url: str, host: str) -> str:
         limit = mtasts.MAX_POLICY_BYTES
@@ -182,7 +185,9 @@ class Fetcher:
                             f"https://{host}/: the policy is larger than {limit} bytes"
                         )
         except (httpx.HTTPError, ssl.SSLError, OSError, TimeoutError) as exc:
-            raise Unavailable(f"https://{host}/: {_why(exc)}") from None
+            why = _why(exc)
+            result = "sts-webpki-invalid" if "certificate verify failed" in why else ""
+            raise Unavailable(f"https://{host}/: {why}", result) from None
         try:
             return body.decode("utf-8")
         except UnicodeDecodeError:
@@ -190,7 +195,21 @@ class Fetcher:
 
 
 class Unavailable(Exception):
-    """The policy could not be fetched: why."""
+    """The policy could not be fetched: why, and the TLS-RPT result type (RFC 8460 §4.3.2.2)."""
+
+    def __init__(self, reason: str, result: str = "") -> None:
+        super().__init__(reason)
+        self.result = result or "sts-policy-fetch-error"
+
+
+@dataclass(frozen=True)
+class Found:
+    """What `Fetcher.policy` found: the policy (or None), where it came from, and the
+    TLS-RPT result type of a failed fetch ('' when none failed)."""
+
+    policy: mtasts.StsPolicy | None
+    note: str
+    failure: str = ""
 
 
 def _why(exc: BaseException) -> str:

@@ -227,6 +227,8 @@ async def deliver(
         needed = await settings.policy(domain, hosts)
     else:  # a relay host or an IP literal: no policy of the domain's applies to it
         needed = tlsneed.plain(domain, settings.require_tls)
+    if needed.failure:  # the MTA-STS policy could not be fetched: reported once per batch
+        _observe(settings, needed, False, needed.failure, "", "")
     outcomes: list[Fate] = []
     left = parcels
     last, status = "no host took the connection", "4.4.1"

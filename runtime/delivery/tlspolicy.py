@@ -48,10 +48,12 @@ class Policies:
 
     async def facts(self, domain: str, hosts: list[mx.Host]) -> TlsFacts:
         dane, tlsa = await self._dane(hosts)
-        policy, note = None, "off (outbound.tls.mta_sts)"
+        found = mtasts.Found(None, "off (outbound.tls.mta_sts)")
         if self.settings.mta_sts and self.fetcher is not None:
-            policy, note = await self.fetcher.policy(domain)
-        return TlsFacts(domain, domain in self.required, dane, tlsa, policy, note)
+            found = await self.fetcher.policy(domain)
+        return TlsFacts(
+            domain, domain in self.required, dane, tlsa, found.policy, found.note, found.failure
+        )
 
     async def _dane(self, hosts: list[mx.Host]) -> tuple[str, dict[str, Lookup]]:
         if not self.settings.dane:
