@@ -1135,8 +1135,8 @@ def test_a_testing_policy_delivers_without_starttls_and_reports_it(
     )
     assert [o.kind for o in outcomes] == ["delivered"]
     assert [t.tls for t in mailbox.transactions] == [False]
-    assert [(s.success, s.result, s.mx) for s in seen] == [
-        (False, "starttls-not-supported", "mx1.out.test")
+    assert [(s.success, s.result, s.mx, s.ip, s.sending_ip) for s in seen] == [
+        (False, "starttls-not-supported", "mx1.out.test", "127.0.0.2", "127.0.0.1")
     ]
 
 
@@ -1153,7 +1153,9 @@ def test_a_testing_policy_delivers_to_a_wrong_certificate_over_tls(
     )
     assert [o.kind for o in outcomes] == ["delivered"]
     assert [t.tls for t in mailbox.transactions] == [True]
-    assert [(s.success, s.result) for s in seen] == [(False, "certificate-not-trusted")]
+    assert [(s.success, s.result, s.sending_ip) for s in seen] == [
+        (False, "certificate-not-trusted", "127.0.0.1")
+    ]
 
 
 def test_an_enforce_policy_passes_over_hosts_it_does_not_name(

@@ -277,10 +277,11 @@ def test_mta_sts_enforce_testing_and_good_certificates(make_relay: Any, world: W
     assert today["testing.test"]["failures"][0][0] == "certificate-host-mismatch"
     assert today["good.test"]["success"] >= 1
     assert today["enforce.test"]["success"] == 0
-    assert today["enforce.test"]["failures"][0][:3] == [
+    assert today["enforce.test"]["failures"][0][:4] == [
         "certificate-host-mismatch",
-        "",
+        "127.0.0.1",
         "mx.enforce.test",
+        "127.0.0.2",
     ]
 
 

@@ -145,6 +145,8 @@ class Settings:
 class _Refused(Exception):
     """The host would not take the connection (connect, greeting, EHLO, TLS)."""
 
+    local = ""  # this end's address, once connected (TLS-RPT's sending-mta-ip)
+
 
 class _TlsFailed(_Refused):
     """STARTTLS was offered but the handshake failed, or the host's certificate failed its
@@ -269,7 +271,7 @@ async def _address(
             done, reused, grade = await _session(name, address, left, settings, tls, attempt)
         except _TlsFailed as refused:
             trouble = refused.status, f"{name}[{address}]: {refused}"
-            _observe(settings, needed, False, refused.result, name, address)
+            _observe(settings, needed, False, refused.result, name, address, refused.local)
             if attempt.check == "pkix-testing":  # MTA-STS testing: reported, then delivered
                 attempt, tls = HostCheck("opportunistic"), refused.handshake
                 continue
@@ -286,18 +288,32 @@ async def _address(
             trouble = "4.4.2", f"{name}[{address}]: the connection ended"
             break
         if not reused and attempt is check and tls:  # a new session, counted once
+            grade, _, local = grade.partition(" ")
             result = "" if grade != "plain" else "starttls-not-supported"
-            _observe(settings, needed, not result, result, name, address)
+            _observe(settings, needed, not result, result, name, address, local)
         outcomes.extend(replace(outcome, address=address) for outcome in done)
         left = _unfinished(left, {(o.queue_id, o.recipient) for o in done})
     return outcomes, left, trouble
 
 
 def _observe(
-    settings: Settings, needed: Need, success: bool, result: str, host: str, address: str
+    settings: Settings,
+    needed: Need,
+    success: bool,
+    result: str,
+    host: str,
+    address: str,
+    local: str = "",
 ) -> None:
     if settings.observe is not None:
-        settings.observe(tlsrpt.TlsSession(needed, success, result, "", host, address))
+        settings.observe(tlsrpt.TlsSession(needed, success, result, local, host, address))
+
+
+def _local(client: aiosmtplib.SMTP) -> str:
+    """The address of this end of a connection ('' when not connected)."""
+    transport = client.transport
+    found = transport.get_extra_info("sockname") if transport is not None else None
+    return str(found[0]) if found else ""
 
 
 def _unfinished(parcels: list[Parcel], finished: set[tuple[str, str]]) -> list[Parcel]:
@@ -330,7 +346,7 @@ async def _session(
         Parcels it did not get to (the connection dropped) are left for the next host.
         STARTTLS is used when offered, unless `tls` is false (a fallback after it failed),
         and the host is checked as `check` says. Also says whether the connection was a kept
-    one, and its grade.
+    one, and its grade (with this end's address after a space, for a new one).
     """
     cache = settings.connections
     kept = cache.take(address, settings.port, _wanted(name, check)) if cache else None
@@ -338,10 +354,11 @@ async def _session(
         client, grade = kept
     else:
         client, grade = await _open(name, address, settings, tls, check)
+    local = _local(client) if kept is None else ""  # this end's address, for TLS-RPT
     outcomes = await _transactions(client, parcels, name)
     if client.is_connected:
         await _put_back(client, address, settings, grade)
-    return outcomes, kept is not None, grade
+    return outcomes, kept is not None, f"{grade} {local}".rstrip()
 
 
 async def _open(
@@ -365,7 +382,8 @@ async def _open(
         except aiosmtplib.SMTPHeloError:
             await client.helo()
         grade = await _start_tls(client, name, settings, tls, check)
-    except _Refused:
+    except _Refused as refused:
+        refused.local = _local(client)
         client.close()
         raise
     except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
