@@ -543,3 +543,20 @@ def test_mailplan_tls_says_what_is_required_and_why(
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == expected
     assert not (tmp_path / "var" / "queue" / "mta-sts.json").exists()  # never written
+
+
+@pytest.mark.parametrize(
+    ("domain", "code", "message"),
+    [
+        ("", 2, "mailplan: not a domain: ''"),
+        ("a@b.test", 2, "mailplan: not a domain: 'a@b.test'"),
+        ("a..b", 1, "mailplan: a..b: not a valid domain name (A DNS label is empty.)"),
+        ("nowhere.test", 1, "mailplan: nowhere.test: DNS failure (server failure)"),
+    ],
+)
+def test_mailplan_tls_says_what_is_wrong_in_one_line(
+    world: World, tmp_path: Path, domain: str, code: int, message: str
+) -> None:
+    site = write_site(tmp_path / "site", listeners={"smtp": plain(free_port())})
+    result = mailplan("tls", domain, "--site", site, "--resolver", world.dns.address)
+    assert (result.returncode, result.stderr.strip()) == (code, message)

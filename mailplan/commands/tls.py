@@ -50,9 +50,12 @@ def _tls(arguments: argparse.Namespace) -> int:
     from mailplan.runtime.decide.address import canonical_domain
 
     domain = canonical_domain(arguments.domain.strip().rstrip("."))
+    if not domain or "@" in domain or "[" in domain:
+        print(f"mailplan: not a domain: {arguments.domain!r}", file=sys.stderr)
+        return 2
     found = asyncio.run(_look(plan, domain, arguments))
     if isinstance(found, str):
-        print(f"mailplan: {domain}: {found}", file=sys.stderr)
+        print(f"mailplan: {found}", file=sys.stderr)
         return 1
     if arguments.format == "json":
         print(json.dumps(found, indent=2))
