@@ -423,6 +423,23 @@ def test_require_tls_defers_an_unverifiable_certificate(make_relay: Any, world: 
     )
 
 
+def test_a_ca_file_that_cannot_be_read_is_one_line_at_start(
+    make_relay: Any, world: World, tmp_path: Path
+) -> None:
+    relay = make_relay(tls={"ca_file": "no/such/ca.pem"}, require_tls=("good.test",))
+    assert relay.server.wait_for_log("outbound.tls.ca_file")
+    lines = [line for line in relay.server.log().splitlines() if "ca_file" in line]
+    assert len(lines) == 1
+    assert lines[0].endswith(
+        f"ERROR outbound.tls.ca_file {tmp_path}/no/such/ca.pem cannot be used: "
+        "[Errno 2] No such file or directory"
+    )
+    assert "Traceback" not in relay.server.log()
+    # the system's CA store still verifies: the test CA's certificate is not trusted
+    queue_id = relay.send(["z@good.test"], "no ca")
+    assert relay.waits_with(queue_id, "certificate not verified for mx.good.test")
+
+
 # --- TLS-RPT -----------------------------------------------------------------------------
 
 

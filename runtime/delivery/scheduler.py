@@ -344,7 +344,7 @@ class Delivery:
         self._reporter: asyncio.Task[None] | None = None
         self.reports = tlsrpt.Reports(spool.directory)  # TLS-RPT counts, durable
         self.policies = mtasts.Cache(spool.directory)  # MTA-STS policies, durable
-        self._trust: dict[str | None, ssl.SSLContext] = {}
+        self._trust: dict[tuple[str | None, int], ssl.SSLContext] = {}
         self._fetcher: mtasts.Fetcher | None = None
 
     def start(self) -> None:
@@ -383,15 +383,19 @@ class Delivery:
     def trust(self, plan: Plan) -> ssl.SSLContext:
         """What verifies certificates: the system's CA store and the site's `ca_file`."""
         written = plan.outbound.tls.ca_file
-        context = self._trust.get(written)
+        path = None if written is None else self.remote.root / written
+        try:  # the file's time in the key: a CA file replaced in place is read again
+            key = (written, path.stat().st_mtime_ns if path is not None else 0)
+        except OSError:
+            key = (written, -1)
+        context = self._trust.get(key)
         if context is None:
-            path = None if written is None else self.remote.root / written
             try:
                 context = tlspolicy.trust(path)
             except (OSError, ssl.SSLError) as exc:
                 log.error("outbound.tls.ca_file %s cannot be used: %s", path, exc)
                 context = tlspolicy.trust(None)
-            self._trust[written] = context
+            self._trust = {key: context}  # only the current one is kept
         return context
 
     async def stop(self) -> None:
