@@ -577,3 +577,25 @@ def test_mailplan_tls_says_what_is_wrong_in_one_line(
     site = write_site(tmp_path / "site", listeners={"smtp": plain(free_port())})
     result = mailplan("tls", domain, "--site", site, "--resolver", world.dns.address)
     assert (result.returncode, result.stderr.strip()) == (code, message)
+
+
+def test_mailplan_tls_json(world: World, tmp_path: Path) -> None:
+    site = write_site(
+        tmp_path / "site",
+        listeners={"smtp": plain(free_port())},
+        extra={"outbound": {"tls": {"ca_file": str(world.authority.ca_file)}}},
+    )
+    result = mailplan(
+        "tls", "dane-bad.test", "--site", site, "--resolver", world.dns.address,
+        "--mta-sts-port", str(world.policies.port), "--format", "json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert (found["domain"], found["level"]) == ("dane-bad.test", "dane")
+    (host,) = found["hosts"]
+    assert (host["name"], host["addresses"], host["check"]) == (
+        "mx.dane-bad.test",
+        ["127.0.0.7"],
+        "dane",
+    )
+    assert len(host["tlsa"]) == 1 and host["tlsa"][0].startswith("3 1 1 ")
