@@ -131,7 +131,7 @@ def sign(folder: Path, origin: str, text: str) -> tuple[str, str]:
         )
     unsigned, signed = folder / f"{origin}.unsigned", folder / f"{origin}.signed"
     unsigned.write_text(text)
-    command = [signzone, "-q", "-S", "-K", str(folder), "-o", origin]
+    command = [signzone, "-q", "-S", "-K", str(folder), "-d", str(folder), "-o", origin]
     subprocess.run([*command, "-f", str(signed), str(unsigned)], check=True, capture_output=True)
     anchor = ""
     for key in folder.glob(f"K{origin}.+013+*.key"):
