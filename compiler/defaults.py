@@ -45,6 +45,15 @@ QUEUE: dict[str, Any] = {
     "warn_after": "4h",
 }
 
+# Outbound TLS: the policies of other domains honoured (MTA-STS, DANE), TLS reports sent.
+OUTBOUND_TLS: dict[str, Any] = {
+    "mta_sts": True,
+    "dane": True,
+    "reports": True,
+    "ca_file": None,
+    "trusted_resolver": False,
+}
+
 PIPE_TIMEOUT = "60s"
 
 DOMAIN: dict[str, Any] = {"sends_mail": True, "unknown": "reject"}

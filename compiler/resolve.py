@@ -32,6 +32,7 @@ from mailplan.plan.model import (
     Member,
     MxHost,
     Outbound,
+    OutboundTls,
     Pipe,
     Plan,
     Queue,
@@ -81,9 +82,7 @@ def resolve(unit: Unit) -> Unit:
         receiving=_receiving(data.get("receiving", {})),
         limits=_limits(data.get("limits", {})),
         queue=_queue(data.get("queue", {})),
-        outbound=Outbound(
-            tuple(name.lower() for name in data.get("outbound", {}).get("require_tls", []))
-        ),
+        outbound=_outbound(data.get("outbound", {})),
         address_lists=lists,
         domains=tuple(
             sorted(
@@ -207,6 +206,20 @@ def _limits(spec: dict[str, Any]) -> Limits:
         int(settled["max_recipients"]),
         int(settled["max_connections"]),
         int(settled["max_connections_per_client"]),
+    )
+
+
+def _outbound(spec: dict[str, Any]) -> Outbound:
+    settled = defaults.OUTBOUND_TLS | spec.get("tls", {})
+    return Outbound(
+        tuple(name.lower() for name in spec.get("require_tls", [])),
+        OutboundTls(
+            mta_sts=settled["mta_sts"],
+            dane=settled["dane"],
+            reports=settled["reports"],
+            ca_file=settled["ca_file"],
+            trusted_resolver=settled["trusted_resolver"],
+        ),
     )
 
 

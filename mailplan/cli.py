@@ -7,7 +7,7 @@ import argparse
 import signal
 import sys
 
-from mailplan.commands import diff, dns, internal, mailbox, queue, serve, site
+from mailplan.commands import diff, dns, internal, mailbox, queue, serve, site, tls
 
 # The families of commands, in the order `mailplan --help` lists them: check mode first.
 FAMILIES = (
@@ -16,6 +16,7 @@ FAMILIES = (
     serve.add_parser,
     queue.add_parser,
     dns.add_parser,
+    tls.add_parser,
     mailbox.add_parser,
 )
 

@@ -308,10 +308,26 @@ class Queue:
 
 
 @dataclass(frozen=True)
+class OutboundTls:
+    """Which TLS policies of other domains outbound delivery honours (docs/delivery.md):
+    MTA-STS (RFC 8461), DANE (RFC 7672) and TLS reports (RFC 8460); `ca_file` is trusted
+    besides the system's CA store when a certificate is verified; `trusted_resolver`
+    believes the AD bit of a resolver that is not on loopback."""
+
+    mta_sts: bool
+    dane: bool
+    reports: bool
+    ca_file: str | None
+    trusted_resolver: bool
+
+
+@dataclass(frozen=True)
 class Outbound:
-    """How mail leaves: domains whose mail is sent only over TLS."""
+    """How mail leaves: domains whose mail is sent only over verified TLS, and the
+    policies of other domains that are honoured."""
 
     require_tls: tuple[str, ...]
+    tls: OutboundTls
 
 
 @dataclass(frozen=True)

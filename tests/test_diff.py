@@ -94,6 +94,20 @@ CASES: list[tuple[str, dict[str, Any], str, dict[str, Any], str, str, list[str],
         3,
     ),
     (
+        "dane-turned-off",
+        {},
+        "",
+        {"extra": {"outbound": {"tls": {"dane": False, "reports": False}}}},
+        "",
+        "server",
+        [
+            "outbound tls dane: True -> False  "
+            "[unsafe: DANE TLSA records of other domains are no longer enforced]",
+            "outbound tls reports: True -> False",
+        ],
+        3,
+    ),
+    (
         "domain-added",
         {},
         "",

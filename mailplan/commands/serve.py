@@ -44,6 +44,13 @@ def add_parser(subcommands: Subcommands) -> None:
         "--smtp-port", type=_port, default=25, metavar="PORT", help="port of other SMTP servers"
     )
     serve.add_argument(
+        "--mta-sts-port",
+        type=_port,
+        default=443,
+        metavar="PORT",
+        help="port of other domains' MTA-STS policy servers (default 443; for tests, staging)",
+    )
+    serve.add_argument(
         "--workers",
         default="1",
         metavar="N|auto",
@@ -161,7 +168,13 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
         options = Options(
             root,
             dev,
-            Remote(arguments.smtp_port, arguments.resolver, dns_timeout=arguments.dns_timeout),
+            Remote(
+                arguments.smtp_port,
+                arguments.resolver,
+                dns_timeout=arguments.dns_timeout,
+                https_port=arguments.mta_sts_port,
+                root=root,
+            ),
             sockets=sockets,
             tls=context,
             dkim=dkim,

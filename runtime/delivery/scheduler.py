@@ -21,17 +21,20 @@ import contextlib
 import heapq
 import itertools
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import dns.asyncresolver
 
+from mailplan.plan import codec
 from mailplan.plan.model import MailingList, Plan
 from mailplan.runtime.decide import dsn, lists, retry
 from mailplan.runtime.decide.router import Router, Routing
-from mailplan.runtime.delivery import outbound, pipe
+from mailplan.runtime.delivery import mtasts, outbound, pipe, tlspolicy, tlsrpt
 from mailplan.runtime.delivery.outbound import Fate, Parcel
 from mailplan.runtime.dns import mx
 from mailplan.runtime.store.spool import BadQueueFile, Envelope, Spool, new_id
@@ -69,6 +72,8 @@ class Remote:
     resolver: str | None = None
     timeout: float = 60.0  # an SMTP command to another server
     dns_timeout: float = 10.0  # a DNS look-up of the receiving checks
+    https_port: int = 443  # MTA-STS policy fetches (`serve --mta-sts-port`, for tests)
+    root: Path = Path(".")  # where a relative `outbound.tls.ca_file` is
 
 
 @dataclass
@@ -336,18 +341,72 @@ class Delivery:
         self.connections = outbound.Connections()
         self.stopping = False
         self._sweeper: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
+        self.reports = tlsrpt.Reports(spool.directory)  # TLS-RPT counts, durable
+        self.policies = mtasts.Cache(spool.directory)  # MTA-STS policies, durable
+        self._trust: dict[tuple[str | None, int], ssl.SSLContext] = {}
+        self._fetcher: mtasts.Fetcher | None = None
 
     def start(self) -> None:
+        self.trust(self.current().plan)  # a CA file that cannot be read: said at start
         self._runner = asyncio.create_task(self._run())
         self._sweeper = asyncio.create_task(self._sweep())
+        self._reporter = asyncio.create_task(self._report())
+
+    async def _report(self) -> None:
+        """Send the TLS reports of the days that are over: at start, then after each
+        midnight (UTC)."""
+        while True:
+            plan = self.current().plan
+            if plan.outbound.tls.reports:
+                try:
+                    await self.reports.send(
+                        plan,
+                        codec.digest(plan),
+                        self.spool,
+                        self._dns(),
+                        self.trust(plan),
+                        self.submit,
+                    )
+                except Exception:
+                    log.exception("TLS reports not sent; tried again in an hour")
+                    await asyncio.sleep(3600)
+                    continue
+            now = time.time()
+            await asyncio.sleep(86400 - now % 86400 + 60)
+
+    def _dns(self) -> dns.asyncresolver.Resolver:
+        if self._resolver is None:
+            self._resolver = mx.resolver(self.remote.resolver)
+        return self._resolver
+
+    def trust(self, plan: Plan) -> ssl.SSLContext:
+        """What verifies certificates: the system's CA store and the site's `ca_file`."""
+        written = plan.outbound.tls.ca_file
+        path = None if written is None else self.remote.root / written
+        try:  # the file's time in the key: a CA file replaced in place is read again
+            key = (written, path.stat().st_mtime_ns if path is not None else 0)
+        except OSError:
+            key = (written, -1)
+        context = self._trust.get(key)
+        if context is None:
+            try:
+                context = tlspolicy.trust(path)
+            except (OSError, ssl.SSLError) as exc:
+                log.error("outbound.tls.ca_file %s cannot be used: %s", path, exc)
+                context = tlspolicy.trust(None)
+            self._trust = {key: context}  # only the current one is kept
+        return context
 
     async def stop(self) -> None:
         self.stopping = True  # no new work: cancelled workers must not start others
-        tasks = [*self._tasks, *(t for t in (self._runner, self._sweeper) if t is not None)]
+        running = (self._runner, self._sweeper, self._reporter)
+        tasks = [*self._tasks, *(t for t in running if t is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.connections.sweep(everything=True)
+        await self.reports.save()
 
     async def _sweep(self) -> None:
         """Close the kept connections that nobody used for a while."""
@@ -463,6 +522,7 @@ class Delivery:
             self.add(again)
             for created in new:
                 self.submit(created)
+        await self.reports.save(now=False)
 
     async def _deliver(self, queue: _Queue, batch: list[Waiting], router: Router) -> list[Fate]:
         if queue.module == "SMTP":
@@ -500,6 +560,18 @@ class Delivery:
                 (*known.recipients, entry.routing.target) if known else (entry.routing.target,)
             )
             parcels[entry.queue_id] = Parcel(entry.queue_id, envelope.sender, targets, message)
+        resolve = self._dns()
+        trust = self.trust(plan)
+        wanted = plan.outbound.tls
+        fetcher = None
+        if wanted.mta_sts:
+            if self._fetcher is None:  # one for all batches: one fetch at a time per domain
+                self._fetcher = mtasts.Fetcher(
+                    self.policies, resolve, trust, self.remote.https_port
+                )
+            fetcher = self._fetcher
+            fetcher.trust = trust  # the current plan's
+        policies = tlspolicy.Policies(wanted, plan.outbound.require_tls, resolve, fetcher)
         settings = outbound.Settings(
             helo=plan.server.hostname,
             port=self.remote.port,
@@ -510,11 +582,12 @@ class Delivery:
             ),
             timeout=self.remote.timeout,
             connections=self.connections,
+            policy=policies.need,
+            trust=trust,
+            observe=self.reports.observe if wanted.reports else None,
         )
-        if self._resolver is None:
-            self._resolver = mx.resolver(self.remote.resolver)
         results = await outbound.deliver(
-            first.queue, domain, list(parcels.values()), settings, self._resolver
+            first.queue, domain, list(parcels.values()), settings, resolve
         )
         # Outcomes name the routed target; settle knows recipients as the client gave them.
         return [
