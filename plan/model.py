@@ -181,6 +181,20 @@ class MailDns:
 
 
 @dataclass(frozen=True)
+class LocalDelivery:
+    """How LOCAL mail reaches a mailbox: into mailplan's own Maildirs, or handed over by
+    LMTP (RFC 2033) to a mailbox server (`to`: `host:port`, `[v6]:port` or `unix:/path`,
+    tried in order). `source` is where the site says so (None: the default)."""
+
+    via: Literal["maildir", "lmtp"]
+    to: tuple[str, ...] = ()
+    source: Source | None = None
+
+
+MAILDIR = LocalDelivery("maildir")
+
+
+@dataclass(frozen=True)
 class Domain:
     name: str
     source: Source
@@ -194,6 +208,7 @@ class Domain:
     spf: Spf
     rules: RuleSet | None
     dns: MailDns | None = None  # filled by compiler.resolve_dns
+    local: LocalDelivery | None = None  # its own `delivery.local`; None: the site's
 
 
 @dataclass(frozen=True)
@@ -517,3 +532,4 @@ class Plan:
     account_rules: AccountRules
     tests: tuple[TestCase, ...]
     sources: tuple[SourceFile, ...]
+    local: LocalDelivery = MAILDIR  # the site's `delivery.local` (compiler.resolve_delivery)

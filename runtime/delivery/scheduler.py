@@ -30,8 +30,9 @@ import dns.asyncresolver
 
 from mailplan.plan.model import MailingList, Plan
 from mailplan.runtime.decide import dsn, lists, retry
+from mailplan.runtime.decide import lmtp as lmtp_decide
 from mailplan.runtime.decide.router import Router, Routing
-from mailplan.runtime.delivery import outbound, pipe
+from mailplan.runtime.delivery import lmtp, outbound, pipe
 from mailplan.runtime.delivery.outbound import Fate, Parcel
 from mailplan.runtime.dns import mx
 from mailplan.runtime.store.spool import BadQueueFile, Envelope, Spool, new_id
@@ -40,7 +41,7 @@ log = logging.getLogger("mailplan.delivery")
 
 BATCH = 50  # messages one SMTP worker takes from its queue
 SETTLE_RETRY = 60  # seconds before a batch whose outcomes could not be recorded is tried again
-CONNECTIONS = {"SMTP": 4, "PIPE": 2, "LIST": 1, "ERROR": 1}  # workers per queue
+CONNECTIONS = {"SMTP": 4, "LMTP": 4, "PIPE": 2, "LIST": 1, "ERROR": 1}  # workers per queue
 
 
 @dataclass
@@ -423,7 +424,7 @@ class Delivery:
             return
         limit = CONNECTIONS.get(queue.module, 1)
         while queue.ready and queue.active < limit:
-            size = BATCH if queue.module == "SMTP" else 1
+            size = BATCH if queue.module in ("SMTP", "LMTP") else 1
             batch, queue.ready = queue.ready[:size], queue.ready[size:]
             queue.active += 1
             task = asyncio.create_task(self._work(queue, batch))
@@ -467,6 +468,8 @@ class Delivery:
     async def _deliver(self, queue: _Queue, batch: list[Waiting], router: Router) -> list[Fate]:
         if queue.module == "SMTP":
             return await self._smtp(batch, router)
+        if queue.module == "LMTP":
+            return await self._lmtp(batch, router)
         if queue.module == "PIPE":
             return [await self._pipe(entry, router) for entry in batch]
         if queue.module == "LIST":
@@ -482,15 +485,16 @@ class Delivery:
             for entry in batch
         ]
 
-    async def _smtp(self, batch: list[Waiting], router: Router) -> list[Fate]:
-        plan = router.plan
-        first = batch[0].routing
-        domain = first.target.rpartition("@")[2].lower()
+    async def _parcels(
+        self, batch: list[Waiting]
+    ) -> tuple[list[Parcel], dict[tuple[str, str], list[str]]]:
+        """A batch as messages with their routed targets, and (queue id, target) → the
+        recipients as the client gave them (two recipients routed to one address: one copy)."""
         parcels: dict[str, Parcel] = {}
-        asked: dict[tuple[str, str], list[str]] = {}  # (queue id, target) → recipients
+        asked: dict[tuple[str, str], list[str]] = {}
         for entry in batch:
             key = (entry.queue_id, entry.routing.target)
-            if key in asked:  # two recipients routed to one address: one copy
+            if key in asked:
                 asked[key].append(entry.recipient)
                 continue
             asked[key] = [entry.recipient]
@@ -500,6 +504,25 @@ class Delivery:
                 (*known.recipients, entry.routing.target) if known else (entry.routing.target,)
             )
             parcels[entry.queue_id] = Parcel(entry.queue_id, envelope.sender, targets, message)
+        return list(parcels.values()), asked
+
+    async def _lmtp(self, batch: list[Waiting], router: Router) -> list[Fate]:
+        """LOCAL mail handed over to the mailbox server, one outcome per recipient."""
+        parcels, asked = await self._parcels(batch)
+        servers = lmtp_decide.servers(batch[0].routing.queue)
+        settings = lmtp.Settings(router.plan.server.hostname, self.remote.timeout)
+        results = await lmtp.deliver(servers, parcels, settings)
+        return [
+            replace(outcome, recipient=recipient)
+            for outcome in results
+            for recipient in asked[(outcome.queue_id, outcome.recipient)]
+        ]
+
+    async def _smtp(self, batch: list[Waiting], router: Router) -> list[Fate]:
+        plan = router.plan
+        first = batch[0].routing
+        domain = first.target.rpartition("@")[2].lower()
+        parcels, asked = await self._parcels(batch)
         settings = outbound.Settings(
             helo=plan.server.hostname,
             port=self.remote.port,
@@ -513,9 +536,7 @@ class Delivery:
         )
         if self._resolver is None:
             self._resolver = mx.resolver(self.remote.resolver)
-        results = await outbound.deliver(
-            first.queue, domain, list(parcels.values()), settings, self._resolver
-        )
+        results = await outbound.deliver(first.queue, domain, parcels, settings, self._resolver)
         # Outcomes name the routed target; settle knows recipients as the client gave them.
         return [
             replace(outcome, recipient=recipient)

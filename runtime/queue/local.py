@@ -5,6 +5,12 @@ and its own (CommuniGate's order: they run for LOCAL deliveries only).
 auto-replies, a bounce, programs to run); `Local` does it. What it makes that must
 travel on (copies, bounces, replies: new queue files) and the programs to run are
 `Effects` for the processor, which owns the tasks.
+
+Where LOCAL goes over LMTP (`delivery.local: {via: lmtp}`), the rules run here all the
+same, but what they store is collected as `Drop`s instead of written: the processor
+hands the plain case (INBOX, the message as it came) to the LMTP queue as it is, and
+queues every other drop as a message of its own (`lmtp FOLDER`, rules done) for the
+LMTP queue to deliver into that folder.
 """
 
 from __future__ import annotations
@@ -46,6 +52,25 @@ class Effects:
     commands: list[tuple[enact.Execution, pipe.Handover]] = field(default_factory=list)
 
 
+LMTP_DROP = "lmtp "  # listener of a queued drop: `lmtp FOLDER`, its rules already ran
+
+
+@dataclass(frozen=True)
+class Drop:
+    """What an account's rules store, collected for LMTP rather than written."""
+
+    folder: str
+    message: bytes
+    flags: str
+
+
+def dropped_into(envelope: Envelope) -> str | None:
+    """The folder of a queued drop (a message whose rules already ran), or None."""
+    if envelope.listener.startswith(LMTP_DROP):
+        return envelope.listener.removeprefix(LMTP_DROP)
+    return None
+
+
 @functools.lru_cache(maxsize=4)
 def rules_of(router: Router) -> tuple[RuleBook, AddressSet]:
     """The rules of the router's plan, compiled once, and its Client IPs."""
@@ -74,8 +99,32 @@ class Local:
     effects: Effects
     replies: ruleactions.ReplyLog
     batch: durable.Batch | None = None
+    drops: list[Drop] | None = None  # collecting for LMTP (`collect`) rather than writing
+
+    def collect(self, account: str) -> list[Drop]:
+        """Run the account's rules as `deliver` does, but return what they store."""
+        self.drops = []
+        try:
+            self.deliver(account)
+            return self.drops
+        finally:
+            self.drops = None
+
+    def queue_drop(self, account: str, drop: Drop) -> None:
+        """Queue what the rules stored in a folder (or changed) as a message of its own,
+        for the LMTP queue to deliver into that folder without the rules again."""
+        if drop.flags:
+            log.info(
+                "%s <%s> flags %s are not carried over LMTP", self.envelope.id, account, drop.flags
+            )
+        sender = self.envelope.sender
+        self._queue(sender, (account,), drop.message, f"{LMTP_DROP}{drop.folder}")
 
     def deliver(self, account: str) -> None:
+        folder = dropped_into(self.envelope)
+        if folder is not None:  # a drop whose domain now delivers into Maildir: as it is
+            self._store(account, folder, self.message, "")
+            return
         book, clients = rules_of(self.router)
         rules = book.local(account)
         if not rules.rules:
@@ -142,6 +191,9 @@ class Local:
         )
 
     def _store(self, account: str, folder: str, message: bytes, flags: str) -> None:
+        if self.drops is not None:
+            self.drops.append(Drop(folder, message, flags))
+            return
         box = maildir.mailbox(self.mail_directory, account, folder)
         maildir.deliver(box, self.envelope.sender, message, flags, self.batch)
 

@@ -1,0 +1,52 @@
+"""Resolve-delivery pass: how LOCAL mail reaches a mailbox (`delivery.local`), for the
+site (`Plan.local`) and for each domain that says otherwise (`Domain.local`).
+
+`{via: maildir}` (the default) writes mailplan's own Maildirs; `{via: lmtp, to: [...]}`
+hands LOCAL mail over to a mailbox server (Dovecot) by LMTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.unit import Unit
+from mailplan.compiler.yamlpos import Document
+from mailplan.compiler.yamlpos import Path as DataPath
+from mailplan.plan.model import MAILDIR, LocalDelivery, Source
+from mailplan.runtime.decide.address import canonical_domain
+
+
+def resolve_delivery(unit: Unit) -> Unit:
+    if unit.plan is None or unit.document is None:
+        return unit
+    document, plan = unit.document, unit.plan
+    problems: list[Diagnostic] = []
+    site = _local(document, ("delivery", "local"), document.data, problems) or MAILDIR
+    domains = []
+    for domain in plan.domains:
+        written = next(k for k in document.data["domains"] if canonical_domain(k) == domain.name)
+        spec = document.data["domains"][written] or {}
+        own = _local(document, ("domains", written, "delivery", "local"), spec, problems)
+        domains.append(replace(domain, local=own) if own is not None else domain)
+    return replace(unit, plan=replace(plan, local=site, domains=tuple(domains))).report(*problems)
+
+
+def _local(
+    document: Document, path: DataPath, spec: dict[str, Any], problems: list[Diagnostic]
+) -> LocalDelivery | None:
+    """The `delivery.local` at `path` (whose parent mapping is `spec`), or None."""
+    local = spec.get("delivery", {}).get("local")
+    if local is None:
+        return None
+    position = document.key_at(path)
+    source = Source(document.file, position.line, position.column)
+    via, to = local["via"], tuple(local.get("to", ()))
+    if via == "lmtp" and not to:
+        message = "delivery.local via lmtp needs `to`: the LMTP servers (host:port or unix:/path)"
+        problems.append(error(source.file, source.line, source.column, "MP701", message))
+    if via == "maildir" and to:
+        message = "delivery.local via maildir takes no `to` (that is for via: lmtp)"
+        problems.append(error(source.file, source.line, source.column, "MP701", message))
+    return LocalDelivery(via, to, source)
