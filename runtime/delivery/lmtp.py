@@ -153,7 +153,7 @@ async def deliver(
     try:
         for index, parcel in enumerate(parcels):
             try:
-                outcomes += await _transaction(connection, parcel, settings)
+                await _transaction(connection, parcel, settings, outcomes)
             except Lost as exc:
                 log.info("LMTP %s: connection ended: %s", connection.server, exc)
                 text = f"connection to LMTP server {connection.server} lost: {exc}"
@@ -166,21 +166,25 @@ async def deliver(
     return outcomes
 
 
-async def _transaction(connection: _Connection, parcel: Parcel, settings: Settings) -> list[Fate]:
-    """MAIL, one RCPT each, DATA, then one reply per accepted recipient."""
+async def _transaction(
+    connection: _Connection, parcel: Parcel, settings: Settings, outcomes: list[Fate]
+) -> None:
+    """MAIL, one RCPT each, DATA, then one reply per accepted recipient: each outcome is
+    added to `outcomes` as soon as it is known (a connection lost later keeps them)."""
     server, timeout = connection.server, settings.timeout
     international = not all(a.isascii() for a in (parcel.sender, *parcel.recipients))
     if international and "SMTPUTF8" not in connection.extensions:
         reason = "a non-ASCII address, and the LMTP server does not offer SMTPUTF8"
-        return _everyone([parcel], "5.6.7", reason, server)
+        outcomes += _everyone([parcel], "5.6.7", reason, server)
+        return
     encoding = "utf-8" if international else "ascii"
     options = _options(connection, parcel, international)
     mail = await connection.command(f"MAIL FROM:<{parcel.sender}>{options}", timeout, encoding)
     if mail.code != 250:
+        outcomes += [_outcome(parcel, r, mail, server) for r in parcel.recipients]
         await connection.command("RSET", timeout)
-        return [_outcome(parcel, r, mail, server) for r in parcel.recipients]
+        return
     accepted: list[str] = []
-    outcomes: list[Fate] = []
     for recipient in parcel.recipients:
         reply = await connection.command(f"RCPT TO:<{recipient}>", timeout, encoding)
         if reply.code in (250, 251):
@@ -189,16 +193,16 @@ async def _transaction(connection: _Connection, parcel: Parcel, settings: Settin
             outcomes.append(_outcome(parcel, recipient, reply, server))
     if not accepted:
         await connection.command("RSET", timeout)
-        return outcomes
+        return
     start = await connection.command("DATA", timeout)
     if start.code != 354:
+        outcomes += [_outcome(parcel, r, start, server) for r in accepted]
         await connection.command("RSET", timeout)
-        return outcomes + [_outcome(parcel, r, start, server) for r in accepted]
+        return
     await connection.send(stuffed(parcel.message) + b".\r\n")
     for recipient in accepted:  # RFC 2033 4.2: one reply per accepted RCPT, in order
         reply = await connection.reply(DATA_DONE_TIMEOUT)
         outcomes.append(_outcome(parcel, recipient, reply, server))
-    return outcomes
 
 
 def _options(connection: _Connection, parcel: Parcel, international: bool) -> str:
