@@ -201,3 +201,49 @@ def test_a_stopped_dovecot_makes_deliveries_wait_then_each_arrives_once(farm: Fa
     assert wait_until(lambda: not list((farm.root / "var" / "queue").glob("*.msg")), TIMEOUT)
     assert farm.subjects("alice@example.com") == expected  # nothing doubled
     assert len(farm.files("bob@example.com")) == len(subjects)
+
+
+def test_mailplan_dovecot_writes_the_lmtp_listeners_and_every_account(tmp_path: Path) -> None:
+    """The files as values: `protocols` gains lmtp, one listener per server the plan names
+    (a unix socket for its owner only), details saved into folders, a userdb with
+    accounts that have no password too."""
+    from dataclasses import replace
+
+    from mailplan.compiler.pipeline import compile_site
+    from mailplan.plan.model import LocalDelivery
+
+    site = tmp_path / "site"
+    site.mkdir()
+    ports = {"smtp": 25, "imaps": 993, "lmtp": 24}
+    text = SITE.format(
+        hostname=HOSTNAME, loopback=LOOPBACK, hash=PasswordHasher().hash("x"), **ports
+    )
+    (site / "site.yaml").write_text(text, encoding="utf-8")
+    (site / "carol.rules").write_text(CAROL_RULES, encoding="utf-8")
+    unit = compile_site(site)
+    assert unit.plan is not None, unit.diagnostics
+    domain = unit.plan.domains[0]
+    own = LocalDelivery("lmtp", ("unix:/run/dovecot/lmtp-mailplan",))
+    plan = replace(unit.plan, domains=(replace(domain, local=own),))
+    place = dovecot.Place(
+        Path("/etc/dovecot/mailplan"), Path("/srv/mail"), None, None, 120, 130, owner="mailplan"
+    )
+    snippet = dovecot.snippet(plan, place)
+    assert "protocols = imap lmtp\n" in snippet
+    assert "lmtp_save_to_detail_mailbox = yes\nlda_mailbox_autocreate = yes\n" in snippet
+    assert "recipient_delimiter = +\n" in snippet
+    assert "  args = /etc/dovecot/mailplan/users\n" in snippet
+    assert (
+        "  inet_listener lmtp0 {  # site.yaml:13\n    address = 127.0.0.1\n    port = 24\n"
+        in snippet
+    )
+    assert (
+        "  unix_listener /run/dovecot/lmtp-mailplan {\n    user = mailplan\n    mode = 0600\n"
+        in snippet
+    )
+    users = dovecot.users(plan, place).splitlines()
+    assert users[1:] == [
+        f"{name}@example.com::120:130::" for name in ("alice", "carol", "bob", "dave")
+    ]
+    maildir_only = replace(plan, local=LocalDelivery("maildir"), domains=(domain,))
+    assert "lmtp" not in dovecot.snippet(maildir_only, place)
