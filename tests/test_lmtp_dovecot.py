@@ -234,7 +234,7 @@ def test_mailplan_dovecot_writes_the_lmtp_listeners_and_every_account(tmp_path: 
     assert "recipient_delimiter = +\n" in snippet
     assert "  args = /etc/dovecot/mailplan/users\n" in snippet
     assert (
-        "  inet_listener lmtp0 {  # site.yaml:13\n    address = 127.0.0.1\n    port = 24\n"
+        "  inet_listener lmtp0 {  # site.yaml:12\n    address = 127.0.0.1\n    port = 24\n"
         in snippet
     )
     assert (
