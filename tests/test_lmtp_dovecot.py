@@ -243,7 +243,7 @@ def test_mailplan_dovecot_writes_the_lmtp_listeners_and_every_account(tmp_path: 
     )
     users = dovecot.users(plan, place).splitlines()
     assert users[1:] == [
-        f"{name}@example.com::120:130::" for name in ("alice", "carol", "bob", "dave")
+        f"{name}@example.com::120:130::" for name in ("alice", "bob", "carol", "dave", "postmaster")
     ]
     maildir_only = replace(plan, local=LocalDelivery("maildir"), domains=(domain,))
     assert "lmtp" not in dovecot.snippet(maildir_only, place)
