@@ -1,10 +1,11 @@
 """Delivery beyond the mailbox: the SMTP, PIPE and LIST queues, retries and bounces.
 
 Recipients that `runtime.queue.processor` could not deliver at once arrive here as
-`Waiting` entries and wait in their logical queue (`SMTP(domain)`, `PIPE(name)`,
-`LIST(list@domain)`) until they are due. A due queue gets a worker: the SMTP
-module sends every due message of its queue over one connection (a few
-connections at most per queue), PIPE runs the declared program once per
+`Waiting` entries and wait in their logical queue (`SMTP(domain)`, `LMTP(servers)`,
+`PIPE(name)`, `LIST(list@domain)`) until they are due. A due queue gets a worker: the
+SMTP module sends every due message of its queue over one connection (a few
+connections at most per queue), LMTP hands LOCAL mail to the mailbox server the same
+way (`runtime.delivery.lmtp`), PIPE runs the declared program once per
 recipient, LIST turns a post into a new queued message for the members. Recipients
 that the plan refuses (`ERROR`) fail at once.
 
