@@ -23,7 +23,7 @@ from mailplan.runtime.decide import lmtp as decide
 from mailplan.runtime.delivery import lmtp
 from mailplan.runtime.delivery.outbound import Fate, Parcel
 
-SETTINGS = lmtp.Settings("mx.example.com", timeout=5.0)
+SETTINGS = lmtp.LmtpSettings("mx.example.com", timeout=5.0)
 
 
 @dataclass

@@ -56,7 +56,7 @@ class Reply:
 
 
 @dataclass(frozen=True)
-class Settings:
+class LmtpSettings:
     helo: str
     timeout: float = 60.0  # connecting, and each command
 
@@ -106,7 +106,7 @@ class _Connection:
         self.writer.close()
 
 
-async def _open(server: str, settings: Settings) -> _Connection:
+async def _open(server: str, settings: LmtpSettings) -> _Connection:
     """Connect, read the greeting, say LHLO; raises Lost (or OSError) when that fails."""
     if server.startswith("unix:"):
         opening = asyncio.open_unix_connection(server.removeprefix("unix:"))
@@ -133,7 +133,7 @@ async def _open(server: str, settings: Settings) -> _Connection:
 
 
 async def deliver(
-    servers: tuple[str, ...], parcels: list[Parcel], settings: Settings
+    servers: tuple[str, ...], parcels: list[Parcel], settings: LmtpSettings
 ) -> list[Fate]:
     """Hand `parcels` over to the first of `servers` that takes the connection; an outcome
     for every recipient of every parcel (as the parcel names it)."""
@@ -167,7 +167,7 @@ async def deliver(
 
 
 async def _transaction(
-    connection: _Connection, parcel: Parcel, settings: Settings, outcomes: list[Fate]
+    connection: _Connection, parcel: Parcel, settings: LmtpSettings, outcomes: list[Fate]
 ) -> None:
     """MAIL, one RCPT each, DATA, then one reply per accepted recipient: each outcome is
     added to `outcomes` as soon as it is known (a connection lost later keeps them)."""

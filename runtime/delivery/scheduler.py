@@ -511,7 +511,7 @@ class Delivery:
         """LOCAL mail handed over to the mailbox server, one outcome per recipient."""
         parcels, asked = await self._parcels(batch)
         servers = lmtp_decide.servers(batch[0].routing.queue)
-        settings = lmtp.Settings(router.plan.server.hostname, self.remote.timeout)
+        settings = lmtp.LmtpSettings(router.plan.server.hostname, self.remote.timeout)
         results = await lmtp.deliver(servers, parcels, settings)
         return [
             replace(outcome, recipient=recipient)
