@@ -282,12 +282,25 @@ class RblCheck:
 
 
 @dataclass(frozen=True)
+class ContentFilter:
+    """rspamd at the end of DATA, before the 250: `rspamd` is its URL (`/checkv2` is
+    asked); `on_failure` says what an unreachable or slow rspamd means."""
+
+    source: Source
+    rspamd: str
+    scope: Scope
+    timeout: int
+    on_failure: Literal["tempfail", "accept"]
+
+
+@dataclass(frozen=True)
 class Receiving:
     return_path: ReturnPathCheck
     reverse_connect: ReverseConnectCheck
     spf: SpfCheck
     rbl: RblCheck
     blacklisted_ips: Scope
+    content_filter: ContentFilter | None = None  # compiler.resolve_engines
 
 
 @dataclass(frozen=True)
@@ -532,4 +545,4 @@ class Plan:
     account_rules: AccountRules
     tests: tuple[TestCase, ...]
     sources: tuple[SourceFile, ...]
-    local: LocalDelivery = MAILDIR  # the site's `delivery.local` (compiler.resolve_delivery)
+    local: LocalDelivery = MAILDIR  # the site's `delivery.local` (compiler.resolve_engines)

@@ -40,6 +40,7 @@ from mailplan.runtime.serve.startup import (
     release_signals,
     served,
 )
+from mailplan.runtime.smtp.contentfilter import Rspamd
 from mailplan.runtime.smtp.receiving import CallbackCache, Checks
 from mailplan.runtime.smtp.session import Handler, Session, Snapshot
 from mailplan.runtime.smtp.signing import Keyring, Loading, Signer, load_keys
@@ -79,7 +80,9 @@ def snapshot(
     checks = Checks(plan, router, answerer, cache, smtp_port) if answerer is not None else None
     rules = Rules(plan.server_rules) if plan.server_rules is not None else None
     signer = Signer(plan, keys) if keys else None
-    return Snapshot(codec.digest(plan), Policy(plan, router), checks, rules, signer)
+    content = plan.receiving.content_filter
+    rspamd = Rspamd(content, plan.server.hostname) if content is not None else None
+    return Snapshot(codec.digest(plan), Policy(plan, router), checks, rules, signer, rspamd)
 
 
 class Daemon:

@@ -1,8 +1,11 @@
-"""Resolve-delivery pass: how LOCAL mail reaches a mailbox (`delivery.local`), for the
-site (`Plan.local`) and for each domain that says otherwise (`Domain.local`).
+"""Resolve-engines pass: the engines beside mailplan that the site hands mail to.
 
-`{via: maildir}` (the default) writes mailplan's own Maildirs; `{via: lmtp, to: [...]}`
-hands LOCAL mail over to a mailbox server (Dovecot) by LMTP.
+- How LOCAL mail reaches a mailbox (`delivery.local`), for the site (`Plan.local`) and
+  for each domain that says otherwise (`Domain.local`): `{via: maildir}` (the default)
+  writes mailplan's own Maildirs; `{via: lmtp, to: [...]}` hands it over to a mailbox
+  server (Dovecot) by LMTP.
+- The content filter (`receiving.content_filter`): rspamd, asked at the end of DATA
+  (`Receiving.content_filter`), with the defaults of `defaults.CONTENT_FILTER`.
 """
 
 from __future__ import annotations
@@ -10,15 +13,16 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from mailplan.compiler import defaults
 from mailplan.compiler.diagnostics import Diagnostic, error
 from mailplan.compiler.unit import Unit
 from mailplan.compiler.yamlpos import Document
 from mailplan.compiler.yamlpos import Path as DataPath
-from mailplan.plan.model import MAILDIR, LocalDelivery, Source
+from mailplan.plan.model import MAILDIR, ContentFilter, LocalDelivery, Source
 from mailplan.runtime.decide.address import canonical_domain
 
 
-def resolve_delivery(unit: Unit) -> Unit:
+def resolve_engines(unit: Unit) -> Unit:
     if unit.plan is None or unit.document is None:
         return unit
     document, plan = unit.document, unit.plan
@@ -30,7 +34,24 @@ def resolve_delivery(unit: Unit) -> Unit:
         spec = document.data["domains"][written] or {}
         own = _local(document, ("domains", written, "delivery", "local"), spec, problems)
         domains.append(replace(domain, local=own) if own is not None else domain)
-    return replace(unit, plan=replace(plan, local=site, domains=tuple(domains))).report(*problems)
+    receiving = replace(plan.receiving, content_filter=_content_filter(document))
+    plan = replace(plan, local=site, domains=tuple(domains), receiving=receiving)
+    return replace(unit, plan=plan).report(*problems)
+
+
+def _content_filter(document: Document) -> ContentFilter | None:
+    spec = document.data.get("receiving", {}).get("content_filter")
+    if spec is None:
+        return None
+    given = defaults.CONTENT_FILTER | spec
+    position = document.key_at(("receiving", "content_filter"))
+    return ContentFilter(
+        Source(document.file, position.line, position.column),
+        given["rspamd"].rstrip("/"),
+        given["scope"],
+        defaults.seconds(given["timeout"]),
+        given["on_failure"],
+    )
 
 
 def _local(
