@@ -155,7 +155,7 @@ def _farm(root: Path) -> Iterator[Farm]:
         imap.stop()
 
 
-@pytest.mark.interop("dovecot")
+@pytest.mark.interop("dovecot", "lmtp")
 def test_local_mail_goes_over_lmtp_through_the_rules_one_outcome_per_recipient(
     farm: Farm,
 ) -> None:
@@ -180,7 +180,7 @@ def test_local_mail_goes_over_lmtp_through_the_rules_one_outcome_per_recipient(
     assert "DSN for sender@remote.example queued" in log.log()
 
 
-@pytest.mark.interop("dovecot")
+@pytest.mark.interop("dovecot", "lmtp")
 def test_a_stopped_dovecot_makes_deliveries_wait_then_each_arrives_once(farm: Farm) -> None:
     farm.send(["alice@example.com"], "before")
     assert wait_until(lambda: farm.subjects("alice@example.com") == ["before"], TIMEOUT)
