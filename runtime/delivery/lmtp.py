@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mailplan.runtime.delivery.outbound import Fate, Kind, Parcel
@@ -132,11 +133,19 @@ async def _open(server: str, settings: LmtpSettings) -> _Connection:
     return connection
 
 
+Settled = Callable[[list[Fate]], Awaitable[None]]
+
+
 async def deliver(
-    servers: tuple[str, ...], parcels: list[Parcel], settings: LmtpSettings
+    servers: tuple[str, ...],
+    parcels: list[Parcel],
+    settings: LmtpSettings,
+    settled: Settled | None = None,
 ) -> list[Fate]:
     """Hand `parcels` over to the first of `servers` that takes the connection; an outcome
-    for every recipient of every parcel (as the parcel names it)."""
+    for every recipient of every parcel (as the parcel names it). With `settled`, each
+    parcel's outcomes are handed to it as soon as they are known, before the next parcel
+    goes (so that a crash delivers as little as possible twice), and are not returned."""
     connection = None
     failures = []
     for server in servers:
@@ -154,6 +163,9 @@ async def deliver(
         for index, parcel in enumerate(parcels):
             try:
                 await _transaction(connection, parcel, settings, outcomes)
+                if settled is not None:
+                    await settled(outcomes)
+                    outcomes = []
             except Lost as exc:
                 log.info("LMTP %s: connection ended: %s", connection.server, exc)
                 text = f"connection to LMTP server {connection.server} lost: {exc}"

@@ -459,6 +459,8 @@ class Delivery:
             by_message.setdefault(entry.queue_id, []).append(entry)
         for queue_id, entries in by_message.items():
             mine = [o for o in outcomes if o.queue_id == queue_id]
+            if not mine:  # settled already (LMTP settles message by message)
+                continue
             again, new = await asyncio.to_thread(
                 settle, self.spool, plan, entries, mine, time.time()
             )
@@ -508,16 +510,24 @@ class Delivery:
         return list(parcels.values()), asked
 
     async def _lmtp(self, batch: list[Waiting], router: Router) -> list[Fate]:
-        """LOCAL mail handed over to the mailbox server, one outcome per recipient."""
+        """LOCAL mail handed over to the mailbox server, one outcome per recipient; each
+        message is settled as soon as the server answered for it (the window in which a
+        crash delivers twice is one message, not a batch)."""
         parcels, asked = await self._parcels(batch)
         servers = lmtp_decide.servers(batch[0].routing.queue)
         settings = lmtp.LmtpSettings(router.plan.server.hostname, self.remote.timeout)
-        results = await lmtp.deliver(servers, parcels, settings)
-        return [
-            replace(outcome, recipient=recipient)
-            for outcome in results
-            for recipient in asked[(outcome.queue_id, outcome.recipient)]
-        ]
+
+        def named(results: list[Fate]) -> list[Fate]:
+            return [
+                replace(outcome, recipient=recipient)
+                for outcome in results
+                for recipient in asked[(outcome.queue_id, outcome.recipient)]
+            ]
+
+        async def settled(results: list[Fate]) -> None:
+            await self._settle(router.plan, batch, named(results))
+
+        return named(await lmtp.deliver(servers, parcels, settings, settled))
 
     async def _smtp(self, batch: list[Waiting], router: Router) -> list[Fate]:
         plan = router.plan

@@ -65,6 +65,7 @@ class Options:
     share: Share = field(default_factory=Share)
     # The DKIM private keys, read at start-up (as root, before the server gives it up).
     dkim: Keyring = field(default_factory=dict)
+    bind: tuple[str, ...] = ()  # `serve --bind`: these addresses, not the listeners' own
 
 
 def snapshot(
@@ -183,7 +184,7 @@ class Daemon:
                 listener.name,
                 listener.protocol,
             )
-        for listener in served(plan, self.options.dev):
+        for listener in served(plan, self.options.dev, self.options.bind):
             for address in listener.bind:
                 sock = self.options.sockets.get((listener.name, address))
                 if sock is None:
