@@ -8,6 +8,7 @@ error. tests/test_rspamd.py runs the real one.
 from __future__ import annotations
 
 import json
+import signal
 import smtplib
 import threading
 import time
@@ -55,6 +56,12 @@ def _handler(fake: Fake) -> type[BaseHTTPRequestHandler]:
 
 
 class _Quiet(ThreadingHTTPServer):
+    """Its answers all written (or failed) before it closes: a slow answer to a client
+    that gave up must not be written during the next test."""
+
+    daemon_threads = False
+    block_on_close = True
+
     def handle_error(self, request: object, client_address: object) -> None:
         """A client that gave up on a slow answer (the point of a test): not worth a trace."""
 
@@ -62,6 +69,9 @@ class _Quiet(ThreadingHTTPServer):
 @pytest.fixture
 def fake() -> Iterator[tuple[Fake, int]]:
     told = Fake()
+    # A write to a client that left is an error here, not a signal that ends the run
+    # (an earlier test of the session may have put SIGPIPE back to its default).
+    before = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     http = _Quiet((LOOPBACK, 0), _handler(told))
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
@@ -69,7 +79,8 @@ def fake() -> Iterator[tuple[Fake, int]]:
         yield told, http.server_address[1]
     finally:
         http.shutdown()
-        http.server_close()
+        http.server_close()  # waits for the answers under way
+        signal.signal(signal.SIGPIPE, before)
 
 
 def serve(tmp_path: Path, url: str, **setting: Any) -> tuple[MailServer, int]:
