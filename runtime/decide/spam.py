@@ -35,7 +35,7 @@ _SUBJECT = re.compile(rb"subject:", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
-class Verdict:
+class SpamVerdict:
     """What to do with the message: `reply` refuses it (None: accepted with `headers`
     on top, and `subject` for its Subject when rspamd rewrote it)."""
 
@@ -53,17 +53,17 @@ class Unreadable(ValueError):
     """rspamd answered something that is not a `/checkv2` result."""
 
 
-def verdict(result: Mapping[str, Any]) -> Verdict:
+def verdict(result: Mapping[str, Any]) -> SpamVerdict:
     """rspamd's `/checkv2` JSON as a verdict; raises `Unreadable` for anything else."""
     action = result.get("action")
     score = result.get("score", 0.0)
     if not isinstance(action, str) or not isinstance(score, int | float):
         raise Unreadable(f"no action and score in rspamd's answer: {str(result)[:200]}")
     if action == "reject":
-        return Verdict(action, score, _reply(result, replies.SPAM_REJECTED), ())
+        return SpamVerdict(action, score, _reply(result, replies.SPAM_REJECTED), ())
     if action in ("soft reject", "greylist"):
         reply = replies.GREYLISTED if action == "greylist" else replies.SPAM_TRY_LATER
-        return Verdict(action, score, _reply(result, reply), ())
+        return SpamVerdict(action, score, _reply(result, reply), ())
     spam = action in ("add header", "rewrite subject")
     required = result.get("required_score")
     status = f"{'Yes' if spam else 'No'}, score={score:.2f}"
@@ -80,7 +80,7 @@ def verdict(result: Mapping[str, Any]) -> Verdict:
         *_asked(result),
     ]
     subject = result.get("subject") if action == "rewrite subject" else None
-    return Verdict(
+    return SpamVerdict(
         action, score, None, tuple(headers), subject if isinstance(subject, str) else None
     )
 
@@ -120,7 +120,7 @@ def _asked(result: Mapping[str, Any]) -> list[tuple[str, str]]:
     return found
 
 
-def apply(message: bytes, verdict: Verdict) -> bytes:
+def apply(message: bytes, verdict: SpamVerdict) -> bytes:
     """The message as it is accepted: its own `X-Spam-*` fields out, the verdict's
     headers on top, the Subject rspamd rewrote."""
     head, blank, body = split(message)

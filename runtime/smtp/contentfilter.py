@@ -60,7 +60,7 @@ class Rspamd:
             return message, verdict.reply
         return spam.apply(message, verdict), None
 
-    async def _ask(self, client: Client, envelope: Envelope, message: bytes) -> spam.Verdict:
+    async def _ask(self, client: Client, envelope: Envelope, message: bytes) -> spam.SpamVerdict:
         headers = [
             (b"Ip", client.ip.encode()),
             (b"Helo", envelope.helo.encode("utf-8", "surrogateescape")),
