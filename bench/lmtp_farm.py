@@ -9,6 +9,10 @@ Measured on the same machine in one run (docs/scaling.md, docs/benchmarks.md):
 - lmtp x1: one `mailplan serve` of a plan with `delivery.local: {via: lmtp}`: each
   message is queued (fsync before 250), then handed to Debian's Dovecot over LMTP on
   loopback (Dovecot writes the Maildir), and settled on Dovecot's 250.
+- dovecot: no mailplan, the ceiling: this file's process hands the same messages
+  straight to Dovecot with mailplan's LMTP client (`runtime.delivery.lmtp`), over as
+  many connections as a node opens to one LMTP queue (4). Dovecot's fsync of each
+  message is most of what LMTP delivery costs.
 - lmtp x2: two nodes of that plan (`serve --plan plan.json --bind 127.0.0.2` and
   `127.0.0.3`, each with its own queue), the clients split between them, both handing
   over to the same Dovecot.
@@ -18,7 +22,7 @@ last message is in the mailbox (counted on disk: files in the Maildir's new/ and
 `--clients` connections (threads, smtplib, one connection each for many messages),
 `--size` bytes of body, `--count` messages per measurement, `--rounds` rounds with
 the order of the cells rotating; the median of the rounds is reported, and the ratios
-lmtp x1 / maildir and lmtp x2 / lmtp x1 of those medians. Each server keeps its
+lmtp x1 / maildir, lmtp x1 / dovecot and lmtp x2 / lmtp x1 of those medians. Each server keeps its
 log in its folder. Nothing here asserts a timing. Network only to 127.0.0.0/8.
 
     .venv/bin/python bench/lmtp_farm.py --quick           # a smoke run, seconds
@@ -28,6 +32,7 @@ log in its folder. Nothing here asserts a timing. Network only to 127.0.0.0/8.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import pwd
 import shutil
@@ -46,6 +51,10 @@ sys.path[:0] = [str(PROJECT), str(PROJECT / "tests")]
 from argon2 import PasswordHasher  # noqa: E402
 from serverkit import LOOPBACK, MailServer, free_ports, mailplan  # noqa: E402
 from test_dovecot import Dovecot  # noqa: E402
+
+from mailplan.runtime.delivery import lmtp  # noqa: E402
+from mailplan.runtime.delivery.outbound import Parcel  # noqa: E402
+from mailplan.runtime.delivery.scheduler import CONNECTIONS  # noqa: E402
 
 NODES = ("127.0.0.2", "127.0.0.3")
 ACCEPTED: list[float] = []  # msg/s of the sending alone, of the last measurement
@@ -134,6 +143,25 @@ def measure(
 Cell = Callable[[int], float]  # messages -> msg/s
 
 
+def straight(server: str, total: int, size: int) -> None:
+    """`total` messages handed to Dovecot by this process, over `CONNECTIONS["LMTP"]`."""
+    body = ("x" * 76 + "\r\n") * max(1, size // 78)
+    message = f"From: <s@remote.test>\r\nSubject: bench\r\n\r\n{body}".encode()
+    parcels = [
+        Parcel(f"B{n}", "s@remote.test", (f"user{n % ACCOUNTS}@example.com",), message)
+        for n in range(total)
+    ]
+    settings = lmtp.LmtpSettings("bench.example.com", 60)
+    width = CONNECTIONS["LMTP"]
+
+    async def run() -> None:
+        jobs = (lmtp.deliver((server,), parcels[n::width], settings) for n in range(width))
+        for outcomes in await asyncio.gather(*jobs):
+            assert all(o.kind == "delivered" for o in outcomes), outcomes[:1]
+
+    asyncio.run(run())
+
+
 def setup(root: Path) -> tuple[dict[str, Cell], list[MailServer], Dovecot]:
     ports = dict(zip(("maildir", "lmtp_smtp", "lmtp"), free_ports(3), strict=True))
     hashed = PasswordHasher().hash("bench")
@@ -175,7 +203,20 @@ def setup(root: Path) -> tuple[dict[str, Cell], list[MailServer], Dovecot]:
     def cell(targets: list[tuple[str, int]], box: Path) -> Cell:
         return lambda total: measure(targets, box, total, ARGS.clients, ARGS.size)
 
-    cells = {"maildir": cell(one, own), "lmtp x1": cell(node, inbox), "lmtp x2": cell(both, inbox)}
+    def raw(total: int) -> float:
+        before = count(inbox)
+        started = time.monotonic()
+        straight(f"{LOOPBACK}:{ports['lmtp']}", total, ARGS.size)
+        ACCEPTED.append(total / (time.monotonic() - started))
+        assert count(inbox) >= before + total
+        return ACCEPTED[-1]
+
+    cells = {
+        "maildir": cell(one, own),
+        "dovecot": raw,
+        "lmtp x1": cell(node, inbox),
+        "lmtp x2": cell(both, inbox),
+    }
     return cells, servers, dovecot
 
 
@@ -218,6 +259,7 @@ def main() -> int:
         took = statistics.median(accepted[name])
         print(f"  {name:8} {rate:8.1f} msg/s (median; accepted at {took:.1f} msg/s)")
     print(f"  lmtp x1 / maildir  {median['lmtp x1'] / median['maildir']:.2f}")
+    print(f"  lmtp x1 / dovecot  {median['lmtp x1'] / median['dovecot']:.2f}")
     print(f"  lmtp x2 / lmtp x1  {median['lmtp x2'] / median['lmtp x1']:.2f}")
     return 0
 
