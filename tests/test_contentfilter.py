@@ -198,3 +198,35 @@ def test_a_client_is_not_checked_by_the_default_scope(
     with server, smtplib.SMTP(LOOPBACK, port, timeout=20) as client:  # from 127.0.0.1, a client
         assert client.sendmail("sender@remote.test", ["alice@example.com"], MESSAGE) == {}
     assert told.asked == []
+
+
+def test_the_site_says_little_and_the_defaults_say_the_rest(tmp_path: Path) -> None:
+    from mailplan.compiler.pipeline import compile_site
+    from mailplan.plan.model import ContentFilter
+
+    site = write_site(
+        tmp_path / "site",
+        listeners={"smtp": plain(25)},
+        extra={"receiving": {"content_filter": {"rspamd": "http://127.0.0.1:11333/"}}},
+    )
+    unit = compile_site(site)
+    assert unit.plan is not None, unit.diagnostics
+    found = unit.plan.receiving.content_filter
+    assert found is not None and found.source.file == "site.yaml"
+    assert found == ContentFilter(
+        found.source,
+        "http://127.0.0.1:11333",
+        "everybody-except-clients",
+        20,
+        "tempfail",
+    )
+    broken = write_site(
+        tmp_path / "broken",
+        listeners={"smtp": plain(25)},
+        extra={"receiving": {"content_filter": {"rspamd": "127.0.0.1:11333"}}},
+    )
+    (problem,) = compile_site(broken).diagnostics
+    assert problem.code == "MP103"
+    assert problem.message.endswith(
+        "rspamd is the URL of its normal worker (http://127.0.0.1:11333)"
+    )

@@ -228,3 +228,11 @@ def test_mailplan_dns_publishes_both_nodes_at_equal_preference(tmp_path: Path) -
     assert "@ IN MX 10 mx1.example.com." in records, records
     assert "@ IN MX 10 mx2.example.com." in records, records
     assert "mx1 IN A 192.0.2.10" in records and "mx2 IN A 192.0.2.11" in records, records
+
+
+def test_serve_bind_takes_ip_addresses_only(tmp_path: Path) -> None:
+    """`--bind` is checked before anything starts: one line, no traceback."""
+    result = mailplan("serve", tmp_path, "--bind", "mx1.example.com")
+    assert result.returncode == 2
+    assert "argument --bind: not an IP address: 'mx1.example.com'" in result.stderr
+    assert "Traceback" not in result.stderr
