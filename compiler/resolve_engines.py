@@ -14,11 +14,11 @@ from dataclasses import replace
 from typing import Any
 
 from mailplan.compiler import defaults
-from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.diagnostics import Diagnostic, error, warning
 from mailplan.compiler.unit import Unit
 from mailplan.compiler.yamlpos import Document
 from mailplan.compiler.yamlpos import Path as DataPath
-from mailplan.plan.model import MAILDIR, ContentFilter, LocalDelivery, Source
+from mailplan.plan.model import MAILDIR, ContentFilter, Domain, LocalDelivery, Source
 from mailplan.runtime.decide.address import canonical_domain
 
 
@@ -34,6 +34,8 @@ def resolve_engines(unit: Unit) -> Unit:
         spec = document.data["domains"][written] or {}
         own = _local(document, ("domains", written, "delivery", "local"), spec, problems)
         domains.append(replace(domain, local=own) if own is not None else domain)
+        if (own or site).via == "lmtp":
+            problems += _unreachable(domain)
     receiving = replace(plan.receiving, content_filter=_content_filter(document))
     plan = replace(plan, local=site, domains=tuple(domains), receiving=receiving)
     return replace(unit, plan=plan).report(*problems)
@@ -52,6 +54,22 @@ def _content_filter(document: Document) -> ContentFilter | None:
         defaults.seconds(given["timeout"]),
         given["on_failure"],
     )
+
+
+def _unreachable(domain: Domain) -> list[Diagnostic]:
+    """Accounts whose address is not ASCII: Dovecot 2.3's LMTP offers no SMTPUTF8."""
+    return [
+        warning(
+            account.source.file,
+            account.source.line,
+            account.source.column,
+            "MP702",
+            f"{account.name}@{domain.name} is not ASCII: LMTP cannot deliver to it without "
+            "SMTPUTF8, which Dovecot 2.3 does not offer (its mail bounces with 5.6.7)",
+        )
+        for account in domain.accounts
+        if not account.name.isascii()
+    ]
 
 
 def _local(

@@ -205,8 +205,11 @@ def test_an_address_that_is_not_ascii_needs_smtputf8() -> None:
         ("inbox", "alice@example.com"),
         ("Junk", "alice+Junk@example.com"),
         ("Invoices/Attachments", "alice+Invoices.Attachments@example.com"),
+        ("My Folder", '"alice+My Folder"@example.com'),
+        ('a"b', '"alice+a\\"b"@example.com'),
+        ("Ärger", "alice@example.com"),
     ],
-    ids=["inbox", "inbox-any-case", "folder", "subfolder"],
+    ids=["inbox", "inbox-any-case", "folder", "subfolder", "space", "quote", "not-ascii"],
 )
 def test_a_folder_travels_as_the_detail(folder: str, address: str) -> None:
     assert decide.rcpt("alice@example.com", folder) == address

@@ -9,11 +9,13 @@ Dovecot's LMTP saves into with `lmtp_save_to_detail_mailbox = yes`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from mailplan.plan.model import LocalDelivery, Plan
 from mailplan.runtime.decide.router import Routing
 
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 DELIMITER = "+"  # Dovecot's `recipient_delimiter`, as `mailplan dovecot` writes it
 
 
@@ -39,13 +41,23 @@ def over_lmtp(plan: Plan, account: str) -> bool:
     return local_delivery(plan, account).via == "lmtp"
 
 
+def carried(folder: str) -> bool:
+    """Whether a folder can travel as a detail: Dovecot 2.3's LMTP offers no SMTPUTF8, so
+    a name that is not ASCII cannot (such mail goes to INBOX)."""
+    return folder.isascii() and folder.isprintable()
+
+
 def rcpt(account: str, folder: str = "INBOX") -> str:
-    """The LMTP recipient for `account`'s `folder`: the address itself for INBOX, else the
-    folder as its detail (a `/` of a subfolder becomes Maildir++'s `.`)."""
-    if folder.upper() == "INBOX":
+    """The LMTP recipient for `account`'s `folder`: the address itself for INBOX (and for a
+    folder that cannot travel, see `carried`), else the folder as its detail (a `/` of a
+    subfolder becomes Maildir++'s `.`), the local part quoted when it must be (a space)."""
+    if folder.upper() == "INBOX" or not carried(folder):
         return account
     name, _, domain = account.rpartition("@")
-    return f"{name}{DELIMITER}{folder.replace('/', '.')}@{domain}"
+    local = f"{name}{DELIMITER}{folder.replace('/', '.')}"
+    if not _DOT_ATOM.fullmatch(local):
+        local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{local}@{domain}"
 
 
 def handover(plan: Plan, routing: Routing, folder: str = "INBOX") -> Routing:

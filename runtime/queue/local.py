@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from mailplan.runtime.decide import dsn
+from mailplan.runtime.decide import dsn, lmtp
 from mailplan.runtime.decide.addresslist import AddressSet
 from mailplan.runtime.decide.router import Router
 from mailplan.runtime.delivery import pipe
@@ -117,6 +117,11 @@ class Local:
             log.info(
                 "%s <%s> flags %s are not carried over LMTP", self.envelope.id, account, drop.flags
             )
+        if not lmtp.carried(drop.folder):
+            log.warning(
+                "%s <%s> folder %r cannot travel over LMTP (not ASCII): delivered to INBOX",
+                self.envelope.id, account, drop.folder,
+            )  # fmt: skip
         sender = self.envelope.sender
         self._queue(sender, (account,), drop.message, f"{LMTP_DROP}{drop.folder}")
 
