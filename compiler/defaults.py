@@ -29,6 +29,12 @@ RECEIVING: dict[str, Any] = {
     "blacklisted_ips": "everybody-except-clients",
 }
 RBL_WEIGHT = 1
+# receiving.content_filter: what is not said of rspamd
+CONTENT_FILTER: dict[str, Any] = {
+    "scope": "everybody-except-clients",
+    "timeout": "20s",
+    "on_failure": "tempfail",
+}
 
 LIMITS: dict[str, Any] = {
     "max_message_size": "25M",

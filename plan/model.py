@@ -196,6 +196,20 @@ class MailDns:
 
 
 @dataclass(frozen=True)
+class LocalDelivery:
+    """How LOCAL mail reaches a mailbox: into mailplan's own Maildirs, or handed over by
+    LMTP (RFC 2033) to a mailbox server (`to`: `host:port`, `[v6]:port` or `unix:/path`,
+    tried in order). `source` is where the site says so (None: the default)."""
+
+    via: Literal["maildir", "lmtp"]
+    to: tuple[str, ...] = ()
+    source: Source | None = None
+
+
+MAILDIR = LocalDelivery("maildir")
+
+
+@dataclass(frozen=True)
 class Domain:
     name: str
     source: Source
@@ -209,6 +223,7 @@ class Domain:
     spf: Spf
     rules: RuleSet | None
     dns: MailDns | None = None  # filled by compiler.resolve_dns
+    local: LocalDelivery | None = None  # its own `delivery.local`; None: the site's
 
 
 @dataclass(frozen=True)
@@ -282,12 +297,25 @@ class RblCheck:
 
 
 @dataclass(frozen=True)
+class ContentFilter:
+    """rspamd at the end of DATA, before the 250: `rspamd` is its URL (`/checkv2` is
+    asked); `on_failure` says what an unreachable or slow rspamd means."""
+
+    source: Source
+    rspamd: str
+    scope: Scope
+    timeout: int
+    on_failure: Literal["tempfail", "accept"]
+
+
+@dataclass(frozen=True)
 class Receiving:
     return_path: ReturnPathCheck
     reverse_connect: ReverseConnectCheck
     spf: SpfCheck
     rbl: RblCheck
     blacklisted_ips: Scope
+    content_filter: ContentFilter | None = None  # compiler.resolve_engines
 
 
 @dataclass(frozen=True)
@@ -548,3 +576,4 @@ class Plan:
     account_rules: AccountRules
     tests: tuple[TestCase, ...]
     sources: tuple[SourceFile, ...]
+    local: LocalDelivery = MAILDIR  # the site's `delivery.local` (compiler.resolve_engines)

@@ -68,6 +68,13 @@ def add_parser(subcommands: Subcommands) -> None:
     )
     serve.add_argument("--group", metavar="NAME", help="and this group (default: the user's)")
     serve.add_argument("--allow-root", action="store_true", help="serve as root (without --user)")
+    serve.add_argument(
+        "--bind",
+        action="append",
+        type=_address,
+        metavar="IP",
+        help="listen on IP instead of each listener's bind (a farm node; repeatable)",
+    )
     serve.add_argument("--log-format", choices=("text", "json"), default="text")
     serve.add_argument("--log-level", choices=logs.LEVELS, default="info")
     serve.add_argument(  # also `mailplan --debug serve`: one flag, kept here for old units
@@ -131,6 +138,15 @@ def _fail(arguments: argparse.Namespace, text: str) -> None:
         print(logs.line(text), file=sys.stderr)
 
 
+def _address(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
+
+
 def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
     """The order of `runtime.serve.startup`: queue lock, TLS and DKIM keys, sockets,
     resolver, user, pid."""
@@ -160,7 +176,8 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
         descriptors = startup.raise_descriptor_limit(plan.limits.max_connections)
         if descriptors:
             log.warning("%s", descriptors)
-        sockets = startup.bind(startup.served(plan, dev))
+        bind = tuple(arguments.bind or ())
+        sockets = startup.bind(startup.served(plan, dev, bind))
         quiet = _settle(arguments, who, queue, mail, sockets)
         lock.write_pid()
         if quiet:
@@ -178,6 +195,7 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
             sockets=sockets,
             tls=context,
             dkim=dkim,
+            bind=bind,
         )
         if dev:
             _banner(plan, arguments)

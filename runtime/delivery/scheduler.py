@@ -1,10 +1,11 @@
 """Delivery beyond the mailbox: the SMTP, PIPE and LIST queues, retries and bounces.
 
 Recipients that `runtime.queue.processor` could not deliver at once arrive here as
-`Waiting` entries and wait in their logical queue (`SMTP(domain)`, `PIPE(name)`,
-`LIST(list@domain)`) until they are due. A due queue gets a worker: the SMTP
-module sends every due message of its queue over one connection (a few
-connections at most per queue), PIPE runs the declared program once per
+`Waiting` entries and wait in their logical queue (`SMTP(domain)`, `LMTP(servers)`,
+`PIPE(name)`, `LIST(list@domain)`) until they are due. A due queue gets a worker: the
+SMTP module sends every due message of its queue over one connection (a few
+connections at most per queue), LMTP hands LOCAL mail to the mailbox server the same
+way (`runtime.delivery.lmtp`), PIPE runs the declared program once per
 recipient, LIST turns a post into a new queued message for the members. Recipients
 that the plan refuses (`ERROR`) fail at once.
 
@@ -33,8 +34,9 @@ import dns.asyncresolver
 from mailplan.plan import codec
 from mailplan.plan.model import MailingList, Plan
 from mailplan.runtime.decide import dsn, lists, retry
+from mailplan.runtime.decide import lmtp as lmtp_decide
 from mailplan.runtime.decide.router import Router, Routing
-from mailplan.runtime.delivery import mtasts, outbound, pipe, tlspolicy, tlsrpt
+from mailplan.runtime.delivery import lmtp, mtasts, outbound, pipe, tlspolicy, tlsrpt
 from mailplan.runtime.delivery.outbound import Fate, Parcel
 from mailplan.runtime.dns import mx
 from mailplan.runtime.store.spool import BadQueueFile, Envelope, Spool, new_id
@@ -43,7 +45,7 @@ log = logging.getLogger("mailplan.delivery")
 
 BATCH = 50  # messages one SMTP worker takes from its queue
 SETTLE_RETRY = 60  # seconds before a batch whose outcomes could not be recorded is tried again
-CONNECTIONS = {"SMTP": 4, "PIPE": 2, "LIST": 1, "ERROR": 1}  # workers per queue
+CONNECTIONS = {"SMTP": 4, "LMTP": 4, "PIPE": 2, "LIST": 1, "ERROR": 1}  # workers per queue
 
 
 @dataclass
@@ -482,7 +484,7 @@ class Delivery:
             return
         limit = CONNECTIONS.get(queue.module, 1)
         while queue.ready and queue.active < limit:
-            size = BATCH if queue.module == "SMTP" else 1
+            size = BATCH if queue.module in ("SMTP", "LMTP") else 1
             batch, queue.ready = queue.ready[:size], queue.ready[size:]
             queue.active += 1
             task = asyncio.create_task(self._work(queue, batch))
@@ -516,6 +518,8 @@ class Delivery:
             by_message.setdefault(entry.queue_id, []).append(entry)
         for queue_id, entries in by_message.items():
             mine = [o for o in outcomes if o.queue_id == queue_id]
+            if not mine:  # settled already (LMTP settles message by message)
+                continue
             again, new = await asyncio.to_thread(
                 settle, self.spool, plan, entries, mine, time.time()
             )
@@ -527,6 +531,8 @@ class Delivery:
     async def _deliver(self, queue: _Queue, batch: list[Waiting], router: Router) -> list[Fate]:
         if queue.module == "SMTP":
             return await self._smtp(batch, router)
+        if queue.module == "LMTP":
+            return await self._lmtp(batch, router)
         if queue.module == "PIPE":
             return [await self._pipe(entry, router) for entry in batch]
         if queue.module == "LIST":
@@ -542,15 +548,16 @@ class Delivery:
             for entry in batch
         ]
 
-    async def _smtp(self, batch: list[Waiting], router: Router) -> list[Fate]:
-        plan = router.plan
-        first = batch[0].routing
-        domain = first.target.rpartition("@")[2].lower()
+    async def _parcels(
+        self, batch: list[Waiting]
+    ) -> tuple[list[Parcel], dict[tuple[str, str], list[str]]]:
+        """A batch as messages with their routed targets, and (queue id, target) → the
+        recipients as the client gave them (two recipients routed to one address: one copy)."""
         parcels: dict[str, Parcel] = {}
-        asked: dict[tuple[str, str], list[str]] = {}  # (queue id, target) → recipients
+        asked: dict[tuple[str, str], list[str]] = {}
         for entry in batch:
             key = (entry.queue_id, entry.routing.target)
-            if key in asked:  # two recipients routed to one address: one copy
+            if key in asked:
                 asked[key].append(entry.recipient)
                 continue
             asked[key] = [entry.recipient]
@@ -560,6 +567,33 @@ class Delivery:
                 (*known.recipients, entry.routing.target) if known else (entry.routing.target,)
             )
             parcels[entry.queue_id] = Parcel(entry.queue_id, envelope.sender, targets, message)
+        return list(parcels.values()), asked
+
+    async def _lmtp(self, batch: list[Waiting], router: Router) -> list[Fate]:
+        """LOCAL mail handed over to the mailbox server, one outcome per recipient; each
+        message is settled as soon as the server answered for it (the window in which a
+        crash delivers twice is one message, not a batch)."""
+        parcels, asked = await self._parcels(batch)
+        servers = lmtp_decide.servers(batch[0].routing.queue)
+        settings = lmtp.LmtpSettings(router.plan.server.hostname, self.remote.timeout)
+
+        def named(results: list[Fate]) -> list[Fate]:
+            return [
+                replace(outcome, recipient=recipient)
+                for outcome in results
+                for recipient in asked[(outcome.queue_id, outcome.recipient)]
+            ]
+
+        async def settled(results: list[Fate]) -> None:
+            await self._settle(router.plan, batch, named(results))
+
+        return named(await lmtp.deliver(servers, parcels, settings, settled))
+
+    async def _smtp(self, batch: list[Waiting], router: Router) -> list[Fate]:
+        plan = router.plan
+        first = batch[0].routing
+        domain = first.target.rpartition("@")[2].lower()
+        parcels, asked = await self._parcels(batch)
         resolve = self._dns()
         trust = self.trust(plan)
         wanted = plan.outbound.tls
@@ -586,9 +620,7 @@ class Delivery:
             trust=trust,
             observe=self.reports.observe if wanted.reports else None,
         )
-        results = await outbound.deliver(
-            first.queue, domain, list(parcels.values()), settings, resolve
-        )
+        results = await outbound.deliver(first.queue, domain, parcels, settings, resolve)
         # Outcomes name the routed target; settle knows recipients as the client gave them.
         return [
             replace(outcome, recipient=recipient)

@@ -24,12 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailplan.runtime.decide import retry
+from mailplan.runtime.decide import lmtp, retry
 from mailplan.runtime.decide.router import Router, Routing
 from mailplan.runtime.delivery import pipe
 from mailplan.runtime.delivery.scheduler import Waiting
 from mailplan.runtime.queue.arrival import Arrival
-from mailplan.runtime.queue.local import REPLY_LOG, Effects, Local, execute, rules_of
+from mailplan.runtime.queue.local import (
+    REPLY_LOG,
+    Drop,
+    Effects,
+    Local,
+    dropped_into,
+    execute,
+    rules_of,
+)
 from mailplan.runtime.rules import actions as ruleactions
 from mailplan.runtime.rules import enact
 from mailplan.runtime.store import durable
@@ -91,7 +99,7 @@ def process(
         routing = message.routing(recipient)
         decided = _decided(routing, digest)
         facts = {"extra": _facts(queue_id, recipient, routing)}
-        if routing.module == "LOCAL":
+        if routing.module == "LOCAL" and not lmtp.over_lmtp(router.plan, routing.queue):
             if routing.queue not in delivered:
                 _deliver(local, routing.queue, done, batch is None)
                 delivered.add(routing.queue)
@@ -101,7 +109,11 @@ def process(
             done.append(recipient)
             say("%s <%s> discarded (%s)", queue_id, recipient, decided, **facts)
         else:
-            entry = message.waiting(recipient, routing, schedule)
+            entry = _waiting(local, message, recipient, routing, schedule)
+            if entry is None:  # through the rules to LMTP: what they stored is queued anew
+                done.append(recipient)
+                say("%s <%s> through rules to LMTP (%s)", queue_id, recipient, decided, **facts)
+                continue
             waiting.append(entry)
             say("%s <%s> queued in %s (%s)", queue_id, recipient, entry.queue, decided, **facts)
     if batch is None:
@@ -151,6 +163,27 @@ class _Message:
         return Waiting(envelope.id, recipient, routing, envelope.arrived, due, attempts)
 
 
+def _waiting(
+    local: Local, message: _Message, recipient: str, routing: Routing, schedule: tuple[int, ...]
+) -> Waiting | None:
+    """A recipient for the delivery wing. A LOCAL one (whose mailbox is reached by LMTP)
+    goes through the account's rules first: the plain case (INBOX, the message unchanged)
+    waits in the LMTP queue as it is; anything else the rules stored is queued as drops
+    of its own, and the recipient is done (None)."""
+    if routing.module != "LOCAL":
+        return message.waiting(recipient, routing, schedule)
+    plan, account = local.router.plan, routing.queue
+    folder = dropped_into(message.envelope)
+    if folder is not None:  # a drop: the rules ran already
+        return message.waiting(recipient, lmtp.handover(plan, routing, folder), schedule)
+    drops = local.collect(account)
+    if drops == [Drop("INBOX", message.bytes, "")]:
+        return message.waiting(recipient, lmtp.handover(plan, routing), schedule)
+    for drop in drops:
+        local.queue_drop(account, drop)
+    return None
+
+
 def _facts(queue_id: str, recipient: str, routing: Routing) -> dict[str, str]:
     """What a JSON log line says of a recipient's routing (`runtime.serve.logs.FACTS`)."""
     sources = " ".join(str(step.source) for step in routing.steps if step.source)
@@ -193,6 +226,8 @@ def delivers_at_once(arrival: Arrival) -> bool:
         if routing.module == "DISCARD":
             continue
         if routing.module != "LOCAL" or book.local(routing.queue).rules:
+            return False
+        if lmtp.over_lmtp(arrival.router.plan, routing.queue):  # settled by the LMTP 250
             return False
     return True
 

@@ -41,6 +41,7 @@ from mailplan.runtime.serve.startup import (
     release_signals,
     served,
 )
+from mailplan.runtime.smtp.contentfilter import Rspamd
 from mailplan.runtime.smtp.receiving import CallbackCache, Checks
 from mailplan.runtime.smtp.session import Handler, Session, Snapshot
 from mailplan.runtime.smtp.signing import Keyring, Signer
@@ -65,6 +66,7 @@ class Options:
     share: Share = field(default_factory=Share)
     # The DKIM private keys, read at start-up (as root, before the server gives it up).
     dkim: Keyring = field(default_factory=dict)
+    bind: tuple[str, ...] = ()  # `serve --bind`: these addresses, not the listeners' own
 
 
 def snapshot(
@@ -80,7 +82,9 @@ def snapshot(
     checks = Checks(plan, router, answerer, cache, smtp_port) if answerer is not None else None
     rules = Rules(plan.server_rules) if plan.server_rules is not None else None
     signer = Signer(plan, keys) if keys else None
-    return Snapshot(codec.digest(plan), Policy(plan, router), checks, rules, signer)
+    content = plan.receiving.content_filter
+    rspamd = Rspamd(content, plan.server.hostname) if content is not None else None
+    return Snapshot(codec.digest(plan), Policy(plan, router), checks, rules, signer, rspamd)
 
 
 class Daemon:
@@ -177,7 +181,7 @@ class Daemon:
                 listener.name,
                 listener.protocol,
             )
-        for listener in served(plan, self.options.dev):
+        for listener in served(plan, self.options.dev, self.options.bind):
             for address in listener.bind:
                 sock = self.options.sockets.get((listener.name, address))
                 if sock is None:

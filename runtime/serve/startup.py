@@ -68,9 +68,12 @@ def development(listener: Listener) -> Listener:
     return replace(listener, bind=("127.0.0.1",), port=port)
 
 
-def served(plan: Plan, dev: bool) -> list[Listener]:
-    """The listeners this server serves itself (IMAP is Dovecot's), as they listen."""
+def served(plan: Plan, dev: bool, bind: tuple[str, ...] = ()) -> list[Listener]:
+    """The listeners this server serves itself (IMAP is Dovecot's), as they listen; with
+    `bind` (`serve --bind`: one node of a farm that shares the plan) on those addresses."""
     listeners = [development(x) if dev else x for x in plan.listeners]
+    if bind:
+        listeners = [replace(x, bind=bind) for x in listeners]
     return [x for x in listeners if x.protocol in (*SMTP_PROTOCOLS, *POP3_PROTOCOLS)]
 
 

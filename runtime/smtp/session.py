@@ -46,6 +46,7 @@ from mailplan.runtime.queue.arrival import Arrival
 from mailplan.runtime.queue.processor import Processor
 from mailplan.runtime.rules import enact
 from mailplan.runtime.rules.engine import Facts, Headers, Rules
+from mailplan.runtime.smtp.contentfilter import Rspamd
 from mailplan.runtime.smtp.receiving import Checks
 from mailplan.runtime.smtp.signing import Signer
 from mailplan.runtime.store.spool import Envelope, new_id
@@ -67,6 +68,7 @@ class Snapshot:
     checks: Checks | None = None  # the receiving checks (None: none run)
     server_rules: Rules | None = None
     signer: Signer | None = None  # DKIM signing (None: no key signs)
+    content_filter: Rspamd | None = None  # receiving.content_filter (None: none)
 
 
 class Handler:
@@ -171,6 +173,11 @@ class Handler:
             + self._received(server, session, client, queued, envelope.smtp_utf8)
             + (envelope.original_content or b"")
         )
+        content_filter = self.snapshot.content_filter
+        if content_filter is not None and content_filter.applies(client):
+            message, refusal = await content_filter.check(client, queued, message)
+            if refusal is not None:  # the server rules see rspamd's headers: they come after
+                return refusal
         rules = self.snapshot.server_rules
         decided = None
         if rules is not None and rules.rules:
