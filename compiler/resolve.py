@@ -24,6 +24,8 @@ from mailplan.plan.model import (
     FORMAT,
     Account,
     AccountRules,
+    DkimCheck,
+    DmarcCheck,
     Domain,
     Forwarder,
     Limits,
@@ -197,6 +199,8 @@ def _receiving(spec: dict[str, Any]) -> Receiving:
             rbl["threshold"],
         ),
         blacklisted_ips=spec.get("blacklisted_ips", defaults.RECEIVING["blacklisted_ips"]),
+        dkim=DkimCheck(**settled["dkim"]),
+        dmarc=DmarcCheck(**settled["dmarc"]),
     )
 
 

@@ -267,12 +267,30 @@ class RblCheck:
 
 
 @dataclass(frozen=True)
+class DkimCheck:
+    """DKIM signatures and ARC chains verified, reported in Authentication-Results."""
+
+    scope: Scope
+
+
+@dataclass(frozen=True)
+class DmarcCheck:
+    """DMARC evaluated; `action` is the most the site does with a failing message: follow
+    the sender's policy (`reject`), never refuse (`quarantine`), only report (`none`)."""
+
+    scope: Scope
+    action: Literal["reject", "quarantine", "none"]
+
+
+@dataclass(frozen=True)
 class Receiving:
     return_path: ReturnPathCheck
     reverse_connect: ReverseConnectCheck
     spf: SpfCheck
     rbl: RblCheck
     blacklisted_ips: Scope
+    dkim: DkimCheck
+    dmarc: DmarcCheck
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ class Handler:
         self.relayable: set[str] = set()
         self.routings: dict[str, Routing] = {}  # of this transaction's recipients, from RCPT
         self.trace: list[str] = []  # header lines the receiving checks add to the message
+        self.spf: str | None = None  # the SPF result at MAIL FROM (None: not checked)
 
     def client(self, session: SMTPSession, tls: bool) -> Client:
         account = session.auth_data if session.authenticated else None
@@ -113,6 +114,7 @@ class Handler:
         if refusal:
             return refusal
         self.trace = []
+        self.spf = None
         if self.snapshot.checks is not None:
             client = self.client(session, server.encrypted)
             sender = "" if address == "<>" else _in_a_labels(address)
@@ -121,6 +123,8 @@ class Handler:
             ):
                 if verdict.reply:
                     return verdict.reply
+                if verdict.check == "spf":
+                    self.spf = verdict.result
                 if verdict.header:
                     self.trace.append(verdict.header)
         envelope.mail_from = address
@@ -165,11 +169,21 @@ class Handler:
             log.info("%s: refused a message with more than %d hops", client.ip, MAX_HOPS)
             return replies.TOO_MANY_HOPS
         queued = self._envelope(server, session, envelope, client)
-        trace = "".join(f"{line}\r\n" for line in self.trace).encode("utf-8", "surrogateescape")
+        content = envelope.original_content or b""
+        lines = list(self.trace)
+        checks = self.snapshot.checks
+        if checks is not None:  # DKIM, ARC, DMARC: Authentication-Results
+            verified = await checks.authentication.check(
+                client, queued.helo, queued.sender, self.spf, content
+            )
+            if verified.reply:
+                log.info("%s <%s> refused by DMARC: %s", client.ip, queued.sender, verified.reply)
+                return verified.reply
+            content = verified.message
+            lines += verified.headers
+        trace = "".join(f"{line}\r\n" for line in lines).encode("utf-8", "surrogateescape")
         message = (
-            trace
-            + self._received(server, session, client, queued, envelope.smtp_utf8)
-            + (envelope.original_content or b"")
+            trace + self._received(server, session, client, queued, envelope.smtp_utf8) + content
         )
         rules = self.snapshot.server_rules
         decided = None
