@@ -18,7 +18,7 @@ import authres
 import authres.arc
 import authres.dmarc
 
-from mailplan.runtime.decide.dmarc import Verdict as Dmarc
+from mailplan.runtime.decide.dmarc import DmarcVerdict
 from mailplan.runtime.decide.message import split
 
 FIELD = "Authentication-Results"
@@ -27,8 +27,8 @@ QUARANTINE = "X-DMARC-Quarantine"
 
 
 @dataclass(frozen=True)
-class Signature:
-    """One DKIM-Signature's verdict: pass, fail, neutral, temperror or permerror."""
+class SignatureResult:
+    """One DKIM-SignatureResult's verdict: pass, fail, neutral, temperror or permerror."""
 
     result: str
     domain: str
@@ -38,7 +38,7 @@ class Signature:
 
 
 @dataclass(frozen=True)
-class Arc:
+class ArcResult:
     """The ARC chain's verdict (RFC 8617 §4.4): none, pass or fail."""
 
     result: str
@@ -48,9 +48,9 @@ class Arc:
 def header(
     hostname: str,
     spf: tuple[str, str, str] | None,
-    signatures: Sequence[Signature],
-    dmarc: Dmarc | None,
-    arc: Arc | None,
+    signatures: Sequence[SignatureResult],
+    dmarc: DmarcVerdict | None,
+    arc: ArcResult | None,
 ) -> str:
     """The header field, folded, without its line end. `spf`: (result, property, domain),
     the property `mailfrom`, or `helo` for a bounce."""

@@ -25,7 +25,7 @@ _SUFFIXES = PublicSuffixList()  # unknown top-level names count as public suffix
 _POLICIES: tuple[Policy, ...] = ("none", "quarantine", "reject")
 
 
-class Unknown(Exception):
+class UnusableRecord(Exception):
     """A DMARC record that cannot be used (RFC 7489 §6.6.3: as if there were none)."""
 
 
@@ -54,7 +54,7 @@ class Found:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class DmarcVerdict:
     """The DMARC result for one message and what is done with it.
 
     `result`: pass, fail, none, temperror or permerror (RFC 8601's words); `policy`:
@@ -86,26 +86,26 @@ def names(author: str) -> tuple[str, ...]:
 def record(texts: Sequence[str]) -> Record | None:
     """The one DMARC record among a name's TXT strings, or None when there is none.
 
-    Unknown when there are several (§6.6.3) or `p` is missing or wrong (§6.3: a record
+    UnusableRecord when there are several (§6.6.3) or `p` is missing or wrong (§6.3: a record
     without a valid `p` is one with p=none only when it has a `rua`)."""
     found = [t for t in texts if t.strip().lower().replace(" ", "").startswith("v=dmarc1")]
     if not found:
         return None
     if len(found) > 1:
-        raise Unknown("more than one DMARC record")
+        raise UnusableRecord("more than one DMARC record")
     try:
         tags = {
             k.decode().lower(): v.decode().strip()
             for k, v in parse_tag_value(found[0].encode()).items()
         }
     except (InvalidTagValueList, UnicodeError) as exc:
-        raise Unknown(f"not a tag=value list: {exc}") from None
+        raise UnusableRecord(f"not a tag=value list: {exc}") from None
     if tags.get("v") != "DMARC1":
-        raise Unknown("v= is not DMARC1")
+        raise UnusableRecord("v= is not DMARC1")
     policy = _policy(tags.get("p"))
     if policy is None:
         if "rua" not in tags:
-            raise Unknown(f"no valid p= ({tags.get('p', 'missing')})")
+            raise UnusableRecord(f"no valid p= ({tags.get('p', 'missing')})")
         policy = "none"
     return Record(
         policy=policy,
@@ -142,35 +142,35 @@ def evaluate(
     dkim: Sequence[tuple[str, str]],
     action: Action,
     roll: float,
-) -> Verdict:
+) -> DmarcVerdict:
     """The verdict for a message whose From domain is `author`.
 
     `spf`: (result, the domain it was for: MAIL FROM's, or HELO's for a bounce); `dkim`:
     (result, d=) of every signature; `action`: the site's `receiving.dmarc.action`;
     `roll`: a number in [0, 100) drawn for this message, compared with `pct`."""
     if author is None:
-        return Verdict("permerror", None, reason="the From field has no single domain")
+        return DmarcVerdict("permerror", None, reason="the From field has no single domain")
     if found.trouble is not None:
-        return Verdict("temperror", author, reason=found.trouble)
+        return DmarcVerdict("temperror", author, reason=found.trouble)
     if found.broken is not None:
-        return Verdict("permerror", author, reason=found.broken)
+        return DmarcVerdict("permerror", author, reason=found.broken)
     rule = found.record
     if rule is None or found.domain is None:
-        return Verdict("none", author, reason="no DMARC record")
+        return DmarcVerdict("none", author, reason="no DMARC record")
     spf_ok = spf[0] == "pass" and bool(spf[1]) and aligned(spf[1], author, rule.aspf)
     dkim_ok = any(r == "pass" and aligned(d, author, rule.adkim) for r, d in dkim)
     at_author = found.domain.lower() == author.lower()
     policy: Policy = rule.policy if at_author else (rule.subdomain_policy or rule.policy)
     if spf_ok or dkim_ok:
         how = "DKIM" if dkim_ok else "SPF"
-        return Verdict("pass", author, policy, reason=f"aligned {how} pass")
+        return DmarcVerdict("pass", author, policy, reason=f"aligned {how} pass")
     applied = policy
     if roll >= rule.percent:  # not sampled: one step milder (§6.6.4)
         applied = "quarantine" if policy == "reject" else "none"
     ceiling = _POLICIES.index(action)
     disposition = _POLICIES[min(_POLICIES.index(applied), ceiling)]
     sampled = "" if applied == policy else f", pct={rule.percent} not sampled"
-    return Verdict(
+    return DmarcVerdict(
         "fail",
         author,
         policy,

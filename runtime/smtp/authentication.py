@@ -22,6 +22,7 @@ import dns.exception
 from mailplan.plan.model import Plan
 from mailplan.runtime.base.threads import checking
 from mailplan.runtime.decide import authresults, dmarc
+from mailplan.runtime.decide.authresults import ArcResult, SignatureResult
 from mailplan.runtime.decide.message import header_block
 from mailplan.runtime.decide.policy import Client, in_scope
 from mailplan.runtime.decide.signing import author_domain
@@ -39,14 +40,14 @@ _TOKEN = re.compile(rb"[^A-Za-z0-9._-]")
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Authenticated:
     """What authentication makes of a message: the message without the fields that
     claimed our name, the header fields to add on top, and DMARC's refusal if any."""
 
     message: bytes
     headers: tuple[str, ...] = ()
     reply: str | None = None
-    dmarc: dmarc.Verdict | None = None
+    dmarc: dmarc.DmarcVerdict | None = None
 
 
 class Authentication:
@@ -59,7 +60,7 @@ class Authentication:
 
     async def check(
         self, client: Client, helo: str, sender: str, spf: str | None, message: bytes
-    ) -> Outcome:
+    ) -> Authenticated:
         """The outcome for a message as it arrived; `spf` is the result the SPF check gave
         at MAIL FROM (None: it did not run for this client, and runs here if needed)."""
         ours = client.trusted or client.authenticated is not None
@@ -70,12 +71,12 @@ class Authentication:
         if forged:
             log.info("%s: removed %d header field(s) that claimed to be ours", client.ip, forged)
         if not verify and not enforce:
-            return Outcome(cleaned)
+            return Authenticated(cleaned)
         return await checking(self.blocking, client.ip, helo, sender, spf, cleaned, enforce)
 
     def blocking(
         self, ip: str, helo: str, sender: str, spf: str | None, message: bytes, enforce: bool
-    ) -> Outcome:
+    ) -> Authenticated:
         about, domain = ("mailfrom", sender.rpartition("@")[2]) if sender else ("helo", helo)
         if spf is None:
             spf = self.spf(ip, helo, sender)
@@ -101,7 +102,7 @@ class Authentication:
             reply = f"550 5.7.1 Refused by the DMARC policy of {verdict.author}: {verdict.reason}"
         elif verdict is not None and verdict.disposition == "quarantine":
             headers.append(f"{authresults.QUARANTINE}: {verdict.author} ({verdict.reason})")
-        return Outcome(message, tuple(headers), reply, verdict)
+        return Authenticated(message, tuple(headers), reply, verdict)
 
     # -- SPF, for DMARC and the header, when the SPF check did not run ----------------
 
@@ -115,55 +116,55 @@ class Authentication:
 
     # -- DKIM --------------------------------------------------------------------------
 
-    def signatures(self, message: bytes) -> list[authresults.Signature]:
+    def signatures(self, message: bytes) -> list[SignatureResult]:
         """The verdict of each DKIM-Signature, top first (none: the message has none)."""
         try:
             verifier = dkim.DKIM(message, logger=_quiet, linesep=b"\r\n")
         except dkim.DKIMException as exc:
             if b"dkim-signature" not in header_block(message).lower():
                 return []
-            return [authresults.Signature("permerror", "", "", "", f"unreadable message: {exc}")]
+            return [SignatureResult("permerror", "", "", "", f"unreadable message: {exc}")]
         fields = [v for n, v in verifier.headers if n.lower() == b"dkim-signature"]
         found = [self._signature(verifier, i, v) for i, v in enumerate(fields[:MAX_SIGNATURES])]
         if len(fields) > MAX_SIGNATURES:
             skipped = f"{len(fields) - MAX_SIGNATURES} more signatures not verified"
-            found.append(authresults.Signature("policy", "", "", "", skipped))
+            found.append(SignatureResult("policy", "", "", "", skipped))
         return found
 
-    def _signature(self, verifier: dkim.DKIM, index: int, value: bytes) -> authresults.Signature:
+    def _signature(self, verifier: dkim.DKIM, index: int, value: bytes) -> SignatureResult:
         tags = _tags(value)
         domain, selector, algorithm = (_token(tags.get(t, b"")) for t in (b"d", b"s", b"a"))
+        signed = (domain, selector, algorithm)
         keys = Keys(self.answerer)
         try:
             good = verifier.verify(idx=index, dnsfunc=keys)
         except dkim.DKIMException as exc:
             if "body hash mismatch" in str(exc):  # dkimpy adds both hashes: not for the header
-                return authresults.Signature("fail", domain, selector, algorithm, "body changed")
-            return authresults.Signature("permerror", domain, selector, algorithm, str(exc))
+                return SignatureResult("fail", *signed, "body changed")
+            return SignatureResult("permerror", *signed, str(exc))
         if keys.trouble:
-            return authresults.Signature("temperror", domain, selector, algorithm, keys.trouble)
+            return SignatureResult("temperror", *signed, keys.trouble)
         if keys.missing:
-            return authresults.Signature("permerror", domain, selector, algorithm, keys.missing)
+            return SignatureResult("permerror", *signed, keys.missing)
         if good:
-            return authresults.Signature("pass", domain, selector, algorithm)
-        why = "signature did not verify"
-        return authresults.Signature("fail", domain, selector, algorithm, why)
+            return SignatureResult("pass", *signed)
+        return SignatureResult("fail", *signed, "signature did not verify")
 
     # -- ARC ---------------------------------------------------------------------------
 
-    def arc(self, message: bytes) -> authresults.Arc:
+    def arc(self, message: bytes) -> ArcResult:
         keys = Keys(self.answerer)
         try:
             chain, _, reason = dkim.ARC(message, logger=_quiet, linesep=b"\r\n").verify(
                 dnsfunc=keys
             )
         except dkim.DKIMException as exc:
-            return authresults.Arc("fail", str(exc))
+            return ArcResult("fail", str(exc))
         if chain == dkim.CV_None:
-            return authresults.Arc("none")
+            return ArcResult("none")
         if chain == dkim.CV_Pass:
-            return authresults.Arc("pass")
-        return authresults.Arc("fail", keys.trouble or keys.missing or str(reason))
+            return ArcResult("pass")
+        return ArcResult("fail", keys.trouble or keys.missing or str(reason))
 
     # -- DMARC -------------------------------------------------------------------------
 
@@ -183,7 +184,7 @@ class Authentication:
             at = name.removeprefix("_dmarc.")
             try:
                 record = dmarc.record(texts)
-            except dmarc.Unknown as why:
+            except dmarc.UnusableRecord as why:
                 return dmarc.Found(at, broken=f"{name}: {why}")
             if record is not None:
                 return dmarc.Found(at, record)
