@@ -30,7 +30,7 @@ class UnusableRecord(Exception):
 
 
 @dataclass(frozen=True)
-class Record:
+class DmarcRecord:
     """A `v=DMARC1` record: `p`, `sp` (None: as `p`), `adkim`, `aspf`, `pct`."""
 
     policy: Policy
@@ -48,7 +48,7 @@ class Found:
     not one (permerror); neither and no record: the domain publishes no policy."""
 
     domain: str | None = None
-    record: Record | None = None
+    record: DmarcRecord | None = None
     trouble: str | None = None
     broken: str | None = None
 
@@ -83,7 +83,7 @@ def names(author: str) -> tuple[str, ...]:
     return (first,) if organisational == author else (first, f"_dmarc.{organisational}")
 
 
-def record(texts: Sequence[str]) -> Record | None:
+def record(texts: Sequence[str]) -> DmarcRecord | None:
     """The one DMARC record among a name's TXT strings, or None when there is none.
 
     UnusableRecord when there are several (§6.6.3) or `p` is missing or wrong (§6.3: a record
@@ -107,7 +107,7 @@ def record(texts: Sequence[str]) -> Record | None:
         if "rua" not in tags:
             raise UnusableRecord(f"no valid p= ({tags.get('p', 'missing')})")
         policy = "none"
-    return Record(
+    return DmarcRecord(
         policy=policy,
         subdomain_policy=_policy(tags.get("sp")),
         adkim="strict" if tags.get("adkim", "r").lower() == "s" else "relaxed",
