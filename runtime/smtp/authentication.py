@@ -99,7 +99,7 @@ class Authentication:
         ]
         reply = None
         if verdict is not None and verdict.disposition == "reject":
-            reply = f"550 5.7.1 Refused by the DMARC policy of {verdict.author}: {verdict.reason}"
+            reply = f"550 5.7.1 Mail from {verdict.author} fails DMARC: {verdict.reason}"
         elif verdict is not None and verdict.disposition == "quarantine":
             headers.append(f"{authresults.QUARANTINE}: {verdict.author} ({verdict.reason})")
         return Authenticated(message, tuple(headers), reply, verdict)
