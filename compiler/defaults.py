@@ -30,6 +30,7 @@ RECEIVING: dict[str, Any] = {
     # DKIM and ARC verified, DMARC followed (a failing p=quarantine marked, p=reject refused)
     "dkim": {"scope": "everybody-except-clients"},
     "dmarc": {"scope": "everybody-except-clients", "action": "reject"},
+    "arc": {"seal": False},  # ARC-seal mail from outside that leaves again
 }
 RBL_WEIGHT = 1
 

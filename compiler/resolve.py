@@ -24,6 +24,7 @@ from mailplan.plan.model import (
     FORMAT,
     Account,
     AccountRules,
+    ArcSealing,
     DkimCheck,
     DmarcCheck,
     Domain,
@@ -201,6 +202,7 @@ def _receiving(spec: dict[str, Any]) -> Receiving:
         blacklisted_ips=spec.get("blacklisted_ips", defaults.RECEIVING["blacklisted_ips"]),
         dkim=DkimCheck(**settled["dkim"]),
         dmarc=DmarcCheck(**settled["dmarc"]),
+        arc=ArcSealing(**settled["arc"]),
     )
 
 

@@ -283,6 +283,14 @@ class DmarcCheck:
 
 
 @dataclass(frozen=True)
+class ArcSealing:
+    """Whether mail from outside that leaves again (forwarders, lists, remote recipients)
+    is ARC-sealed (RFC 8617) with the RSA key of the domain it was sent to."""
+
+    seal: bool
+
+
+@dataclass(frozen=True)
 class Receiving:
     return_path: ReturnPathCheck
     reverse_connect: ReverseConnectCheck
@@ -291,6 +299,7 @@ class Receiving:
     blacklisted_ips: Scope
     dkim: DkimCheck
     dmarc: DmarcCheck
+    arc: ArcSealing
 
 
 @dataclass(frozen=True)

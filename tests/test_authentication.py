@@ -18,6 +18,10 @@ import authres
 import dkim
 import nacl.signing
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import Envelope as SinkEnvelope
+from aiosmtpd.smtp import Session as SinkSession
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from dnskit import NameServer, zone_text
@@ -29,6 +33,7 @@ from mailplan.plan.model import Plan
 from mailplan.runtime.decide.policy import Client
 from mailplan.runtime.dns.lookup import Zones, zone_of
 from mailplan.runtime.smtp.authentication import Authentication
+from mailplan.zones.dkim import key_pair
 
 STRANGER = "127.0.0.9"
 HOST = "mail.example.com"
@@ -421,3 +426,102 @@ def test_nothing_in_scope_still_removes_forgeries(tmp_path: Path) -> None:
         )
     )
     assert found.headers == () and found.message == message("a@b.test")
+
+
+# -- ARC sealing of mail that leaves again -------------------------------------------------
+
+SINK = "127.0.0.2"
+
+
+class Sink:
+    """The next server: keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    async def handle_DATA(
+        self, server: SMTPServer, session: SinkSession, envelope: SinkEnvelope
+    ) -> str:
+        self.messages.append(envelope.original_content or b"")
+        return "250 2.0.0 queued"
+
+
+@dataclass
+class Forwarding:
+    port: int
+    sink: Sink
+    names: NameServer
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def forwarding(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Forwarding]:
+    root = tmp_path_factory.mktemp("sealing")
+    private, public = key_pair("rsa")
+    (root / "keys").mkdir()
+    (root / "keys" / "rsa.key").write_bytes(private)
+    (root / "keys" / "rsa.key").chmod(0o600)
+    folder = root / "site"
+    (folder / "dkim").mkdir(parents=True)
+    (folder / "dkim" / "rsa.pub").write_bytes(public)
+    port, sink_port = free_port(), free_port(SINK)
+    key = {
+        "selector": "rsa",
+        "public_key": "dkim/rsa.pub",
+        "private_key": str(root / "keys" / "rsa.key"),
+    }
+    write_site(
+        folder,
+        listeners={"smtp": plain(port)},
+        accounts=["bob"],
+        domains={"example.com": {"dkim": [key], "forwarders": {"fwd": "carol@accept.test"}}},
+        extra={"receiving": {"return_path": {"scope": "nobody"}, "arc": {"seal": True}}},
+    )
+    unit = compile_site(folder)
+    assert unit.plan is not None, unit.diagnostics
+    published = unit.plan.domains[0].dns.dkim[0].public_key  # type: ignore[union-attr]
+    half = len(published) // 2
+    zones = {name: zone_text(name, records) for name, records in ZONES.items()}
+    zones["accept.test"] = zone_text("accept.test", f"@ IN MX 10 mx\nmx IN A {SINK}\n")
+    zones["example.com"] = zone_text(
+        "example.com",
+        f'rsa._domainkey IN TXT "v=DKIM1; k=rsa; p={published[:half]}" "{published[half:]}"\n',
+    )
+    sink = Sink()
+    controller = Controller(sink, hostname=SINK, port=sink_port, ready_timeout=10)
+    controller.start()
+    try:
+        with NameServer(root / "dns", zones) as names:
+            server = MailServer(folder, root, [port], resolver=names.address, smtp_port=sink_port)
+            with server:
+                yield Forwarding(port, sink, names, root)
+    finally:
+        controller.stop()
+
+
+def test_forwarded_mail_is_arc_sealed_and_the_chain_verifies_downstream(
+    forwarding: Forwarding,
+) -> None:
+    raw = signed(message("a@sender.test", "sealed forward"), "sender.test")
+    with smtplib.SMTP(
+        LOOPBACK, forwarding.port, timeout=TIMEOUT, source_address=(STRANGER, 0)
+    ) as c:
+        c.ehlo("client.sender.test")
+        c.mail("a@sender.test")
+        assert c.rcpt("fwd@example.com")[0] == 250
+        assert c.data(raw)[0] == 250
+    assert wait_until(lambda: forwarding.sink.messages, TIMEOUT)
+    arrived = forwarding.sink.messages[0]
+    assert arrived.startswith(b"ARC-Seal: i=1; cv=none; a=rsa-sha256; d=example.com; s=rsa;")
+    resolver = forwarding.names.resolver()
+
+    def txt(name: bytes, timeout: int = 5) -> bytes:
+        answer = resolver.resolve(name.decode().rstrip("."), "TXT")
+        return b"".join(b"".join(record.strings) for record in answer)
+
+    chain, _, reason = dkim.arc_verify(arrived, dnsfunc=txt)
+    assert chain == dkim.CV_Pass, reason
+    assert dkim.verify(arrived, dnsfunc=txt)  # the author's signature survives the forward
+    head = arrived.split(b"\r\n\r\n", 1)[0]
+    assert b"ARC-Authentication-Results: i=1; mail.example.com;" in head
+    assert b"dkim=pass header.d=sender.test" in head

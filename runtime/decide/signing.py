@@ -9,6 +9,7 @@ do not host) is not signed with our keys. `runtime/smtp/signing.py` does the sig
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from email.policy import compat32
@@ -40,6 +41,7 @@ class Signing:
     """The signing selectors of every hosted domain and domain alias, from one plan."""
 
     def __init__(self, plan: Plan) -> None:
+        self.main_domain = canonical_domain(plan.server.main_domain)
         self.keys: dict[str, tuple[str, tuple[DkimKey, ...]]] = {}
         for domain in plan.domains:
             signing = tuple(k for k in domain.dns.dkim if k.private_key) if domain.dns else ()
@@ -57,6 +59,17 @@ class Signing:
             return ()
         owner, keys = self.keys[author]
         return tuple(Signature(author, k.selector, k.algorithm, owner) for k in keys)
+
+    def sealer(self, domains: Iterable[str]) -> Signature | None:
+        """The key that ARC-seals a message sent to `domains` (RFC 8617 knows only
+        rsa-sha256): the first of them that is hosted with an RSA signing key, or else the
+        main domain's; None when neither has one."""
+        for domain in (*(canonical_domain(d) for d in domains), self.main_domain):
+            owner, keys = self.keys.get(domain, ("", ()))
+            rsa = next((k for k in keys if k.algorithm == "rsa"), None)
+            if rsa is not None:
+                return Signature(domain, rsa.selector, "rsa", owner)
+        return None
 
 
 def author_domain(message: bytes) -> str | None:

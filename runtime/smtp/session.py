@@ -171,6 +171,7 @@ class Handler:
         queued = self._envelope(server, session, envelope, client)
         content = envelope.original_content or b""
         lines = list(self.trace)
+        sealing = False  # ARC-sealed if it leaves again (it came from outside, it has our A-R)
         checks = self.snapshot.checks
         if checks is not None:  # DKIM, ARC, DMARC: Authentication-Results
             verified = await checks.authentication.check(
@@ -181,6 +182,7 @@ class Handler:
                 return verified.reply
             content = verified.message
             lines += verified.headers
+            sealing = bool(verified.headers) and self.policy.plan.receiving.arc.seal
         trace = "".join(f"{line}\r\n" for line in lines).encode("utf-8", "surrogateescape")
         message = (
             trace + self._received(server, session, client, queued, envelope.smtp_utf8) + content
@@ -196,8 +198,10 @@ class Handler:
             queued = replace(queued, recipients=decided.recipients)
         if self.snapshot.signer is not None:  # signed once, before it is queued
             message = await self.snapshot.signer.sign(client, message, queued.id)
+            if sealing and self._leaving(queued.recipients):
+                message = await self._seal(message, queued)
         try:
-            await self._enqueue(queued, message, decided)
+            await self._enqueue(queued, message, decided, sealing)
         except OSError as exc:
             log.error("%s: cannot queue the message from %s: %s", queued.id, client.ip, exc)
             return replies.QUEUE_WRITE_FAILED
@@ -230,9 +234,10 @@ class Handler:
         )
 
     async def _enqueue(
-        self, queued: Envelope, message: bytes, decided: enact.Enqueue | None
+        self, queued: Envelope, message: bytes, decided: enact.Enqueue | None, sealing: bool
     ) -> None:
-        """The message to the queue, then the copies the server rules made of it."""
+        """The message to the queue, then the copies the server rules made of it (ARC-sealed
+        when `sealing` and they leave)."""
         if queued.recipients:
             await self.queue.accept(self._arrival(queued, message))
         for made in decided.copies if decided else ():
@@ -243,8 +248,24 @@ class Handler:
                 recipients=made.recipients,
                 listener="rule",
             )
-            await self.queue.accept(self._arrival(copy, made.message))
+            copied = made.message
+            if sealing and self.snapshot.signer is not None and self._leaving(made.recipients):
+                copied = await self._seal(copied, copy)
+            await self.queue.accept(self._arrival(copy, copied))
             log.info("%s: %s: queued as %s", queued.id, made.why, copy.id)
+
+    def _leaving(self, recipients: tuple[str, ...]) -> bool:
+        """Whether any of the recipients is routed away from this server (or to a list)."""
+        router = self.policy.router
+        return any(
+            (self.routings.get(r) or router.route(r)).module in ("SMTP", "LIST") for r in recipients
+        )
+
+    async def _seal(self, message: bytes, queued: Envelope) -> bytes:
+        assert self.snapshot.signer is not None
+        domains = [r.rpartition("@")[2] for r in self.routings]
+        hostname = self.policy.plan.server.hostname.lower()
+        return await self.snapshot.signer.seal(message, domains, hostname, queued.id)
 
     def _accepted(self, queued: Envelope, client: Client, size: int) -> None:
         if not queued.recipients:

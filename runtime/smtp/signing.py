@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,6 +177,45 @@ class Signer:
             return message
         log.debug("%s: DKIM-signed: %s", queue_id, ", ".join(s.text() for s in wanted))
         return fields + message
+
+    async def seal(
+        self, message: bytes, domains: Iterable[str], hostname: str, queue_id: str
+    ) -> bytes:
+        """The message with an ARC set on top (RFC 8617), sealed by the key of the first of
+        `domains` that has an RSA signing key (or the main domain's); its
+        ARC-Authentication-Results copy the Authentication-Results of `hostname` that the
+        message carries (none: no set, the message is as it was)."""
+        sealer = self.signing.sealer(domains)
+        if sealer is None or not self._has(sealer):
+            log.warning(
+                "%s: not ARC-sealed: no RSA signing key for %s", queue_id, ", ".join(domains)
+            )
+            return message
+        try:
+            fields = await signing(self._seal, message, sealer, hostname)
+        except dkim.DKIMException as exc:
+            log.warning("%s: not ARC-sealed: %s", queue_id, exc)
+            return message
+        if fields:
+            log.debug("%s: ARC-sealed: %s", queue_id, sealer.text())
+        return fields + message
+
+    def _seal(self, message: bytes, sealer: Signature, hostname: str) -> bytes:
+        key = self.keys[sealer.owner, sealer.selector]
+        arc = dkim.ARC(message, linesep=b"\r\n")
+        present = [
+            name.lower()
+            for name, _ in arc.headers
+            if name.lower() in HEADERS or name.lower().startswith(b"list-")
+        ]
+        fields: list[bytes] = arc.sign(
+            sealer.selector.encode(),
+            sealer.domain.encode(),
+            key.secret,
+            hostname.encode(),
+            include_headers=[*present, b"from"],
+        )
+        return b"".join(fields)
 
     def _has(self, signature: Signature) -> bool:
         return (signature.owner, signature.selector) in self.keys
