@@ -198,8 +198,8 @@ class Handler:
             queued = replace(queued, recipients=decided.recipients)
         if self.snapshot.signer is not None:  # signed once, before it is queued
             message = await self.snapshot.signer.sign(client, message, queued.id)
-            if sealing and self._leaving(queued.recipients):
-                message = await self._seal(message, queued)
+        if sealing and self._leaving(queued.recipients):
+            message = await self._seal(message, queued)
         try:
             await self._enqueue(queued, message, decided, sealing)
         except OSError as exc:
@@ -249,7 +249,7 @@ class Handler:
                 listener="rule",
             )
             copied = made.message
-            if sealing and self.snapshot.signer is not None and self._leaving(made.recipients):
+            if sealing and self._leaving(made.recipients):
                 copied = await self._seal(copied, copy)
             await self.queue.accept(self._arrival(copy, copied))
             log.info("%s: %s: queued as %s", queued.id, made.why, copy.id)
@@ -262,7 +262,9 @@ class Handler:
         )
 
     async def _seal(self, message: bytes, queued: Envelope) -> bytes:
-        assert self.snapshot.signer is not None
+        if self.snapshot.signer is None:
+            log.warning("%s: not ARC-sealed: no DKIM signing key is loaded", queued.id)
+            return message
         domains = [r.rpartition("@")[2] for r in self.routings]
         hostname = self.policy.plan.server.hostname.lower()
         return await self.snapshot.signer.seal(message, domains, hostname, queued.id)
