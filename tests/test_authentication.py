@@ -525,3 +525,40 @@ def test_forwarded_mail_is_arc_sealed_and_the_chain_verifies_downstream(
     head = arrived.split(b"\r\n\r\n", 1)[0]
     assert b"ARC-Authentication-Results: i=1; mail.example.com;" in head
     assert b"dkim=pass header.d=sender.test" in head
+
+
+# -- hostile messages: a verdict, never an exception ----------------------------------------
+
+HOSTILE = {
+    "tags-garbage": b"DKIM-Signature: garbage\r\nFrom: x@sender.test\r\n\r\nhi\r\n",
+    "bad-base64": b"DKIM-Signature: v=1; a=ed25519-sha256; d=..; s=\xff\xfe; h=from; bh=!!; "
+    b"b=??\r\nFrom: x@sender.test\r\n\r\nhi\r\n",
+    "long-selector": b"DKIM-Signature: v=1; a=rsa-sha256; d=sender.test; s=" + b"x" * 300 + b"; "
+    b"h=from; bh=AAAA; b=AAAA\r\nFrom: x@sender.test\r\n\r\nhi\r\n",
+    "future": b"DKIM-Signature: v=1; a=rsa-sha256; d=sender.test; s=rsa; h=from; bh=AAAA; b=AAAA; "
+    b"t=999999999999999999999999\r\nFrom: x@sender.test\r\n\r\nhi\r\n",
+    "canonicalisation": b"DKIM-Signature: v=1; a=rsa-sha256; c=bogus/bogus; d=sender.test; s=rsa; "
+    b"h=from; bh=AAAA; b=AAAA\r\nFrom: x@sender.test\r\n\r\nhi\r\n",
+    "arc-incomplete": b"ARC-Seal: i=1; cv=none; a=rsa-sha256; d=list.test; s=rsa; b=AAAA\r\n"
+    b"ARC-Message-Signature: i=2; a=rsa-sha256; d=list.test; s=rsa; h=from; bh=AA; b=AA\r\n"
+    b"From: x@sender.test\r\n\r\nhi\r\n",
+    "arc-huge-instance": b"ARC-Seal: i=99999999999999999999; cv=none\r\n"
+    b"From: x@sender.test\r\n\r\nhi\r\n",
+    "arc-signs-its-seal": b"ARC-Seal: i=1; cv=bogus; a=rsa-sha256; d=list.test; s=rsa; b=AAAA\r\n"
+    b"ARC-Message-Signature: i=1; a=rsa-sha256; d=list.test; s=rsa; h=arc-seal; bh=AA; b=AA\r\n"
+    b"ARC-Authentication-Results: i=1; x\r\nFrom: x@sender.test\r\n\r\nhi\r\n",
+    "two-from-domains": b"From: x@sender.test\r\nFrom: y@other.test\r\n\r\nhi\r\n",
+    "from-not-a-domain": b"From: x@\xff\xfe.test\r\n\r\nhi\r\n",
+    "no-colon": b"From: x@sender.test\r\nbroken header line\r\n\r\nhi\r\n",
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("raw", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_messages_get_a_verdict(tmp_path: Path, raw: bytes) -> None:
+    plan = plan_with(tmp_path, "  dmarc: {action: none}\n")
+    headers, reply = check(plan, raw, "x@sender.test")
+    assert reply is None
+    found = authres.all_features().parse(" ".join(headers[0].split()))
+    methods = [r.method for r in found.results]
+    assert methods[0] == "spf" and "dkim" in methods and methods[-2:] == ["dmarc", "arc"]

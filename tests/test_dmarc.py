@@ -195,3 +195,9 @@ def test_strict_alignment() -> None:
 def test_no_policy_applies(author: str | None, found: Found, result: str) -> None:
     verdict = evaluate(author, found, FAILED_SPF, [], "reject", 0)
     assert (verdict.result, verdict.disposition) == (result, "none")
+
+
+@pytest.mark.parametrize("author", ["\ufffd\ufffd.test", "a b.test", "-.test;x"])
+def test_a_from_domain_that_is_no_domain_name_is_a_permerror(author: str) -> None:
+    verdict = evaluate(author, REJECT, FAILED_SPF, [], "reject", 0)
+    assert (verdict.result, verdict.author, verdict.disposition) == ("permerror", None, "none")

@@ -10,6 +10,7 @@ read with dkimpy's parser, the one DKIM records are read with.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -21,6 +22,7 @@ Policy = Literal["none", "quarantine", "reject"]
 Mode = Literal["relaxed", "strict"]
 Action = Literal["reject", "quarantine", "none"]  # the most the site does (`receiving.dmarc`)
 
+_DOMAIN = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,62}\.?)*", re.IGNORECASE)  # A-labels only
 _SUFFIXES = PublicSuffixList()  # unknown top-level names count as public suffixes
 _POLICIES: tuple[Policy, ...] = ("none", "quarantine", "reject")
 
@@ -150,6 +152,8 @@ def evaluate(
     `roll`: a number in [0, 100) drawn for this message, compared with `pct`."""
     if author is None:
         return DmarcVerdict("permerror", None, reason="the From field has no single domain")
+    if not _DOMAIN.fullmatch(author):
+        return DmarcVerdict("permerror", None, reason="the From field's domain is no domain name")
     if found.trouble is not None:
         return DmarcVerdict("temperror", author, reason=found.trouble)
     if found.broken is not None:

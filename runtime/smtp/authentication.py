@@ -85,7 +85,7 @@ class Authentication:
         verdict = None
         if enforce:
             author = author_domain(message)
-            found = self.policy(author) if author else dmarc.Found()
+            found = self.policy(author) if author and author.isascii() else dmarc.Found()
             verdict = dmarc.evaluate(
                 author,
                 found,
@@ -120,7 +120,7 @@ class Authentication:
         """The verdict of each DKIM-Signature, top first (none: the message has none)."""
         try:
             verifier = dkim.DKIM(message, logger=_quiet, linesep=b"\r\n")
-        except dkim.DKIMException as exc:
+        except Exception as exc:  # dkimpy's DKIMException, or worse on hostile input
             if b"dkim-signature" not in header_block(message).lower():
                 return []
             return [SignatureResult("permerror", "", "", "", f"unreadable message: {exc}")]
@@ -142,6 +142,8 @@ class Authentication:
             if "body hash mismatch" in str(exc):  # dkimpy adds both hashes: not for the header
                 return SignatureResult("fail", *signed, "body changed")
             return SignatureResult("permerror", *signed, str(exc))
+        except Exception as exc:  # dkimpy on hostile input, past what it checks itself
+            return SignatureResult("permerror", *signed, _unexpected("DKIM", exc))
         if keys.trouble:
             return SignatureResult("temperror", *signed, keys.trouble)
         if keys.missing:
@@ -160,6 +162,8 @@ class Authentication:
             )
         except dkim.DKIMException as exc:
             return ArcResult("fail", str(exc))
+        except Exception as exc:  # dkimpy on hostile input, past what it checks itself
+            return ArcResult("fail", _unexpected("ARC", exc))
         if chain == dkim.CV_None:
             return ArcResult("none")
         if chain == dkim.CV_Pass:
@@ -218,6 +222,12 @@ class Keys:
         except (dkim.DKIMException, ValueError) as exc:
             self.missing = f"the key at {text.rstrip('.')} is not usable: {exc}"
         return key
+
+
+def _unexpected(what: str, exc: Exception) -> str:
+    """One log line for an error dkimpy did not expect, and the reason for the header."""
+    log.warning("%s verification failed in dkimpy: %s: %s", what, type(exc).__name__, exc)
+    return f"unreadable: {type(exc).__name__}"
 
 
 def _tags(value: bytes) -> dict[bytes, bytes]:
