@@ -201,3 +201,13 @@ def test_no_policy_applies(author: str | None, found: Found, result: str) -> Non
 def test_a_from_domain_that_is_no_domain_name_is_a_permerror(author: str) -> None:
     verdict = evaluate(author, REJECT, FAILED_SPF, [], "reject", 0)
     assert (verdict.result, verdict.author, verdict.disposition) == ("permerror", None, "none")
+
+
+def test_dns_trouble_in_an_aligned_check_is_a_temperror_not_a_refusal() -> None:
+    spf_trouble = evaluate("example.com", REJECT, ("temperror", "example.com"), [], "reject", 0)
+    assert (spf_trouble.result, spf_trouble.disposition) == ("temperror", "none")
+    dkim_trouble = [("temperror", "example.com")]
+    verdict = evaluate("example.com", REJECT, FAILED_SPF, dkim_trouble, "reject", 0)
+    assert (verdict.result, verdict.disposition) == ("temperror", "none")
+    elsewhere = evaluate("example.com", REJECT, FAILED_SPF, [("temperror", "x.test")], "reject", 0)
+    assert elsewhere.disposition == "reject"  # trouble with an unaligned signature: no excuse

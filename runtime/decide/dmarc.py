@@ -168,6 +168,11 @@ def evaluate(
     if spf_ok or dkim_ok:
         how = "DKIM" if dkim_ok else "SPF"
         return DmarcVerdict("pass", author, policy, reason=f"aligned {how} pass")
+    unsure = (spf[0] == "temperror" and bool(spf[1]) and aligned(spf[1], author, rule.aspf)) or any(
+        r == "temperror" and aligned(d, author, rule.adkim) for r, d in dkim
+    )
+    if unsure:  # DNS trouble may have hidden a pass: never a refusal for good
+        return DmarcVerdict("temperror", author, policy, reason="an aligned check had DNS trouble")
     applied = policy
     if roll >= rule.percent:  # not sampled: one step milder (§6.6.4)
         applied = "quarantine" if policy == "reject" else "none"

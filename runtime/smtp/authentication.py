@@ -92,7 +92,7 @@ class Authentication:
                 (spf, domain),
                 [(s.result, s.domain) for s in signatures],
                 self.plan.receiving.dmarc.action,
-                random.uniform(0, 100),
+                random.random() * 100,  # in [0, 100): pct=100 always samples
             )
         headers = [
             authresults.header(self.hostname, (spf, about, domain), signatures, verdict, arc)
