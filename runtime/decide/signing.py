@@ -77,9 +77,14 @@ def author_domain(message: bytes) -> str | None:
     no From, or its addresses are not all of one domain (DMARC does not align those)."""
     head = header_block(message).decode("utf-8", "replace")  # RFC 6532: UTF-8 headers
     fields = HeaderParser(policy=compat32).parsestr(head).get_all("from") or []
+    return author_of(str(value) for value in fields)
+
+
+def author_of(fields: Iterable[str]) -> str | None:
+    """`author_domain` of the values of a message's From fields, already read."""
     domains = {
         canonical_domain(address.rpartition("@")[2].rstrip(".>").strip())
-        for _, address in getaddresses([str(value) for value in fields])
+        for _, address in getaddresses(list(fields))
         if "@" in address
     }
     return domains.pop() if len(domains) == 1 else None

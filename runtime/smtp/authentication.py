@@ -11,6 +11,7 @@ policy, alignment, pct) and `decide/authresults.py` (the header, forged ones).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
@@ -25,7 +26,7 @@ from mailplan.runtime.decide import authresults, dmarc
 from mailplan.runtime.decide.authresults import ArcResult, SignatureResult
 from mailplan.runtime.decide.message import header_block
 from mailplan.runtime.decide.policy import Client, in_scope
-from mailplan.runtime.decide.signing import author_domain
+from mailplan.runtime.decide.signing import author_domain, author_of
 from mailplan.runtime.dns.lookup import Answerer, DnsTrouble, NoSuchDomain, spf_answers
 
 log = logging.getLogger("mailplan.checks")
@@ -80,11 +81,12 @@ class Authentication:
         about, domain = ("mailfrom", sender.rpartition("@")[2]) if sender else ("helo", helo)
         if spf is None:
             spf = self.spf(ip, helo, sender)
-        signatures = self.signatures(message)
+        verifier = _parsed(message)
+        signatures = self.signatures(message, verifier)
         arc = self.arc(message)
         verdict = None
         if enforce:
-            author = author_domain(message)
+            author = _author(message, verifier)
             found = self.policy(author) if author and author.isascii() else dmarc.Found()
             verdict = dmarc.evaluate(
                 author,
@@ -116,14 +118,13 @@ class Authentication:
 
     # -- DKIM --------------------------------------------------------------------------
 
-    def signatures(self, message: bytes) -> list[SignatureResult]:
-        """The verdict of each DKIM-Signature, top first (none: the message has none)."""
-        try:
-            verifier = dkim.DKIM(message, logger=_quiet, linesep=b"\r\n")
-        except Exception as exc:  # dkimpy's DKIMException, or worse on hostile input
+    def signatures(self, message: bytes, verifier: dkim.DKIM | str) -> list[SignatureResult]:
+        """The verdict of each DKIM-Signature, top first (none: the message has none);
+        `verifier` is dkimpy's reading of the message, or why it could not read it."""
+        if isinstance(verifier, str):
             if b"dkim-signature" not in header_block(message).lower():
                 return []
-            return [SignatureResult("permerror", "", "", "", f"unreadable message: {exc}")]
+            return [SignatureResult("permerror", "", "", "", f"unreadable message: {verifier}")]
         fields = [v for n, v in verifier.headers if n.lower() == b"dkim-signature"]
         found = [self._signature(verifier, i, v) for i, v in enumerate(fields[:MAX_SIGNATURES])]
         if len(fields) > MAX_SIGNATURES:
@@ -155,6 +156,8 @@ class Authentication:
     # -- ARC ---------------------------------------------------------------------------
 
     def arc(self, message: bytes) -> ArcResult:
+        if b"arc-" not in header_block(message).lower():
+            return ArcResult("none")  # no ARC field: no need to read the message again
         keys = Keys(self.answerer)
         try:
             chain, _, reason = dkim.ARC(message, logger=_quiet, linesep=b"\r\n").verify(
@@ -217,11 +220,36 @@ class Keys:
             self.missing = f"no key at {text.rstrip('.')}"
             return None
         key = b"".join(records[0].strings)  # type: ignore[attr-defined]
-        try:
-            dkim.evaluate_pk(name, key)
-        except (dkim.DKIMException, ValueError) as exc:
-            self.missing = f"the key at {text.rstrip('.')} is not usable: {exc}"
+        unusable = _unusable(key)
+        if unusable:
+            self.missing = f"the key at {text.rstrip('.')} is not usable: {unusable}"
         return key
+
+
+@functools.lru_cache(maxsize=1024)
+def _unusable(key: bytes) -> str | None:
+    """Why dkimpy cannot use a key record (it says only False), or None; keys repeat."""
+    try:
+        dkim.evaluate_pk(b"key", key)
+    except (dkim.DKIMException, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def _parsed(message: bytes) -> dkim.DKIM | str:
+    """dkimpy's reading of the message (its header fields, its body), or why it failed."""
+    try:
+        return dkim.DKIM(message, logger=_quiet, linesep=b"\r\n")
+    except Exception as exc:  # dkimpy's DKIMException, or worse on hostile input
+        return str(exc) or type(exc).__name__
+
+
+def _author(message: bytes, verifier: dkim.DKIM | str) -> str | None:
+    """The From domain, from the fields dkimpy has read (the email package otherwise)."""
+    if isinstance(verifier, str):
+        return author_domain(message)
+    values = (v.decode("utf-8", "replace") for n, v in verifier.headers if n.lower() == b"from")
+    return author_of(values)
 
 
 def _unexpected(what: str, exc: Exception) -> str:
