@@ -9,10 +9,9 @@ do not host) is not signed with our keys. `runtime/smtp/signing.py` does the sig
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from email.parser import HeaderParser
-from email.policy import compat32
 from email.utils import getaddresses
 from typing import Literal
 
@@ -72,12 +71,20 @@ class Signing:
         return None
 
 
+_FROM = re.compile(rb"^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_FOLDING = re.compile(rb"\r?\n|\r")
+
+
 def author_domain(message: bytes) -> str | None:
     """The domain of the message's `From:` (A-labels, lower case), or None when there is
     no From, or its addresses are not all of one domain (DMARC does not align those)."""
-    head = header_block(message).decode("utf-8", "replace")  # RFC 6532: UTF-8 headers
-    fields = HeaderParser(policy=compat32).parsestr(head).get_all("from") or []
-    return author_of(str(value) for value in fields)
+    head = header_block(message)
+    # The From fields, unfolded (RFC 5322 §2.2.3), in UTF-8 (RFC 6532): found with one
+    # expression, where the email package's parser took 0.5 ms a message.
+    return author_of(
+        _FOLDING.sub(b"", found.group(1)).decode("utf-8", "replace")
+        for found in _FROM.finditer(head)
+    )
 
 
 def author_of(fields: Iterable[str]) -> str | None:
