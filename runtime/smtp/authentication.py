@@ -81,8 +81,9 @@ class Authentication:
         about, domain = ("mailfrom", sender.rpartition("@")[2]) if sender else ("helo", helo)
         if spf is None:
             spf = self.spf(ip, helo, sender)
-        verifier = _parsed(message)
-        signatures = self.signatures(message, verifier)
+        head = header_block(message).lower()
+        verifier = _parsed(message) if b"dkim-signature" in head else None
+        signatures = self.signatures(message, verifier) if verifier is not None else []
         arc = self.arc(message)
         verdict = None
         if enforce:
@@ -156,7 +157,7 @@ class Authentication:
     # -- ARC ---------------------------------------------------------------------------
 
     def arc(self, message: bytes) -> ArcResult:
-        if b"arc-" not in header_block(message).lower():
+        if b"\narc-" not in b"\n" + header_block(message).lower():
             return ArcResult("none")  # no ARC field: no need to read the message again
         keys = Keys(self.answerer)
         try:
@@ -244,9 +245,9 @@ def _parsed(message: bytes) -> dkim.DKIM | str:
         return str(exc) or type(exc).__name__
 
 
-def _author(message: bytes, verifier: dkim.DKIM | str) -> str | None:
-    """The From domain, from the fields dkimpy has read (the email package otherwise)."""
-    if isinstance(verifier, str):
+def _author(message: bytes, verifier: dkim.DKIM | str | None) -> str | None:
+    """The From domain, from the fields dkimpy has read (or from the message)."""
+    if verifier is None or isinstance(verifier, str):
         return author_domain(message)
     values = (v.decode("utf-8", "replace") for n, v in verifier.headers if n.lower() == b"from")
     return author_of(values)
