@@ -7,10 +7,25 @@ so that `plan.codec` can derive the JSON form and its JSON Schema from these cla
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Form:
+    """What a string must be beyond being a string, which JSON Schema cannot say: `test`
+    raises ValueError when it is not. `plan.codec` checks every field annotated with a
+    Form when it loads a plan, so that the runtime never meets a value it cannot use."""
+
+    what: str
+    test: Callable[[str], object]
+
+
+IPAddress = Annotated[str, Form("an IP address", ipaddress.ip_address)]
 
 Scope = Literal["everybody", "clients-only", "everybody-except-clients", "nobody"]
 Kind = Literal["mail", "access", "signal"]
@@ -33,8 +48,8 @@ class Source:
 class Interval:
     """An inclusive range of IP addresses of one family, written as addresses."""
 
-    first: str
-    last: str
+    first: IPAddress
+    last: IPAddress
 
 
 @dataclass(frozen=True)
@@ -484,7 +499,7 @@ class TestCase:
     kind: Kind
     to: str
     sender: str | None
-    client: str | None
+    client: IPAddress | None
     authenticated: str | None
     expect: str
     message: TestMessage

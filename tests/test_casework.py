@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from mailplan.cli import main
 from mailplan.runtime.dns.lookup import zone_of
-from tests.conftest import EXAMPLE
+from tests.conftest import EXAMPLE, resealed
 
 SITE = """\
 server:
@@ -341,3 +342,25 @@ def test_zone_size_counts_generated_records(records: str, fits: bool) -> None:
     else:
         with pytest.raises(ValueError, match="more than 10000 records"):
             zone_of("example.org", records)
+
+
+def test_a_plan_with_a_generated_zone_is_a_diagnostic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plan file is not compiled again by `test --plan`: its test zones are checked there,
+    so a plan whose case holds `$GENERATE 1-10000000` gets MP110, not an internal error."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "site.yaml").write_text(GENERATE_SITE.replace("1-10000000", "1-10"))
+    plan = tmp_path / "plan.json"
+    assert main(["build", str(site), "-o", str(plan)]) == 0
+    document = json.loads(plan.read_text())
+    case = document["tests"][0]["dns"][0]
+    case["records"] = case["records"].replace("1-10", "1-10000000")
+    plan.write_text(resealed(document))
+    capsys.readouterr()
+    assert main(["test", "--plan", str(plan)]) == 1
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "site.yaml:6:5: error MP110: test 'generated': the records of example.org "
+        "do not parse: more than 10000 records ($GENERATE ranges counted)"
+    )

@@ -382,7 +382,8 @@ def test_dovecot_runs_beside_serve_dev_as_its_banner_says(reachable: Path) -> No
     imap.start()
     try:
         # not the system Dovecot's /run/dovecot
-        assert (output / "run" / "master.pid").exists(), imap.log()
+        pid = output / "run" / "master.pid"  # written once Dovecot's master has forked
+        assert wait_until(pid.exists, TIMEOUT), imap.log()
         context = ssl.create_default_context(cafile=reachable / "var" / "tls" / "dev.crt")
         context.check_hostname = False  # the certificate names mail.example.com, not an IP
         client = imaplib.IMAP4(LOOPBACK, ports["imap"], timeout=TIMEOUT)

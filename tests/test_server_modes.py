@@ -91,6 +91,7 @@ def test_development_mode_moves_listeners_and_makes_a_certificate(tmp_path: Path
     # --dev made the example's DKIM keys (docs/dkim.md) and signs with both
     assert (root / "var/dkim/ed2026.example.com.key").stat().st_mode & 0o077 == 0
     assert "(selector ed2026 of example.com) did not exist: --dev made a new pair" in server.log()
+    assert "does not belong to" not in server.log()  # what was just made is said once
     (ours,) = [m for m in signed if b"Subject: signed" in m]
     assert ours.count(b"DKIM-Signature: ") == 2 and b"s=ed2026" in ours
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"

@@ -143,6 +143,13 @@ def _test(arguments: argparse.Namespace) -> int:
     if plan is None:
         return 1
     policy = Policy(plan)
+    if arguments.plan is not None:  # a compiled site has passed this check already
+        from mailplan.compiler.check_tests import check_tests
+
+        problems = check_tests(plan, policy.router)
+        if problems:
+            print(render_text(problems, {}), file=sys.stderr)
+            return 1
     book = RuleBook(plan)
     verdicts = [judge(policy, case, book) for case in plan.tests]
     for verdict in verdicts:

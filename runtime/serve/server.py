@@ -31,18 +31,19 @@ from mailplan.runtime.dns.lookup import Answerer, Dns
 from mailplan.runtime.mailbox.pop3 import LINE_LIMIT, Pop3
 from mailplan.runtime.queue.processor import Processor
 from mailplan.runtime.rules.engine import Rules
-from mailplan.runtime.serve import devdkim, notify
+from mailplan.runtime.serve import notify
 from mailplan.runtime.serve.startup import (
     BACKLOG,
     POP3_PROTOCOLS,
     SMTP_PROTOCOLS,
     Sockets,
+    dkim_keys,
     release_signals,
     served,
 )
 from mailplan.runtime.smtp.receiving import CallbackCache, Checks
 from mailplan.runtime.smtp.session import Handler, Session, Snapshot
-from mailplan.runtime.smtp.signing import Keyring, Loading, Signer, load_keys
+from mailplan.runtime.smtp.signing import Keyring, Signer
 from mailplan.runtime.store.intake import Intake
 from mailplan.runtime.store.spool import Envelope, Share, Spool, new_id, owns
 
@@ -124,11 +125,7 @@ class Daemon:
         return snapshot(plan, self.answerer, self.callbacks, remote.port, self.keys)
 
     def _keys(self, plan: Plan) -> Keyring:
-        """The DKIM keys of a plan being reloaded, read again (`--dev`: as at start-up)."""
-        root, dev = self.options.root, self.options.dev
-        for made in devdkim.ensure(plan, root) if dev else ():
-            log.warning("%s", made)
-        return load_keys(plan, Loading(root, None, self.keys, log.warning if dev else None))
+        return reread_keys(plan, self.options, self.keys)
 
     def _path(self, value: str) -> Path:
         path = Path(value)
@@ -328,3 +325,12 @@ class Daemon:
         await self.intake.close()
         await self.delivery.stop()
         log.info("stopped")
+
+
+def reread_keys(plan: Plan, options: Options, previous: Keyring) -> Keyring:
+    """The DKIM keys of a plan being reloaded, read again as at start-up (the warnings of
+    `--dev` logged); StartupError, saying why, when one is not right."""
+    keys, warnings = dkim_keys(plan, options.root, None, options.dev, previous)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return keys

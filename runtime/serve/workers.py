@@ -30,7 +30,7 @@ from typing import NoReturn
 from mailplan.plan import codec
 from mailplan.plan.model import Plan
 from mailplan.runtime.serve import notify
-from mailplan.runtime.serve.server import Options
+from mailplan.runtime.serve.server import Options, reread_keys
 from mailplan.runtime.serve.startup import release_signals
 from mailplan.runtime.store.spool import Share, work_as
 
@@ -94,7 +94,10 @@ class _Supervisor:
         started on the plan the others serve, never on an edit nobody reloaded), then
         pass the signal on."""
         try:
-            self.plan = self.load()
+            plan = self.load()
+            # and its keys: a worker restarted later signs with what the others sign with
+            keys = reread_keys(plan, self.options, self.options.dkim)
+            self.plan, self.options = plan, replace(self.options, dkim=keys)
         except Exception as exc:
             log.error("reload refused, workers started from now on serve the plan before: %s", exc)
         self.forward(number, frame)

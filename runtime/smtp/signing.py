@@ -71,7 +71,7 @@ class Loading:
     root: Path
     site: Path | None = None
     previous: Keyring | None = None
-    mismatch: Callable[[str], None] | None = None
+    mismatch: Callable[[Path, str], None] | None = None
 
 
 def load_keys(plan: Plan, how: Loading) -> dict[tuple[str, str], Key]:
@@ -113,7 +113,7 @@ def _load(domain: str, key: DkimKey, how: Loading) -> Key:
         )
         if how.mismatch is None:
             raise KeyProblem(problem)
-        how.mismatch(problem)
+        how.mismatch(path, problem)
     return Key(key.private_key, key.public_key, secret, openssl)
 
 
