@@ -27,6 +27,10 @@ RECEIVING: dict[str, Any] = {
     "spf": {"scope": "everybody-except-clients", "action": "reject-fail"},
     "rbl": {"scope": "everybody-except-clients", "zones": [], "threshold": 1},
     "blacklisted_ips": "everybody-except-clients",
+    # DKIM and ARC verified, DMARC followed (a failing p=quarantine marked, p=reject refused)
+    "dkim": {"scope": "everybody-except-clients"},
+    "dmarc": {"scope": "everybody-except-clients", "action": "reject"},
+    "arc": {"seal": False},  # ARC-seal mail from outside that leaves again
 }
 RBL_WEIGHT = 1
 # receiving.content_filter: what is not said of rspamd

@@ -24,6 +24,9 @@ from mailplan.plan.model import (
     FORMAT,
     Account,
     AccountRules,
+    ArcSealing,
+    DkimCheck,
+    DmarcCheck,
     Domain,
     Forwarder,
     Limits,
@@ -196,6 +199,9 @@ def _receiving(spec: dict[str, Any]) -> Receiving:
             rbl["threshold"],
         ),
         blacklisted_ips=spec.get("blacklisted_ips", defaults.RECEIVING["blacklisted_ips"]),
+        dkim=DkimCheck(**settled["dkim"]),
+        dmarc=DmarcCheck(**settled["dmarc"]),
+        arc=ArcSealing(**settled["arc"]),
     )
 
 

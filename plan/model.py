@@ -309,12 +309,39 @@ class ContentFilter:
 
 
 @dataclass(frozen=True)
+class DkimCheck:
+    """DKIM signatures and ARC chains verified, reported in Authentication-Results."""
+
+    scope: Scope
+
+
+@dataclass(frozen=True)
+class DmarcCheck:
+    """DMARC evaluated; `action` is the most the site does with a failing message: follow
+    the sender's policy (`reject`), never refuse (`quarantine`), only report (`none`)."""
+
+    scope: Scope
+    action: Literal["reject", "quarantine", "none"]
+
+
+@dataclass(frozen=True)
+class ArcSealing:
+    """Whether mail from outside that leaves again (forwarders, lists, remote recipients)
+    is ARC-sealed (RFC 8617) with the RSA key of the domain it was sent to."""
+
+    seal: bool
+
+
+@dataclass(frozen=True)
 class Receiving:
     return_path: ReturnPathCheck
     reverse_connect: ReverseConnectCheck
     spf: SpfCheck
     rbl: RblCheck
     blacklisted_ips: Scope
+    dkim: DkimCheck
+    dmarc: DmarcCheck
+    arc: ArcSealing
     content_filter: ContentFilter | None = None  # compiler.resolve_engines
 
 

@@ -229,6 +229,65 @@ def test_cases_with_dns_run_the_receiving_checks(
     assert capsys.readouterr().out.splitlines()[-1] == "5 passed, 0 failed"
 
 
+DMARC_SITE = """\
+server:
+  hostname: mail.example.com
+  main_domain: example.com
+receiving:
+  return_path: {scope: nobody}
+domains:
+  example.com:
+    rules: domain.rules
+    accounts:
+      alice: {}
+tests:
+  - name: a forged From of a p=reject domain
+    client: 203.0.113.5
+    from: x@elsewhere.test
+    to: alice@example.com
+    headers: {From: ceo@bank.test}
+    dns:
+      bank.test: '_dmarc IN TXT "v=DMARC1; p=reject"'
+    expect: reject 5.7.1
+  - name: p=quarantine goes to Junk
+    client: 203.0.113.5
+    from: x@elsewhere.test
+    to: alice@example.com
+    headers: {From: news@shop.test}
+    dns:
+      shop.test: '_dmarc IN TXT "v=DMARC1; p=quarantine"'
+    expect: rule Quarantine
+  - name: aligned SPF passes DMARC
+    client: 203.0.113.80
+    from: x@bank.test
+    to: alice@example.com
+    headers: {From: ceo@bank.test}
+    dns:
+      bank.test: |
+        _dmarc IN TXT "v=DMARC1; p=reject"
+        @ IN TXT "v=spf1 ip4:203.0.113.80 -all"
+    expect: rule Passed
+"""
+DMARC_RULES = """\
+rule "Quarantine" priority 5
+  if   Header Field is "X-DMARC-Quarantine: shop.test*"
+  then Store in Junk
+
+rule "Passed" priority 4
+  if   Header Field is "Authentication-Results: mail.example.com;*dmarc=pass*"
+  then Mark Flagged
+"""
+
+
+def test_cases_with_dns_are_judged_by_dmarc_and_rules_see_the_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "site.yaml").write_text(DMARC_SITE)
+    (tmp_path / "domain.rules").write_text(DMARC_RULES)
+    assert main(["test", str(tmp_path)]) == 0, capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines()[-1] == "3 passed, 0 failed"
+
+
 def test_dns_of_a_case_that_does_not_parse_is_an_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

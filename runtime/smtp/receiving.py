@@ -20,6 +20,8 @@ first, and the first refusal ends the round:
    cached for the site's time; a refusal is `550 5.1.8`.
 
 A DNS time-out or failure never refuses for good: it gives `451 4.4.3`.
+
+At the end of DATA, `authentication.py` verifies DKIM, ARC and DMARC (`self.authentication`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from mailplan.runtime.decide.policy import Client, in_scope
 from mailplan.runtime.decide.router import Router
 from mailplan.runtime.dns import mx
 from mailplan.runtime.dns.lookup import Answerer, Dns, DnsTrouble, NoSuchDomain, spf_answers
+from mailplan.runtime.smtp.authentication import Authentication
 
 log = logging.getLogger("mailplan.checks")
 
@@ -119,6 +122,7 @@ class Checks:
         self.cache = cache or CallbackCache()
         self.smtp_port = smtp_port
         self.hostname = plan.server.hostname
+        self.authentication = Authentication(plan, answerer)  # DKIM, ARC, DMARC at DATA
 
     def applies(self, scope: Scope, client: Client) -> bool:
         return in_scope(scope, client.trusted or client.authenticated is not None)

@@ -83,6 +83,7 @@ class Handler:
         self.relayable: set[str] = set()
         self.routings: dict[str, Routing] = {}  # of this transaction's recipients, from RCPT
         self.trace: list[str] = []  # header lines the receiving checks add to the message
+        self.spf: str | None = None  # the SPF result at MAIL FROM (None: not checked)
 
     def client(self, session: SMTPSession, tls: bool) -> Client:
         account = session.auth_data if session.authenticated else None
@@ -115,6 +116,7 @@ class Handler:
         if refusal:
             return refusal
         self.trace = []
+        self.spf = None
         if self.snapshot.checks is not None:
             client = self.client(session, server.encrypted)
             sender = "" if address == "<>" else _in_a_labels(address)
@@ -123,6 +125,8 @@ class Handler:
             ):
                 if verdict.reply:
                     return verdict.reply
+                if verdict.check == "spf":
+                    self.spf = verdict.result
                 if verdict.header:
                     self.trace.append(verdict.header)
         envelope.mail_from = address
@@ -167,17 +171,10 @@ class Handler:
             log.info("%s: refused a message with more than %d hops", client.ip, MAX_HOPS)
             return replies.TOO_MANY_HOPS
         queued = self._envelope(server, session, envelope, client)
-        trace = "".join(f"{line}\r\n" for line in self.trace).encode("utf-8", "surrogateescape")
-        message = (
-            trace
-            + self._received(server, session, client, queued, envelope.smtp_utf8)
-            + (envelope.original_content or b"")
-        )
-        content_filter = self.snapshot.content_filter
-        if content_filter is not None and content_filter.applies(client):
-            message, refusal = await content_filter.check(client, queued, message)
-            if refusal is not None:  # the server rules see rspamd's headers: they come after
-                return refusal
+        judged = await self._judged(server, session, envelope, client, queued)
+        if isinstance(judged, str):
+            return judged
+        message, sealing = judged
         rules = self.snapshot.server_rules
         decided = None
         if rules is not None and rules.rules:
@@ -189,8 +186,10 @@ class Handler:
             queued = replace(queued, recipients=decided.recipients)
         if self.snapshot.signer is not None:  # signed once, before it is queued
             message = await self.snapshot.signer.sign(client, message, queued.id)
+        if sealing and self._leaving(queued.recipients):
+            message = await self._seal(message, queued)
         try:
-            await self._enqueue(queued, message, decided)
+            await self._enqueue(queued, message, decided, sealing)
         except OSError as exc:
             log.error("%s: cannot queue the message from %s: %s", queued.id, client.ip, exc)
             return replies.QUEUE_WRITE_FAILED
@@ -202,6 +201,42 @@ class Handler:
             self.queue.run(command, facts)
         self._accepted(queued, client, len(message))
         return replies.reply(replies.QUEUED, id=queued.id)
+
+    async def _judged(
+        self,
+        server: Session,
+        session: SMTPSession,
+        envelope: SMTPEnvelope,
+        client: Client,
+        queued: Envelope,
+    ) -> tuple[bytes, bool] | str:
+        """The message with its trace fields, authenticated (DKIM, ARC, DMARC) and through
+        the content filter, and whether it is ARC-sealed if it leaves again (it came from
+        outside and has our Authentication-Results); or the reply that refuses it."""
+        content = envelope.original_content or b""
+        lines = list(self.trace)
+        sealing = False
+        checks = self.snapshot.checks
+        if checks is not None:  # DKIM, ARC, DMARC: Authentication-Results
+            verified = await checks.authentication.check(
+                client, queued.helo, queued.sender, self.spf, content
+            )
+            if verified.reply:
+                log.info("%s <%s> refused by DMARC: %s", client.ip, queued.sender, verified.reply)
+                return verified.reply
+            content = verified.message
+            lines += verified.headers
+            sealing = bool(verified.headers) and self.policy.plan.receiving.arc.seal
+        trace = "".join(f"{line}\r\n" for line in lines).encode("utf-8", "surrogateescape")
+        message = (
+            trace + self._received(server, session, client, queued, envelope.smtp_utf8) + content
+        )
+        content_filter = self.snapshot.content_filter
+        if content_filter is not None and content_filter.applies(client):
+            message, refusal = await content_filter.check(client, queued, message)
+            if refusal is not None:  # the server rules see rspamd's headers: they come after
+                return refusal
+        return message, sealing
 
     def _envelope(
         self, server: Session, session: SMTPSession, envelope: SMTPEnvelope, client: Client
@@ -223,9 +258,10 @@ class Handler:
         )
 
     async def _enqueue(
-        self, queued: Envelope, message: bytes, decided: enact.Enqueue | None
+        self, queued: Envelope, message: bytes, decided: enact.Enqueue | None, sealing: bool
     ) -> None:
-        """The message to the queue, then the copies the server rules made of it."""
+        """The message to the queue, then the copies the server rules made of it (ARC-sealed
+        when `sealing` and they leave)."""
         if queued.recipients:
             await self.queue.accept(self._arrival(queued, message))
         for made in decided.copies if decided else ():
@@ -236,8 +272,26 @@ class Handler:
                 recipients=made.recipients,
                 listener="rule",
             )
-            await self.queue.accept(self._arrival(copy, made.message))
+            copied = made.message
+            if sealing and self._leaving(made.recipients):
+                copied = await self._seal(copied, copy)
+            await self.queue.accept(self._arrival(copy, copied))
             log.info("%s: %s: queued as %s", queued.id, made.why, copy.id)
+
+    def _leaving(self, recipients: tuple[str, ...]) -> bool:
+        """Whether any of the recipients is routed away from this server (or to a list)."""
+        router = self.policy.router
+        return any(
+            (self.routings.get(r) or router.route(r)).module in ("SMTP", "LIST") for r in recipients
+        )
+
+    async def _seal(self, message: bytes, queued: Envelope) -> bytes:
+        if self.snapshot.signer is None:
+            log.warning("%s: not ARC-sealed: no DKIM signing key is loaded", queued.id)
+            return message
+        domains = [r.rpartition("@")[2] for r in self.routings]
+        hostname = self.policy.plan.server.hostname.lower()
+        return await self.snapshot.signer.seal(message, domains, hostname, queued.id)
 
     def _accepted(self, queued: Envelope, client: Client, size: int) -> None:
         if not queued.recipients:
