@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         from mailplan.runtime.serve.startup import hold_signals
 
         hold_signals()
-    else:
+    elif argv is None:  # the program, not a caller in a process of its own (a test)
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `mailplan check ... | head` ends quietly
     try:
         code: int = arguments.run(arguments)
