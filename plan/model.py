@@ -293,6 +293,15 @@ class Queue:
 
 
 @dataclass(frozen=True)
+class Admin:
+    """The admin listener (`admin:`): HTTP on loopback by default, for /healthz, /plan and
+    /metrics (docs/admin.md). A site without `admin:` has none."""
+
+    bind: str
+    port: int
+
+
+@dataclass(frozen=True)
 class Outbound:
     """How mail leaves: domains whose mail is sent only over TLS."""
 
@@ -517,3 +526,4 @@ class Plan:
     account_rules: AccountRules
     tests: tuple[TestCase, ...]
     sources: tuple[SourceFile, ...]
+    admin: Admin | None = None

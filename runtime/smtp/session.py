@@ -30,9 +30,10 @@ from aiosmtpd.smtp import (
 )
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 from aiosmtpd.smtp import Session as SMTPSession
+from prometheus_client import Counter
 
 from mailplan.plan.model import Listener
-from mailplan.runtime.base import hangups
+from mailplan.runtime.base import hangups, metrics
 from mailplan.runtime.base.threads import checking
 from mailplan.runtime.decide import replies
 from mailplan.runtime.decide.address import canonical_domain, is_utf8
@@ -357,8 +358,12 @@ class Session(SMTP):
         self.authenticating = False
         self.gone = False  # the client went away, and the log has said so
         self.continued: list[str] = []  # the first lines of a multi-line reply
+        self.counting: Counter | None = None  # counts the next reply (MAIL, RCPT, DATA)
 
     async def push(self, status: AnyStr) -> None:
+        if self.counting is not None and isinstance(status, str) and _answer(status):
+            self.counting.labels(reply=metrics.reply_code(status)).inc()
+            self.counting = None
         # The lines of a multi-line reply go out in one write with the last: a client
         # that reads the EHLO reply with one recv (sslscan does) sees all of it.
         if isinstance(status, str) and status[3:4] == "-":
@@ -403,6 +408,7 @@ class Session(SMTP):
         await super().smtp_EHLO(hostname)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        self.counting = metrics.meters().senders
         if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
             return
         if not _utf8(arg):
@@ -416,6 +422,7 @@ class Session(SMTP):
         await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
+        self.counting = metrics.meters().recipients
         if not _utf8(arg):
             if not await self.check_helo_needed() and not await self.check_auth_needed("RCPT"):
                 await self.push(replies.NOT_UTF8)
@@ -570,6 +577,7 @@ class Session(SMTP):
         return AuthResult(success=True, handled=False, auth_data=account)
 
     async def smtp_DATA(self, arg: str) -> None:
+        self.counting = metrics.meters().messages
         if await self.check_helo_needed():
             return
         if await self.check_auth_needed("DATA"):
@@ -652,6 +660,11 @@ class Session(SMTP):
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_ADDRESS = re.compile(rf"\s*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 _SIZE = re.compile(r"(?i)(?:^|\s)SIZE=(\d+)(?:\s|$)")
+
+
+def _answer(status: str) -> bool:
+    """Whether a reply line answers a command: its last line, and not DATA's go-ahead."""
+    return status[3:4] != "-" and not status.startswith("354")
 
 
 def _bad_address(address: str) -> str:
