@@ -42,6 +42,7 @@ from mailplan.runtime.decide.message import header_block
 from mailplan.runtime.decide.policy import Client, Policy, international
 from mailplan.runtime.decide.router import Routing
 from mailplan.runtime.decide.throttle import Throttle
+from mailplan.runtime.decide.transaction import Recorded, Transaction
 from mailplan.runtime.delivery import pipe
 from mailplan.runtime.queue.arrival import Arrival
 from mailplan.runtime.queue.processor import Processor
@@ -82,6 +83,7 @@ class Handler:
         self.relayable: set[str] = set()
         self.routings: dict[str, Routing] = {}  # of this transaction's recipients, from RCPT
         self.trace: list[str] = []  # header lines the receiving checks add to the message
+        self.transaction: Transaction | None = None  # logged when it ends (`--replay`)
 
     def client(self, session: SMTPSession, tls: bool) -> Client:
         account = session.auth_data if session.authenticated else None
@@ -100,7 +102,37 @@ class Handler:
             responses = [line for line in responses if not line.startswith("250-AUTH")]
         return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
+    def record(self) -> None:
+        """Log the transaction that ended: one line, its envelope (`mailplan diff --replay`)."""
+        done, self.transaction = self.transaction, None
+        if done is None:
+            return
+        rcpts = " ".join(f"<{address}> {reply}" for address, reply in done.recipients)
+        log.info(
+            "envelope from %s <%s> %s: %s%s", done.client, done.sender, done.mail,
+            rcpts or "no recipient", f", DATA {done.data}" if done.data else "",
+            extra={"client": done.client, "envelope": done.record()},
+        )  # fmt: skip
+
     async def handle_MAIL(
+        self,
+        server: Session,
+        session: SMTPSession,
+        envelope: SMTPEnvelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        self.record()
+        client = self.client(session, server.encrypted)
+        sender = "" if address == "<>" else address
+        self.transaction = Transaction(
+            client.ip, server.encrypted, session.host_name or "", client.authenticated, sender
+        )
+        reply = await self._mail(server, session, envelope, address, options)
+        self.transaction.mail = reply[:3]
+        return reply
+
+    async def _mail(
         self,
         server: Session,
         session: SMTPSession,
@@ -120,6 +152,10 @@ class Handler:
             for verdict in await self.snapshot.checks.at_mail(
                 client, session.host_name or "", sender
             ):
+                if self.transaction is not None:
+                    self.transaction.verdicts.append(
+                        Recorded(verdict.check, verdict.result, verdict.reply)
+                    )
                 if verdict.reply:
                     return verdict.reply
                 if verdict.header:
@@ -131,6 +167,19 @@ class Handler:
         return replies.SENDER_OK
 
     async def handle_RCPT(
+        self,
+        server: Session,
+        session: SMTPSession,
+        envelope: SMTPEnvelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        reply = await self._rcpt(server, session, envelope, address, options)
+        if self.transaction is not None:
+            self.transaction.recipients.append((address, reply[:3]))
+        return reply
+
+    async def _rcpt(
         self,
         server: Session,
         session: SMTPSession,
@@ -161,6 +210,13 @@ class Handler:
     async def handle_DATA(
         self, server: Session, session: SMTPSession, envelope: SMTPEnvelope
     ) -> str:
+        reply = await self._data(server, session, envelope)
+        if self.transaction is not None:
+            self.transaction.data = reply[:3]
+        self.record()
+        return reply
+
+    async def _data(self, server: Session, session: SMTPSession, envelope: SMTPEnvelope) -> str:
         client = self.client(session, server.encrypted)
         if _hops(envelope.original_content or b"") > MAX_HOPS:
             log.info("%s: refused a message with more than %d hops", client.ip, MAX_HOPS)
@@ -515,6 +571,7 @@ class Session(SMTP):
         return super().eof_received()
 
     def connection_lost(self, error: Exception | None) -> None:
+        self.handler.record()  # a transaction the client left (QUIT, RSET and gone, reset)
         if hangups.client_went_away(error):
             self._went_away(error)
         if self.admitted and self.admission is not None and self.session is not None:
