@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import Counter, Gauge, Histogram, values
+from prometheus_client import Counter, Gauge, Histogram, multiprocess, values
 
 # fdatasync of the intake journal: fast disks take well under a millisecond, slow ones tens.
 SYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -46,6 +46,12 @@ def share(directory: Path) -> None:
         stale.unlink(missing_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+def forget(pid: int) -> None:
+    """A process that died: its live gauges no longer count (its counters still do)."""
+    if shared() is not None:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def shared() -> Path | None:

@@ -29,6 +29,7 @@ from typing import NoReturn
 
 from mailplan.plan import codec
 from mailplan.plan.model import Plan
+from mailplan.runtime.base import metrics
 from mailplan.runtime.serve import notify
 from mailplan.runtime.serve.server import Options
 from mailplan.runtime.serve.startup import release_signals
@@ -161,6 +162,7 @@ class _Supervisor:
             except ChildProcessError:
                 break
             index = self.children.pop(pid)
+            metrics.forget(pid)
             if self.stopping:
                 status = status or os.waitstatus_to_exitcode(code)
             else:
