@@ -279,3 +279,26 @@ def test_status_prints_one_block_per_node(tmp_path: Path) -> None:
     assert gone.returncode == 1
     assert f"{first.url}\n  unreachable: connection refused\n" in gone.stdout
     assert "Traceback" not in gone.stderr
+
+
+def test_retries_and_bounces_are_counted(tmp_path: Path) -> None:
+    """Mail for a domain DNS does not know waits, is tried again, is given up: a retry, then
+    an expiry and a bounce, which is delivered to its local sender."""
+    queue = {"queue": {"retry": ["1s"], "give_up_after": "1s"}}
+    with NameServer(tmp_path, {"test": ZONE}) as dns:
+        node = Node(tmp_path, resolver=dns.address, **CHECKS, **queue)
+        with node.server:
+            with smtplib.SMTP(LOOPBACK, node.smtp, timeout=TIMEOUT) as client:
+                client.sendmail("alice@example.com", ["x@remote.example"], b"\r\nlost\r\n")
+            Maildir(tmp_path / "var/mail/example.com/alice").wait(1, TIMEOUT)  # the bounce
+
+            def bounced() -> bool:
+                samples = node.metrics()
+                return value(samples, "mailplan_bounces_total", action="failed") == 1
+
+            assert wait_until(bounced, TIMEOUT)
+            samples = node.metrics()
+            deliveries = "mailplan_deliveries_total"
+            assert value(samples, deliveries, module="SMTP", outcome="deferred") == 1
+            assert value(samples, deliveries, module="SMTP", outcome="expired") == 1
+            assert value(samples, deliveries, module="LOCAL", outcome="delivered") == 1

@@ -37,13 +37,15 @@ class Meters:
 
 
 def share(directory: Path) -> None:
-    """Keep this process's meters (and its children's) in `directory`, emptied first: the
-    counts of a server start at zero. Call it before the first `meters()`."""
+    """Keep this process's meters (and its children's) in `directory`, emptied first (the
+    counts of a server start at zero, and what the processes of the last run said is
+    gone). Call it before the first `meters()`."""
     if meters.cache_info().currsize:
         raise RuntimeError("metrics.share() after the first meter was made")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):
-        stale.unlink(missing_ok=True)
+    for stale in directory.iterdir():
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
