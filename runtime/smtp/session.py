@@ -103,7 +103,8 @@ class Handler:
         return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     def record(self) -> None:
-        """Log the transaction that ended: one line, its envelope (`mailplan diff --replay`)."""
+        """Log the transaction that ended: one line, its envelope (`mailplan diff --replay`).
+        A message accepted has it on its `accepted` line instead (`_accepted`)."""
         done, self.transaction = self.transaction, None
         if done is None:
             return
@@ -293,6 +294,13 @@ class Handler:
         if not queued.recipients:
             log.info("%s from %s: no recipient left after the server rules", queued.id, client.ip)
             return
+        facts: dict[str, Any] = {
+            "queue_id": queued.id, "client": client.ip, "listener": self.listener.name
+        }  # fmt: skip
+        done, self.transaction = self.transaction, None
+        if done is not None:  # this line records the transaction: no line of its own
+            done.data = "250"
+            facts["envelope"] = done.record()
         log.info(
             "%s accepted from %s <%s> for %s (%d bytes, plan %s)",
             queued.id,
@@ -301,7 +309,7 @@ class Handler:
             ", ".join(f"<{r}>" for r in queued.recipients),
             size,
             self.snapshot.digest[:19],
-            extra={"queue_id": queued.id, "client": client.ip, "listener": self.listener.name},
+            extra=facts,
         )
 
     def _arrival(self, envelope: Envelope, message: bytes) -> Arrival:
