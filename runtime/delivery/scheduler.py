@@ -382,15 +382,19 @@ class Delivery:
 
     async def _unheld(self, batch: list[Waiting]) -> list[Waiting]:
         """The entries of a batch whose message is neither on hold nor deleted now (what
-        `mailplan queue hold` or `delete` did since they were queued)."""
-        ids = {entry.queue_id for entry in batch}
+        `mailplan queue hold` or `delete` did while they waited). A message that just
+        arrived (its bytes at hand) is not looked at: it was not waiting, and the signal
+        of `mailplan queue` takes it out of the queues if it waits for a retry."""
+        ids = {entry.queue_id for entry in batch if entry.message is None}
+        if not ids:
+            return batch
         states = await asyncio.to_thread(lambda: {i: self._state(i) for i in ids})
         for queue_id, state in states.items():
             if state == "held":
                 self.park(queue_id)
             elif state == "deleted":
                 log.info("%s deleted from the queue: not delivered", queue_id)
-        return [entry for entry in batch if states[entry.queue_id] == "queued"]
+        return [entry for entry in batch if states.get(entry.queue_id, "queued") == "queued"]
 
     def _state(self, queue_id: str) -> str:
         if not self.spool.exists(queue_id):
