@@ -253,6 +253,8 @@ def test_status_prints_one_block_per_node(tmp_path: Path) -> None:
             Maildir(first.root / "var/mail/example.com/alice").wait(1)
             status = mailplan("status", "--server", first.url)
             assert status.returncode == 0, status.stderr
+            bare = mailplan("status", "--server", f"{LOOPBACK}:{first.admin}")  # no scheme
+            assert bare.stdout == status.stdout
             block = status.stdout.split("\n\n")[0]
             assert block.startswith(f"{first.url}  mail.example.com\n")
             assert f"  plan         {first.digest()}\n" in block

@@ -49,7 +49,7 @@ class Node:
 
 
 def _status(arguments: argparse.Namespace) -> int:
-    nodes = [_ask(url.rstrip("/")) for url in arguments.server]
+    nodes = [_ask(_url(given)) for given in arguments.server]
     digests = {node.digest for node in nodes}
     agreed = len(digests) == 1 and None not in digests
     healthy = all(n.problem is None and n.health.get("status") == "ok" for n in nodes)
@@ -67,6 +67,11 @@ def _status(arguments: argparse.Namespace) -> int:
             print("\n".join(_block(node)) + "\n")
         print(_rollout(nodes, agreed))
     return 0 if agreed and healthy else 1
+
+
+def _url(given: str) -> str:
+    """An admin listener's address as given: `http://HOST:PORT`, or `HOST:PORT` alone."""
+    return (given if "://" in given else f"http://{given}").rstrip("/")
 
 
 def _ask(url: str) -> Node:
