@@ -18,6 +18,7 @@ LISTENERS: dict[str, dict[str, Any]] = {
 }
 LISTENER_BIND = ("0.0.0.0", "::")
 PLAINTEXT_AUTH = False
+ADMIN_BIND = "127.0.0.1"  # the admin listener answers on loopback unless told otherwise
 
 RELAYING: dict[str, Any] = {"scope": "clients-only", "authenticated": True}
 

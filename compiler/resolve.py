@@ -24,6 +24,7 @@ from mailplan.plan.model import (
     FORMAT,
     Account,
     AccountRules,
+    Admin,
     ArcSealing,
     DkimCheck,
     DmarcCheck,
@@ -113,6 +114,7 @@ def resolve(unit: Unit) -> Unit:
         ),
         tests=_tests(document),
         sources=unit.files,
+        admin=_admin(data.get("admin")),
     )
     return replace(unit, plan=plan).report(*problems)
 
@@ -162,6 +164,13 @@ def _listeners(document: Document) -> tuple[Listener, ...]:
             )
         )
     return tuple(found)
+
+
+def _admin(spec: dict[str, Any] | None) -> Admin | None:
+    """The admin listener, when the site has one (off unless `admin:` is written)."""
+    if spec is None:
+        return None
+    return Admin(spec.get("bind", defaults.ADMIN_BIND), spec["port"])
 
 
 def _relaying(spec: dict[str, Any], source: Source) -> Relaying:

@@ -53,7 +53,12 @@ def _fields(old: Plan, new: Plan) -> list[tuple[str, object, object]]:
         ("tls key", old.tls.key, new.tls.key),
         ("outbound require_tls", old.outbound.require_tls, new.outbound.require_tls),
         ("account rules may", old.account_rules.actions, new.account_rules.actions),
+        ("admin listener", _admin(old), _admin(new)),
     ]
+
+
+def _admin(plan: Plan) -> str | None:
+    return None if plan.admin is None else f"{plan.admin.bind} port {plan.admin.port}"
 
 
 def _shown(value: object) -> str:

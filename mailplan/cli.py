@@ -7,7 +7,7 @@ import argparse
 import signal
 import sys
 
-from mailplan.commands import diff, dns, internal, mailbox, queue, serve, site, tls
+from mailplan.commands import diff, dns, internal, mailbox, queue, serve, site, status, tls
 
 # The families of commands, in the order `mailplan --help` lists them: check mode first.
 FAMILIES = (
@@ -15,6 +15,7 @@ FAMILIES = (
     diff.add_parser,
     serve.add_parser,
     queue.add_parser,
+    status.add_parser,
     dns.add_parser,
     tls.add_parser,
     mailbox.add_parser,

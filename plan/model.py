@@ -377,6 +377,15 @@ class OutboundTls:
 
 
 @dataclass(frozen=True)
+class Admin:
+    """The admin listener (`admin:`): HTTP on loopback by default, for /healthz, /plan and
+    /metrics (docs/admin.md). A site without `admin:` has none."""
+
+    bind: str
+    port: int
+
+
+@dataclass(frozen=True)
 class Outbound:
     """How mail leaves: domains whose mail is sent only over verified TLS, and the
     policies of other domains that are honoured."""
@@ -604,3 +613,4 @@ class Plan:
     tests: tuple[TestCase, ...]
     sources: tuple[SourceFile, ...]
     local: LocalDelivery = MAILDIR  # the site's `delivery.local` (compiler.resolve_engines)
+    admin: Admin | None = None

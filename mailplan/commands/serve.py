@@ -150,9 +150,11 @@ def _address(text: str) -> str:
 def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
     """The order of `runtime.serve.startup`: queue lock, TLS and DKIM keys, sockets,
     resolver, user, pid."""
+    from mailplan.runtime.base import metrics
     from mailplan.runtime.delivery.scheduler import Remote
-    from mailplan.runtime.serve import privileges, startup, tls
+    from mailplan.runtime.serve import admin, privileges, startup, tls
     from mailplan.runtime.serve.server import Options
+    from mailplan.runtime.serve.startup import StartupError
 
     workers = _workers(arguments.workers) or 1
     load = loader(arguments.site, arguments.plan)
@@ -178,7 +180,15 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
             log.warning("%s", descriptors)
         bind = tuple(arguments.bind or ())
         sockets = startup.bind(startup.served(plan, dev, bind))
+        try:
+            listening = admin.bind(plan.admin, dev)
+        except StartupError:
+            for sock in sockets.values():
+                sock.close()
+            raise
         quiet = _settle(arguments, who, queue, mail, sockets)
+        if listening is not None:  # as the serving user: the metrics' folder is its own
+            metrics.share(admin.folder(queue))
         lock.write_pid()
         if quiet:
             log.warning("%s", quiet)
@@ -196,6 +206,8 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
             tls=context,
             dkim=dkim,
             bind=bind,
+            admin=listening,
+            describe=_describe,
         )
         if dev:
             _banner(plan, arguments)
@@ -248,9 +260,35 @@ def _run(
             finally:
                 mine.stop()
 
+        def answer(load: Callable[[], Plan], first: Plan, options: Options) -> int:
+            from mailplan.runtime.serve import admin, startup
+
+            assert options.admin is not None
+            queue = startup.resolve(options.root, first.queue.directory)
+            mine = logs.Writer(arguments.log_format, arguments.log_level)
+            try:
+                return admin.in_process(options.admin, load, first, queue, workers)
+            finally:
+                mine.stop()
+
         writer.stop()  # no thread may run when the supervisor forks
-        return supervise(load, plan, options, workers, worker)
+        return supervise(
+            load, plan, options, workers, worker, answer if options.admin is not None else None
+        )
     return _serve_worker(load, plan, options)
+
+
+def _describe(old: Plan, new: Plan) -> list[str]:
+    """What a reload changes, for its lines in the log (docs/diff.md's text, one a line)."""
+    from mailplan.diff.compare import compare
+    from mailplan.diff.render import summary
+
+    changes = compare(old, new)
+    lines = [
+        f"UNSAFE {c.group}: {c.text} ({c.unsafe})" if c.unsafe else f"{c.group}: {c.text}"
+        for c in changes
+    ]
+    return [*lines, summary(changes)]
 
 
 def _workers(text: str) -> int | None:
@@ -275,6 +313,10 @@ def _banner(plan: Plan, arguments: argparse.Namespace) -> None:
         moved = development(listener)
         later = "" if listener.protocol in ours else "  (Dovecot: see below)"
         lines.append(f"  {listener.name:<12} {listener.protocol:<11} port {moved.port}{later}")
+    if plan.admin is not None:
+        lines.append(
+            f"  {'admin':<12} {'http':<11} port {plan.admin.port}  (/healthz /plan /metrics)"
+        )
     if not all(x.protocol in ours for x in plan.listeners):
         lines.append(_dovecot_howto(arguments))
     smtp = next((development(x).port for x in plan.listeners if x.protocol == "smtp"), 2525)

@@ -33,6 +33,7 @@ import dns.asyncresolver
 
 from mailplan.plan import codec
 from mailplan.plan.model import MailingList, Plan
+from mailplan.runtime.base import metrics
 from mailplan.runtime.decide import dsn, lists, retry
 from mailplan.runtime.decide import lmtp as lmtp_decide
 from mailplan.runtime.decide.router import Router, Routing
@@ -149,13 +150,16 @@ class _Sorting:
             outcome.recipient, outcome.status, outcome.text, outcome.remote, outcome.smtp
         )
         facts = _facts(outcome)
+        counted = metrics.meters().deliveries
         if outcome.kind == "delivered":
+            counted.labels(module=entry.routing.module, outcome="delivered").inc()
             self.done.append(outcome.recipient)
             log.info(
                 "%s <%s> delivered: %s%s", self.queue_id, outcome.recipient, outcome.text,
                 _by(outcome), extra=facts,
             )  # fmt: skip
         elif outcome.kind == "permanent":
+            counted.labels(module=entry.routing.module, outcome="failed").inc()
             self.failures.append(failure)
             self.done.append(outcome.recipient)
             log.info(
@@ -163,11 +167,13 @@ class _Sorting:
                 _by(outcome), extra=facts,
             )  # fmt: skip
         elif retry.expired(self.arrived, self.now, self.plan.queue.give_up_after):
+            counted.labels(module=entry.routing.module, outcome="expired").inc()
             gave_up = f"gave up after {_span(self.now - self.arrived)}: {outcome.text}"
             self.failures.append(replace(failure, status="4.4.7", diagnostic=gave_up))
             self.done.append(outcome.recipient)
             log.info("%s <%s> %s", self.queue_id, outcome.recipient, gave_up, extra=facts)
         else:
+            counted.labels(module=entry.routing.module, outcome="deferred").inc()
             self._defer(entry, outcome, failure, facts)
 
     def _defer(
@@ -250,6 +256,7 @@ def bounce(
         retry_until=retry_until,
     )
     queue_id = enqueue(spool, original, "", (original.sender,), report, "bounce", now)
+    metrics.meters().bounces.labels(action="failed" if retry_until is None else "delayed").inc()
     log.info("%s: DSN for %s queued as %s", original.id, original.sender, queue_id)
     return queue_id
 
@@ -348,6 +355,7 @@ class Delivery:
         self.policies = mtasts.Cache(spool.directory)  # MTA-STS policies, durable
         self._trust: dict[tuple[str | None, int], ssl.SSLContext] = {}
         self._fetcher: mtasts.Fetcher | None = None
+        self.parked: set[str] = set()  # messages on hold (`mailplan queue hold`)
 
     def start(self) -> None:
         self.trust(self.current().plan)  # a CA file that cannot be read: said at start
@@ -416,8 +424,47 @@ class Delivery:
             await asyncio.sleep(self.connections.idle / 2)
             await self.connections.sweep()
 
+    def park(self, queue_id: str) -> None:
+        """Keep a message on hold out of the queues until `mailplan queue release`; the
+        processor reads it again then (`reschedule`)."""
+        if queue_id not in self.parked:
+            log.info("%s on hold: not delivered until released", queue_id)
+        self.parked.add(queue_id)
+        self._drop({queue_id})
+
+    def _drop(self, ids: set[str]) -> None:
+        """Take every recipient of these messages out of the queues."""
+        for queue in self.queues.values():
+            queue.ready = [entry for entry in queue.ready if entry.queue_id not in ids]
+            later = [item for item in queue.later if item[2].queue_id not in ids]
+            if len(later) != len(queue.later):
+                heapq.heapify(later)
+                queue.later = later
+
+    async def _unheld(self, batch: list[Waiting]) -> list[Waiting]:
+        """The entries of a batch whose message is neither on hold nor deleted now (what
+        `mailplan queue hold` or `delete` did while they waited). A message that just
+        arrived (its bytes at hand) is not looked at: it was not waiting, and the signal
+        of `mailplan queue` takes it out of the queues if it waits for a retry."""
+        ids = {entry.queue_id for entry in batch if entry.message is None}
+        if not ids:
+            return batch
+        states = await asyncio.to_thread(lambda: {i: self._state(i) for i in ids})
+        for queue_id, state in states.items():
+            if state == "held":
+                self.park(queue_id)
+            elif state == "deleted":
+                log.info("%s deleted from the queue: not delivered", queue_id)
+        return [entry for entry in batch if states.get(entry.queue_id, "queued") == "queued"]
+
+    def _state(self, queue_id: str) -> str:
+        if not self.spool.exists(queue_id):
+            return "deleted"
+        return "held" if self.spool.is_held(queue_id) else "queued"
+
     def add(self, entries: list[Waiting]) -> None:
         now = time.time()
+        entries = [entry for entry in entries if entry.queue_id not in self.parked]
         for entry in entries:
             queue = self.queues.get(entry.queue)
             if queue is None:
@@ -440,6 +487,7 @@ class Delivery:
         task.add_done_callback(self._tasks.discard)
 
     async def _reschedule(self) -> None:
+        await self._holds()
         ids = {entry.queue_id for queue in self.queues.values() for *_, entry in queue.later}
         histories = await asyncio.to_thread(lambda: {i: self.spool.history(i) for i in ids})
         schedule = self.current().plan.queue.retry
@@ -461,6 +509,30 @@ class Delivery:
             queue.later = later
             self._kick(queue)
         self._wake.set()
+
+    async def _holds(self) -> None:
+        """What `mailplan queue hold`, `release` and `delete` changed: held messages leave
+        the queues, released ones are processed again (their retry journals kept),
+        deleted ones are forgotten. Each is a line in the log."""
+        waiting = {e.queue_id for q in self.queues.values() for e in q.ready}
+        waiting |= {item[2].queue_id for q in self.queues.values() for item in q.later}
+        parked = set(self.parked)
+        states = await asyncio.to_thread(lambda: {i: self._state(i) for i in waiting | parked})
+        for queue_id in sorted(parked):
+            if states[queue_id] == "queued":
+                self.parked.discard(queue_id)
+                log.info("%s released from hold", queue_id)
+                self.submit(queue_id)
+            elif states[queue_id] == "deleted":
+                self.parked.discard(queue_id)
+                log.info("%s deleted from the queue while on hold", queue_id)
+        for queue_id in sorted(waiting):
+            if states[queue_id] == "held":
+                self.park(queue_id)
+        deleted = {i for i in waiting if states[i] == "deleted"}
+        for queue_id in sorted(deleted):
+            log.info("%s deleted from the queue: not delivered", queue_id)
+        self._drop(deleted)
 
     async def _run(self) -> None:
         """Move entries whose time has come to their queue's ready list."""
@@ -494,8 +566,9 @@ class Delivery:
     async def _work(self, queue: _Queue, batch: list[Waiting]) -> None:
         router = self.current()
         try:
+            batch = await self._unheld(batch)
             try:
-                outcomes = await self._deliver(queue, batch, router)
+                outcomes = await self._deliver(queue, batch, router) if batch else []
             except Exception as exc:  # a bug or an I/O error: a temporary failure, retried
                 log.exception("%s: delivery failed", queue.name)
                 outcomes = [

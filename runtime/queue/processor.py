@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailplan.runtime.base import metrics
 from mailplan.runtime.decide import lmtp, retry
 from mailplan.runtime.decide.router import Router, Routing
 from mailplan.runtime.delivery import pipe
@@ -67,6 +68,7 @@ def process(
     replies: ruleactions.ReplyLog | None = None,
     batch: durable.Batch | None = None,
     say: Callable[..., None] = log.info,
+    tally: list[str] | None = None,
 ) -> list[Waiting]:
     """Process one queued message by `router`; returns the recipients still waiting.
 
@@ -75,7 +77,9 @@ def process(
     decided at RCPT (`Arrival`); `router` is then the plan it arrived under. With
     `batch`, the message was never queued (`Processor.deliver_soon`): its Maildir copies
     go into the batch, and there is no queue file to update. `say` writes the line about
-    each recipient (a batch logs them once committed). Blocking (it reads the queue file
+    each recipient (a batch logs them once committed); `tally` gathers the module of each
+    recipient done, for the batch to count once committed (else they are counted here).
+    Blocking (it reads the queue file
     and fsyncs mailboxes): run it off the event loop.
     """
     if fresh is not None:
@@ -93,6 +97,7 @@ def process(
     done: list[str] = []
     waiting: list[Waiting] = []
     delivered: set[str] = set()  # one copy per mailbox, however many recipients lead to it
+    discarded: set[str] = set()
     for recipient in message.envelope.recipients:
         if recipient in message.finished:
             continue
@@ -107,6 +112,7 @@ def process(
             say("%s <%s> delivered to %s (%s)", queue_id, recipient, routing, decided, **facts)
         elif routing.module == "DISCARD":
             done.append(recipient)
+            discarded.add(recipient)
             say("%s <%s> discarded (%s)", queue_id, recipient, decided, **facts)
         else:
             entry = _waiting(local, message, recipient, routing, schedule)
@@ -118,7 +124,18 @@ def process(
             say("%s <%s> queued in %s (%s)", queue_id, recipient, entry.queue, decided, **facts)
     if batch is None:
         _record(spool, queue_id, done, waiting)
+    count(["DISCARD" if recipient in discarded else "LOCAL" for recipient in done], tally)
     return waiting
+
+
+def count(modules: list[str], tally: list[str] | None = None) -> None:
+    """Recipients done here (LOCAL, DISCARD), for /metrics: now, or into `tally` (a batch
+    counts them once it is committed)."""
+    if tally is not None:
+        tally.extend(modules)
+        return
+    for module in modules:
+        metrics.meters().deliveries.labels(module=module, outcome="delivered").inc()
 
 
 @dataclass(frozen=True)
@@ -267,8 +284,11 @@ class Processor:
         mail_directory: Path,
         hand_over: Callable[[list[Waiting]], None],
         intake: Intake,
+        park: Callable[[str], None] | None = None,
     ) -> None:
+        """`park` takes a message read from the queue that is on hold (`Delivery.park`)."""
         self.spool = spool
+        self.park = park
         self.current = current
         self.mail_directory = mail_directory
         self.hand_over = hand_over  # where waiting recipients go: `Delivery.add`
@@ -382,6 +402,7 @@ class Processor:
     def _deliver_batch(self, batch: list[_Soon]) -> None:
         files = durable.Batch()
         lines: list[tuple[tuple[Any, ...], dict[str, Any]]] = []  # logged after the commit
+        tally: list[str] = []  # counted after the commit
 
         def say(*line: Any, **facts: Any) -> None:
             lines.append((line, facts))
@@ -391,7 +412,7 @@ class Processor:
                 arrival = soon.arrival
                 waiting = process(
                     self.spool, arrival.envelope.id, arrival.router, self.mail_directory,
-                    arrival.digest, arrival, batch=files, say=say,
+                    arrival.digest, arrival, batch=files, say=say, tally=tally,
                 )  # fmt: skip
                 if waiting:  # cannot happen: `delivers_at_once` saw the same routings
                     raise OSError(f"{arrival.envelope.id}: recipients left to queue")
@@ -401,6 +422,7 @@ class Processor:
             raise
         for line in lines:
             log.info(*line[0], **line[1])
+        count(tally)
 
     def _retry_soon(self, batch: list[_Soon]) -> None:
         self._soon.extend(batch)
@@ -438,11 +460,23 @@ class Processor:
         self._commands.add(task)
         task.add_done_callback(self._commands.discard)
 
+    async def _held(self, queue_id: str, fresh: Arrival | None) -> bool:
+        """Whether a message read from the queue is on hold: then it is parked, and not
+        even its local copies are made until it is released."""
+        if fresh is not None or self.park is None:
+            return False
+        if not await asyncio.to_thread(self.spool.is_held, queue_id):
+            return False
+        self.park(queue_id)
+        return True
+
     async def _work(self) -> None:
         while True:
             queue_id, fresh = await self._ids.get()
             effects = Effects()
             try:
+                if await self._held(queue_id, fresh):
+                    continue
                 started = time.monotonic()
                 # a message that just arrived is processed by the plan it arrived under
                 digest, router = (fresh.digest, fresh.router) if fresh else self.current()

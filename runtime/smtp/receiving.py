@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import aiosmtplib
 
 from mailplan.plan.model import Plan, Scope
+from mailplan.runtime.base import metrics
 from mailplan.runtime.base.threads import checking
 from mailplan.runtime.decide.policy import Client, in_scope
 from mailplan.runtime.decide.router import Router
@@ -142,6 +143,11 @@ class Checks:
                 continue
             verdict = await check()
             verdicts.append(verdict)
+            metrics.meters().checks.labels(
+                check=verdict.check,
+                result=verdict.result.partition(" ")[0],
+                action="refused" if verdict.reply else "passed",
+            ).inc()
             if verdict.reply:
                 log.info(
                     "%s <%s> refused by %s: %s", client.ip, sender, verdict.check, verdict.reply
