@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from mailplan.runtime.decide.dmarc import (
+    Discovered,
     DmarcRecord,
-    Found,
     UnusableRecord,
     aligned,
     evaluate,
@@ -102,7 +102,7 @@ def test_alignment(identifier: str, author: str, mode: str, expected: bool) -> N
     assert aligned(identifier, author, mode) is expected  # type: ignore[arg-type]
 
 
-REJECT = Found("example.com", DmarcRecord("reject", None, "relaxed", "relaxed", 100))
+REJECT = Discovered("example.com", DmarcRecord("reject", None, "relaxed", "relaxed", 100))
 FAILED_SPF = ("fail", "example.com")
 
 
@@ -140,13 +140,13 @@ def test_a_failed_aligned_signature_does_not_count() -> None:
     ],
 )
 def test_the_sites_action_is_a_ceiling(action: str, policy: str, disposition: str) -> None:
-    found = Found("example.com", DmarcRecord(policy, None, "relaxed", "relaxed", 100))  # type: ignore[arg-type]
+    found = Discovered("example.com", DmarcRecord(policy, None, "relaxed", "relaxed", 100))  # type: ignore[arg-type]
     verdict = evaluate("example.com", found, FAILED_SPF, [], action, 50)  # type: ignore[arg-type]
     assert (verdict.result, verdict.disposition) == ("fail", disposition)
 
 
 def test_a_subdomain_gets_sp_found_at_the_organisational_domain() -> None:
-    found = Found("example.com", DmarcRecord("none", "reject", "relaxed", "relaxed", 100))
+    found = Discovered("example.com", DmarcRecord("none", "reject", "relaxed", "relaxed", 100))
     verdict = evaluate("news.example.com", found, ("fail", "x.test"), [], "reject", 0)
     assert (verdict.policy, verdict.disposition) == ("reject", "reject")
     at_author = evaluate("example.com", found, ("fail", "x.test"), [], "reject", 0)
@@ -154,7 +154,7 @@ def test_a_subdomain_gets_sp_found_at_the_organisational_domain() -> None:
 
 
 def test_a_subdomain_without_sp_gets_p() -> None:
-    found = Found("example.com", DmarcRecord("quarantine", None, "relaxed", "relaxed", 100))
+    found = Discovered("example.com", DmarcRecord("quarantine", None, "relaxed", "relaxed", 100))
     verdict = evaluate("news.example.com", found, ("fail", "x.test"), [], "reject", 0)
     assert verdict.disposition == "quarantine"
 
@@ -164,18 +164,18 @@ def test_a_subdomain_without_sp_gets_p() -> None:
     [(0, "reject"), (24.9, "reject"), (25, "quarantine"), (99.9, "quarantine")],
 )
 def test_pct_samples_and_the_rest_gets_one_step_milder(roll: float, disposition: str) -> None:
-    found = Found("example.com", DmarcRecord("reject", None, "relaxed", "relaxed", 25))
+    found = Discovered("example.com", DmarcRecord("reject", None, "relaxed", "relaxed", 25))
     verdict = evaluate("example.com", found, FAILED_SPF, [], "reject", roll)
     assert verdict.disposition == disposition
 
 
 def test_pct_on_quarantine_lets_the_rest_through() -> None:
-    found = Found("example.com", DmarcRecord("quarantine", None, "relaxed", "relaxed", 0))
+    found = Discovered("example.com", DmarcRecord("quarantine", None, "relaxed", "relaxed", 0))
     assert evaluate("example.com", found, FAILED_SPF, [], "reject", 0).disposition == "none"
 
 
 def test_strict_alignment() -> None:
-    found = Found("example.com", DmarcRecord("reject", None, "strict", "strict", 100))
+    found = Discovered("example.com", DmarcRecord("reject", None, "strict", "strict", 100))
     relaxed_pass = [("pass", "mail.example.com")]
     assert evaluate("example.com", found, FAILED_SPF, relaxed_pass, "reject", 0).result == "fail"
     exact = [("pass", "example.com")]
@@ -186,13 +186,13 @@ def test_strict_alignment() -> None:
     ("author", "found", "result"),
     [
         (None, REJECT, "permerror"),
-        ("example.com", Found(trouble="time-out"), "temperror"),
-        ("example.com", Found("example.com", broken="two records"), "permerror"),
-        ("example.com", Found(), "none"),
+        ("example.com", Discovered(trouble="time-out"), "temperror"),
+        ("example.com", Discovered("example.com", broken="two records"), "permerror"),
+        ("example.com", Discovered(), "none"),
     ],
     ids=["no-single-from-domain", "dns-trouble", "broken", "no-record"],
 )
-def test_no_policy_applies(author: str | None, found: Found, result: str) -> None:
+def test_no_policy_applies(author: str | None, found: Discovered, result: str) -> None:
     verdict = evaluate(author, found, FAILED_SPF, [], "reject", 0)
     assert (verdict.result, verdict.disposition) == (result, "none")
 

@@ -43,7 +43,7 @@ class DmarcRecord:
 
 
 @dataclass(frozen=True)
-class Found:
+class Discovered:
     """What the look-ups gave: the record and the domain it was found at, or why not.
 
     `trouble`: DNS did not answer (temperror); `broken`: a record at `domain` that is
@@ -139,7 +139,7 @@ def aligned(identifier: str, author: str, mode: Mode) -> bool:
 
 def evaluate(
     author: str | None,
-    found: Found,
+    found: Discovered,
     spf: tuple[str, str],
     dkim: Sequence[tuple[str, str]],
     action: Action,

@@ -88,7 +88,7 @@ class Authentication:
         verdict = None
         if enforce:
             author = _author(message, verifier)
-            found = self.policy(author) if author and author.isascii() else dmarc.Found()
+            found = self.policy(author) if author and author.isascii() else dmarc.Discovered()
             verdict = dmarc.evaluate(
                 author,
                 found,
@@ -176,7 +176,7 @@ class Authentication:
 
     # -- DMARC -------------------------------------------------------------------------
 
-    def policy(self, author: str) -> dmarc.Found:
+    def policy(self, author: str) -> dmarc.Discovered:
         """The DMARC record that applies to mail from `author` (policy discovery, §6.6.3)."""
         for name in dmarc.names(author):
             try:
@@ -184,7 +184,7 @@ class Authentication:
             except (NoSuchDomain, dns.exception.DNSException, ValueError):
                 continue
             except DnsTrouble as trouble:
-                return dmarc.Found(trouble=str(trouble))
+                return dmarc.Discovered(trouble=str(trouble))
             texts = [
                 b"".join(r.strings).decode("utf-8", "replace")  # type: ignore[attr-defined]
                 for r in records
@@ -193,10 +193,10 @@ class Authentication:
             try:
                 record = dmarc.record(texts)
             except dmarc.UnusableRecord as why:
-                return dmarc.Found(at, broken=f"{name}: {why}")
+                return dmarc.Discovered(at, broken=f"{name}: {why}")
             if record is not None:
-                return dmarc.Found(at, record)
-        return dmarc.Found()
+                return dmarc.Discovered(at, record)
+        return dmarc.Discovered()
 
 
 class Keys:
