@@ -48,11 +48,14 @@ server:
 listeners:
   smtp:  {{port: {smtp}, bind: [0.0.0.0]}}        # each node: serve --bind ITS_ADDRESS
   imaps: {{port: {imaps}, bind: [{loopback}]}}    # Dovecot's
+admin: {{port: {admin}}}                          # each node: serve --admin-bind ITS_ADDRESS
 tls: {{certificate: {tls}/dev.crt, key: {tls}/dev.key}}
 queue: {{directory: var/queue, mail_directory: var/mail, retry: [1h]}}
-receiving:
+receiving:                                      # no DNS here: no sender checks
   return_path: {{scope: nobody}}
   spf: {{scope: nobody}}
+  dkim: {{scope: nobody}}
+  dmarc: {{scope: nobody}}
 delivery:
   local: {{via: lmtp, to: ["{loopback}:{lmtp}"]}}
 domains:
@@ -69,7 +72,12 @@ class Node(MailServer):
     """`mailplan serve --plan PLAN --bind ADDRESS --root ROOT`: one node of the farm."""
 
     def __init__(self, plan: Path, root: Path, address: str, port: int) -> None:
-        super().__init__(plan, root, [(address, port)], extra_arguments=["--bind", address])
+        super().__init__(
+            plan,
+            root,
+            [(address, port)],
+            extra_arguments=["--bind", address, "--admin-bind", address],
+        )
         self.address = address
 
     def command(self) -> list[str]:
@@ -79,6 +87,13 @@ class Node(MailServer):
 
     def digests(self) -> list[str]:
         return re.findall(r"serving plan (sha256:[0-9a-f]{64})", self.log())
+
+
+def status(farm: Farm) -> tuple[int, str]:
+    """`mailplan status` over every node's admin listener: its exit status and last line."""
+    servers = [f"--server=http://{node.address}:{farm.ports['admin']}" for node in farm.nodes]
+    done = mailplan("status", *servers)
+    return done.returncode, (done.stdout.splitlines() or [""])[-1]
 
 
 @dataclass
@@ -120,7 +135,7 @@ def farm() -> Iterator[Farm]:
 
 
 def _farm(root: Path) -> Iterator[Farm]:
-    ports = dict(zip(("smtp", "imaps", "lmtp"), free_ports(3), strict=True))
+    ports = dict(zip(("smtp", "imaps", "lmtp", "admin"), free_ports(4), strict=True))
     devtls.ensure(root / "tls", HOSTNAME)
     site = root / "site"
     site.mkdir()
@@ -184,6 +199,7 @@ def test_two_nodes_one_plan_a_killed_node_loses_nothing(farm: Farm) -> None:
     node_a, node_b = farm.nodes
     for node in farm.nodes:  # each node says which plan it serves: the same one
         assert wait_until(lambda node=node: node.digests() == [farm.digest]), node.log()
+    assert status(farm) == (0, f"all 2 node(s) serve {farm.digest}")  # a rollout checked
     acked: list[str] = []
     refused: list[str] = []
     spread(farm, 20, 0, acked, refused)  # both nodes deliver as it comes
@@ -199,6 +215,7 @@ def test_two_nodes_one_plan_a_killed_node_loses_nothing(farm: Farm) -> None:
     farm.dovecot.start()
     node_a.start()  # its queue is its own: what it acknowledged is delivered now
     assert wait_until(lambda: node_a.digests() == [farm.digest] * 2), node_a.log()
+    assert wait_until(lambda: status(farm) == (0, f"all 2 node(s) serve {farm.digest}"))
     for node in farm.nodes:
         flushed = mailplan("queue", "flush", "--plan", farm.plan, "--root", node.root)
         assert flushed.returncode == 0, flushed.stderr
@@ -218,7 +235,8 @@ def test_mailplan_dns_publishes_both_nodes_at_equal_preference(tmp_path: Path) -
     site.mkdir()
     text = SITE.format(
         hostname=HOSTNAME, loopback=LOOPBACK, hash=PasswordHasher().hash(PASSWORD),
-        a="192.0.2.10", b="192.0.2.11", smtp=25, imaps=993, lmtp=24, tls=tmp_path / "tls",
+        a="192.0.2.10", b="192.0.2.11", smtp=25, imaps=993, lmtp=24, admin=9025,
+        tls=tmp_path / "tls",
     )  # fmt: skip
     (site / "site.yaml").write_text(text, encoding="utf-8")
     (tmp_path / "tls").mkdir()

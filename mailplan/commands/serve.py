@@ -75,6 +75,12 @@ def add_parser(subcommands: Subcommands) -> None:
         metavar="IP",
         help="listen on IP instead of each listener's bind (a farm node; repeatable)",
     )
+    serve.add_argument(
+        "--admin-bind",
+        type=_address,
+        metavar="IP",
+        help="the admin listener on IP instead of admin.bind (farm nodes on one host)",
+    )
     serve.add_argument("--log-format", choices=("text", "json"), default="text")
     serve.add_argument("--log-level", choices=logs.LEVELS, default="info")
     serve.add_argument(  # also `mailplan --debug serve`: one flag, kept here for old units
@@ -181,7 +187,7 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
         bind = tuple(arguments.bind or ())
         sockets = startup.bind(startup.served(plan, dev, bind))
         try:
-            listening = admin.bind(plan.admin, dev)
+            listening = admin.bind(plan.admin, dev, arguments.admin_bind)
         except StartupError:
             for sock in sockets.values():
                 sock.close()

@@ -49,12 +49,13 @@ def folder(queue: Path) -> Path:
     return queue / FOLDER
 
 
-def bind(settings: Admin | None, dev: bool) -> socket.socket | None:
-    """The admin listener's socket, bound with the others (before root is given up);
-    `--dev` keeps it on 127.0.0.1. None when the site has no `admin:`."""
+def bind(settings: Admin | None, dev: bool, instead: str | None = None) -> socket.socket | None:
+    """The admin listener's socket, bound with the others (before root is given up): on
+    `instead` (`serve --admin-bind`) when given, else 127.0.0.1 with `--dev`, else
+    `admin.bind`. None when the site has no `admin:`."""
     if settings is None:
         return None
-    address = "127.0.0.1" if dev else settings.bind
+    address = instead or ("127.0.0.1" if dev else settings.bind)
     try:
         return listening(address, settings.port)
     except OSError as exc:
