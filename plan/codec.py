@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import hashlib
 import json
 import types
@@ -19,6 +20,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import fastjsonschema
 import jsonschema
+import msgspec
 
 from mailplan.plan.model import FORMAT, Plan
 
@@ -66,16 +68,48 @@ def _decode(hint: Any, data: Any) -> Any:
 
 
 def canonical(value: Any) -> bytes:
-    """Canonical JSON: sorted keys, no insignificant white space, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """Canonical JSON: sorted keys, no insignificant white space, UTF-8.
+
+    The bytes of `json.dumps(value, sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)`, written by msgspec's encoder in C (tests/test_codec.py holds
+    the two to the same bytes); a plan or any part of it is encoded directly, without
+    its `encode` value."""
+    return _encoder().encode(value)
 
 
 def digest(plan: Plan) -> str:
-    return "sha256:" + hashlib.sha256(canonical(encode(plan))).hexdigest()
+    return "sha256:" + hashlib.sha256(canonical(plan)).hexdigest()
+
+
+@functools.cache
+def _encoder() -> msgspec.json.Encoder:
+    return msgspec.json.Encoder(order="sorted")
+
+
+@functools.cache
+def _decoders() -> tuple[msgspec.json.Decoder[Plan], msgspec.json.Decoder[_Seal]]:
+    return msgspec.json.Decoder(Plan), msgspec.json.Decoder(_Seal)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Seal:
+    """What a plan file says beside the plan: its digest."""
+
+    digest: str
 
 
 def dumps(plan: Plan) -> str:
-    """The text of a plan file: the plan's JSON with its digest, sorted and indented."""
+    """The text of a plan file: the plan's JSON with its digest, sorted and indented.
+
+    msgspec writes it (the bytes `json.dumps(document, sort_keys=True, indent=1,
+    ensure_ascii=False)` gives), and reading it back the way `loads` does checks it
+    against the model; only a plan that fails that is checked, and written, step by step
+    (and then refused with the schema's words)."""
+    top = {field.name: getattr(plan, field.name) for field in dataclasses.fields(plan)}
+    compact = canonical(top | {"digest": digest(plan)})
+    text = msgspec.json.format(compact, indent=1).decode() + "\n"
+    if _trusted(text) is not None:
+        return text
     document = encode(plan) | {"digest": digest(plan)}
     problem = _schema_problem(document)
     if problem:
@@ -90,9 +124,48 @@ def loads(text: str, origin: str = "plan") -> Plan:
     MAX_DIGITS digits, nesting deeper than Python recurses and strings that are not
     Unicode (a lone surrogate escape, `"\\ud800"`) are "not a plan"."""
     try:
-        return _verified(_parsed(text, origin), origin)
+        return _trusted(text) or _verified(_parsed(text, origin), origin)
     except (RecursionError, UnicodeEncodeError) as exc:
         raise PlanError(f"{origin}: not a plan: {_unusable(exc)}") from None
+
+
+def _trusted(text: str) -> Plan | None:
+    """The plan in `text` when the text is exactly the file `dumps` writes for it, else None
+    (then `_verified` checks it step by step and words what is wrong).
+
+    msgspec decodes the text straight into the model's frozen dataclasses, checking each
+    value's type as it goes (what the schema's types, enums and required keys say); the
+    plan is then encoded again, canonically, and must hash to the digest the file carries;
+    and the file must be, byte for byte, that encoding indented as `dumps` indents it,
+    which leaves no room for a key the model does not have, a key given twice, or a
+    number written otherwise. Whole numbers of more than MAX_DIGITS digits are left to
+    `_verified`, which refuses them. A plan of 100,000 routes loads this way in well under
+    a second, against some six the step-by-step check takes."""
+    plans, seals = _decoders()
+    collecting = gc.isenabled()
+    gc.disable()  # a plan is a million objects that all live: nothing for the collector
+    try:
+        plan = plans.decode(text)
+        seal = seals.decode(text)
+    except (msgspec.MsgspecError, RecursionError, UnicodeEncodeError):
+        return None
+    finally:
+        if collecting:
+            gc.enable()
+    if plan.format != FORMAT:
+        return None
+    content = canonical(plan)
+    if "sha256:" + hashlib.sha256(content).hexdigest() != seal.digest:
+        return None
+    if b"0" * (MAX_DIGITS + 1) in content.translate(_DIGITS_AS_ZERO):
+        return None
+    line = f'\n "digest": {json.dumps(seal.digest)},'
+    if text.replace(line, "", 1) != msgspec.json.format(content, indent=1).decode() + "\n":
+        return None
+    return plan
+
+
+_DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0000000000")
 
 
 def _parsed(text: str, origin: str) -> dict[str, Any]:
