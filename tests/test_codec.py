@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailplan.compiler.pipeline import compile_site
-from mailplan.plan import codec
+from mailplan.plan import codec, trusted
 from mailplan.plan.model import FORMAT, Plan
 from tests.conftest import EXAMPLE
 
@@ -88,11 +88,23 @@ def test_the_fast_path_leaves_every_other_file_to_the_full_check() -> None:
     assert codec._trusted(_signed(unknown)) is None
     with pytest.raises(codec.PlanError, match="Additional properties are not allowed"):
         codec.loads(_signed(unknown))
-    other_layout = _signed(document, indent=2)  # the same plan, indented otherwise
-    assert codec._trusted(other_layout) is None
-    assert codec.loads(other_layout) == plan
-    twice = text.replace('{\n "account_rules"', '{\n "format": 1,\n "account_rules"', 1)
-    assert codec._trusted(twice) is None and codec.loads(twice) == plan
+    deeper = json.loads(text)
+    deeper["limits"]["extra"] = 1
+    assert codec._trusted(_signed(deeper)) is None
+    with pytest.raises(codec.PlanError, match="Additional properties are not allowed"):
+        codec.loads(_signed(deeper))
+    other_layout = _signed(document, indent=2)  # the same plan, laid out otherwise
+    assert codec._trusted(other_layout) == plan
+    twice = text.replace('{\n "account_rules"', '{\n "format": 7,\n "account_rules"', 1)
+    assert codec._trusted(twice) == plan == codec.loads(twice)  # the last one counts
+    escaped = text.replace('"example.com"', '"example\\u002ecom"', 1)  # not canonical
+    assert codec._trusted(escaped) is None and codec.loads(escaped) == plan
+
+
+def test_the_digest_is_the_canonical_json_in_pieces() -> None:
+    plan = _plan()
+    assert b"".join(trusted.canonical_pieces(plan)) == codec.canonical(plan)
+    assert codec.digest(plan) == "sha256:" + hashlib.sha256(codec.canonical(plan)).hexdigest()
 
 
 def test_the_fast_path_refuses_long_numbers_as_the_full_check_does() -> None:

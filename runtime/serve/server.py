@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mailplan.plan import codec
+from mailplan.plan import codec, trusted
 from mailplan.plan.model import Listener, Plan
 from mailplan.runtime.base import hangups
 from mailplan.runtime.decide.admission import Admission
@@ -74,12 +74,19 @@ def snapshot(
     keys: Keyring | None = None,
 ) -> Snapshot:
     """A plan ready to serve; with `answerer` (DNS), its receiving checks run too; with
-    `keys`, the mail of its hosted domains is DKIM-signed."""
-    router = Router(plan)
-    checks = Checks(plan, router, answerer, cache, smtp_port) if answerer is not None else None
-    rules = Rules(plan.server_rules) if plan.server_rules is not None else None
-    signer = Signer(plan, keys) if keys else None
-    return Snapshot(codec.digest(plan), Policy(plan, router), checks, rules, signer)
+    `keys`, the mail of its hosted domains is DKIM-signed.
+
+    Built with the cyclic collector off (`trusted.uncollected`): the indexes of a big plan
+    are a million objects that all live, and a pass over them would hold up the event loop
+    that a reload in a thread leaves serving."""
+    with trusted.uncollected():
+        router = Router(plan)
+        checks = None
+        if answerer is not None:
+            checks = Checks(plan, router, answerer, cache, smtp_port)
+        rules = Rules(plan.server_rules) if plan.server_rules is not None else None
+        signer = Signer(plan, keys) if keys else None
+        return Snapshot(codec.digest(plan), Policy(plan, router), checks, rules, signer)
 
 
 class Daemon:
