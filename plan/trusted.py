@@ -22,6 +22,7 @@ import functools
 import gc
 import hashlib
 import typing
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -59,7 +60,23 @@ def _plan_of(text: str | bytes, cls: Any, format_: int) -> Any:
         hashed.update(piece)
     if "sha256:" + hashed.hexdigest() != digest:
         return None
+    _remember(plan, digest)
     return plan
+
+
+_DIGESTS: dict[int, str] = {}
+
+
+def _remember(plan: Any, digest: str) -> None:
+    """Keep the digest a plan was read with for as long as the plan lives (by identity:
+    hashing a frozen plan would walk all of it)."""
+    _DIGESTS[id(plan)] = digest
+    weakref.finalize(plan, _DIGESTS.pop, id(plan), None)
+
+
+def known_digest(plan: Any) -> str | None:
+    """The digest `plan` was read with, if this module read it."""
+    return _DIGESTS.get(id(plan))
 
 
 @contextmanager

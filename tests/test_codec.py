@@ -105,6 +105,8 @@ def test_the_digest_is_the_canonical_json_in_pieces() -> None:
     plan = _plan()
     assert b"".join(trusted.canonical_pieces(plan)) == codec.canonical(plan)
     assert codec.digest(plan) == "sha256:" + hashlib.sha256(codec.canonical(plan)).hexdigest()
+    loaded = codec.loads(codec.dumps(plan))
+    assert trusted.known_digest(loaded) == codec.digest(plan) == codec.digest(loaded)
 
 
 def test_the_fast_path_refuses_long_numbers_as_the_full_check_does() -> None:
