@@ -12,7 +12,7 @@ sessions. A C call holds the interpreter until it returns, so decoding a plan of
 100,000 routes in one call would stop every session for a good part of a second;
 decoded a few hundred values at a time, the loop gets its turn between pieces. Only
 the lists of dataclasses (`tuple[Route, ...]`) are cut up: each object that holds such a
-list (the plan, an address list, a domain) is read as a `Shell` of its fields' raw texts.
+list (the plan, an address list, a domain) is read as a shell of its fields' raw texts.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ class Mismatch(Exception):
 
 
 def plan_of(text: str | bytes, cls: type[T], format_: int) -> T | None:
+    """The plan `text` holds when every piece of it is what the plan says, else None."""
     top: Any = cls
     return typing.cast("T | None", _plan_of(text, top, format_))
 
 
 def _plan_of(text: str | bytes, cls: Any, format_: int) -> Any:
-    """The plan `text` holds when every piece of it is what the plan says, else None."""
     data = text.encode() if isinstance(text, str) else text
     try:
         shell = _decoder(_shell(cls, True)).decode(data)
