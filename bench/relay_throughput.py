@@ -45,6 +45,12 @@ DKIM key for the senders' domain (x.test), so that every message is signed befor
 is queued (docs/dkim.md); the report gives signed / mailplan per cell, the cost of
 signing in the same run. Issue 18 aims at 0.9 or more with ed25519 at 2 KiB.
 
+`--tls-off` adds a server, "no-tls-policies": the same mailplan with
+`outbound.tls: {mta_sts: false, dane: false, reports: false}`, so that no policy is
+looked up and no session counted (docs/delivery.md, TLS); the report gives
+mailplan / no-tls-policies per cell, the cost of honouring other domains' TLS policies
+(here: a `_mta-sts` TXT look-up per batch, NXDOMAIN and cached, and the TLS-RPT counts).
+
 `--profile DIR` instead records mailplan with py-spy in both cells (on-CPU, then
 wall-clock) and prints where its time goes per message (bench/smtp_accept.py's
 analysis).
@@ -535,6 +541,11 @@ def report(results: list[Result], names: list[str], cells: list[int]) -> dict[st
                 "rounds": [r.rate for r in runs],
                 **{f"{k}_ms_per_msg": v for k, v in cpu.items()},
             }
+        if "mailplan" in medians and "no-tls-policies" in medians:
+            base = medians["no-tls-policies"]
+            ratio = medians["mailplan"] / base if base else 0.0
+            print(f"  mailplan / no-tls-policies: {ratio:.2f}  (TLS policies on / off)")
+            summary[cell]["mailplan/no-tls-policies"] = ratio
         if "mailplan" in medians and "signed" in medians:
             signed = medians["signed"] / medians["mailplan"] if medians["mailplan"] else 0.0
             print(f"  signed / mailplan: {signed:.2f}  (DKIM signing on / off)")
@@ -677,6 +688,11 @@ def main() -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
+        "--tls-off",
+        action="store_true",
+        help="also measure mailplan with other domains' TLS policies off",
+    )
+    parser.add_argument(
         "--dkim",
         choices=("ed25519", "rsa"),
         help="also measure mailplan signing every message with a key of this kind",
@@ -712,6 +728,16 @@ def main() -> int:
         mailplan.start()
         started.append(mailplan)
         servers: list[Server] = [mailplan]
+        if args.tls_off:
+            plain = RelayMailplan(
+                "no-tls-policies",
+                work=work / "no-tls-policies",
+                options=options,
+                domains_yaml="outbound:\n  tls: {mta_sts: false, dane: false, reports: false}\n",
+            )
+            plain.start()
+            started.append(plain)
+            servers.append(plain)
         if args.dkim:
             signed = signing_mailplan(work, options, args.dkim)
             signed.start()

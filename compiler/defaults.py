@@ -18,6 +18,7 @@ LISTENERS: dict[str, dict[str, Any]] = {
 }
 LISTENER_BIND = ("0.0.0.0", "::")
 PLAINTEXT_AUTH = False
+ADMIN_BIND = "127.0.0.1"  # the admin listener answers on loopback unless told otherwise
 
 RELAYING: dict[str, Any] = {"scope": "clients-only", "authenticated": True}
 
@@ -27,8 +28,18 @@ RECEIVING: dict[str, Any] = {
     "spf": {"scope": "everybody-except-clients", "action": "reject-fail"},
     "rbl": {"scope": "everybody-except-clients", "zones": [], "threshold": 1},
     "blacklisted_ips": "everybody-except-clients",
+    # DKIM and ARC verified, DMARC followed (a failing p=quarantine marked, p=reject refused)
+    "dkim": {"scope": "everybody-except-clients"},
+    "dmarc": {"scope": "everybody-except-clients", "action": "reject"},
+    "arc": {"seal": False},  # ARC-seal mail from outside that leaves again
 }
 RBL_WEIGHT = 1
+# receiving.content_filter: what is not said of rspamd
+CONTENT_FILTER: dict[str, Any] = {
+    "scope": "everybody-except-clients",
+    "timeout": "20s",
+    "on_failure": "tempfail",
+}
 
 LIMITS: dict[str, Any] = {
     "max_message_size": "25M",
@@ -43,6 +54,15 @@ QUEUE: dict[str, Any] = {
     "retry": ["5m", "15m", "1h", "4h"],
     "give_up_after": "5d",
     "warn_after": "4h",
+}
+
+# Outbound TLS: the policies of other domains honoured (MTA-STS, DANE), TLS reports sent.
+OUTBOUND_TLS: dict[str, Any] = {
+    "mta_sts": True,
+    "dane": True,
+    "reports": True,
+    "ca_file": None,
+    "trusted_resolver": False,
 }
 
 PIPE_TIMEOUT = "60s"

@@ -1,6 +1,6 @@
 """The compiler's pipeline: the passes in order, and the checks run over the plan.
 
-    load -> schema -> parse -> parse_rules -> resolve -> resolve_dns -> checks
+    load -> schema -> parse -> parse_rules -> resolve -> resolve_dns -> resolve_engines -> checks
     (then plan.codec freezes the plan)
 
 The order of these tuples is the order in which the compiler works.
@@ -26,6 +26,7 @@ from mailplan.compiler.parse import parse
 from mailplan.compiler.parse_rules import parse_rules
 from mailplan.compiler.resolve import resolve
 from mailplan.compiler.resolve_dns import resolve_dns
+from mailplan.compiler.resolve_engines import resolve_engines
 from mailplan.compiler.schema import schema
 from mailplan.compiler.unit import Unit
 from mailplan.plan.model import Plan
@@ -60,6 +61,7 @@ PASSES: tuple[Callable[[Unit], Unit], ...] = (
     parse_rules,
     resolve,
     resolve_dns,
+    resolve_engines,
     checks,
 )
 

@@ -24,6 +24,10 @@ from mailplan.plan.model import (
     FORMAT,
     Account,
     AccountRules,
+    Admin,
+    ArcSealing,
+    DkimCheck,
+    DmarcCheck,
     Domain,
     Forwarder,
     Limits,
@@ -32,6 +36,7 @@ from mailplan.plan.model import (
     Member,
     MxHost,
     Outbound,
+    OutboundTls,
     Pipe,
     Plan,
     Queue,
@@ -81,9 +86,7 @@ def resolve(unit: Unit) -> Unit:
         receiving=_receiving(data.get("receiving", {})),
         limits=_limits(data.get("limits", {})),
         queue=_queue(data.get("queue", {})),
-        outbound=Outbound(
-            tuple(name.lower() for name in data.get("outbound", {}).get("require_tls", []))
-        ),
+        outbound=_outbound(data.get("outbound", {})),
         address_lists=lists,
         domains=tuple(
             sorted(
@@ -111,6 +114,7 @@ def resolve(unit: Unit) -> Unit:
         ),
         tests=_tests(document),
         sources=unit.files,
+        admin=_admin(data.get("admin")),
     )
     return replace(unit, plan=plan).report(*problems)
 
@@ -162,6 +166,13 @@ def _listeners(document: Document) -> tuple[Listener, ...]:
     return tuple(found)
 
 
+def _admin(spec: dict[str, Any] | None) -> Admin | None:
+    """The admin listener, when the site has one (off unless `admin:` is written)."""
+    if spec is None:
+        return None
+    return Admin(spec.get("bind", defaults.ADMIN_BIND), spec["port"])
+
+
 def _relaying(spec: dict[str, Any], source: Source) -> Relaying:
     settled = defaults.RELAYING | spec
     return Relaying(
@@ -197,6 +208,9 @@ def _receiving(spec: dict[str, Any]) -> Receiving:
             rbl["threshold"],
         ),
         blacklisted_ips=spec.get("blacklisted_ips", defaults.RECEIVING["blacklisted_ips"]),
+        dkim=DkimCheck(**settled["dkim"]),
+        dmarc=DmarcCheck(**settled["dmarc"]),
+        arc=ArcSealing(**settled["arc"]),
     )
 
 
@@ -207,6 +221,20 @@ def _limits(spec: dict[str, Any]) -> Limits:
         int(settled["max_recipients"]),
         int(settled["max_connections"]),
         int(settled["max_connections_per_client"]),
+    )
+
+
+def _outbound(spec: dict[str, Any]) -> Outbound:
+    settled = defaults.OUTBOUND_TLS | spec.get("tls", {})
+    return Outbound(
+        tuple(name.lower() for name in spec.get("require_tls", [])),
+        OutboundTls(
+            mta_sts=settled["mta_sts"],
+            dane=settled["dane"],
+            reports=settled["reports"],
+            ca_file=settled["ca_file"],
+            trusted_resolver=settled["trusted_resolver"],
+        ),
     )
 
 

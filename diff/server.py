@@ -1,4 +1,5 @@
-"""Changes in the server's own settings: names, addresses, TLS files, outbound TLS, what
+"""Changes in the server's own settings: names, addresses, TLS files, outbound TLS (the
+domains that require it, and which policies of other domains are honoured), what
 account rules may do, and the networks of the Client IPs and the blacklisted IPs."""
 
 from __future__ import annotations
@@ -17,7 +18,27 @@ def server(old: Plan, new: Plan) -> Iterator[Change]:
     for label, was, now in _fields(old, new):
         if was != now:
             yield Change("server", f"{label}: {_shown(was)} -> {_shown(now)}")
+    yield from _outbound_tls(old, new)
     yield from _networks(old, new)
+
+
+# outbound.tls settings whose turning off weakens what is enforced on mail that leaves
+_WEAKER = {
+    "mta_sts": "MTA-STS policies of other domains are no longer enforced",
+    "dane": "DANE TLSA records of other domains are no longer enforced",
+    "trusted_resolver": "",
+}
+
+
+def _outbound_tls(old: Plan, new: Plan) -> Iterator[Change]:
+    a, b = old.outbound.tls, new.outbound.tls
+    for key in ("mta_sts", "dane", "reports", "ca_file", "trusted_resolver"):
+        was, now = getattr(a, key), getattr(b, key)
+        if was != now:
+            why = _WEAKER.get(key) if was is True and now is False else None
+            yield Change(
+                "server", f"outbound tls {key}: {_shown(was)} -> {_shown(now)}", why or None
+            )
 
 
 def _fields(old: Plan, new: Plan) -> list[tuple[str, object, object]]:
@@ -32,7 +53,12 @@ def _fields(old: Plan, new: Plan) -> list[tuple[str, object, object]]:
         ("tls key", old.tls.key, new.tls.key),
         ("outbound require_tls", old.outbound.require_tls, new.outbound.require_tls),
         ("account rules may", old.account_rules.actions, new.account_rules.actions),
+        ("admin listener", _admin(old), _admin(new)),
     ]
+
+
+def _admin(plan: Plan) -> str | None:
+    return None if plan.admin is None else f"{plan.admin.bind} port {plan.admin.port}"
 
 
 def _shown(value: object) -> str:

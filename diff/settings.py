@@ -211,6 +211,8 @@ def _receiving(old: Plan, new: Plan) -> Iterator[Change]:
         ("spf", a.spf.scope, b.spf.scope),
         ("rbl", a.rbl.scope, b.rbl.scope),
         ("blacklisted_ips", a.blacklisted_ips, b.blacklisted_ips),
+        ("dkim", a.dkim.scope, b.dkim.scope),
+        ("dmarc", a.dmarc.scope, b.dmarc.scope),
     ]
     for name, was, now in checks:
         if was != now:
@@ -220,9 +222,9 @@ def _receiving(old: Plan, new: Plan) -> Iterator[Change]:
                 f"receiving check {name} scope: {was} -> {now}",
                 "lowers a receiving check's scope" if lower else None,
             )
-    for name in ("return_path", "reverse_connect", "spf", "rbl"):
+    for name in ("return_path", "reverse_connect", "spf", "rbl", "dmarc", "arc"):
         was_check, now_check = getattr(a, name), getattr(b, name)
-        for field in ("action", "threshold", "zones", "cache", "timeout"):
+        for field in ("action", "threshold", "zones", "cache", "timeout", "seal"):
             x, y = getattr(was_check, field, None), getattr(now_check, field, None)
             if x != y:
                 yield Change(

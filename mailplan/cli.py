@@ -7,7 +7,7 @@ import argparse
 import signal
 import sys
 
-from mailplan.commands import diff, dns, internal, mailbox, queue, serve, site
+from mailplan.commands import diff, dns, internal, mailbox, queue, serve, site, status, tls
 
 # The families of commands, in the order `mailplan --help` lists them: check mode first.
 FAMILIES = (
@@ -15,7 +15,9 @@ FAMILIES = (
     diff.add_parser,
     serve.add_parser,
     queue.add_parser,
+    status.add_parser,
     dns.add_parser,
+    tls.add_parser,
     mailbox.add_parser,
 )
 
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         from mailplan.runtime.serve.startup import hold_signals
 
         hold_signals()
-    else:
+    elif argv is None:  # the program, not a caller in a process of its own (a test)
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `mailplan check ... | head` ends quietly
     try:
         code: int = arguments.run(arguments)

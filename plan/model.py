@@ -7,10 +7,25 @@ so that `plan.codec` can derive the JSON form and its JSON Schema from these cla
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Form:
+    """What a string must be beyond being a string, which JSON Schema cannot say: `test`
+    raises ValueError when it is not. `plan.codec` checks every field annotated with a
+    Form when it loads a plan, so that the runtime never meets a value it cannot use."""
+
+    what: str
+    test: Callable[[str], object]
+
+
+IPAddress = Annotated[str, Form("an IP address", ipaddress.ip_address)]
 
 Scope = Literal["everybody", "clients-only", "everybody-except-clients", "nobody"]
 Kind = Literal["mail", "access", "signal"]
@@ -33,8 +48,8 @@ class Source:
 class Interval:
     """An inclusive range of IP addresses of one family, written as addresses."""
 
-    first: str
-    last: str
+    first: IPAddress
+    last: IPAddress
 
 
 @dataclass(frozen=True)
@@ -181,6 +196,20 @@ class MailDns:
 
 
 @dataclass(frozen=True)
+class LocalDelivery:
+    """How LOCAL mail reaches a mailbox: into mailplan's own Maildirs, or handed over by
+    LMTP (RFC 2033) to a mailbox server (`to`: `host:port`, `[v6]:port` or `unix:/path`,
+    tried in order). `source` is where the site says so (None: the default)."""
+
+    via: Literal["maildir", "lmtp"]
+    to: tuple[str, ...] = ()
+    source: Source | None = None
+
+
+MAILDIR = LocalDelivery("maildir")
+
+
+@dataclass(frozen=True)
 class Domain:
     name: str
     source: Source
@@ -194,6 +223,7 @@ class Domain:
     spf: Spf
     rules: RuleSet | None
     dns: MailDns | None = None  # filled by compiler.resolve_dns
+    local: LocalDelivery | None = None  # its own `delivery.local`; None: the site's
 
 
 @dataclass(frozen=True)
@@ -267,12 +297,52 @@ class RblCheck:
 
 
 @dataclass(frozen=True)
+class ContentFilter:
+    """rspamd at the end of DATA, before the 250: `rspamd` is its URL (`/checkv2` is
+    asked); `on_failure` says what an unreachable or slow rspamd means."""
+
+    source: Source
+    rspamd: str
+    scope: Scope
+    timeout: int
+    on_failure: Literal["tempfail", "accept"]
+
+
+@dataclass(frozen=True)
+class DkimCheck:
+    """DKIM signatures and ARC chains verified, reported in Authentication-Results."""
+
+    scope: Scope
+
+
+@dataclass(frozen=True)
+class DmarcCheck:
+    """DMARC evaluated; `action` is the most the site does with a failing message: follow
+    the sender's policy (`reject`), never refuse (`quarantine`), only report (`none`)."""
+
+    scope: Scope
+    action: Literal["reject", "quarantine", "none"]
+
+
+@dataclass(frozen=True)
+class ArcSealing:
+    """Whether mail from outside that leaves again (forwarders, lists, remote recipients)
+    is ARC-sealed (RFC 8617) with the RSA key of the domain it was sent to."""
+
+    seal: bool
+
+
+@dataclass(frozen=True)
 class Receiving:
     return_path: ReturnPathCheck
     reverse_connect: ReverseConnectCheck
     spf: SpfCheck
     rbl: RblCheck
     blacklisted_ips: Scope
+    dkim: DkimCheck
+    dmarc: DmarcCheck
+    arc: ArcSealing
+    content_filter: ContentFilter | None = None  # compiler.resolve_engines
 
 
 @dataclass(frozen=True)
@@ -293,10 +363,35 @@ class Queue:
 
 
 @dataclass(frozen=True)
+class OutboundTls:
+    """Which TLS policies of other domains outbound delivery honours (docs/delivery.md):
+    MTA-STS (RFC 8461), DANE (RFC 7672) and TLS reports (RFC 8460); `ca_file` is trusted
+    besides the system's CA store when a certificate is verified; `trusted_resolver`
+    believes the AD bit of a resolver that is not on loopback."""
+
+    mta_sts: bool
+    dane: bool
+    reports: bool
+    ca_file: str | None
+    trusted_resolver: bool
+
+
+@dataclass(frozen=True)
+class Admin:
+    """The admin listener (`admin:`): HTTP on loopback by default, for /healthz, /plan and
+    /metrics (docs/admin.md). A site without `admin:` has none."""
+
+    bind: str
+    port: int
+
+
+@dataclass(frozen=True)
 class Outbound:
-    """How mail leaves: domains whose mail is sent only over TLS."""
+    """How mail leaves: domains whose mail is sent only over verified TLS, and the
+    policies of other domains that are honoured."""
 
     require_tls: tuple[str, ...]
+    tls: OutboundTls
 
 
 @dataclass(frozen=True)
@@ -457,7 +552,7 @@ class TestCase:
     kind: Kind
     to: str
     sender: str | None
-    client: str | None
+    client: IPAddress | None
     authenticated: str | None
     expect: str
     message: TestMessage
@@ -517,3 +612,5 @@ class Plan:
     account_rules: AccountRules
     tests: tuple[TestCase, ...]
     sources: tuple[SourceFile, ...]
+    local: LocalDelivery = MAILDIR  # the site's `delivery.local` (compiler.resolve_engines)
+    admin: Admin | None = None

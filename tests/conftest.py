@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 from interop import fail_if_required, skip_if_missing
+
+from mailplan.plan import codec
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "sites" / "example.com"
@@ -27,6 +32,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture
 def example_site() -> Path:
     return EXAMPLE
+
+
+def resealed(document: dict[str, Any]) -> str:
+    """A plan document with the digest its content has: an edit the digest does not catch."""
+    content = {key: item for key, item in document.items() if key != "digest"}
+    digest = "sha256:" + hashlib.sha256(codec.canonical(content)).hexdigest()
+    return json.dumps({**content, "digest": digest})
 
 
 # Hypothesis (tests/test_fuzz.py): `make test` runs a few hundred examples of each

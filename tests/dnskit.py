@@ -7,16 +7,19 @@ recursion does (BIND, for one): records with the AA flag, NXDOMAIN and NODATA wi
 zone's SOA, CNAME chains inside a zone, wildcards (RFC 4592), REFUSED for names outside
 its zones, SERVFAIL for every name of a zone whose text does not load (as BIND does
 with a broken zone file). Tests point dnspython at it with `resolver()`, or hand
-`address` (`IP:PORT`) to the code under test. `Silent` is a UDP and TCP port that reads
-queries and never answers, for time-out tests. `namedkit.Named` is BIND itself, with
-the same interface, for the interop tests. Nothing here reaches beyond loopback.
+`address` (`IP:PORT`) to the code under test. Zones named in `secure` are answered with
+the AD bit (when the query asks with AD or DO), as a validating resolver on loopback
+answers for a signed zone: that is how DANE tests reach their secure path. `Silent` is
+a UDP and TCP port that reads queries and never answers, for time-out tests.
+`namedkit.Named` is BIND itself, with the same interface, for the interop tests.
+Nothing here reaches beyond loopback.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import dns.exception
@@ -88,9 +91,15 @@ class Zone:
         response.authority.append(rrset)
 
 
-def answer(zones: Mapping[dns.name.Name, Zone], query: dns.message.Message) -> dns.message.Message:
-    """The authoritative response to `query` from `zones`."""
+def answer(
+    zones: Mapping[dns.name.Name, Zone],
+    query: dns.message.Message,
+    secure: Collection[dns.name.Name] = (),
+) -> dns.message.Message:
+    """The authoritative response to `query` from `zones`; AD set for the `secure` ones."""
     response = dns.message.make_response(query)
+    if _validated(query, secure):
+        response.flags |= dns.flags.AD
     if query.opcode() != 0 or len(query.question) != 1:
         response.set_rcode(dns.rcode.NOTIMP if query.opcode() else dns.rcode.FORMERR)
         return response
@@ -126,15 +135,25 @@ def answer(zones: Mapping[dns.name.Name, Zone], query: dns.message.Message) -> d
     return response
 
 
+def _validated(query: dns.message.Message, secure: Collection[dns.name.Name]) -> bool:
+    """Whether a validating resolver would set AD: asked for it, and the name is secure."""
+    if not query.question or not (query.flags & dns.flags.AD or query.ednsflags & dns.flags.DO):
+        return False
+    return any(query.question[0].name.is_subdomain(origin) for origin in secure)
+
+
 class ZoneResolver:
     """dnslib's resolver interface, answered by `answer` from dnspython zones."""
 
-    def __init__(self, zones: Mapping[dns.name.Name, Zone]) -> None:
+    def __init__(
+        self, zones: Mapping[dns.name.Name, Zone], secure: Collection[dns.name.Name] = ()
+    ) -> None:
         self.zones = zones
+        self.secure = secure
 
     def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
         query = dns.message.from_wire(bytes(request.pack()))
-        response = answer(self.zones, query)
+        response = answer(self.zones, query, self.secure)
         if handler.protocol == "tcp":
             limit = 65535
         else:
@@ -151,9 +170,16 @@ class ZoneResolver:
 class NameServer:
     """`zones` (name → zone-file text) served on a loopback port the kernel picks."""
 
-    def __init__(self, root: Path, zones: Mapping[str, str], host: str = LOOPBACK) -> None:
+    def __init__(
+        self,
+        root: Path,
+        zones: Mapping[str, str],
+        host: str = LOOPBACK,
+        secure: Collection[str] = (),
+    ) -> None:
         self.root = root  # where the log goes
         self.zones = dict(zones)
+        self.secure = [dns.name.from_text(name) for name in secure]
         self.host = host
         self.port = 0  # known once started
         self.servers: list[DNSServer] = []
@@ -173,7 +199,7 @@ class NameServer:
 
     def start(self) -> NameServer:
         loaded = [Zone(name, text) for name, text in self.zones.items()]
-        resolver = ZoneResolver({zone.origin: zone for zone in loaded})
+        resolver = ZoneResolver({zone.origin: zone for zone in loaded}, self.secure)
         logger = DNSLogger("request,reply,error", prefix=False, logf=self._lines.append)
         for zone in loaded:
             if zone.error:

@@ -1,5 +1,5 @@
 """Interop tests: the few tests whose point is a real program from Debian
-(BIND, Dovecot, swaks, sslscan, systemd).
+(BIND, Dovecot and its LMTP server, rspamd, swaks, sslscan, systemd).
 
 A test says what it runs with `@pytest.mark.interop("named")`; `conftest.py` hands
 each test to `skip_if_missing` and `fail_if_required`. When a program is missing the
@@ -21,12 +21,14 @@ PACKAGES = {
     "named": "bind9",
     "named-checkzone": "bind9-utils",
     "dovecot": "dovecot-imapd",
+    "lmtp": "dovecot-lmtpd",  # Dovecot's LMTP server, in /usr/lib/dovecot
+    "rspamd": "rspamd",
     "swaks": "swaks",
     "sslscan": "sslscan",
     "systemd-analyze": "systemd",
 }
 # Daemons live in sbin, which a normal user's PATH may leave out.
-SEARCHED = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+SEARCHED = ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/lib/dovecot")
 REQUIRE = "MAILPLAN_INTEROP"
 
 

@@ -66,6 +66,20 @@ def wait_until(
         time.sleep(interval)
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                fields = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 def environment() -> dict[str, str]:
     """The environment for a mailplan subprocess: the project importable, output unbuffered."""
     env = dict(os.environ)

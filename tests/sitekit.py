@@ -29,8 +29,16 @@ MAIN_DOMAIN = "example.com"
 QUEUE = {"directory": "var/queue", "mail_directory": "var/mail"}
 # The development certificate, as `devtls.ensure(root / "tls", hostname)` writes it.
 DEV_TLS = {"certificate": "tls/dev.crt", "key": "tls/dev.key"}
-# For `extra`: no look-ups of the sender's domain (return path, SPF) for tests about other things.
-NO_SENDER_CHECKS = {"receiving": {"return_path": {"scope": "nobody"}, "spf": {"scope": "nobody"}}}
+# For `extra`: no look-ups of the sender's domain (return path, SPF, DKIM, DMARC) for tests
+# about other things.
+NO_SENDER_CHECKS = {
+    "receiving": {
+        "return_path": {"scope": "nobody"},
+        "spf": {"scope": "nobody"},
+        "dkim": {"scope": "nobody"},
+        "dmarc": {"scope": "nobody"},
+    }
+}
 
 Settings = Mapping[str, Any]
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from mailplan.cli import main
 from mailplan.runtime.dns.lookup import zone_of
-from tests.conftest import EXAMPLE
+from tests.conftest import EXAMPLE, resealed
 
 SITE = """\
 server:
@@ -228,6 +229,65 @@ def test_cases_with_dns_run_the_receiving_checks(
     assert capsys.readouterr().out.splitlines()[-1] == "5 passed, 0 failed"
 
 
+DMARC_SITE = """\
+server:
+  hostname: mail.example.com
+  main_domain: example.com
+receiving:
+  return_path: {scope: nobody}
+domains:
+  example.com:
+    rules: domain.rules
+    accounts:
+      alice: {}
+tests:
+  - name: a forged From of a p=reject domain
+    client: 203.0.113.5
+    from: x@elsewhere.test
+    to: alice@example.com
+    headers: {From: ceo@bank.test}
+    dns:
+      bank.test: '_dmarc IN TXT "v=DMARC1; p=reject"'
+    expect: reject 5.7.1
+  - name: p=quarantine goes to Junk
+    client: 203.0.113.5
+    from: x@elsewhere.test
+    to: alice@example.com
+    headers: {From: news@shop.test}
+    dns:
+      shop.test: '_dmarc IN TXT "v=DMARC1; p=quarantine"'
+    expect: rule Quarantine
+  - name: aligned SPF passes DMARC
+    client: 203.0.113.80
+    from: x@bank.test
+    to: alice@example.com
+    headers: {From: ceo@bank.test}
+    dns:
+      bank.test: |
+        _dmarc IN TXT "v=DMARC1; p=reject"
+        @ IN TXT "v=spf1 ip4:203.0.113.80 -all"
+    expect: rule Passed
+"""
+DMARC_RULES = """\
+rule "Quarantine" priority 5
+  if   Header Field is "X-DMARC-Quarantine: shop.test*"
+  then Store in Junk
+
+rule "Passed" priority 4
+  if   Header Field is "Authentication-Results: mail.example.com;*dmarc=pass*"
+  then Mark Flagged
+"""
+
+
+def test_cases_with_dns_are_judged_by_dmarc_and_rules_see_the_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "site.yaml").write_text(DMARC_SITE)
+    (tmp_path / "domain.rules").write_text(DMARC_RULES)
+    assert main(["test", str(tmp_path)]) == 0, capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines()[-1] == "3 passed, 0 failed"
+
+
 def test_dns_of_a_case_that_does_not_parse_is_an_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -282,3 +342,25 @@ def test_zone_size_counts_generated_records(records: str, fits: bool) -> None:
     else:
         with pytest.raises(ValueError, match="more than 10000 records"):
             zone_of("example.org", records)
+
+
+def test_a_plan_with_a_generated_zone_is_a_diagnostic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plan file is not compiled again by `test --plan`: its test zones are checked there,
+    so a plan whose case holds `$GENERATE 1-10000000` gets MP110, not an internal error."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "site.yaml").write_text(GENERATE_SITE.replace("1-10000000", "1-10"))
+    plan = tmp_path / "plan.json"
+    assert main(["build", str(site), "-o", str(plan)]) == 0
+    document = json.loads(plan.read_text())
+    case = document["tests"][0]["dns"][0]
+    case["records"] = case["records"].replace("1-10", "1-10000000")
+    plan.write_text(resealed(document))
+    capsys.readouterr()
+    assert main(["test", "--plan", str(plan)]) == 1
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "site.yaml:6:5: error MP110: test 'generated': the records of example.org "
+        "do not parse: more than 10000 records ($GENERATE ranges counted)"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -274,3 +275,12 @@ def test_serve_reports_an_internal_error_the_same_way(
     )
     assert main(["serve", str(EXAMPLE)]) == 70
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_main_called_in_a_process_leaves_sigpipe_alone() -> None:
+    """Only the program (`main()` reading sys.argv) lets SIGPIPE end it quietly, for
+    `mailplan dns | head`; a caller's process (a test run) keeps its own disposition, or
+    a write to a socket that closed would end the whole run."""
+    before = signal.getsignal(signal.SIGPIPE)
+    assert main(["schema", "site"]) == 0
+    assert signal.getsignal(signal.SIGPIPE) == before

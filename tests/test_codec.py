@@ -7,15 +7,18 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from serverkit import as_root, mailplan
 
+from mailplan.cli import main
 from mailplan.compiler.pipeline import compile_site
 from mailplan.plan import codec, trusted
 from mailplan.plan.model import FORMAT, Plan
-from tests.conftest import EXAMPLE
+from tests.conftest import EXAMPLE, resealed
 
 
 def _plan(site: Path = EXAMPLE) -> Plan:
@@ -263,4 +266,55 @@ def test_a_plan_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
         codec.load(tmp_path / "plan.json")
     assert str(caught.value) == (
         f"{tmp_path}/plan.json: not a plan: not UTF-8 text (invalid start byte)"
+    )
+
+
+def _tampered(edit: Callable[[dict[str, Any]], None]) -> str:
+    document = json.loads(codec.dumps(_plan()))
+    edit(document)
+    return resealed(document)
+
+
+def _first_interval(document: dict[str, Any]) -> None:
+    document["address_lists"][0]["ipv4"][0]["first"] = ""
+
+
+def _test_client(document: dict[str, Any]) -> None:
+    document["tests"][0]["client"] = "$GENERATE"
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        (_first_interval, "at address_lists/0/ipv4/0/first: '' is not an IP address"),
+        (_test_client, "at tests/0/client: '$GENERATE' is not an IP address"),
+    ],
+)
+def test_a_resealed_plan_with_a_value_of_no_use_is_refused(
+    edit: Callable[[dict[str, Any]], None],
+    why: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A digest is no signature: a plan edited and sealed again passes it. What the schema
+    cannot say (that a string is an IP address) is checked on loading too, so the server
+    and every command refuse it in one line instead of failing when they use it."""
+    with pytest.raises(codec.PlanError) as refused:
+        codec.loads(_tampered(edit), "plan.json")
+    assert str(refused.value) == f"plan.json: plan does not hold what it must: {why}"
+    path = tmp_path / "plan.json"
+    path.write_text(_tampered(edit))
+    assert main(["route", "--plan", str(path), "bob@example.com"]) == 1
+    assert capsys.readouterr().err == f"mailplan: {path}: plan does not hold what it must: {why}\n"
+
+
+def test_serve_refuses_a_resealed_plan_with_a_value_of_no_use(tmp_path: Path) -> None:
+    """`serve` loads its plan through the same loader: one line and exit 1, before it binds."""
+    path = tmp_path / "plan.json"
+    path.write_text(_tampered(_first_interval))
+    done = mailplan("serve", "--plan", path, "--root", tmp_path, *as_root())
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"mailplan: cannot serve: {path}: plan does not hold what it must: "
+        "at address_lists/0/ipv4/0/first: '' is not an IP address\n"
     )

@@ -381,8 +381,10 @@ def test_dovecot_runs_beside_serve_dev_as_its_banner_says(reachable: Path) -> No
     imap = Dovecot(Path(start[-1]), reachable / "dovecot-dev.log", [ports["imap"], ports["imaps"]])
     imap.start()
     try:
-        # not the system Dovecot's /run/dovecot
-        assert (output / "run" / "master.pid").exists(), imap.log()
+        # not the system Dovecot's /run/dovecot (its master writes the pid file after it
+        # listens: under load, a moment after the ports answer)
+        pid_file = output / "run" / "master.pid"
+        assert wait_until(pid_file.exists, TIMEOUT), imap.log()
         context = ssl.create_default_context(cafile=reachable / "var" / "tls" / "dev.crt")
         context.check_hostname = False  # the certificate names mail.example.com, not an IP
         client = imaplib.IMAP4(LOOPBACK, ports["imap"], timeout=TIMEOUT)

@@ -11,14 +11,18 @@ hundred examples of each (conftest.py's default profile); `make fuzz` thousands.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import resource
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import event, given
 from hypothesis import strategies as st
@@ -29,9 +33,12 @@ from mailplan.compiler.pipeline import compile_site
 from mailplan.compiler.schema import site_schema
 from mailplan.compiler.unit import Unit
 from mailplan.plan import codec
-from mailplan.plan.model import KINDS
+from mailplan.plan.model import KINDS, Plan
+from mailplan.runtime.decide.policy import Policy
 from mailplan.runtime.decide.router import Router
-from tests.conftest import EXAMPLE
+from mailplan.runtime.rules.engine import Facts, Headers, RuleBook
+from mailplan.runtime.smtp.casework import decide, judge
+from tests.conftest import EXAMPLE, resealed
 
 # --- the property --------------------------------------------------------------------
 
@@ -50,6 +57,9 @@ def ends_well(unit: Unit) -> None:
             assert unit.document.data_at(path) in unit.texts, path
     render_text(unit.diagnostics, unit.texts)
     render_json(unit.diagnostics)
+    # The high-water mark of this whole process (kibibytes): an input that made the
+    # compiler grow past the bound shows here, in the example that did it or just after.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < GIGABYTE // 1024
 
 
 @contextmanager
@@ -270,13 +280,6 @@ PLAN = codec.dumps(compile_site(EXAMPLE).plan)  # type: ignore[arg-type]
 ROUTER = Router(codec.loads(PLAN))
 
 
-def _resealed(document: dict[str, Any]) -> str:
-    """The document with the digest its content has: an edit the digest does not catch."""
-    content = {key: item for key, item in document.items() if key != "digest"}
-    digest = "sha256:" + hashlib.sha256(codec.canonical(content)).hexdigest()
-    return json.dumps({**content, "digest": digest})
-
-
 def _replace(document: Any, path: list[int], new: Callable[[Any], Any]) -> Any:
     """`document` with the value that `path` (indexes into its items) leads to replaced by
     what `new` makes of it."""
@@ -302,15 +305,84 @@ def test_edited_plans(path: list[int], new: Any, reseal: bool) -> None:
     text = json.dumps(edited)
     if reseal and isinstance(edited, dict):
         with suppress(UnicodeEncodeError):  # a lone surrogate cannot be hashed: left as is
-            text = _resealed(edited)
+            text = resealed(edited)
     try:
         plan = codec.loads(text, "plan.json")
     except codec.PlanError as exc:
         assert "\n" not in str(exc)
         return
-    router = Router(plan)
+    decides(plan)
+
+
+MESSAGE = b"From: alice@example.com\r\nTo: bob@example.com\r\nSubject: hello\r\n\r\nhi\r\n"
+
+
+def decides(plan: Plan) -> None:
+    """Every pure decision the server makes from a plan it loaded: the router, the policy
+    (connect, relay, sender, recipient, login) and the rules, for a few ordinary cases."""
+    policy = Policy(plan)
     for kind in KINDS:
-        router.route("bob@example.com", kind)
+        policy.router.route("bob@example.com", kind)
+    for ip in ("192.0.2.1", "127.0.0.1", "::1"):
+        client = policy.client(ip, tls=False, authenticated="bob")
+        policy.refuse_connection(client)
+        policy.may_relay(client)
+        policy.sender("alice@example.com")
+        for to in ("bob@example.com", "someone@example.net", "postmaster"):
+            policy.recipient(client, to, 0)
+    for name, account in policy.accounts.items():  # a hash that is no argon2 hash: a refusal
+        if account.password is not None and not account.password.startswith("$argon2"):
+            assert policy.login(name, "secret") is None  # (a real one costs a second to try)
+    book = RuleBook(plan)
+    facts = Facts(
+        headers=Headers.parse(MESSAGE),
+        sender="alice@example.com",
+        recipients=("bob@example.com",),
+        size=len(MESSAGE),
+        sources=frozenset({"remote"}),
+        tls=False,
+        submit_address="192.0.2.1",
+        now=datetime(2026, 12, 7, 12, 0),
+    )
+    decide(policy, book, facts, "bob@example.com")
+    for case in plan.tests:
+        judge(policy, case, book)
+
+
+def _alike(current: Any, choice: int, text: str, number: int) -> Any:
+    """A value of the same JSON type as `current`: what the plan's schema lets through, so
+    that the decisions run on a plan that loads but that no compiler made."""
+    if isinstance(current, bool):
+        return not current
+    if isinstance(current, int):
+        return number
+    if isinstance(current, str):
+        return [text, *WORDS, *ODD][choice % (len(WORDS) + len(ODD) + 1)]
+    if isinstance(current, list) and current:
+        return current[: choice % len(current)] + current[choice % len(current) + 1 :]
+    return current
+
+
+@given(
+    st.lists(
+        st.tuples(st.lists(st.integers(0, 200), max_size=8), st.integers(0, 10**6)), max_size=6
+    ),
+    st.text(max_size=8),
+    st.integers(-(2**64), 2**64) | st.integers(-3, 70000),
+)
+def test_plans_edited_alike(edits: list[tuple[list[int], int]], text: str, number: int) -> None:
+    """Plans whose values are swapped for others of their type, resealed: most load, and
+    then every decision the server makes from a plan must run on them without a fault."""
+    edited: Any = json.loads(PLAN)
+    for path, choice in edits:
+        edited = _replace(edited, path, lambda old, c=choice: _alike(old, c, text, number))
+    try:
+        plan = codec.loads(resealed(edited), "plan.json")
+    except (codec.PlanError, UnicodeEncodeError):
+        event("refused")
+        return
+    event("loaded")
+    decides(plan)
 
 
 @given(st.integers(0, len(PLAN)), st.text(max_size=8), st.integers(0, 8))
@@ -331,3 +403,189 @@ ADDRESS_WORDS = ["@", "<", ">", ":", ",", "!", "%", '"', ".", "[", "]", "IPv6:",
 def test_addresses(text: str, kind: Any) -> None:
     routing = ROUTER.route(text, kind)
     str(routing)
+
+
+# --- the bounds -------------------------------------------------------------------------
+
+GIGABYTE = 1 << 30
+
+
+def _laughs() -> str:
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 9):
+        this, last = chr(ord("a") + i), chr(ord("a") + i - 1)
+        lines.append(f"{this}: &{this} [{', '.join([f'*{last}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+HOSTILE: dict[str, dict[str, str | bytes]] = {
+    "billion laughs": {"site.yaml": _laughs()},
+    "deep nesting": {"site.yaml": "x: " + "[" * 100_000 + "]" * 100_000 + "\n"},
+    "huge numbers": {
+        "site.yaml": SITE.replace(
+            "bob: {}", "bob: {}\nlimits: {max_message_size: " + "9" * 100_000 + "}"
+        )
+    },
+    "generated zone": {
+        "site.yaml": SITE
+        + "tests:\n- {name: g, from: x@example.org, to: bob@example.com, expect: local bob,\n"
+        + "   dns: {example.org: '$GENERATE 1-100000000 h$ A 192.0.2.1'}}\n",
+        **FILES,
+    },
+    "long source route": {
+        "site.yaml": SITE,
+        **FILES,
+        "r.cgr": "<" + "@a:" * 100_000 + "u@b> = bob\n",
+    },
+    "a million routing lines": {
+        "site.yaml": SITE,
+        **FILES,
+        "r.cgr": "<x@example.com> = bob\n" + "; a comment\n" * 1_000_000,
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_sites_fit_in_a_gigabyte(name: str) -> None:
+    """`mailplan check`, in a process that may not map more than 1 GiB, ends every hostile
+    site of issue 17's kinds with its diagnostics (exit 1) or a plan (exit 0): a site that
+    needed more would end in MemoryError, which the last line of defence makes exit 70."""
+
+    def bounded() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (GIGABYTE, GIGABYTE))
+
+    with site(HOSTILE[name]) as root:
+        done = subprocess.run(
+            [sys.executable, "-m", "mailplan", "check", str(root)],
+            capture_output=True,
+            text=True,
+            preexec_fn=bounded,
+            timeout=120,  # a hang, not a slow machine
+        )
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    assert "internal error" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# --- sites made only of valid pieces -------------------------------------------------------
+# Hostile text rarely gets past the schema, so the passes after it (resolve, every check)
+# and the decisions of the server see few of those sites. These are assembled from pieces
+# each of which is valid on its own: names, listeners, scopes, routing records, rules and
+# address lists. Together they may still be wrong (a loop, a shadowed alias, an open relay:
+# the checks' business), but never wrong in syntax or shape: no MP1xx; and when they make
+# a plan, the plan survives its file form and every decision the server makes from it.
+
+DOMAIN_NAMES = ["example.com", "example.net", "bücher.example", "sub.example.org",
+                "Example.Org", "xn--caf-dma.example", "a.b.c.example"]  # fmt: skip
+ACCOUNT_NAMES = ["bob", "alice", "info", "postmaster", "jörg", "a.b", "x-y", "Sales", "ß"]
+SCOPES = ["everybody", "clients-only", "everybody-except-clients", "nobody"]
+LIST_LINES = ["10.0.0.0/8", "192.0.2.1", "::1", "2001:db8::/32", "!10.1.0.0/16",
+              "192.0.2.10-192.0.2.20", "198.51.100.0/24 ; a comment", "#office", ""]  # fmt: skip
+RULE_TEXTS = [
+    'rule "{n}" priority {p}\n  if Subject is "*{w}*"\n  then Tag Subject "[x]"\n',
+    'rule "{n}" priority {p}\n  if Message Size greater than {p}M\n  then Mark Flagged\n',
+    'rule "{n}" priority {p}\n  if Any Recipient is *@{d}\n  then Add Header "X-A: {w}"\n'
+    "  and Stop Processing\n",
+    'rule "{n}" priority {p} inactive\n  if From is {a}@{d}\n  then Discard\n',
+    'rule "{n}" priority {p}\n  if Source in trusted, authenticated\n'
+    '  then Reject with "550 5.7.1 no"\n',
+    'rule "{n}" priority {p}\n  if Time Of Day greater than 1{p}:00\n'
+    "  and Current Day in Saturday\n  then Stop Processing\n",
+]
+ROUTE_TEXTS = [
+    "<{a}@{d}> = {b}@{e}\n",
+    "{d2} = {d}\n",
+    "Mail:<*@{d}> = *@{e}\n",
+    'Access:<{a}@{d}> = error "no {w}"\n',
+    "<x{p}@{d}> = null\n",
+    "Relay:<{a}@{d}> = {a}@[192.0.2.{p}] ; allow-open-relay: a test\n",
+    "*.lab.{d} = *.lab.{d}.smtp\n",
+    "Signal:<*@{d2}> = error\n",
+]
+
+
+def _domain(draw: st.DrawFn, name: str) -> dict[str, Any]:
+    accounts = draw(st.lists(st.sampled_from(ACCOUNT_NAMES), max_size=4, unique_by=str.lower))
+    domain: dict[str, Any] = {"accounts": {a: {} for a in accounts}}
+    if accounts and draw(st.booleans()):
+        domain["accounts"][accounts[0]] = {"aliases": [f"{accounts[0]}-x"], "folders": ["Work"]}
+    if draw(st.booleans()):
+        domain["forwarders"] = {"fwd": "someone@elsewhere.example"}
+    if len(accounts) > 1 and draw(st.booleans()):
+        members = [f"{a}@{name}" for a in accounts[1:]]
+        domain["lists"] = {"team": {"owner": accounts[0], "members": members}}
+    domain["unknown"] = draw(st.sampled_from(["reject", {"route": "*@example.invalid"}]))
+    if draw(st.booleans()):
+        domain["rules"] = "d.rules"
+    return domain
+
+
+def _some(draw: st.DrawFn, pieces: list[str], most: int) -> list[str]:
+    return draw(st.lists(st.sampled_from(pieces), max_size=most))
+
+
+@st.composite
+def valid_sites(draw: st.DrawFn) -> dict[str, str | bytes]:
+    names = draw(
+        st.lists(st.sampled_from(DOMAIN_NAMES), min_size=1, max_size=3, unique_by=str.lower)
+    )
+    domains = {name: _domain(draw, name) for name in names}
+    people = [a for d in domains.values() for a in d["accounts"]] or ["nobody"]
+    words = {
+        "d": names[0],
+        "d2": "old." + names[0].lower(),
+        "e": draw(st.sampled_from([*names, "far.example"])),
+        "a": draw(st.sampled_from(people)),
+        "b": draw(st.sampled_from(people)),
+        "w": draw(st.sampled_from(["x", "sale", "ü"])),
+        "p": draw(st.integers(1, 9)),
+    }
+    scope = st.sampled_from(SCOPES)
+    data: dict[str, Any] = {
+        "server": {
+            "hostname": "mail.example.net",
+            "main_domain": names[0],
+            "client_ips": "\n".join(_some(draw, LIST_LINES, 4)),
+        },
+        "domains": domains,
+        "address_lists": {"office": {"file": "l.txt"}},
+        "listeners": {"smtp": {"port": draw(st.integers(1, 65535)), "tls": "none", "auth": "none"}},
+        "relaying": {"scope": draw(st.sampled_from(SCOPES[1:]))},
+        "receiving": {"spf": {"scope": draw(scope)}, "return_path": {"scope": draw(scope)}},
+        "limits": {"max_message_size": draw(st.sampled_from(["1M", "25M", 1000, "10K"]))},
+        "queue": {"retry": _some(draw, ["1m", "5m", "1h", "2d"], 3) or ["5m"]},
+        "routing": "r.cgr",
+        "server_rules": "s.rules",
+    }
+    routes = _some(draw, ROUTE_TEXTS, 6)
+    rules = _some(draw, RULE_TEXTS, 4)
+
+    def filled(texts: list[str]) -> str:
+        return "".join(text.format(n=f"r{n}", **words) for n, text in enumerate(texts))
+
+    return {
+        "site.yaml": yaml.safe_dump(data, allow_unicode=True),
+        "r.cgr": filled(routes),
+        "s.rules": filled([rule for rule in rules if "Mark" not in rule]),  # MP608
+        "d.rules": filled(rules[::-1]),
+        "l.txt": "\n".join(_some(draw, LIST_LINES[:-2], 5)) + "\n",  # not #office itself
+    }
+
+
+# What pieces that are each valid can never make: errors of syntax, shape and value.
+SHAPE = {f"MP{n}" for n in (*range(100, 108), 109, 110, *range(601, 607))}
+
+
+@given(valid_sites())
+def test_valid_sites(files: dict[str, str | bytes]) -> None:
+    unit = compiled(files)
+    shape = [d for d in unit.diagnostics if d.code in SHAPE]
+    assert not shape, render_text(shape, unit.texts)
+    if unit.plan is None:
+        event(
+            "refused by: "
+            + ", ".join(sorted({d.code for d in unit.diagnostics if d.severity == "error"}))
+        )
+        return
+    assert codec.loads(codec.dumps(unit.plan)) == unit.plan
+    decides(unit.plan)

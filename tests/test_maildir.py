@@ -96,3 +96,17 @@ def test_maildir_name_has_no_slash_or_colon(tmp_path: Path) -> None:
     path = maildir.deliver(tmp_path / "box", "a@b.test", MESSAGE)
     assert "/" not in path.name
     assert ":" not in path.name
+
+
+def test_a_file_name_carries_its_sizes_as_dovecot_writes_them(tmp_path: Path) -> None:
+    """`,S=` the octets in the file, `,W=` with every line end CRLF (Dovecot's
+    `maildir_size` names): readers list a mailbox without opening each message."""
+    message = b"Subject: bare\nline ends\n\r\nand one CRLF\r\nno end"
+    path = maildir.deliver(tmp_path / "box", "a@b.test", message)
+    content = path.read_bytes()
+    wire = content.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
+    assert path.name.endswith(f",S={len(content)},W={len(wire)}")
+    assert maildir.named_size(path.name) == len(wire)
+    assert maildir.named_size(path.name + ":2,S") == len(wire)
+    assert maildir.named_size("1733560000.M1P2Q3.host") is None
+    assert maildir.named_size("1733560000.M1P2Q3.host,W=12x") is None

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mailplan.runtime.mailbox.maildrop import Locked, Maildrop, network_form, network_size, uidl
+from mailplan.runtime.mailbox.maildrop import Locked, Maildrop, network_form, uidl
 from mailplan.runtime.store import maildir
+from mailplan.runtime.store.maildir import network_size
 
 
 def delivered(folder: Path, *bodies: bytes) -> list[Path]:
@@ -123,3 +124,20 @@ def test_a_message_moved_while_it_is_deleted_is_deleted_where_it_went(tmp_path: 
         drop.close()
     assert calls == [first, moved]
     assert not moved.exists() and not first.exists()
+
+
+def test_sizes_come_from_the_name_when_it_gives_them(tmp_path: Path) -> None:
+    """A mailbox is listed from its file names (Dovecot's `,W=`), without reading the
+    messages; a name without sizes is read and counted."""
+    folder = tmp_path / "box"
+    named = maildir.deliver(folder, "a@b.test", b"Subject: one\r\n\r\nhi\r\n")
+    plain = folder / "new" / "1.M1P1Q1.other"
+    plain.write_bytes(b"Subject: two\n\nbare\n")
+    moved = named.with_name(named.name.replace(",W=", ",W=9999,X="))  # what the name says wins
+    named.rename(moved)
+    drop = Maildrop.open(folder)
+    try:
+        sizes = {message.path.name: message.size for message in drop.messages}
+    finally:
+        drop.close()
+    assert sizes == {plain.name: len(b"Subject: two\r\n\r\nbare\r\n"), moved.name: 9999}

@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from dnskit import NameServer, Silent, zone_text
 from serverkit import free_port
+from tlskit import Authority
 
+from mailplan.runtime.decide import tlsneed, tlsrpt
+from mailplan.runtime.decide.mtasts import StsPolicy
 from mailplan.runtime.delivery import outbound
 from mailplan.runtime.delivery.outbound import Fate, Parcel, Settings
 from mailplan.runtime.dns import mx
@@ -208,6 +211,17 @@ class Servers:
             greeter.close()
 
 
+TRUST: ssl.SSLContext | None = None  # what `deliver` verifies certificates with: the test CA
+
+
+@pytest.fixture(autouse=True)
+def _trust_the_test_ca(authority: Authority) -> Iterator[None]:
+    global TRUST
+    TRUST = authority.client_context()
+    yield
+    TRUST = None
+
+
 @pytest.fixture
 def servers() -> Iterator[Servers]:
     running = Servers()
@@ -225,12 +239,23 @@ def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NameServer]
 
 
 @pytest.fixture(scope="module")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> Authority:
+    return Authority(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return devtls.ensure(tmp_path_factory.mktemp("tls"), "mx1.out.test")
 
 
 @pytest.fixture
-def tls(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+def tls(authority: Authority) -> ssl.SSLContext:
+    """A certificate for both MX hosts, from the test CA that `deliver` trusts."""
+    return authority.issue("mx1.out.test", "mx2.out.test", label="good").server_context()
+
+
+@pytest.fixture
+def self_signed(certificate: tuple[Path, Path]) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(*certificate)
     return context
@@ -267,8 +292,11 @@ def deliver(
     domain: str | None = None,
     require_tls: bool = False,
     timeout: float = 5.0,
+    trust: ssl.SSLContext | None = None,
 ) -> list[Fate]:
-    settings = Settings(helo=HELO, port=port, require_tls=require_tls, timeout=timeout)
+    settings = Settings(
+        helo=HELO, port=port, require_tls=require_tls, timeout=timeout, trust=trust or TRUST
+    )
 
     async def run() -> list[Fate]:
         resolve = mx.resolver(nameserver, 1.0)
@@ -384,14 +412,14 @@ def test_a_sweep_never_puts_back_a_connection_taken_meanwhile(servers: Servers) 
             await client.connect()
             clients.append(client)
         old, fresh = clients
-        kept.give("127.0.0.2", servers.port, old, False)
-        kept._free[("127.0.0.2", servers.port)][0] = (0.0, old, False)  # long expired
-        kept.give("127.0.0.2", servers.port, fresh, False)
+        kept.give("127.0.0.2", servers.port, old, "plain")
+        kept._free[("127.0.0.2", servers.port)][0] = (0.0, old, "plain")  # long expired
+        kept.give("127.0.0.2", servers.port, fresh, "plain")
         sweeping = asyncio.create_task(kept.sweep())
         await asyncio.sleep(0)  # the sweep is now waiting for the old one's QUIT
-        taken = kept.take("127.0.0.2", servers.port, False)
+        taken = kept.take("127.0.0.2", servers.port, "plain")
         await sweeping
-        again = kept.take("127.0.0.2", servers.port, False)
+        again = kept.take("127.0.0.2", servers.port, "plain")
         await fresh.quit()
         await closed()
         return taken, again
@@ -894,7 +922,8 @@ def test_required_tls_not_offered_is_temporary(servers: Servers, dns_server: Nam
         (
             "temporary",
             "4.7.4",
-            "mx1.out.test[127.0.0.2]: TLS is required, but was not offered",
+            "mx1.out.test[127.0.0.2]: TLS is required, but was not offered; "
+            "TLS policy: one.out.test is in outbound.require_tls",
         ),
     ] * 2
     assert mailbox.transactions == []
@@ -928,8 +957,56 @@ def test_required_tls_whose_handshake_fails_is_temporary(
         dns_server.address,
         require_tls=True,
     )
-    assert [(o.kind, o.status) for o in outcomes] == [("temporary", "4.7.4")]
+    assert [(o.kind, o.status) for o in outcomes] == [("temporary", "4.7.5")]
     assert mailbox.transactions == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("self-signed", "self-signed certificate"),
+        ("wrong-name", "Hostname mismatch, certificate is not valid for 'mx1.out.test'."),
+        ("expired", "certificate has expired"),
+    ],
+)
+def test_required_tls_with_an_unverifiable_certificate_is_deferred(
+    servers: Servers, dns_server: NameServer, authority: Authority, kind: str, reason: str
+) -> None:
+    # `require_tls` means a certificate verified for the MX host's name: an attacker
+    # in the path can present any certificate to a client that does not check it.
+    issued = {
+        "self-signed": lambda: authority.self_signed("mx1.out.test"),
+        "wrong-name": lambda: authority.issue("other.out.test"),
+        "expired": lambda: authority.issue("mx1.out.test", expired=True, label="old"),
+    }[kind]()
+    mailbox = servers.smtp("127.0.0.2", tls=issued.server_context())
+    outcomes = deliver(
+        "one.out.test",
+        [parcel("Q1", "a@remote.test")],
+        servers.port,
+        dns_server.address,
+        require_tls=True,
+    )
+    assert [(o.kind, o.status, o.text) for o in outcomes] == [
+        (
+            "temporary",
+            "4.7.5",
+            f"mx1.out.test[127.0.0.2]: certificate not verified for mx1.out.test: {reason}; "
+            "TLS policy: one.out.test is in outbound.require_tls",
+        )
+    ]
+    assert mailbox.transactions == []
+
+
+def test_opportunistic_tls_takes_any_certificate(
+    servers: Servers, dns_server: NameServer, self_signed: ssl.SSLContext
+) -> None:
+    mailbox = servers.smtp("127.0.0.2", tls=self_signed)
+    outcomes = deliver(
+        "one.out.test", [parcel("Q1", "a@remote.test")], servers.port, dns_server.address
+    )
+    assert [o.kind for o in outcomes] == ["delivered"]
+    assert [t.tls for t in mailbox.transactions] == [True]
 
 
 def test_opportunistic_tls_whose_handshake_fails_falls_back_to_plain_text(
@@ -1000,3 +1077,160 @@ def test_non_ascii_recipient_does_not_stop_the_queue(servers: Servers) -> None:
     assert found["Q2", "other@remote.test"].kind == "delivered"
     assert found["Q1", "jörg@remote.test"].kind in ("delivered", "permanent")
     assert ("other@remote.test",) in [t.recipients for t in mailbox.transactions]
+
+
+# --- what a domain's TLS policy asks of each host ---------------------------------------
+
+
+def _with_policy(
+    queue: str,
+    parcels: list[Parcel],
+    port: int,
+    nameserver: str,
+    needed: tlsneed.Need,
+    connections: outbound.Connections | None = None,
+) -> tuple[list[Fate], list[tlsrpt.TlsSession]]:
+    seen: list[tlsrpt.TlsSession] = []
+
+    async def policy(domain: str, hosts: list[mx.Host]) -> tlsneed.Need:
+        return needed
+
+    settings = Settings(
+        helo=HELO,
+        port=port,
+        timeout=5.0,
+        trust=TRUST,
+        policy=policy,
+        observe=seen.append,
+        connections=connections,
+    )
+
+    async def run() -> list[Fate]:
+        outcomes = await outbound.deliver(
+            queue, queue, parcels, settings, mx.resolver(nameserver, 1.0)
+        )
+        if connections is not None:
+            await connections.sweep(everything=True)
+        await closed()
+        return outcomes
+
+    return asyncio.run(run()), seen
+
+
+def _sts(mode: str, *patterns: str) -> tlsneed.Need:
+    policy = StsPolicy(mode, patterns, 86400, "p1", 0.0)  # type: ignore[arg-type]
+    return tlsneed.need(tlsneed.TlsFacts("one.out.test", sts=policy, sts_note="fetched"))
+
+
+def test_a_testing_policy_delivers_without_starttls_and_reports_it(
+    servers: Servers, dns_server: NameServer
+) -> None:
+    mailbox = servers.smtp("127.0.0.2")
+    outcomes, seen = _with_policy(
+        "one.out.test",
+        [parcel("Q1", "a@one.out.test")],
+        servers.port,
+        dns_server.address,
+        _sts("testing", "mx1.out.test"),
+    )
+    assert [o.kind for o in outcomes] == ["delivered"]
+    assert [t.tls for t in mailbox.transactions] == [False]
+    assert [(s.success, s.result, s.mx, s.ip, s.sending_ip) for s in seen] == [
+        (False, "starttls-not-supported", "mx1.out.test", "127.0.0.2", "127.0.0.1")
+    ]
+
+
+def test_a_testing_policy_delivers_to_a_wrong_certificate_over_tls(
+    servers: Servers, dns_server: NameServer, self_signed: ssl.SSLContext
+) -> None:
+    mailbox = servers.smtp("127.0.0.2", tls=self_signed)
+    outcomes, seen = _with_policy(
+        "one.out.test",
+        [parcel("Q1", "a@one.out.test")],
+        servers.port,
+        dns_server.address,
+        _sts("testing", "mx1.out.test"),
+    )
+    assert [o.kind for o in outcomes] == ["delivered"]
+    assert [t.tls for t in mailbox.transactions] == [True]
+    assert [(s.success, s.result, s.sending_ip) for s in seen] == [
+        (False, "certificate-not-trusted", "127.0.0.1")
+    ]
+
+
+def test_an_enforce_policy_passes_over_hosts_it_does_not_name(
+    servers: Servers, dns_server: NameServer, tls: ssl.SSLContext
+) -> None:
+    first = servers.smtp("127.0.0.2", tls=tls)
+    second = servers.smtp("127.0.0.3", tls=tls)
+    outcomes, seen = _with_policy(
+        "two.out.test",
+        [parcel("Q1", "a@two.out.test")],
+        servers.port,
+        dns_server.address,
+        _sts("enforce", "mx2.out.test"),
+    )
+    assert [(o.kind, o.remote) for o in outcomes] == [("delivered", "mx2.out.test")]
+    assert first.transactions == [] and first.peers == set()  # never even connected
+    assert len(second.transactions) == 1
+    assert [(s.success, s.result, s.mx) for s in seen] == [
+        (False, "validation-failure", "mx1.out.test"),
+        (True, "", "mx2.out.test"),
+    ]
+    outcomes, _ = _with_policy(
+        "one.out.test",
+        [parcel("Q2", "a@one.out.test")],
+        servers.port,
+        dns_server.address,
+        _sts("enforce", "mx2.out.test"),
+    )
+    assert [(o.kind, o.status) for o in outcomes] == [("temporary", "4.7.5")]
+    assert outcomes[0].text.startswith(
+        "mx1.out.test: not an MX host the MTA-STS policy allows (MTA-STS policy id p1"
+    )
+
+
+def test_required_tls_to_an_ip_literal_checks_the_address(
+    servers: Servers, authority: Authority
+) -> None:
+    mailbox = servers.smtp("127.0.0.2", tls=authority.issue("127.0.0.2").server_context())
+    outcomes = deliver(
+        "[127.0.0.2]", [parcel("Q1", "a@remote.test")], servers.port, domain="remote.test",
+        require_tls=True,
+    )  # fmt: skip
+    assert [o.kind for o in outcomes] == ["delivered"]
+    assert [t.tls for t in mailbox.transactions] == [True]
+
+
+def test_an_unverified_kept_connection_never_serves_a_verified_delivery(
+    servers: Servers, dns_server: NameServer, self_signed: ssl.SSLContext
+) -> None:
+    mailbox = servers.smtp("127.0.0.2", tls=self_signed)
+    kept = outbound.Connections()
+
+    async def run() -> list[Fate]:
+        resolve = mx.resolver(dns_server.address, 1.0)
+        opportunistic = Settings(
+            helo=HELO, port=servers.port, timeout=5.0, connections=kept, trust=TRUST
+        )
+        required = replace(opportunistic, require_tls=True)
+        outcomes = await outbound.deliver(
+            "[127.0.0.2]", "remote.test", [parcel("Q1", "a@remote.test")], opportunistic, resolve
+        )
+        outcomes += await outbound.deliver(
+            "[127.0.0.2]", "remote.test", [parcel("Q2", "b@remote.test")], required, resolve
+        )
+        await kept.sweep(everything=True)
+        await closed()
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert [(o.kind, o.status) for o in outcomes] == [
+        ("delivered", "2.0.0"),
+        ("temporary", "4.7.5"),
+    ]
+    assert outcomes[1].text == (
+        "[127.0.0.2][127.0.0.2]: certificate not verified for [127.0.0.2]: "
+        "self-signed certificate; TLS policy: remote.test is in outbound.require_tls"
+    )
+    assert len(mailbox.transactions) == 1

@@ -130,3 +130,68 @@ def test_flush_a_u_label_domain_finds_its_queue_in_a_labels(
     spool = Spool(site / "queue")
     assert spool.history(first).flushed > 0
     assert spool.history(second).flushed == 0
+
+
+def test_hold_release_delete_without_a_server(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = queued(site, "bob@remote.test")
+    second = queued(site, "carol@other.test")
+    third = queued(site, "dave@other.test")
+    where = ("--site", str(site), "--root", str(site))
+    spool = Spool(site / "queue")
+
+    status, out, _ = run(capsys, "queue", "hold", first, *where)
+    assert (status, out.splitlines()) == (
+        0,
+        [
+            f"{first}: on hold",
+            "1 message(s) on hold",
+            "no server is running on this queue: its next start reads the change",
+        ],
+    )
+    assert spool.is_held(first) and not spool.is_held(second)
+    status, out, _ = run(capsys, "queue", "hold", "--domain", "other.test", *where)
+    assert out.splitlines()[:3] == [
+        f"{second}: on hold",
+        f"{third}: on hold",
+        "2 message(s) on hold",
+    ]
+    status, out, _ = run(capsys, "queue", "list", *where)
+    assert out.splitlines()[-1] == f"3 of them on hold: {' '.join(sorted([first, second, third]))}"
+    status, out, _ = run(capsys, "queue", "show", first, *where)
+    assert "held       on hold: not delivered until `mailplan queue release`" in out.splitlines()
+
+    status, out, _ = run(capsys, "queue", "release", second, *where)
+    assert out.splitlines()[:2] == [f"{second}: released", "1 message(s) released"]
+    status, out, err = run(capsys, "queue", "release", second, *where)
+    assert (status, err) == (1, f"mailplan: {second}: not on hold\n")
+    status, out, _ = run(capsys, "queue", "release", "--all", *where)
+    assert sorted(out.splitlines()[:2]) == sorted([f"{first}: released", f"{third}: released"])
+    assert not any(spool.is_held(i) for i in (first, second, third))
+
+    status, out, _ = run(capsys, "queue", "hold", third, *where)
+    status, out, _ = run(capsys, "queue", "delete", third, *where)
+    assert out.splitlines()[:2] == [f"{third}: deleted", "1 message(s) deleted"]
+    assert not spool.exists(third) and not spool.is_held(third)
+    assert not list((site / "queue").glob(f"{third}.*"))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        (["hold"], "mailplan: queue hold needs ID... or --domain D\n"),
+        (["release"], "mailplan: queue release needs ID... or --all\n"),
+        (["delete"], "mailplan: queue delete needs ID...\n"),
+        (["delete", "nope"], "mailplan: nope: no such message\n"),
+        (["delete", "../../etc/passwd"], "mailplan: ../../etc/passwd: no such message\n"),
+        (["show", "a", "b"], "mailplan: queue show takes one DOMAIN or ID\n"),
+    ],
+    ids=["hold", "release", "delete", "unknown", "not-an-id", "two-ids"],
+)
+def test_hold_release_delete_mistakes(
+    site: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], error: str
+) -> None:
+    status, _, err = run(capsys, "queue", *arguments, "--site", str(site), "--root", str(site))
+    assert status in (1, 2)
+    assert err == error

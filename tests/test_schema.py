@@ -17,8 +17,8 @@ DOMAINS = "domains:\n  example.com:\n"
 TOP_KEYS = ", ".join(sorted(site_schema()["properties"]))
 SERVER_KEYS = "addresses, blacklisted_ips, client_ips, group, hostname, main_domain, user"
 DOMAIN_KEYS = (
-    "accounts, aliases, dkim, dmarc, forwarders, lists, mta_sts, mx, rules, sends_mail, spf, "
-    "tls_rpt, unknown"
+    "accounts, aliases, delivery, dkim, dmarc, forwarders, lists, mta_sts, mx, rules, "
+    "sends_mail, spf, tls_rpt, unknown"
 )
 SCOPES = "everybody, clients-only, everybody-except-clients, nobody"
 DURATION = "not a duration (seconds, or a number followed by s, m, h, d or w)"

@@ -9,6 +9,7 @@ import re
 import shutil
 import smtplib
 import ssl
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,15 +48,22 @@ def test_development_moves_well_known_ports_high_and_onto_loopback() -> None:
     assert development(replace(plan.listeners[0], port=40025)).port == 40025  # high: stays
 
 
+ADMIN = 9025  # the example's admin port
+
+
 def dev_site(folder: Path) -> dict[int, int]:
     """The example site with its listeners on free high ports of an address that is not
     this machine's (192.0.2.10): `--dev` keeps high ports and moves them to loopback."""
     shutil.copytree(EXAMPLE, folder)
-    ports = dict(zip(DEV_PORTS, free_ports(len(DEV_PORTS)), strict=True))
+    picked = free_ports(len(DEV_PORTS) + 1)
+    ports = dict(zip(DEV_PORTS, picked[:-1], strict=True))
     text = (folder / "site.yaml").read_text()
     for port, free in ports.items():
         text = text.replace(f"{{port: {port}}}", f"{{port: {free}, bind: [192.0.2.10]}}", 1)
     assert text.count("bind: [192.0.2.10]") == len(ports), text
+    ports[ADMIN] = picked[-1]  # the admin listener: a high port, on loopback already
+    assert f"  port: {ADMIN} " in text
+    text = text.replace(f"  port: {ADMIN} ", f"  port: {ports[ADMIN]} ", 1)
     (folder / "site.yaml").write_text(text)
     return ports
 
@@ -68,6 +76,8 @@ def test_development_mode_moves_listeners_and_makes_a_certificate(tmp_path: Path
         tmp_path / "site", root, [smtp, ports[587], smtps], extra_arguments=["--dev"]
     ) as server:
         assert (root / "var/tls/dev.crt").exists()
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[ADMIN]}/healthz") as answer:
+            assert answer.status == 200
         assert (root / "var/tls/dev.key").stat().st_mode & 0o077 == 0
         with smtplib.SMTP("127.0.0.1", smtp, timeout=10) as client:
             client.sendmail(
@@ -91,6 +101,7 @@ def test_development_mode_moves_listeners_and_makes_a_certificate(tmp_path: Path
     # --dev made the example's DKIM keys (docs/dkim.md) and signs with both
     assert (root / "var/dkim/ed2026.example.com.key").stat().st_mode & 0o077 == 0
     assert "(selector ed2026 of example.com) did not exist: --dev made a new pair" in server.log()
+    assert "does not belong to" not in server.log()  # what was just made is said once
     (ours,) = [m for m in signed if b"Subject: signed" in m]
     assert ours.count(b"DKIM-Signature: ") == 2 and b"s=ed2026" in ours
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"

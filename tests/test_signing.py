@@ -7,6 +7,8 @@ errors of a key that cannot sign (exact text), and a reload that picks up a rota
 
 from __future__ import annotations
 
+import os
+import signal
 import smtplib
 import threading
 from collections.abc import Callable, Iterator
@@ -28,6 +30,7 @@ from serverkit import (
     LOOPBACK,
     MailServer,
     as_root,
+    children,
     free_port,
     free_ports,
     mailplan,
@@ -36,7 +39,8 @@ from serverkit import (
 from sitekit import listener, plain, write_site
 
 from mailplan.compiler.pipeline import compile_site
-from mailplan.runtime.smtp.signing import KeyProblem, Loading, load_keys
+from mailplan.runtime.decide.signing import Signature
+from mailplan.runtime.smtp.signing import KeyProblem, Loading, Signer, load_keys
 from mailplan.zones.dkim import key_pair
 
 TIMEOUT = 15.0
@@ -162,7 +166,9 @@ def served(
 ) -> Iterator[Callable[[Signing], tuple[MailServer, NameServer]]]:
     running: list[Any] = []
 
-    def start(site: Signing, zones: dict[str, str] | None = None) -> tuple[MailServer, NameServer]:
+    def start(
+        site: Signing, zones: dict[str, str] | None = None, workers: int = 1
+    ) -> tuple[MailServer, NameServer]:
         names = NameServer(tmp_path / "dns", zones or site.zones()).start()
         running.append(names)
         server = MailServer(
@@ -171,6 +177,7 @@ def served(
             [site.port, site.submission],
             resolver=names.address,
             smtp_port=sink_port[1],
+            extra_arguments=["--workers", str(workers)] if workers > 1 else [],
         )
         running.append(server)
         return server.start(), names
@@ -345,6 +352,33 @@ def test_a_reload_picks_up_a_rotated_key_and_refuses_a_bad_one(
     assert [ok for ok, _ in verifications(sink.received(3)[2], names)] == [True, True]
 
 
+def test_workers_started_after_a_reload_sign_with_the_keys_it_read(
+    signing: Callable[..., Signing], served: Any, sink: Sink
+) -> None:
+    """The supervisor reads the keys of a reload too: a worker it starts again later signs
+    with the selectors the site has now, not with those the server started with."""
+    site = signing(old="rsa", new="ed25519")
+    zones = site.zones()
+    del site.selectors["new"]
+    site.write()
+    server, names = served(site, zones, workers=2)
+    assert server.wait_for_log("(worker 1 of 2)")
+    site.selectors["new"] = "ed25519"
+    site.write()
+    server.reload()
+    assert wait_until(lambda: server.log().count("reloaded: serving plan") == 2, TIMEOUT)
+    assert server.process is not None
+    workers = children(server.process.pid)
+    for pid in workers:  # both die: every message after this is signed by a new worker
+        os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: server.log().count("starting it again") == 2, TIMEOUT)
+    assert wait_until(lambda: len(set(children(server.process.pid)) - set(workers)) == 2, TIMEOUT)
+    for _ in range(4):
+        send(site.port, "alice@example.com")
+    for message in sink.received(4):
+        assert [ok for ok, _ in verifications(message, names)] == [True, True]
+
+
 # -- start-up: a key that cannot sign is one line naming the selector and the file ------------
 
 
@@ -479,10 +513,42 @@ def test_dev_mode_warns_of_a_key_that_is_not_the_published_one(
     site.write(private={"mail": str(other)})
     plan = compile_site(site.site).plan
     assert plan is not None
-    told: list[str] = []
-    keys = load_keys(plan, Loading(site.tmp, mismatch=told.append))
+    told: list[tuple[Path, str]] = []
+    keys = load_keys(plan, Loading(site.tmp, mismatch=lambda *problem: told.append(problem)))
     assert list(keys) == [("example.com", "mail")]
     assert told == [
-        f"the DKIM key {other} does not belong to selector mail of example.com: its public "
-        "key is not the one the plan publishes (dkim/mail.pub)"
+        (
+            other,
+            f"the DKIM key {other} does not belong to selector mail of example.com: its public "
+            "key is not the one the plan publishes (dkim/mail.pub)",
+        )
     ]
+
+
+def test_rsa_signatures_are_made_by_openssl_and_verify(
+    signing: Callable[..., Signing], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dkimpy canonicalises and hashes; the RSA step is cryptography's, not dkimpy's
+    Python integers (12 ms a signature)."""
+    site = signing(mail="rsa")
+    plan = compile_site(site.site).plan
+    assert plan is not None
+    keys = load_keys(plan, Loading(site.tmp))
+
+    def python_rsa(*arguments: object) -> bytes:
+        raise AssertionError("dkimpy's own RSA signed")
+
+    monkeypatch.setattr(dkim, "RSASSA_PKCS1_v1_5_sign", python_rsa)
+    message = b"From: <alice@example.com>\r\nTo: b@accept.test\r\nSubject: hi\r\n\r\nhello\r\n"
+    signature = Signature("example.com", "mail", "rsa", "example.com")
+    field = Signer(plan, keys).field(message, signature)
+    assert field.startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed;")
+    domain = next(d for d in plan.domains if d.name == "example.com")
+    assert domain.dns is not None
+    published = domain.dns.dkim[0].public_key
+
+    def txt(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"mail._domainkey.example.com."
+        return f"v=DKIM1; k=rsa; p={published}".encode()
+
+    assert dkim.verify(field + message, dnsfunc=txt)

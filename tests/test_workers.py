@@ -13,24 +13,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
-from serverkit import LOOPBACK, Maildir, MailServer, free_port, mailplan, wait_until
+from serverkit import LOOPBACK, Maildir, MailServer, children, free_port, mailplan, wait_until
 from sitekit import plain, write_site
 
 TIMEOUT = 15.0
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid`."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                fields = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 class Site:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import subprocess
 import sys
 import tarfile
@@ -43,6 +44,12 @@ def add_parser(subcommands: Subcommands) -> None:
     )
     diff.add_argument("--format", choices=FORMATS, default="text")
     diff.add_argument("--allow-unsafe", action="store_true", help="exit 1, not 3, on unsafe")
+    diff.add_argument(
+        "--replay",
+        metavar="LOG",
+        type=Path,
+        help="decide again the envelopes a server logged (JSON log) under OLD and NEW",
+    )
     diff.set_defaults(run=_diff)
 
 
@@ -58,8 +65,29 @@ def _diff(arguments: argparse.Namespace) -> int:
         return ERRORS
     changes = compare(old, new)
     code = exit_code(changes, arguments.allow_unsafe)
-    sys.stdout.write(render(changes, arguments.format, code))
+    text = render(changes, arguments.format, code)
+    if arguments.replay is not None:
+        try:
+            text = _with_replay(text, old, new, arguments.replay, arguments.format)
+        except OSError as exc:
+            print(f"mailplan: cannot read {arguments.replay}: {exc.strerror}", file=sys.stderr)
+            return ERRORS
+    sys.stdout.write(text)
     return code
+
+
+def _with_replay(text: str, old: Plan, new: Plan, log: Path, form: str) -> str:
+    """The diff, then what the envelopes of `log` would get under each plan."""
+    from mailplan.diff import replay
+
+    with log.open(encoding="utf-8", errors="replace") as lines:
+        report = replay.replay(old, new, lines)
+    shown = replay.render(report, str(log), form)
+    if form != "json":
+        return f"{text}\n{shown}"
+    document = json.loads(text)
+    document["replay"] = json.loads(shown)
+    return json.dumps(document, indent=2) + "\n"
 
 
 def side(path: Path, shown: str | None = None) -> Plan:

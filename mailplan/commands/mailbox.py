@@ -82,8 +82,9 @@ def _dovecot(arguments: argparse.Namespace) -> int:
     if arguments.dev:
         tls = devtls.ensure(root / "var" / "tls", plan.server.hostname)
     place = dovecot.Place(
-        output, mail_directory, *tls, *owner, root / "var" / "dovecot" if arguments.dev else None
-    )
+        output, mail_directory, *tls, *owner, root / "var" / "dovecot" if arguments.dev else None,
+        _name(owner[0]),
+    )  # fmt: skip
     try:
         files = dovecot.files(plan, place)
     except ValueError as exc:
@@ -93,6 +94,15 @@ def _dovecot(arguments: argparse.Namespace) -> int:
     for name, text in files.items():
         _write(output, name, text, passwd=name == dovecot.PASSWD)
     return 0
+
+
+def _name(uid: int) -> str | None:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
 
 
 def _owner(user: str | None, mail_directory: Path) -> tuple[int, int] | None:

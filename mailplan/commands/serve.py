@@ -44,6 +44,13 @@ def add_parser(subcommands: Subcommands) -> None:
         "--smtp-port", type=_port, default=25, metavar="PORT", help="port of other SMTP servers"
     )
     serve.add_argument(
+        "--mta-sts-port",
+        type=_port,
+        default=443,
+        metavar="PORT",
+        help="port of other domains' MTA-STS policy servers (default 443; for tests, staging)",
+    )
+    serve.add_argument(
         "--workers",
         default="1",
         metavar="N|auto",
@@ -61,6 +68,13 @@ def add_parser(subcommands: Subcommands) -> None:
     )
     serve.add_argument("--group", metavar="NAME", help="and this group (default: the user's)")
     serve.add_argument("--allow-root", action="store_true", help="serve as root (without --user)")
+    serve.add_argument(
+        "--bind",
+        action="append",
+        type=_address,
+        metavar="IP",
+        help="listen on IP instead of each listener's bind (a farm node; repeatable)",
+    )
     serve.add_argument("--log-format", choices=("text", "json"), default="text")
     serve.add_argument("--log-level", choices=logs.LEVELS, default="info")
     serve.add_argument(  # also `mailplan --debug serve`: one flag, kept here for old units
@@ -124,12 +138,23 @@ def _fail(arguments: argparse.Namespace, text: str) -> None:
         print(logs.line(text), file=sys.stderr)
 
 
+def _address(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
+
+
 def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
     """The order of `runtime.serve.startup`: queue lock, TLS and DKIM keys, sockets,
     resolver, user, pid."""
+    from mailplan.runtime.base import metrics
     from mailplan.runtime.delivery.scheduler import Remote
-    from mailplan.runtime.serve import privileges, startup, tls
+    from mailplan.runtime.serve import admin, privileges, startup, tls
     from mailplan.runtime.serve.server import Options
+    from mailplan.runtime.serve.startup import StartupError
 
     workers = _workers(arguments.workers) or 1
     load = loader(arguments.site, arguments.plan)
@@ -153,18 +178,36 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
         descriptors = startup.raise_descriptor_limit(plan.limits.max_connections)
         if descriptors:
             log.warning("%s", descriptors)
-        sockets = startup.bind(startup.served(plan, dev))
+        bind = tuple(arguments.bind or ())
+        sockets = startup.bind(startup.served(plan, dev, bind))
+        try:
+            listening = admin.bind(plan.admin, dev)
+        except StartupError:
+            for sock in sockets.values():
+                sock.close()
+            raise
         quiet = _settle(arguments, who, queue, mail, sockets)
+        if listening is not None:  # as the serving user: the metrics' folder is its own
+            metrics.share(admin.folder(queue))
         lock.write_pid()
         if quiet:
             log.warning("%s", quiet)
         options = Options(
             root,
             dev,
-            Remote(arguments.smtp_port, arguments.resolver, dns_timeout=arguments.dns_timeout),
+            Remote(
+                arguments.smtp_port,
+                arguments.resolver,
+                dns_timeout=arguments.dns_timeout,
+                https_port=arguments.mta_sts_port,
+                root=root,
+            ),
             sockets=sockets,
             tls=context,
             dkim=dkim,
+            bind=bind,
+            admin=listening,
+            describe=_describe,
         )
         if dev:
             _banner(plan, arguments)
@@ -217,9 +260,35 @@ def _run(
             finally:
                 mine.stop()
 
+        def answer(load: Callable[[], Plan], first: Plan, options: Options) -> int:
+            from mailplan.runtime.serve import admin, startup
+
+            assert options.admin is not None
+            queue = startup.resolve(options.root, first.queue.directory)
+            mine = logs.Writer(arguments.log_format, arguments.log_level)
+            try:
+                return admin.in_process(options.admin, load, first, queue, workers)
+            finally:
+                mine.stop()
+
         writer.stop()  # no thread may run when the supervisor forks
-        return supervise(load, plan, options, workers, worker)
+        return supervise(
+            load, plan, options, workers, worker, answer if options.admin is not None else None
+        )
     return _serve_worker(load, plan, options)
+
+
+def _describe(old: Plan, new: Plan) -> list[str]:
+    """What a reload changes, for its lines in the log (docs/diff.md's text, one a line)."""
+    from mailplan.diff.compare import compare
+    from mailplan.diff.render import summary
+
+    changes = compare(old, new)
+    lines = [
+        f"UNSAFE {c.group}: {c.text} ({c.unsafe})" if c.unsafe else f"{c.group}: {c.text}"
+        for c in changes
+    ]
+    return [*lines, summary(changes)]
 
 
 def _workers(text: str) -> int | None:
@@ -244,6 +313,10 @@ def _banner(plan: Plan, arguments: argparse.Namespace) -> None:
         moved = development(listener)
         later = "" if listener.protocol in ours else "  (Dovecot: see below)"
         lines.append(f"  {listener.name:<12} {listener.protocol:<11} port {moved.port}{later}")
+    if plan.admin is not None:
+        lines.append(
+            f"  {'admin':<12} {'http':<11} port {plan.admin.port}  (/healthz /plan /metrics)"
+        )
     if not all(x.protocol in ours for x in plan.listeners):
         lines.append(_dovecot_howto(arguments))
     smtp = next((development(x).port for x in plan.listeners if x.protocol == "smtp"), 2525)

@@ -13,6 +13,7 @@ from mailplan.commands.origin import add_origin, load_plan
 from mailplan.compiler.diagnostics import has_errors, render_json, render_text
 from mailplan.compiler.load import SITE_FILE
 from mailplan.compiler.pipeline import compile_site
+from mailplan.compiler.report import render_github, render_sarif
 from mailplan.compiler.schema import site_schema
 from mailplan.plan import codec
 from mailplan.runtime.decide.router import Router, Routing
@@ -24,7 +25,13 @@ if TYPE_CHECKING:
 def add_parser(subcommands: Subcommands) -> None:
     check = subcommands.add_parser("check", help="validate a site and print every problem in it")
     check.add_argument("site", type=Path, metavar="SITE_DIR")
-    check.add_argument("--format", choices=("text", "json"), default="text")
+    check.add_argument(
+        "--format",
+        choices=("text", "json", "github", "sarif"),
+        default="text",
+        help="github: workflow commands (findings on their lines in a pull request); "
+        "sarif: SARIF 2.1.0 for code scanning",
+    )
     check.set_defaults(run=_check)
 
     build = subcommands.add_parser("build", help="compile a site into a plan file")
@@ -78,6 +85,13 @@ def _check(arguments: argparse.Namespace) -> int:
             "diagnostics": json.loads(render_json(unit.diagnostics, prefix)),
         }
         print(json.dumps(report, indent=2))
+    elif arguments.format == "sarif":
+        print(render_sarif(unit.diagnostics, prefix))
+    elif arguments.format == "github":
+        if unit.diagnostics:
+            print(render_github(unit.diagnostics, prefix))
+        if digest:
+            print(f"configuration OK\nplan digest {digest}")
     else:
         if unit.diagnostics:
             print(render_text(unit.diagnostics, unit.texts, prefix))
@@ -143,6 +157,13 @@ def _test(arguments: argparse.Namespace) -> int:
     if plan is None:
         return 1
     policy = Policy(plan)
+    if arguments.plan is not None:  # a compiled site has passed this check already
+        from mailplan.compiler.check_tests import check_tests
+
+        problems = check_tests(plan, policy.router)
+        if problems:
+            print(render_text(problems, {}), file=sys.stderr)
+            return 1
     book = RuleBook(plan)
     verdicts = [judge(policy, case, book) for case in plan.tests]
     for verdict in verdicts:

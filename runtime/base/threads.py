@@ -1,8 +1,9 @@
 """Where blocking work runs: two thread pools, so that slow checks never hold up the queue.
 
 Queue and mailbox I/O (the fsyncs a 250 waits for) use asyncio's default pool.
-Password checks (argon2id, slow by design) and SPF evaluations (pyspf, which may wait
-for DNS for seconds) run in a pool of their own: a burst of either can then fill only
+Password checks (argon2id, slow by design), SPF evaluations (pyspf, which may wait
+for DNS for seconds) and DKIM/ARC/DMARC verification (dkimpy, DNS too) run in a pool
+of their own: a burst of either can then fill only
 that pool, and the queue keeps writing. DKIM signing (CPU, a millisecond or less a
 message) has a small pool of its own, so that it never waits behind either.
 """

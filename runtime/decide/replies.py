@@ -28,3 +28,10 @@ SERVER_BUSY = "421 4.3.2 Too many connections (at most {limit}), try again later
 
 def reply(template: str, **values: object) -> str:
     return template.format(**values)
+
+
+# The content filter (rspamd: runtime/decide/spam.py)
+SPAM_REJECTED = "550 5.7.1 Message rejected as spam"
+SPAM_TRY_LATER = "451 4.7.1 Try again later"
+GREYLISTED = "451 4.7.1 Greylisted, please try again later"
+FILTER_UNAVAILABLE = "451 4.7.1 The content filter is unavailable, please try again later"

@@ -23,7 +23,7 @@ MAX_REWRITES = 16
 OWN_ADDRESSES = frozenset({"127.0.0.1", "0.0.0.0", "::1", "::"})
 SUFFIXES = ("._via", ".smtp", ".local", ".list")
 
-Module = Literal["LOCAL", "SMTP", "PIPE", "LIST", "ERROR", "DISCARD"]
+Module = Literal["LOCAL", "SMTP", "PIPE", "LIST", "ERROR", "DISCARD", "LMTP"]
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ do not host) is not signed with our keys. `runtime/smtp/signing.py` does the sig
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from email.parser import HeaderParser
-from email.policy import compat32
 from email.utils import getaddresses
 from typing import Literal
 
@@ -40,6 +40,7 @@ class Signing:
     """The signing selectors of every hosted domain and domain alias, from one plan."""
 
     def __init__(self, plan: Plan) -> None:
+        self.main_domain = canonical_domain(plan.server.main_domain)
         self.keys: dict[str, tuple[str, tuple[DkimKey, ...]]] = {}
         for domain in plan.domains:
             signing = tuple(k for k in domain.dns.dkim if k.private_key) if domain.dns else ()
@@ -58,15 +59,39 @@ class Signing:
         owner, keys = self.keys[author]
         return tuple(Signature(author, k.selector, k.algorithm, owner) for k in keys)
 
+    def sealer(self, domains: Iterable[str]) -> Signature | None:
+        """The key that ARC-seals a message sent to `domains` (RFC 8617 knows only
+        rsa-sha256): the first of them that is hosted with an RSA signing key, or else the
+        main domain's; None when neither has one."""
+        for domain in (*(canonical_domain(d) for d in domains), self.main_domain):
+            owner, keys = self.keys.get(domain, ("", ()))
+            rsa = next((k for k in keys if k.algorithm == "rsa"), None)
+            if rsa is not None:
+                return Signature(domain, rsa.selector, "rsa", owner)
+        return None
+
+
+_FROM = re.compile(rb"^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_FOLDING = re.compile(rb"\r?\n|\r")
+
 
 def author_domain(message: bytes) -> str | None:
     """The domain of the message's `From:` (A-labels, lower case), or None when there is
     no From, or its addresses are not all of one domain (DMARC does not align those)."""
-    head = header_block(message).decode("utf-8", "replace")  # RFC 6532: UTF-8 headers
-    fields = HeaderParser(policy=compat32).parsestr(head).get_all("from") or []
+    head = header_block(message)
+    # The From fields, unfolded (RFC 5322 §2.2.3), in UTF-8 (RFC 6532): found with one
+    # expression, where the email package's parser took 0.5 ms a message.
+    return author_of(
+        _FOLDING.sub(b"", found.group(1)).decode("utf-8", "replace")
+        for found in _FROM.finditer(head)
+    )
+
+
+def author_of(fields: Iterable[str]) -> str | None:
+    """`author_domain` of the values of a message's From fields, already read."""
     domains = {
         canonical_domain(address.rpartition("@")[2].rstrip(".>").strip())
-        for _, address in getaddresses([str(value) for value in fields])
+        for _, address in getaddresses(list(fields))
         if "@" in address
     }
     return domains.pop() if len(domains) == 1 else None

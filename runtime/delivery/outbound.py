@@ -5,8 +5,12 @@ For one logical queue (a domain, a relay host or an IP literal) the hosts from
 message is one transaction with all its recipients of this queue (MAIL, one RCPT
 each, DATA), so a reply can fail one recipient and not the others. STARTTLS is
 used whenever the host offers it (without checking its certificate, as
-opportunistic TLS does); a site can require it for a domain, and then a host
-that does not offer it, or whose TLS fails, is a temporary failure.
+opportunistic TLS does), unless the domain needs more (`runtime.decide.tlsneed`:
+DANE, MTA-STS, the site's `require_tls`): then each host is checked as its
+`HostCheck` says (a certificate verified for the MX name, or a chain matching the
+host's TLSA records), and a host that fails the check, or does not offer STARTTLS,
+is passed over; when none is left the recipients wait (4.7.x). Each TLS session to a
+domain is counted for TLS-RPT through `Settings.observe`.
 
 aiosmtplib speaks the protocol; this module decides what each reply means for
 each recipient.
@@ -14,15 +18,19 @@ each recipient.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import aiosmtplib
 import dns.asyncresolver
 
+from mailplan.runtime.decide import dane, tlsneed, tlsrpt
+from mailplan.runtime.decide.tlsneed import HostCheck, Need
 from mailplan.runtime.dns import mx
 
 log = logging.getLogger("mailplan.smtp-out")
@@ -65,26 +73,31 @@ class Fate:
 class Connections:
     """Connections kept open for a moment after use, by address, as Postfix's connection
     cache does: the next message for the same server (of any domain) skips connect,
-    EHLO and STARTTLS. One worker uses a connection at a time."""
+    EHLO and STARTTLS. One worker uses a connection at a time.
+
+    Each connection has a grade: `plain`, `tls` (encrypted, the certificate unchecked)
+    or `verified:NAME` (the certificate checked for the MX host NAME); a connection is
+    only taken by a delivery that the grade satisfies (`_GRADES`)."""
 
     def __init__(self, idle: float = IDLE) -> None:
         self.idle = idle
-        self._free: dict[tuple[str, int], list[tuple[float, aiosmtplib.SMTP, bool]]] = {}
+        self._free: dict[tuple[str, int], list[tuple[float, aiosmtplib.SMTP, str]]] = {}
 
-    def take(self, address: str, port: int, need_tls: bool) -> tuple[aiosmtplib.SMTP, bool] | None:
-        """An idle connection to address:port (encrypted when `need_tls`), or None."""
+    def take(self, address: str, port: int, wanted: str) -> tuple[aiosmtplib.SMTP, str] | None:
+        """An idle connection to address:port whose grade satisfies `wanted` (`plain`
+        takes any, `tls` any encrypted one, `verified:NAME` only that), or None."""
         free = self._free.get((address, port), [])
         now = time.monotonic()
         for index in range(len(free) - 1, -1, -1):
-            until, client, encrypted = free[index]
-            if until > now and client.is_connected and (encrypted or not need_tls):
+            until, client, grade = free[index]
+            if until > now and client.is_connected and _satisfies(grade, wanted):
                 del free[index]
-                return client, encrypted
+                return client, grade
         return None
 
-    def give(self, address: str, port: int, client: aiosmtplib.SMTP, encrypted: bool) -> None:
+    def give(self, address: str, port: int, client: aiosmtplib.SMTP, grade: str) -> None:
         until = time.monotonic() + self.idle
-        self._free.setdefault((address, port), []).append((until, client, encrypted))
+        self._free.setdefault((address, port), []).append((until, client, grade))
 
     async def sweep(self, everything: bool = False) -> None:
         """Say QUIT on the connections idle for too long (or on all of them)."""
@@ -108,21 +121,44 @@ async def _quit(client: aiosmtplib.SMTP) -> None:
         client.close()
 
 
+def _satisfies(grade: str, wanted: str) -> bool:
+    if wanted == "plain":
+        return True
+    if wanted == "tls":
+        return grade != "plain"
+    return grade == wanted
+
+
 @dataclass(frozen=True)
 class Settings:
     helo: str
     port: int = 25
-    require_tls: bool = False
+    require_tls: bool = False  # a certificate verified for the host's name (when no `policy`)
     timeout: float = 60.0
     connections: Connections | None = None  # keep connections open between batches
+    # What a domain needs, once its MX hosts are known (runtime/delivery/tlspolicy.py)
+    policy: Callable[[str, list[mx.Host]], Awaitable[Need]] | None = None
+    trust: ssl.SSLContext | None = None  # verifies certificates (the system's CA store when None)
+    observe: Callable[[tlsrpt.TlsSession], None] | None = None  # TLS-RPT counts
 
 
 class _Refused(Exception):
     """The host would not take the connection (connect, greeting, EHLO, TLS)."""
 
+    local = ""  # this end's address, once connected (TLS-RPT's sending-mta-ip)
+
 
 class _TlsFailed(_Refused):
-    """STARTTLS was offered but the handshake failed, or TLS is required and not offered."""
+    """STARTTLS was offered but the handshake failed, or the host's certificate failed its
+    check, or TLS is required and not offered: the status and the TLS-RPT result type."""
+
+    def __init__(
+        self, reason: str, status: str = "4.7.5", result: str = "validation-failure"
+    ) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.result = result
+        self.handshake = result not in ("starttls-not-supported",)
 
 
 def _status(code: int, text: str) -> str:
@@ -154,6 +190,27 @@ def _everyone(
 _NO_VERIFY = ssl.create_default_context()
 _NO_VERIFY.check_hostname = False
 _NO_VERIFY.verify_mode = ssl.CERT_NONE
+_SYSTEM: ssl.SSLContext | None = None  # the system's CA store, made when first needed
+
+# OpenSSL's verification errors (X509_V_ERR_*) → TLS-RPT result types (RFC 8460 §4.3)
+_RESULTS = {
+    62: "certificate-host-mismatch",
+    10: "certificate-expired",
+    2: "certificate-not-trusted",
+    18: "certificate-not-trusted",
+    19: "certificate-not-trusted",
+    20: "certificate-not-trusted",
+    21: "certificate-not-trusted",
+}
+
+
+def _verifying(settings: Settings) -> ssl.SSLContext:
+    global _SYSTEM
+    if settings.trust is not None:
+        return settings.trust
+    if _SYSTEM is None:
+        _SYSTEM = ssl.create_default_context()
+    return _SYSTEM
 
 
 async def deliver(
@@ -168,34 +225,95 @@ async def deliver(
         hosts = await mx.destinations(queue, domain, resolve)
     except mx.LookupFailed as failure:
         return _everyone(parcels, failure.status, failure.reason)
+    if settings.policy is not None and queue == domain:
+        needed = await settings.policy(domain, hosts)
+    else:  # a relay host or an IP literal: no policy of the domain's applies to it
+        needed = tlsneed.plain(domain, settings.require_tls)
+    if needed.failure:  # the MTA-STS policy could not be fetched: reported once per batch
+        _observe(settings, needed, False, needed.failure, "", "")
     outcomes: list[Fate] = []
     left = parcels
     last, status = "no host took the connection", "4.4.1"
     for host in hosts:
+        check = tlsneed.host_check(needed, host.name)
+        if check.check == "skip":
+            last, status = f"{host.name}: {check.reason} ({needed.reason})", "4.7.5"
+            log.info("%s: %s", queue, last)
+            _observe(settings, needed, False, "validation-failure", host.name, "")
+            continue
         for address in host.addresses:
-            tls = True
-            while left:  # a connection carries at most MAX_PER_CONNECTION messages
-                try:
-                    done, reused = await _session(host.name, address, left, settings, tls)
-                except _TlsFailed as refused:
-                    last, status = f"{host.name}[{address}]: {refused}", "4.7.4"
-                    log.info("%s: %s", queue, last)
-                    if settings.require_tls or not tls:
-                        break
-                    tls = False  # opportunistic TLS falls back to clear text (RFC 7435)
-                    continue
-                except _Refused as refused:
-                    last, status = f"{host.name}[{address}]: {refused}", "4.4.1"
-                    log.info("%s: %s", queue, last)
-                    break
-                if not done:
-                    if reused:
-                        continue  # a kept connection the server had closed: a fresh one
-                    last, status = f"{host.name}[{address}]: the connection ended", "4.4.2"
-                    break
-                outcomes.extend(replace(outcome, address=address) for outcome in done)
-                left = _unfinished(left, {(o.queue_id, o.recipient) for o in done})
+            done, left, trouble = await _address(host.name, address, left, settings, needed, check)
+            outcomes += done
+            if trouble is not None:
+                status, last = trouble
+                log.info("%s: %s", queue, last)
+    if left and status.startswith("4.7"):
+        last = f"{last}; TLS policy: {needed.reason}"
     return outcomes + _everyone(left, status, last)
+
+
+async def _address(
+    name: str,
+    address: str,
+    parcels: list[Parcel],
+    settings: Settings,
+    needed: Need,
+    check: HostCheck,
+) -> tuple[list[Fate], list[Parcel], tuple[str, str] | None]:
+    """Deliver what it can over connections to one address: the outcomes, the parcels
+    left, and the (status, reason) of the last failure, if any."""
+    outcomes: list[Fate] = []
+    left = parcels
+    trouble: tuple[str, str] | None = None
+    attempt, tls = check, True
+    while left:  # a connection carries at most MAX_PER_CONNECTION messages
+        try:
+            done, reused, grade = await _session(name, address, left, settings, tls, attempt)
+        except _TlsFailed as refused:
+            trouble = refused.status, f"{name}[{address}]: {refused}"
+            _observe(settings, needed, False, refused.result, name, address, refused.local)
+            if attempt.check == "pkix-testing":  # MTA-STS testing: reported, then delivered
+                attempt, tls = HostCheck("opportunistic"), refused.handshake
+                continue
+            if attempt.check != "opportunistic" or not tls:
+                break
+            tls = False  # opportunistic TLS falls back to clear text (RFC 7435)
+            continue
+        except _Refused as refused:
+            trouble = "4.4.1", f"{name}[{address}]: {refused}"
+            break
+        if not done:
+            if reused:
+                continue  # a kept connection the server had closed: a fresh one
+            trouble = "4.4.2", f"{name}[{address}]: the connection ended"
+            break
+        if not reused and attempt is check and tls:  # a new session, counted once
+            grade, _, local = grade.partition(" ")
+            result = "" if grade != "plain" else "starttls-not-supported"
+            _observe(settings, needed, not result, result, name, address, local)
+        outcomes.extend(replace(outcome, address=address) for outcome in done)
+        left = _unfinished(left, {(o.queue_id, o.recipient) for o in done})
+    return outcomes, left, trouble
+
+
+def _observe(
+    settings: Settings,
+    needed: Need,
+    success: bool,
+    result: str,
+    host: str,
+    address: str,
+    local: str = "",
+) -> None:
+    if settings.observe is not None:
+        settings.observe(tlsrpt.TlsSession(needed, success, result, local, host, address))
+
+
+def _local(client: aiosmtplib.SMTP) -> str:
+    """The address of this end of a connection ('' when not connected)."""
+    transport = client.transport
+    found = transport.get_extra_info("sockname") if transport is not None else None
+    return str(found[0]) if found else ""
 
 
 def _unfinished(parcels: list[Parcel], finished: set[tuple[str, str]]) -> list[Parcel]:
@@ -206,31 +324,47 @@ def _unfinished(parcels: list[Parcel], finished: set[tuple[str, str]]) -> list[P
     ]
 
 
+def _wanted(name: str, check: HostCheck) -> str:
+    """The grade of kept connection a check takes (see `Connections`)."""
+    if check.check in ("pkix", "dane", "pkix-testing"):
+        return f"verified:{name}"  # pkix-testing: each unverified session is checked, counted
+    if check.check == "encrypt":
+        return "tls"
+    return "plain"
+
+
 async def _session(
-    name: str, address: str, parcels: list[Parcel], settings: Settings, tls: bool
-) -> tuple[list[Fate], bool]:
+    name: str,
+    address: str,
+    parcels: list[Parcel],
+    settings: Settings,
+    tls: bool,
+    check: HostCheck,
+) -> tuple[list[Fate], bool, str]:
     """One connection to one address; outcomes for the parcels it finished before it ended.
 
-    Parcels it did not get to (the connection dropped) are left for the next host.
-    STARTTLS is used when offered, unless `tls` is false (a fallback after it failed).
-    Also says whether the connection was a kept one.
+        Parcels it did not get to (the connection dropped) are left for the next host.
+        STARTTLS is used when offered, unless `tls` is false (a fallback after it failed),
+        and the host is checked as `check` says. Also says whether the connection was a kept
+    one, and its grade (with this end's address after a space, for a new one).
     """
     cache = settings.connections
-    kept = cache.take(address, settings.port, settings.require_tls) if cache else None
+    kept = cache.take(address, settings.port, _wanted(name, check)) if cache else None
     if kept is not None:
-        client, encrypted = kept
+        client, grade = kept
     else:
-        client, encrypted = await _open(name, address, settings, tls)
+        client, grade = await _open(name, address, settings, tls, check)
+    local = _local(client) if kept is None else ""  # this end's address, for TLS-RPT
     outcomes = await _transactions(client, parcels, name)
     if client.is_connected:
-        await _put_back(client, address, settings, encrypted)
-    return outcomes, kept is not None
+        await _put_back(client, address, settings, grade)
+    return outcomes, kept is not None, f"{grade} {local}".rstrip()
 
 
 async def _open(
-    name: str, address: str, settings: Settings, tls: bool
-) -> tuple[aiosmtplib.SMTP, bool]:
-    """A new connection to `address`, greeted, and encrypted when offered and `tls`.
+    name: str, address: str, settings: Settings, tls: bool, check: HostCheck
+) -> tuple[aiosmtplib.SMTP, str]:
+    """A new connection to `address`, greeted, encrypted when offered and `tls`, and checked.
 
     Raises _Refused (or _TlsFailed) with the connection closed when the host will not do.
     """
@@ -247,36 +381,78 @@ async def _open(
             await client.ehlo()
         except aiosmtplib.SMTPHeloError:
             await client.helo()
-        encrypted = await _start_tls(client, name, settings.require_tls, tls)
-    except _Refused:
+        grade = await _start_tls(client, name, settings, tls, check)
+    except _Refused as refused:
+        refused.local = _local(client)
         client.close()
         raise
     except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
         client.close()
         raise _Refused(str(exc) or type(exc).__name__) from None
-    return client, encrypted
+    return client, grade
 
 
-async def _start_tls(client: aiosmtplib.SMTP, name: str, required: bool, tls: bool) -> bool:
-    """STARTTLS when the host offers it and `tls`; whether the connection is now encrypted."""
-    if tls and client.supports_extension("starttls"):
-        try:
-            await client.starttls(tls_context=_NO_VERIFY, server_hostname=name)
-            await client.ehlo()
-        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            raise _TlsFailed(f"TLS failed: {exc or type(exc).__name__}") from None
-        return True
-    if required:
-        raise _TlsFailed("TLS is required, but was not offered")
-    return False
+async def _start_tls(
+    client: aiosmtplib.SMTP, name: str, settings: Settings, tls: bool, check: HostCheck
+) -> str:
+    """STARTTLS when the host offers it and `tls`, checked as `check` says; the grade of
+    the connection now (see `Connections`)."""
+    strict = check.check in ("pkix", "dane", "encrypt")
+    if not (tls and client.supports_extension("starttls")):
+        if strict or check.check == "pkix-testing":
+            raise _TlsFailed(
+                "TLS is required, but was not offered", "4.7.4", "starttls-not-supported"
+            )
+        return "plain"
+    verify = check.check in ("pkix", "pkix-testing")
+    context = _verifying(settings) if verify else _NO_VERIFY
+    # an IP literal's certificate is checked for the address (an IP subjectAltName)
+    server_name = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    try:
+        await client.starttls(tls_context=context, server_hostname=server_name)
+    except ssl.SSLCertVerificationError as exc:
+        result = _RESULTS.get(exc.verify_code, "validation-failure")
+        raise _TlsFailed(
+            f"certificate not verified for {name}: {exc.verify_message}", "4.7.5", result
+        ) from None
+    except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+        raise _TlsFailed(f"TLS failed: {exc or type(exc).__name__}") from None
+    if check.check == "dane":
+        mismatch = dane.check(
+            _chain(client), check.records, name, datetime.datetime.now(datetime.UTC)
+        )
+        if mismatch is not None:
+            raise _TlsFailed(f"DANE: {mismatch.reason}", "4.7.5", mismatch.result)
+    if check.check == "pkix-testing" and check.reason:
+        raise _TlsFailed(check.reason, "4.7.5", "validation-failure")
+    try:
+        await client.ehlo()
+    except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+        raise _TlsFailed(f"TLS failed: {exc or type(exc).__name__}") from None
+    return f"verified:{name}" if check.check in ("pkix", "dane") else "tls"
 
 
-async def _put_back(
-    client: aiosmtplib.SMTP, address: str, settings: Settings, encrypted: bool
-) -> None:
+def _chain(client: aiosmtplib.SMTP) -> list[bytes]:
+    """The certificates the server presented (DER), its own first."""
+    transport = client.transport
+    found = transport.get_extra_info("ssl_object") if transport is not None else None
+    if found is None:
+        return []
+    public = getattr(found, "get_unverified_chain", None)  # Python 3.13
+    if public is not None:
+        return [bytes(certificate) for certificate in public() or []]
+    inner = getattr(found, "_sslobj", None)  # Python 3.10 to 3.12: the same, not yet public
+    raw = getattr(inner, "get_unverified_chain", None)
+    if raw is not None:
+        return [certificate.public_bytes(2) for certificate in raw() or []]  # 2: DER
+    leaf = found.getpeercert(binary_form=True)
+    return [leaf] if leaf else []
+
+
+async def _put_back(client: aiosmtplib.SMTP, address: str, settings: Settings, grade: str) -> None:
     """Keep a connection still open for the next batch, or say QUIT when none are kept."""
     if settings.connections is not None:
-        settings.connections.give(address, settings.port, client, encrypted)
+        settings.connections.give(address, settings.port, client, grade)
     else:
         await _quit(client)
 

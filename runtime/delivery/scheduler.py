@@ -1,10 +1,11 @@
 """Delivery beyond the mailbox: the SMTP, PIPE and LIST queues, retries and bounces.
 
 Recipients that `runtime.queue.processor` could not deliver at once arrive here as
-`Waiting` entries and wait in their logical queue (`SMTP(domain)`, `PIPE(name)`,
-`LIST(list@domain)`) until they are due. A due queue gets a worker: the SMTP
-module sends every due message of its queue over one connection (a few
-connections at most per queue), PIPE runs the declared program once per
+`Waiting` entries and wait in their logical queue (`SMTP(domain)`, `LMTP(servers)`,
+`PIPE(name)`, `LIST(list@domain)`) until they are due. A due queue gets a worker: the
+SMTP module sends every due message of its queue over one connection (a few
+connections at most per queue), LMTP hands LOCAL mail to the mailbox server the same
+way (`runtime.delivery.lmtp`), PIPE runs the declared program once per
 recipient, LIST turns a post into a new queued message for the members. Recipients
 that the plan refuses (`ERROR`) fail at once.
 
@@ -21,17 +22,22 @@ import contextlib
 import heapq
 import itertools
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import dns.asyncresolver
 
+from mailplan.plan import codec
 from mailplan.plan.model import MailingList, Plan
+from mailplan.runtime.base import metrics
 from mailplan.runtime.decide import dsn, lists, retry
+from mailplan.runtime.decide import lmtp as lmtp_decide
 from mailplan.runtime.decide.router import Router, Routing
-from mailplan.runtime.delivery import outbound, pipe
+from mailplan.runtime.delivery import lmtp, mtasts, outbound, pipe, tlspolicy, tlsrpt
 from mailplan.runtime.delivery.outbound import Fate, Parcel
 from mailplan.runtime.dns import mx
 from mailplan.runtime.store.spool import BadQueueFile, Envelope, Spool, new_id
@@ -40,7 +46,7 @@ log = logging.getLogger("mailplan.delivery")
 
 BATCH = 50  # messages one SMTP worker takes from its queue
 SETTLE_RETRY = 60  # seconds before a batch whose outcomes could not be recorded is tried again
-CONNECTIONS = {"SMTP": 4, "PIPE": 2, "LIST": 1, "ERROR": 1}  # workers per queue
+CONNECTIONS = {"SMTP": 4, "LMTP": 4, "PIPE": 2, "LIST": 1, "ERROR": 1}  # workers per queue
 
 
 @dataclass
@@ -69,6 +75,8 @@ class Remote:
     resolver: str | None = None
     timeout: float = 60.0  # an SMTP command to another server
     dns_timeout: float = 10.0  # a DNS look-up of the receiving checks
+    https_port: int = 443  # MTA-STS policy fetches (`serve --mta-sts-port`, for tests)
+    root: Path = Path(".")  # where a relative `outbound.tls.ca_file` is
 
 
 @dataclass
@@ -142,13 +150,16 @@ class _Sorting:
             outcome.recipient, outcome.status, outcome.text, outcome.remote, outcome.smtp
         )
         facts = _facts(outcome)
+        counted = metrics.meters().deliveries
         if outcome.kind == "delivered":
+            counted.labels(module=entry.routing.module, outcome="delivered").inc()
             self.done.append(outcome.recipient)
             log.info(
                 "%s <%s> delivered: %s%s", self.queue_id, outcome.recipient, outcome.text,
                 _by(outcome), extra=facts,
             )  # fmt: skip
         elif outcome.kind == "permanent":
+            counted.labels(module=entry.routing.module, outcome="failed").inc()
             self.failures.append(failure)
             self.done.append(outcome.recipient)
             log.info(
@@ -156,11 +167,13 @@ class _Sorting:
                 _by(outcome), extra=facts,
             )  # fmt: skip
         elif retry.expired(self.arrived, self.now, self.plan.queue.give_up_after):
+            counted.labels(module=entry.routing.module, outcome="expired").inc()
             gave_up = f"gave up after {_span(self.now - self.arrived)}: {outcome.text}"
             self.failures.append(replace(failure, status="4.4.7", diagnostic=gave_up))
             self.done.append(outcome.recipient)
             log.info("%s <%s> %s", self.queue_id, outcome.recipient, gave_up, extra=facts)
         else:
+            counted.labels(module=entry.routing.module, outcome="deferred").inc()
             self._defer(entry, outcome, failure, facts)
 
     def _defer(
@@ -243,6 +256,7 @@ def bounce(
         retry_until=retry_until,
     )
     queue_id = enqueue(spool, original, "", (original.sender,), report, "bounce", now)
+    metrics.meters().bounces.labels(action="failed" if retry_until is None else "delayed").inc()
     log.info("%s: DSN for %s queued as %s", original.id, original.sender, queue_id)
     return queue_id
 
@@ -336,18 +350,73 @@ class Delivery:
         self.connections = outbound.Connections()
         self.stopping = False
         self._sweeper: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
+        self.reports = tlsrpt.Reports(spool.directory)  # TLS-RPT counts, durable
+        self.policies = mtasts.Cache(spool.directory)  # MTA-STS policies, durable
+        self._trust: dict[tuple[str | None, int], ssl.SSLContext] = {}
+        self._fetcher: mtasts.Fetcher | None = None
+        self.parked: set[str] = set()  # messages on hold (`mailplan queue hold`)
 
     def start(self) -> None:
+        self.trust(self.current().plan)  # a CA file that cannot be read: said at start
         self._runner = asyncio.create_task(self._run())
         self._sweeper = asyncio.create_task(self._sweep())
+        self._reporter = asyncio.create_task(self._report())
+
+    async def _report(self) -> None:
+        """Send the TLS reports of the days that are over: at start, then after each
+        midnight (UTC)."""
+        while True:
+            plan = self.current().plan
+            if plan.outbound.tls.reports:
+                try:
+                    await self.reports.send(
+                        plan,
+                        codec.digest(plan),
+                        self.spool,
+                        self._dns(),
+                        self.trust(plan),
+                        self.submit,
+                    )
+                except Exception:
+                    log.exception("TLS reports not sent; tried again in an hour")
+                    await asyncio.sleep(3600)
+                    continue
+            now = time.time()
+            await asyncio.sleep(86400 - now % 86400 + 60)
+
+    def _dns(self) -> dns.asyncresolver.Resolver:
+        if self._resolver is None:
+            self._resolver = mx.resolver(self.remote.resolver)
+        return self._resolver
+
+    def trust(self, plan: Plan) -> ssl.SSLContext:
+        """What verifies certificates: the system's CA store and the site's `ca_file`."""
+        written = plan.outbound.tls.ca_file
+        path = None if written is None else self.remote.root / written
+        try:  # the file's time in the key: a CA file replaced in place is read again
+            key = (written, path.stat().st_mtime_ns if path is not None else 0)
+        except OSError:
+            key = (written, -1)
+        context = self._trust.get(key)
+        if context is None:
+            try:
+                context = tlspolicy.trust(path)
+            except (OSError, ssl.SSLError) as exc:
+                log.error("outbound.tls.ca_file %s cannot be used: %s", path, exc)
+                context = tlspolicy.trust(None)
+            self._trust = {key: context}  # only the current one is kept
+        return context
 
     async def stop(self) -> None:
         self.stopping = True  # no new work: cancelled workers must not start others
-        tasks = [*self._tasks, *(t for t in (self._runner, self._sweeper) if t is not None)]
+        running = (self._runner, self._sweeper, self._reporter)
+        tasks = [*self._tasks, *(t for t in running if t is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.connections.sweep(everything=True)
+        await self.reports.save()
 
     async def _sweep(self) -> None:
         """Close the kept connections that nobody used for a while."""
@@ -355,8 +424,47 @@ class Delivery:
             await asyncio.sleep(self.connections.idle / 2)
             await self.connections.sweep()
 
+    def park(self, queue_id: str) -> None:
+        """Keep a message on hold out of the queues until `mailplan queue release`; the
+        processor reads it again then (`reschedule`)."""
+        if queue_id not in self.parked:
+            log.info("%s on hold: not delivered until released", queue_id)
+        self.parked.add(queue_id)
+        self._drop({queue_id})
+
+    def _drop(self, ids: set[str]) -> None:
+        """Take every recipient of these messages out of the queues."""
+        for queue in self.queues.values():
+            queue.ready = [entry for entry in queue.ready if entry.queue_id not in ids]
+            later = [item for item in queue.later if item[2].queue_id not in ids]
+            if len(later) != len(queue.later):
+                heapq.heapify(later)
+                queue.later = later
+
+    async def _unheld(self, batch: list[Waiting]) -> list[Waiting]:
+        """The entries of a batch whose message is neither on hold nor deleted now (what
+        `mailplan queue hold` or `delete` did while they waited). A message that just
+        arrived (its bytes at hand) is not looked at: it was not waiting, and the signal
+        of `mailplan queue` takes it out of the queues if it waits for a retry."""
+        ids = {entry.queue_id for entry in batch if entry.message is None}
+        if not ids:
+            return batch
+        states = await asyncio.to_thread(lambda: {i: self._state(i) for i in ids})
+        for queue_id, state in states.items():
+            if state == "held":
+                self.park(queue_id)
+            elif state == "deleted":
+                log.info("%s deleted from the queue: not delivered", queue_id)
+        return [entry for entry in batch if states.get(entry.queue_id, "queued") == "queued"]
+
+    def _state(self, queue_id: str) -> str:
+        if not self.spool.exists(queue_id):
+            return "deleted"
+        return "held" if self.spool.is_held(queue_id) else "queued"
+
     def add(self, entries: list[Waiting]) -> None:
         now = time.time()
+        entries = [entry for entry in entries if entry.queue_id not in self.parked]
         for entry in entries:
             queue = self.queues.get(entry.queue)
             if queue is None:
@@ -379,6 +487,7 @@ class Delivery:
         task.add_done_callback(self._tasks.discard)
 
     async def _reschedule(self) -> None:
+        await self._holds()
         ids = {entry.queue_id for queue in self.queues.values() for *_, entry in queue.later}
         histories = await asyncio.to_thread(lambda: {i: self.spool.history(i) for i in ids})
         schedule = self.current().plan.queue.retry
@@ -400,6 +509,30 @@ class Delivery:
             queue.later = later
             self._kick(queue)
         self._wake.set()
+
+    async def _holds(self) -> None:
+        """What `mailplan queue hold`, `release` and `delete` changed: held messages leave
+        the queues, released ones are processed again (their retry journals kept),
+        deleted ones are forgotten. Each is a line in the log."""
+        waiting = {e.queue_id for q in self.queues.values() for e in q.ready}
+        waiting |= {item[2].queue_id for q in self.queues.values() for item in q.later}
+        parked = set(self.parked)
+        states = await asyncio.to_thread(lambda: {i: self._state(i) for i in waiting | parked})
+        for queue_id in sorted(parked):
+            if states[queue_id] == "queued":
+                self.parked.discard(queue_id)
+                log.info("%s released from hold", queue_id)
+                self.submit(queue_id)
+            elif states[queue_id] == "deleted":
+                self.parked.discard(queue_id)
+                log.info("%s deleted from the queue while on hold", queue_id)
+        for queue_id in sorted(waiting):
+            if states[queue_id] == "held":
+                self.park(queue_id)
+        deleted = {i for i in waiting if states[i] == "deleted"}
+        for queue_id in sorted(deleted):
+            log.info("%s deleted from the queue: not delivered", queue_id)
+        self._drop(deleted)
 
     async def _run(self) -> None:
         """Move entries whose time has come to their queue's ready list."""
@@ -423,7 +556,7 @@ class Delivery:
             return
         limit = CONNECTIONS.get(queue.module, 1)
         while queue.ready and queue.active < limit:
-            size = BATCH if queue.module == "SMTP" else 1
+            size = BATCH if queue.module in ("SMTP", "LMTP") else 1
             batch, queue.ready = queue.ready[:size], queue.ready[size:]
             queue.active += 1
             task = asyncio.create_task(self._work(queue, batch))
@@ -433,8 +566,9 @@ class Delivery:
     async def _work(self, queue: _Queue, batch: list[Waiting]) -> None:
         router = self.current()
         try:
+            batch = await self._unheld(batch)
             try:
-                outcomes = await self._deliver(queue, batch, router)
+                outcomes = await self._deliver(queue, batch, router) if batch else []
             except Exception as exc:  # a bug or an I/O error: a temporary failure, retried
                 log.exception("%s: delivery failed", queue.name)
                 outcomes = [
@@ -457,16 +591,21 @@ class Delivery:
             by_message.setdefault(entry.queue_id, []).append(entry)
         for queue_id, entries in by_message.items():
             mine = [o for o in outcomes if o.queue_id == queue_id]
+            if not mine:  # settled already (LMTP settles message by message)
+                continue
             again, new = await asyncio.to_thread(
                 settle, self.spool, plan, entries, mine, time.time()
             )
             self.add(again)
             for created in new:
                 self.submit(created)
+        await self.reports.save(now=False)
 
     async def _deliver(self, queue: _Queue, batch: list[Waiting], router: Router) -> list[Fate]:
         if queue.module == "SMTP":
             return await self._smtp(batch, router)
+        if queue.module == "LMTP":
+            return await self._lmtp(batch, router)
         if queue.module == "PIPE":
             return [await self._pipe(entry, router) for entry in batch]
         if queue.module == "LIST":
@@ -482,15 +621,16 @@ class Delivery:
             for entry in batch
         ]
 
-    async def _smtp(self, batch: list[Waiting], router: Router) -> list[Fate]:
-        plan = router.plan
-        first = batch[0].routing
-        domain = first.target.rpartition("@")[2].lower()
+    async def _parcels(
+        self, batch: list[Waiting]
+    ) -> tuple[list[Parcel], dict[tuple[str, str], list[str]]]:
+        """A batch as messages with their routed targets, and (queue id, target) → the
+        recipients as the client gave them (two recipients routed to one address: one copy)."""
         parcels: dict[str, Parcel] = {}
-        asked: dict[tuple[str, str], list[str]] = {}  # (queue id, target) → recipients
+        asked: dict[tuple[str, str], list[str]] = {}
         for entry in batch:
             key = (entry.queue_id, entry.routing.target)
-            if key in asked:  # two recipients routed to one address: one copy
+            if key in asked:
                 asked[key].append(entry.recipient)
                 continue
             asked[key] = [entry.recipient]
@@ -500,6 +640,45 @@ class Delivery:
                 (*known.recipients, entry.routing.target) if known else (entry.routing.target,)
             )
             parcels[entry.queue_id] = Parcel(entry.queue_id, envelope.sender, targets, message)
+        return list(parcels.values()), asked
+
+    async def _lmtp(self, batch: list[Waiting], router: Router) -> list[Fate]:
+        """LOCAL mail handed over to the mailbox server, one outcome per recipient; each
+        message is settled as soon as the server answered for it (the window in which a
+        crash delivers twice is one message, not a batch)."""
+        parcels, asked = await self._parcels(batch)
+        servers = lmtp_decide.servers(batch[0].routing.queue)
+        settings = lmtp.LmtpSettings(router.plan.server.hostname, self.remote.timeout)
+
+        def named(results: list[Fate]) -> list[Fate]:
+            return [
+                replace(outcome, recipient=recipient)
+                for outcome in results
+                for recipient in asked[(outcome.queue_id, outcome.recipient)]
+            ]
+
+        async def settled(results: list[Fate]) -> None:
+            await self._settle(router.plan, batch, named(results))
+
+        return named(await lmtp.deliver(servers, parcels, settings, settled))
+
+    async def _smtp(self, batch: list[Waiting], router: Router) -> list[Fate]:
+        plan = router.plan
+        first = batch[0].routing
+        domain = first.target.rpartition("@")[2].lower()
+        parcels, asked = await self._parcels(batch)
+        resolve = self._dns()
+        trust = self.trust(plan)
+        wanted = plan.outbound.tls
+        fetcher = None
+        if wanted.mta_sts:
+            if self._fetcher is None:  # one for all batches: one fetch at a time per domain
+                self._fetcher = mtasts.Fetcher(
+                    self.policies, resolve, trust, self.remote.https_port
+                )
+            fetcher = self._fetcher
+            fetcher.trust = trust  # the current plan's
+        policies = tlspolicy.Policies(wanted, plan.outbound.require_tls, resolve, fetcher)
         settings = outbound.Settings(
             helo=plan.server.hostname,
             port=self.remote.port,
@@ -510,12 +689,11 @@ class Delivery:
             ),
             timeout=self.remote.timeout,
             connections=self.connections,
+            policy=policies.need,
+            trust=trust,
+            observe=self.reports.observe if wanted.reports else None,
         )
-        if self._resolver is None:
-            self._resolver = mx.resolver(self.remote.resolver)
-        results = await outbound.deliver(
-            first.queue, domain, list(parcels.values()), settings, self._resolver
-        )
+        results = await outbound.deliver(first.queue, domain, parcels, settings, resolve)
         # Outcomes name the routed target; settle knows recipients as the client gave them.
         return [
             replace(outcome, recipient=recipient)

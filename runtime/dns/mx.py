@@ -11,10 +11,11 @@ temporary and never turns into a bounce.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.name
 import dns.resolver
 
@@ -27,6 +28,7 @@ class Host:
 
     name: str
     addresses: tuple[str, ...]
+    secure: bool = False  # came from a DNSSEC-validated MX answer (the AD bit)
 
 
 class LookupFailed(Exception):
@@ -53,6 +55,7 @@ def resolver(nameserver: str | None, timeout: float = 10.0) -> dns.asyncresolver
         chosen.port = port
     chosen.timeout = chosen.lifetime = timeout
     chosen.cache = dns.resolver.Cache()  # answers kept for their TTL
+    chosen.flags = dns.flags.RD | dns.flags.AD  # ask for the AD bit (RFC 6840 §5.7): DANE
     return chosen
 
 
@@ -77,16 +80,18 @@ async def destinations(queue: str, domain: str, resolve: dns.asyncresolver.Resol
         return [Host(queue, (ip,))]
     if queue != domain:
         return [Host(queue, await addresses(queue, resolve, fail=True))]
-    exchanges = await _exchanges(domain, resolve)
-    if exchanges is None:  # no MX: the domain's own addresses
+    found = await _exchanges(domain, resolve)
+    if found is None:  # no MX: the domain's own addresses
         return [Host(domain, await addresses(domain, resolve, fail=True))]
-    return await _hosts(domain, exchanges, resolve)
+    exchanges, secure = found
+    return [replace(host, secure=secure) for host in await _hosts(domain, exchanges, resolve)]
 
 
 async def _exchanges(
     domain: str, resolve: dns.asyncresolver.Resolver
-) -> list[dns.name.Name] | None:
-    """The exchangers of `domain` in the order to try them, or None when it has no MX."""
+) -> tuple[list[dns.name.Name], bool] | None:
+    """The exchangers of `domain` in the order to try them, and whether the answer had the
+    AD bit; None when it has no MX."""
     _valid(domain)
     try:
         answer = await resolve.resolve(domain, "MX")
@@ -102,7 +107,8 @@ async def _exchanges(
     )
     if len(records) == 1 and records[0][2] == dns.name.root:
         raise LookupFailed("5.1.10", f"{domain} accepts no mail (null MX)")
-    return [exchange for _, _, exchange in records if exchange != dns.name.root]
+    secure = bool(answer.response.flags & dns.flags.AD)
+    return [exchange for _, _, exchange in records if exchange != dns.name.root], secure
 
 
 async def _hosts(

@@ -10,6 +10,13 @@ A pure function of the plan and of where things are on this machine (`Place`):
 - `mailplan.conf`: the snippet with the login rules (lower case, `%` read as `@`), the
   passdb and userdb, `mail_location` on mailplan's Maildirs, TLS, and one inet_listener
   per `imap`/`imaps` listener of the plan.
+- `users`: the userdb, every account (with a password or not: LMTP delivers to them all),
+  with the owner of the Maildirs as its uid and gid.
+- LMTP, when the plan hands LOCAL mail over by LMTP (`delivery.local: {via: lmtp}`): the
+  snippet adds `lmtp` to the protocols, one listener per server the plan names
+  (`host:port` an inet_listener, `unix:/path` a unix_listener), and saves a recipient's
+  detail into that folder (`name+Junk@domain` into Junk, made when missing): that is how
+  the folder an account's rules chose reaches Dovecot.
 - `dovecot.conf`: a complete configuration that includes the snippet, for a Dovecot that
   serves only this site (`dovecot -c DIR/dovecot.conf`). With `Place.state` (development)
   it keeps Dovecot's own files there, so it runs beside a system Dovecot, and logs to
@@ -29,6 +36,7 @@ from mailplan.plan.model import Listener, Plan
 from mailplan.runtime.decide.router import Router
 
 PASSWD = "passwd"
+USERS = "users"
 SNIPPET = "mailplan.conf"
 CONFIG = "dovecot.conf"
 IMAP_PROTOCOLS = ("imap", "imaps")
@@ -47,12 +55,14 @@ class Place:
     uid: int
     gid: int
     state: Path | None = None  # development: Dovecot's base_dir and state_dir under it
+    owner: str | None = None  # the name of `uid`: who may connect to a unix LMTP listener
 
 
 def files(plan: Plan, place: Place) -> dict[str, str]:
     """File name (inside `place.output`) to content."""
     return {
         PASSWD: passwd(plan, place),
+        USERS: users(plan, place),
         SNIPPET: snippet(plan, place),
         CONFIG: config(plan, place),
     }
@@ -96,6 +106,58 @@ def passwd(plan: Plan, place: Place) -> str:
     return "\n".join(lines) + "\n"
 
 
+def users(plan: Plan, place: Place) -> str:
+    """The userdb: every account, owned by the Maildirs' owner (no passwords here)."""
+    lines = [f"# Written by `mailplan dovecot` from plan {codec.digest(plan)}: do not edit."]
+    for domain in plan.domains:
+        for account in domain.accounts:
+            name = f"{account.name}@{domain.name}".lower()
+            if any(c in name for c in ":\r\n"):
+                raise ValueError(f"{name!r} cannot stand in Dovecot's passwd-file")
+            lines.append(f"{name}::{place.uid}:{place.gid}::")
+    return "\n".join(lines) + "\n"
+
+
+def lmtp_servers(plan: Plan) -> list[tuple[str, str]]:
+    """(server, where the site names it) for every LMTP server of the plan, once each."""
+    found: dict[str, str] = {}
+    for local in (plan.local, *(domain.local for domain in plan.domains)):
+        if local is not None and local.via == "lmtp":
+            for server in local.to:
+                found.setdefault(server, str(local.source) if local.source else "")
+    return list(found.items())
+
+
+def _lmtp(plan: Plan, place: Place) -> list[str]:
+    servers = lmtp_servers(plan)
+    if not servers:
+        return []
+    lines = [
+        "",
+        "# LMTP from mailplan (delivery.local via lmtp): a recipient's detail is its folder.",
+        "recipient_delimiter = +",
+        "lmtp_save_to_detail_mailbox = yes",
+        "lda_mailbox_autocreate = yes",
+        "lda_mailbox_autosubscribe = yes",
+        "service lmtp {",
+    ]
+    for number, (server, source) in enumerate(servers):
+        comment = f"  # {source}" if source else ""
+        if server.startswith("unix:"):
+            lines += [f"  unix_listener {_value(server.removeprefix('unix:'))} {{{comment}"]
+            lines += [f"    user = {_value(place.owner)}"] if place.owner else []
+            lines += ["    mode = 0600", "  }"]
+        else:
+            host, _, port = server.rpartition(":")
+            lines += [
+                f"  inet_listener lmtp{number} {{{comment}",
+                f"    address = {host.strip('[]')}",
+                f"    port = {port}",
+                "  }",
+            ]
+    return [*lines, "}"]
+
+
 def _value(text: str) -> str:
     """A value for Dovecot's configuration, quoted when it has to be."""
     if text and all(c.isalnum() or c in "/._-:%<" for c in text):
@@ -108,11 +170,13 @@ def snippet(plan: Plan, place: Place) -> str:
     plaintext = bool(imap) and all(listener.plaintext_auth for listener in imap)
     uses_tls = any(listener.tls != "none" for listener in imap)
     passwd_file = _value(str(place.output / PASSWD))
+    users_file = _value(str(place.output / USERS))
+    lmtp = _lmtp(plan, place)
     mail = _value(f"maildir:{place.mail_directory}/%d/%n")
     lines = [
         f"# Written by `mailplan dovecot` from plan {codec.digest(plan)}: do not edit,",
         "# run it again after every change of the site.",
-        "protocols = imap",
+        "protocols = imap lmtp" if lmtp else "protocols = imap",
         "",
         "# Login names: any case; `user%domain` is read as `user@domain`.",
         "auth_username_format = %Lu",
@@ -125,7 +189,7 @@ def snippet(plan: Plan, place: Place) -> str:
         "}",
         "userdb {",
         "  driver = passwd-file",
-        f"  args = {passwd_file}",
+        f"  args = {users_file}",
         "}",
         "",
         "# mailplan's Maildirs: MAIL_DIRECTORY/DOMAIN/ACCOUNT.",
@@ -151,6 +215,7 @@ def snippet(plan: Plan, place: Place) -> str:
         if all(listener.name != name for listener in imap):
             lines += [f"  inet_listener {name} {{", "    port = 0", "  }"]
     lines.append("}")
+    lines += lmtp
     return "\n".join(lines) + "\n"
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailplan.runtime.store import durable
+from mailplan.runtime.store.maildir import named_size, network_size
 
 LOCK_FILE = "mailplan-pop3.lock"
 RACES = 3  # times a message moved by another reader is looked for again
@@ -55,14 +56,9 @@ def uidl(name: str) -> str:
 
 def network_form(content: bytes) -> bytes:
     """A message with CRLF line ends, ending in CRLF: what RETR sends, before dot-stuffing."""
-    lines = _LINE_END.sub(b"\r\n", content)
-    return lines if lines.endswith(b"\r\n") or not lines else lines + b"\r\n"
-
-
-def network_size(content: bytes) -> int:
-    """`len(network_form(content))`, without making it: each bare LF gains a CR."""
-    size = len(content) + content.count(b"\n") - content.count(b"\r\n")
-    return size + 2 if content and not content.endswith(b"\n") else size
+    if content.count(b"\n") != content.count(b"\r\n"):  # bare LFs (rare: we write CRLF)
+        content = _LINE_END.sub(b"\r\n", content)
+    return content if content.endswith(b"\r\n") or not content else content + b"\r\n"
 
 
 def _order(file_name: str) -> tuple[int, str]:
@@ -162,10 +158,12 @@ def _scan(folder: Path) -> tuple[Message, ...]:
         name = base_name(file_name)
         if name in seen_names:  # a copy left by an interrupted rename: list it once
             continue
-        try:
-            size = network_size(path.read_bytes())
-        except (FileNotFoundError, IsADirectoryError):
-            continue
+        size = named_size(file_name)
+        if size is None:  # a file of a writer that does not name sizes: read to count
+            try:
+                size = network_size(path.read_bytes())
+            except (FileNotFoundError, IsADirectoryError):
+                continue
         seen_names.add(name)
         messages.append(Message(name, uidl(name), path, size))
     return tuple(messages)

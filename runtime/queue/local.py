@@ -5,6 +5,12 @@ and its own (CommuniGate's order: they run for LOCAL deliveries only).
 auto-replies, a bounce, programs to run); `Local` does it. What it makes that must
 travel on (copies, bounces, replies: new queue files) and the programs to run are
 `Effects` for the processor, which owns the tasks.
+
+Where LOCAL goes over LMTP (`delivery.local: {via: lmtp}`), the rules run here all the
+same, but what they store is collected as `Drop`s instead of written: the processor
+hands the plain case (INBOX, the message as it came) to the LMTP queue as it is, and
+queues every other drop as a message of its own (`lmtp FOLDER`, rules done) for the
+LMTP queue to deliver into that folder.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from mailplan.runtime.decide import dsn
+from mailplan.runtime.decide import dsn, lmtp
 from mailplan.runtime.decide.addresslist import AddressSet
 from mailplan.runtime.decide.router import Router
 from mailplan.runtime.delivery import pipe
@@ -44,6 +50,25 @@ class Effects:
 
     created: list[str] = field(default_factory=list)
     commands: list[tuple[enact.Execution, pipe.Handover]] = field(default_factory=list)
+
+
+LMTP_DROP = "lmtp "  # listener of a queued drop: `lmtp FOLDER`, its rules already ran
+
+
+@dataclass(frozen=True)
+class Drop:
+    """What an account's rules store, collected for LMTP rather than written."""
+
+    folder: str
+    message: bytes
+    flags: str
+
+
+def dropped_into(envelope: Envelope) -> str | None:
+    """The folder of a queued drop (a message whose rules already ran), or None."""
+    if envelope.listener.startswith(LMTP_DROP):
+        return envelope.listener.removeprefix(LMTP_DROP)
+    return None
 
 
 @functools.lru_cache(maxsize=4)
@@ -74,8 +99,37 @@ class Local:
     effects: Effects
     replies: ruleactions.ReplyLog
     batch: durable.Batch | None = None
+    drops: list[Drop] | None = None  # collecting for LMTP (`collect`) rather than writing
+
+    def collect(self, account: str) -> list[Drop]:
+        """Run the account's rules as `deliver` does, but return what they store."""
+        self.drops = []
+        try:
+            self.deliver(account)
+            return self.drops
+        finally:
+            self.drops = None
+
+    def queue_drop(self, account: str, drop: Drop) -> None:
+        """Queue what the rules stored in a folder (or changed) as a message of its own,
+        for the LMTP queue to deliver into that folder without the rules again."""
+        if drop.flags:
+            log.info(
+                "%s <%s> flags %s are not carried over LMTP", self.envelope.id, account, drop.flags
+            )
+        if not lmtp.carried(drop.folder):
+            log.warning(
+                "%s <%s> folder %r cannot travel over LMTP (not ASCII): delivered to INBOX",
+                self.envelope.id, account, drop.folder,
+            )  # fmt: skip
+        sender = self.envelope.sender
+        self._queue(sender, (account,), drop.message, f"{LMTP_DROP}{drop.folder}")
 
     def deliver(self, account: str) -> None:
+        folder = dropped_into(self.envelope)
+        if folder is not None:  # a drop whose domain now delivers into Maildir: as it is
+            self._store(account, folder, self.message, "")
+            return
         book, clients = rules_of(self.router)
         rules = book.local(account)
         if not rules.rules:
@@ -142,6 +196,9 @@ class Local:
         )
 
     def _store(self, account: str, folder: str, message: bytes, flags: str) -> None:
+        if self.drops is not None:
+            self.drops.append(Drop(folder, message, flags))
+            return
         box = maildir.mailbox(self.mail_directory, account, folder)
         maildir.deliver(box, self.envelope.sender, message, flags, self.batch)
 

@@ -24,12 +24,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailplan.runtime.decide import retry
+from mailplan.runtime.base import metrics
+from mailplan.runtime.decide import lmtp, retry
 from mailplan.runtime.decide.router import Router, Routing
 from mailplan.runtime.delivery import pipe
 from mailplan.runtime.delivery.scheduler import Waiting
 from mailplan.runtime.queue.arrival import Arrival
-from mailplan.runtime.queue.local import REPLY_LOG, Effects, Local, execute, rules_of
+from mailplan.runtime.queue.local import (
+    REPLY_LOG,
+    Drop,
+    Effects,
+    Local,
+    dropped_into,
+    execute,
+    rules_of,
+)
 from mailplan.runtime.rules import actions as ruleactions
 from mailplan.runtime.rules import enact
 from mailplan.runtime.store import durable
@@ -59,6 +68,7 @@ def process(
     replies: ruleactions.ReplyLog | None = None,
     batch: durable.Batch | None = None,
     say: Callable[..., None] = log.info,
+    tally: list[str] | None = None,
 ) -> list[Waiting]:
     """Process one queued message by `router`; returns the recipients still waiting.
 
@@ -67,7 +77,9 @@ def process(
     decided at RCPT (`Arrival`); `router` is then the plan it arrived under. With
     `batch`, the message was never queued (`Processor.deliver_soon`): its Maildir copies
     go into the batch, and there is no queue file to update. `say` writes the line about
-    each recipient (a batch logs them once committed). Blocking (it reads the queue file
+    each recipient (a batch logs them once committed); `tally` gathers the module of each
+    recipient done, for the batch to count once committed (else they are counted here).
+    Blocking (it reads the queue file
     and fsyncs mailboxes): run it off the event loop.
     """
     if fresh is not None:
@@ -85,13 +97,14 @@ def process(
     done: list[str] = []
     waiting: list[Waiting] = []
     delivered: set[str] = set()  # one copy per mailbox, however many recipients lead to it
+    discarded: set[str] = set()
     for recipient in message.envelope.recipients:
         if recipient in message.finished:
             continue
         routing = message.routing(recipient)
         decided = _decided(routing, digest)
         facts = {"extra": _facts(queue_id, recipient, routing)}
-        if routing.module == "LOCAL":
+        if routing.module == "LOCAL" and not lmtp.over_lmtp(router.plan, routing.queue):
             if routing.queue not in delivered:
                 _deliver(local, routing.queue, done, batch is None)
                 delivered.add(routing.queue)
@@ -99,14 +112,30 @@ def process(
             say("%s <%s> delivered to %s (%s)", queue_id, recipient, routing, decided, **facts)
         elif routing.module == "DISCARD":
             done.append(recipient)
+            discarded.add(recipient)
             say("%s <%s> discarded (%s)", queue_id, recipient, decided, **facts)
         else:
-            entry = message.waiting(recipient, routing, schedule)
+            entry = _waiting(local, message, recipient, routing, schedule)
+            if entry is None:  # through the rules to LMTP: what they stored is queued anew
+                done.append(recipient)
+                say("%s <%s> through rules to LMTP (%s)", queue_id, recipient, decided, **facts)
+                continue
             waiting.append(entry)
             say("%s <%s> queued in %s (%s)", queue_id, recipient, entry.queue, decided, **facts)
     if batch is None:
         _record(spool, queue_id, done, waiting)
+    count(["DISCARD" if recipient in discarded else "LOCAL" for recipient in done], tally)
     return waiting
+
+
+def count(modules: list[str], tally: list[str] | None = None) -> None:
+    """Recipients done here (LOCAL, DISCARD), for /metrics: now, or into `tally` (a batch
+    counts them once it is committed)."""
+    if tally is not None:
+        tally.extend(modules)
+        return
+    for module in modules:
+        metrics.meters().deliveries.labels(module=module, outcome="delivered").inc()
 
 
 @dataclass(frozen=True)
@@ -149,6 +178,27 @@ class _Message:
         due = retry.due(self.history, recipient, envelope.arrived, schedule)
         attempts = self.history.attempts.get(recipient, 0)
         return Waiting(envelope.id, recipient, routing, envelope.arrived, due, attempts)
+
+
+def _waiting(
+    local: Local, message: _Message, recipient: str, routing: Routing, schedule: tuple[int, ...]
+) -> Waiting | None:
+    """A recipient for the delivery wing. A LOCAL one (whose mailbox is reached by LMTP)
+    goes through the account's rules first: the plain case (INBOX, the message unchanged)
+    waits in the LMTP queue as it is; anything else the rules stored is queued as drops
+    of its own, and the recipient is done (None)."""
+    if routing.module != "LOCAL":
+        return message.waiting(recipient, routing, schedule)
+    plan, account = local.router.plan, routing.queue
+    folder = dropped_into(message.envelope)
+    if folder is not None:  # a drop: the rules ran already
+        return message.waiting(recipient, lmtp.handover(plan, routing, folder), schedule)
+    drops = local.collect(account)
+    if drops == [Drop("INBOX", message.bytes, "")]:
+        return message.waiting(recipient, lmtp.handover(plan, routing), schedule)
+    for drop in drops:
+        local.queue_drop(account, drop)
+    return None
 
 
 def _facts(queue_id: str, recipient: str, routing: Routing) -> dict[str, str]:
@@ -194,6 +244,8 @@ def delivers_at_once(arrival: Arrival) -> bool:
             continue
         if routing.module != "LOCAL" or book.local(routing.queue).rules:
             return False
+        if lmtp.over_lmtp(arrival.router.plan, routing.queue):  # settled by the LMTP 250
+            return False
     return True
 
 
@@ -232,8 +284,11 @@ class Processor:
         mail_directory: Path,
         hand_over: Callable[[list[Waiting]], None],
         intake: Intake,
+        park: Callable[[str], None] | None = None,
     ) -> None:
+        """`park` takes a message read from the queue that is on hold (`Delivery.park`)."""
         self.spool = spool
+        self.park = park
         self.current = current
         self.mail_directory = mail_directory
         self.hand_over = hand_over  # where waiting recipients go: `Delivery.add`
@@ -347,6 +402,7 @@ class Processor:
     def _deliver_batch(self, batch: list[_Soon]) -> None:
         files = durable.Batch()
         lines: list[tuple[tuple[Any, ...], dict[str, Any]]] = []  # logged after the commit
+        tally: list[str] = []  # counted after the commit
 
         def say(*line: Any, **facts: Any) -> None:
             lines.append((line, facts))
@@ -356,7 +412,7 @@ class Processor:
                 arrival = soon.arrival
                 waiting = process(
                     self.spool, arrival.envelope.id, arrival.router, self.mail_directory,
-                    arrival.digest, arrival, batch=files, say=say,
+                    arrival.digest, arrival, batch=files, say=say, tally=tally,
                 )  # fmt: skip
                 if waiting:  # cannot happen: `delivers_at_once` saw the same routings
                     raise OSError(f"{arrival.envelope.id}: recipients left to queue")
@@ -366,6 +422,7 @@ class Processor:
             raise
         for line in lines:
             log.info(*line[0], **line[1])
+        count(tally)
 
     def _retry_soon(self, batch: list[_Soon]) -> None:
         self._soon.extend(batch)
@@ -403,11 +460,23 @@ class Processor:
         self._commands.add(task)
         task.add_done_callback(self._commands.discard)
 
+    async def _held(self, queue_id: str, fresh: Arrival | None) -> bool:
+        """Whether a message read from the queue is on hold: then it is parked, and not
+        even its local copies are made until it is released."""
+        if fresh is not None or self.park is None:
+            return False
+        if not await asyncio.to_thread(self.spool.is_held, queue_id):
+            return False
+        self.park(queue_id)
+        return True
+
     async def _work(self) -> None:
         while True:
             queue_id, fresh = await self._ids.get()
             effects = Effects()
             try:
+                if await self._held(queue_id, fresh):
+                    continue
                 started = time.monotonic()
                 # a message that just arrived is processed by the plan it arrived under
                 digest, router = (fresh.digest, fresh.router) if fresh else self.current()

@@ -13,9 +13,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from mailplan.plan.model import Plan
 
 
-def ensure(plan: Plan, root: Path) -> list[str]:
-    """Make every signing key file of the plan that is missing; what was made, as warnings."""
-    made = []
+def ensure(plan: Plan, root: Path) -> dict[Path, str]:
+    """Make every signing key file of the plan that is missing: each path made, with a
+    warning that says so."""
+    made = {}
     for domain in plan.domains:
         for key in domain.dns.dkim if domain.dns else ():
             if key.private_key is None:
@@ -25,7 +26,7 @@ def ensure(plan: Plan, root: Path) -> list[str]:
             if path.exists():
                 continue
             _make(path, key.algorithm)
-            made.append(
+            made[path] = (
                 f"the DKIM key {path} (selector {key.selector} of {domain.name}) did not exist: "
                 f"--dev made a new pair and signs with it; receivers cannot verify it until "
                 f"its public key ({path.with_suffix('.pub')}) is the site's {key.file}"

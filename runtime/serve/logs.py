@@ -40,6 +40,7 @@ FACTS = (
     "host",
     "address",
     "reply",
+    "envelope",  # one SMTP transaction (runtime.decide.transaction), for `diff --replay`
 )
 
 # sd-daemon(3) / syslog(3): the priority of each logging level.

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import ssl
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from mailplan.plan import codec, trusted
 from mailplan.plan.model import Listener, Plan
-from mailplan.runtime.base import hangups
+from mailplan.runtime.base import hangups, metrics
 from mailplan.runtime.decide.admission import Admission
 from mailplan.runtime.decide.policy import Policy
 from mailplan.runtime.decide.router import Router
@@ -31,18 +34,20 @@ from mailplan.runtime.dns.lookup import Answerer, Dns
 from mailplan.runtime.mailbox.pop3 import LINE_LIMIT, Pop3
 from mailplan.runtime.queue.processor import Processor
 from mailplan.runtime.rules.engine import Rules
-from mailplan.runtime.serve import devdkim, notify
+from mailplan.runtime.serve import admin, notify
 from mailplan.runtime.serve.startup import (
     BACKLOG,
     POP3_PROTOCOLS,
     SMTP_PROTOCOLS,
     Sockets,
+    dkim_keys,
     release_signals,
     served,
 )
+from mailplan.runtime.smtp.contentfilter import Rspamd
 from mailplan.runtime.smtp.receiving import CallbackCache, Checks
 from mailplan.runtime.smtp.session import Handler, Session, Snapshot
-from mailplan.runtime.smtp.signing import Keyring, Loading, Signer, load_keys
+from mailplan.runtime.smtp.signing import Keyring, Signer
 from mailplan.runtime.store.intake import Intake
 from mailplan.runtime.store.spool import Envelope, Share, Spool, new_id, owns
 
@@ -64,6 +69,13 @@ class Options:
     share: Share = field(default_factory=Share)
     # The DKIM private keys, read at start-up (as root, before the server gives it up).
     dkim: Keyring = field(default_factory=dict)
+    bind: tuple[str, ...] = ()  # `serve --bind`: these addresses, not the listeners' own
+    # The admin listener's socket (`runtime.serve.admin`): a lone server answers on it; the
+    # supervisor of workers gives it to a process of its own.
+    admin: socket.socket | None = None
+    # What changed between two plans, line by line, for the log of a reload (the `diff`
+    # package, given by the command line: the runtime does not import it).
+    describe: Callable[[Plan, Plan], list[str]] | None = None
 
 
 def snapshot(
@@ -86,7 +98,10 @@ def snapshot(
             checks = Checks(plan, router, answerer, cache, smtp_port)
         rules = Rules(plan.server_rules) if plan.server_rules is not None else None
         signer = Signer(plan, keys) if keys else None
-        return Snapshot(codec.digest(plan), Policy(plan, router), checks, rules, signer)
+        content = plan.receiving.content_filter
+        rspamd = Rspamd(content, plan.server.hostname) if content is not None else None
+        policy = Policy(plan, router)
+        return Snapshot(codec.digest(plan), policy, checks, rules, signer, rspamd)
 
 
 class Daemon:
@@ -115,6 +130,7 @@ class Daemon:
             self._path(plan.queue.mail_directory),
             self.delivery.add,
             self.intake,
+            self.delivery.park,
         )
         self.sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self.pop3_sessions: set[asyncio.StreamWriter] = set()
@@ -125,17 +141,16 @@ class Daemon:
         self.servers: list[asyncio.AbstractServer] = []
         self.stopping = asyncio.Event()
         self.listeners: list[Listener] = []
+        self.admin: ThreadingHTTPServer | None = None
+        share = options.share
+        self.serving = admin.Serving(share.index, os.getpid(), self.current.digest, time.time())
 
     def _snapshot(self, plan: Plan) -> Snapshot:
         remote = self.options.remote
         return snapshot(plan, self.answerer, self.callbacks, remote.port, self.keys)
 
     def _keys(self, plan: Plan) -> Keyring:
-        """The DKIM keys of a plan being reloaded, read again (`--dev`: as at start-up)."""
-        root, dev = self.options.root, self.options.dev
-        for made in devdkim.ensure(plan, root) if dev else ():
-            log.warning("%s", made)
-        return load_keys(plan, Loading(root, None, self.keys, log.warning if dev else None))
+        return reread_keys(plan, self.options, self.keys)
 
     def _path(self, value: str) -> Path:
         path = Path(value)
@@ -153,6 +168,7 @@ class Daemon:
         self.delivery.start()
         self.processor.start()
         await self.start_listeners()
+        self._start_admin()
         share = self.options.share
         worker = "" if share.of == 1 else f" (worker {share.index} of {share.of})"
         log.info("serving plan %s%s", self.current.digest, worker)
@@ -162,6 +178,28 @@ class Daemon:
         if share.of == 1:
             notify.stopping()
         await self.stop()
+
+    def _start_admin(self) -> None:
+        """Say what this process serves (with an admin listener), and answer on it when
+        alone (a supervisor of workers answers for them)."""
+        metrics.meters().reload_success.set(1)
+        if metrics.shared() is None:
+            return
+        self._announce()
+        sock = self.options.admin
+        if sock is not None and self.options.share.of == 1:
+            node = admin.Node(lambda: self.current.policy.plan, self.spool.directory, 1)
+            self.admin = admin.in_thread(sock, node)
+            host, port = sock.getsockname()[:2]
+            log.info("admin listener on %s port %d (/healthz, /plan, /metrics)", host, port)
+
+    def _announce(self) -> None:
+        if metrics.shared() is None:
+            return
+        try:
+            admin.announce(admin.folder(self.spool.directory), self.serving)
+        except OSError as exc:
+            log.error("admin: cannot say which plan this process serves: %s", exc)
 
     @staticmethod
     def loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -187,7 +225,7 @@ class Daemon:
                 listener.name,
                 listener.protocol,
             )
-        for listener in served(plan, self.options.dev):
+        for listener in served(plan, self.options.dev, self.options.bind):
             for address in listener.bind:
                 sock = self.options.sockets.get((listener.name, address))
                 if sock is None:
@@ -245,6 +283,7 @@ class Daemon:
             timeout=300,
         )
         self.sessions.add(session)
+        metrics.meters().connections.labels(protocol=listener.protocol).inc()
         return session
 
     async def _pop3(
@@ -255,6 +294,7 @@ class Daemon:
         writer: asyncio.StreamWriter,
     ) -> None:
         policy = self.current.policy
+        metrics.meters().connections.labels(protocol=listener.protocol).inc()
         peer = writer.get_extra_info("peername")
         ip = str(peer[0]) if peer else ""
         refused = self.admission.enter(ip, policy.client(ip, False).trusted)
@@ -298,23 +338,62 @@ class Daemon:
             )
         except Exception as exc:
             log.error("reload refused, still serving plan %s: %s", self.current.digest, exc)
+            self._reloaded(f"refused: {exc}")
             if alone:
                 notify.ready(f"reload refused; serving plan {self.current.digest}")
             return
         if fresh.policy.plan.listeners != self.current.policy.plan.listeners:
             log.warning("reload: listeners changed; they take effect at the next start")
+        await self._changes(self.current, fresh)
         self.current, self.keys = fresh, keys
         limits = fresh.policy.plan.limits  # the next connections count against these
         self.admission.total = limits.max_connections
         self.admission.per_client = limits.max_connections_per_client
         self.delivery.reschedule()  # a new retry schedule applies to what waits already
         log.info("reloaded: serving plan %s", fresh.digest)
+        self._reloaded("ok")
         if alone:
             notify.ready(f"serving plan {fresh.digest}")
+
+    async def _changes(self, old: Snapshot, new: Snapshot) -> None:
+        """What a reload changes, one line each (nothing when the plan is the same). The
+        diff proves behaviour with the router: off the loop, as the plan was loaded."""
+        describe = self.options.describe
+        if describe is None:
+            return
+        if old.digest == new.digest:
+            log.info("reload: the plan is unchanged")
+            return
+        try:
+            lines = await asyncio.to_thread(describe, old.policy.plan, new.policy.plan)
+        except Exception as exc:  # the reload goes on: the diff is for the reader
+            log.error("reload: cannot tell what changed: %s", exc)
+            return
+        for line in lines:
+            log.info("reload: %s", line)
+
+    def _reloaded(self, result: str) -> None:
+        """Count a reload, and say what this process serves now."""
+        now = time.time()
+        meters = metrics.meters()
+        meters.reloads.labels(result=result.partition(":")[0]).inc()
+        meters.reload_success.set(1 if result == "ok" else 0)
+        meters.reload_time.set(now)
+        self.serving = replace(
+            self.serving,
+            digest=self.current.digest,
+            reloads=self.serving.reloads + 1,
+            last_reload=result,
+            last_reload_at=now,
+        )
+        self._announce()
 
     async def stop(self) -> None:
         """Stop accepting, let the DATA phases under way finish, then stop."""
         log.info("stopping: no new connections")
+        if self.admin is not None:
+            await asyncio.to_thread(self.admin.shutdown)
+            self.admin.server_close()
         for server in self.servers:
             server.close()
         deadline = asyncio.get_running_loop().time() + STOP_GRACE
@@ -335,3 +414,12 @@ class Daemon:
         await self.intake.close()
         await self.delivery.stop()
         log.info("stopped")
+
+
+def reread_keys(plan: Plan, options: Options, previous: Keyring) -> Keyring:
+    """The DKIM keys of a plan being reloaded, read again as at start-up (the warnings of
+    `--dev` logged); StartupError, saying why, when one is not right."""
+    keys, warnings = dkim_keys(plan, options.root, None, options.dev, previous)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return keys

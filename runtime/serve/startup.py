@@ -68,9 +68,12 @@ def development(listener: Listener) -> Listener:
     return replace(listener, bind=("127.0.0.1",), port=port)
 
 
-def served(plan: Plan, dev: bool) -> list[Listener]:
-    """The listeners this server serves itself (IMAP is Dovecot's), as they listen."""
+def served(plan: Plan, dev: bool, bind: tuple[str, ...] = ()) -> list[Listener]:
+    """The listeners this server serves itself (IMAP is Dovecot's), as they listen; with
+    `bind` (`serve --bind`: one node of a farm that shares the plan) on those addresses."""
     listeners = [development(x) if dev else x for x in plan.listeners]
+    if bind:
+        listeners = [replace(x, bind=bind) for x in listeners]
     return [x for x in listeners if x.protocol in (*SMTP_PROTOCOLS, *POP3_PROTOCOLS)]
 
 
@@ -159,15 +162,21 @@ def queue_in_use(directory: Path) -> bool:
 
 
 def dkim_keys(
-    plan: Plan, root: Path, site: Path | None, dev: bool = False
+    plan: Plan, root: Path, site: Path | None, dev: bool = False, previous: Keyring | None = None
 ) -> tuple[Keyring, list[str]]:
     """The DKIM private keys of the plan, each checked against the public key the plan
-    publishes, and warnings. Read as root (before the server gives it up): key files are
-    typically root's. With `--dev`, a key file that does not exist is made (`devdkim`) and
-    a key that is not the published one is a warning, so that the example site signs on a
-    fresh clone."""
-    warnings = devdkim.ensure(plan, root) if dev else []
-    how = Loading(root, site, mismatch=warnings.append if dev else None)
+    publishes, and warnings. Read as root at start-up (before the server gives it up): key
+    files are typically root's; at a reload, `previous` are the keys read before. With
+    `--dev`, a key file that does not exist is made (`devdkim`) and a key that is not the
+    published one is a warning, so that the example site signs on a fresh clone."""
+    made = devdkim.ensure(plan, root) if dev else {}
+    warnings = list(made.values())
+
+    def mismatch(path: Path, problem: str) -> None:
+        if path not in made:  # a key just made is not the published one: said once already
+            warnings.append(problem)
+
+    how = Loading(root, site, previous, mismatch if dev else None)
     try:
         return load_keys(plan, how), warnings
     except KeyProblem as exc:

@@ -29,8 +29,9 @@ from typing import NoReturn
 
 from mailplan.plan import codec
 from mailplan.plan.model import Plan
+from mailplan.runtime.base import metrics
 from mailplan.runtime.serve import notify
-from mailplan.runtime.serve.server import Options
+from mailplan.runtime.serve.server import Options, reread_keys
 from mailplan.runtime.serve.startup import release_signals
 from mailplan.runtime.store.spool import Share, work_as
 
@@ -39,6 +40,7 @@ log = logging.getLogger("mailplan.workers")
 PR_SET_PDEATHSIG = 1
 SIGNALS = {signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT}
 RESTART_DELAY = 1.0
+ADMIN = -1  # the index of the admin listener's process among the children
 
 
 def supervise(
@@ -47,14 +49,18 @@ def supervise(
     options: Options,
     workers: int,
     run_worker: Callable[[Callable[[], Plan], Plan, Options], int],
+    run_admin: Callable[[Callable[[], Plan], Plan, Options], int] | None = None,
 ) -> int:
-    """Run `workers` copies of the server on `plan` (reloads call `load`); returns when
-    they have all stopped."""
+    """Run `workers` copies of the server on `plan` (reloads call `load`), and with
+    `run_admin` a process for the admin listener; returns when they have all stopped."""
     supervisor = _Supervisor(load, plan, options, workers, run_worker)
+    supervisor.run_admin = run_admin
     supervisor.take_signals()
     release_signals()  # a stop asked for while the server started: no worker is started
     for index in range(workers if not supervisor.stopping else 0):
         supervisor.start(index)
+    if run_admin is not None and not supervisor.stopping:
+        supervisor.start(ADMIN)
     notify.ready(f"{workers} workers serving plan {codec.digest(plan)}")
     try:
         return supervisor.watch()
@@ -79,8 +85,9 @@ class _Supervisor:
         self.options = options
         self.workers = workers
         self.run_worker = run_worker
-        self.children: dict[int, int] = {}  # pid → worker index
+        self.children: dict[int, int] = {}  # pid → worker index (ADMIN: the admin listener)
         self.stopping = False
+        self.run_admin: Callable[[Callable[[], Plan], Plan, Options], int] | None = None
 
     def take_signals(self) -> None:
         """Reload and flush go on to the workers; SIGTERM and SIGINT stop them all."""
@@ -94,7 +101,10 @@ class _Supervisor:
         started on the plan the others serve, never on an edit nobody reloaded), then
         pass the signal on."""
         try:
-            self.plan = self.load()
+            plan = self.load()
+            # and its keys: a worker restarted later signs with what the others sign with
+            keys = reread_keys(plan, self.options, self.options.dkim)
+            self.plan, self.options = plan, replace(self.options, dkim=keys)
         except Exception as exc:
             log.error("reload refused, workers started from now on serve the plan before: %s", exc)
         self.forward(number, frame)
@@ -121,7 +131,10 @@ class _Supervisor:
             self._work(share, supervisor, mask)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.children[pid] = index
-        log.info("worker %d of %d started (pid %d)", index, self.workers, pid)
+        if index == ADMIN:
+            log.info("admin listener started (pid %d)", pid)
+        else:
+            log.info("worker %d of %d started (pid %d)", index, self.workers, pid)
 
     def _work(self, share: Share, supervisor: int, mask: Iterable[int]) -> NoReturn:
         """The worker, in the forked child: a server on its share of the queue, then exit."""
@@ -130,9 +143,14 @@ class _Supervisor:
             _die_with_parent(supervisor)
             _worker_signals(mask)
             os.environ.pop("NOTIFY_SOCKET", None)  # systemd hears the supervisor only
-            work_as(share)
-            serving = replace(self.options, share=share)
-            status = self.run_worker(self.load, self.plan, serving)
+            if share.index == ADMIN and self.run_admin is not None:
+                status = self.run_admin(self.load, self.plan, self.options)
+            else:
+                if self.options.admin is not None:
+                    self.options.admin.close()  # the admin process answers on it
+                work_as(share)
+                serving = replace(self.options, share=share, admin=None)
+                status = self.run_worker(self.load, self.plan, serving)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -147,6 +165,7 @@ class _Supervisor:
             except ChildProcessError:
                 break
             index = self.children.pop(pid)
+            metrics.forget(pid)
             if self.stopping:
                 status = status or os.waitstatus_to_exitcode(code)
             else:
@@ -154,7 +173,8 @@ class _Supervisor:
         return status
 
     def _restart(self, index: int, pid: int, status: int) -> None:
-        log.error("worker %d (pid %d) ended with status %d; starting it again", index, pid, status)
+        what = "the admin listener" if index == ADMIN else f"worker {index}"
+        log.error("%s (pid %d) ended with status %d; starting it again", what, pid, status)
         time.sleep(RESTART_DELAY)
         if not self.stopping:
             self.start(index)

@@ -7,8 +7,9 @@ the case's `expect` is: `local ACCOUNT`, `smtp QUEUE`, `pipe NAME`, `list LIST`,
 `actions: [...]`) builds the message the case describes and runs it through the server
 rules and, when it is delivered locally, the domain's and the account's rules, with the
 same evaluator the server uses. A case that brings DNS (`dns:` zones) also runs the
-receiving checks (DNSBL, Return-Path, SPF) on its client IP, HELO and sender, asking
-only those zones, so that it needs no network.
+receiving checks (DNSBL, Return-Path, SPF) on its client IP, HELO and sender, and
+DKIM/DMARC on the message it describes, asking only those zones, so that it needs no
+network: a DMARC refusal is its outcome, and the rules see its Authentication-Results.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mailplan.plan.model import TestCase
 from mailplan.runtime.decide.policy import Policy
 from mailplan.runtime.dns.lookup import Zones, zone_of
 from mailplan.runtime.rules.engine import Facts, Headers, Outcome, RuleBook
+from mailplan.runtime.smtp.authentication import Authenticated, Authentication
 from mailplan.runtime.smtp.receiving import Checks
 
 
@@ -91,18 +93,10 @@ def decide(policy: Policy, book: RuleBook, facts: Facts, to: str) -> Outcome:
 
 def _facts(policy: Policy, case: TestCase) -> Facts:
     described = case.message
-    message = EmailMessage()
-    given = {header.name.lower() for header in described.headers}
-    if case.sender and "from" not in given:
-        message["From"] = case.sender
-    if "to" not in given:
-        message["To"] = case.to
-    if described.subject is not None:
-        message["Subject"] = described.subject
-    for header in described.headers:
-        message[header.name] = header.value
-    message.set_content("A message described by a test case.\n")
-    raw = message.as_bytes(policy=SMTP)
+    raw = _message(case)
+    if case.dns:  # what the server adds on top: Authentication-Results, a quarantine mark
+        added = "".join(f"{line}\r\n" for line in _authenticated(policy, case).headers)
+        raw = added.encode("utf-8", "surrogateescape") + raw
     sources = {"remote"}
     if case.client is not None and case.client in policy.client_ips:
         sources.add("trusted")
@@ -119,6 +113,33 @@ def _facts(policy: Policy, case: TestCase) -> Facts:
         submit_address=case.client or "",
         now=now,
     )
+
+
+def _message(case: TestCase) -> bytes:
+    """The message the case describes, as a client would send it."""
+    described = case.message
+    message = EmailMessage()
+    given = {header.name.lower() for header in described.headers}
+    if case.sender and "from" not in given:
+        message["From"] = case.sender
+    if "to" not in given:
+        message["To"] = case.to
+    if described.subject is not None:
+        message["Subject"] = described.subject
+    for header in described.headers:
+        message[header.name] = header.value
+    message.set_content("A message described by a test case.\n")
+    return message.as_bytes(policy=SMTP)
+
+
+def _authenticated(policy: Policy, case: TestCase) -> Authenticated:
+    """DKIM and DMARC of the case's message, with the DNS the case brings."""
+    answerer = Zones({zone.origin: zone_of(zone.origin, zone.records) for zone in case.dns})
+    client = policy.client(
+        case.client or "192.0.2.0", tls=False, authenticated=_login(policy, case)
+    )
+    check = Authentication(policy.plan, answerer).check
+    return asyncio.run(check(client, case.helo or "", case.sender or "", None, _message(case)))
 
 
 def outcome(policy: Policy, case: TestCase) -> str:
@@ -141,7 +162,7 @@ def _sender_refusal(policy: Policy, case: TestCase) -> str | None:
         if refusal:
             return refusal
     if case.dns:
-        return _checks(policy, case)
+        return _checks(policy, case) or _authenticated(policy, case).reply
     return None
 
 

@@ -20,6 +20,8 @@ first, and the first refusal ends the round:
    cached for the site's time; a refusal is `550 5.1.8`.
 
 A DNS time-out or failure never refuses for good: it gives `451 4.4.3`.
+
+At the end of DATA, `authentication.py` verifies DKIM, ARC and DMARC (`self.authentication`).
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ from dataclasses import dataclass, field
 import aiosmtplib
 
 from mailplan.plan.model import Plan, Scope
+from mailplan.runtime.base import metrics
 from mailplan.runtime.base.threads import checking
 from mailplan.runtime.decide.policy import Client, in_scope
 from mailplan.runtime.decide.router import Router
 from mailplan.runtime.dns import mx
 from mailplan.runtime.dns.lookup import Answerer, Dns, DnsTrouble, NoSuchDomain, spf_answers
+from mailplan.runtime.smtp.authentication import Authentication
 
 log = logging.getLogger("mailplan.checks")
 
@@ -119,6 +123,7 @@ class Checks:
         self.cache = cache or CallbackCache()
         self.smtp_port = smtp_port
         self.hostname = plan.server.hostname
+        self.authentication = Authentication(plan, answerer)  # DKIM, ARC, DMARC at DATA
 
     def applies(self, scope: Scope, client: Client) -> bool:
         return in_scope(scope, client.trusted or client.authenticated is not None)
@@ -138,6 +143,11 @@ class Checks:
                 continue
             verdict = await check()
             verdicts.append(verdict)
+            metrics.meters().checks.labels(
+                check=verdict.check,
+                result=verdict.result.partition(" ")[0],
+                action="refused" if verdict.reply else "passed",
+            ).inc()
             if verdict.reply:
                 log.info(
                     "%s <%s> refused by %s: %s", client.ip, sender, verdict.check, verdict.reply

@@ -30,9 +30,10 @@ from aiosmtpd.smtp import (
 )
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 from aiosmtpd.smtp import Session as SMTPSession
+from prometheus_client import Counter
 
 from mailplan.plan.model import Listener
-from mailplan.runtime.base import hangups
+from mailplan.runtime.base import hangups, metrics
 from mailplan.runtime.base.threads import checking
 from mailplan.runtime.decide import replies
 from mailplan.runtime.decide.address import canonical_domain, is_utf8
@@ -41,11 +42,13 @@ from mailplan.runtime.decide.message import header_block
 from mailplan.runtime.decide.policy import Client, Policy, international
 from mailplan.runtime.decide.router import Routing
 from mailplan.runtime.decide.throttle import Throttle
+from mailplan.runtime.decide.transaction import Recorded, Transaction
 from mailplan.runtime.delivery import pipe
 from mailplan.runtime.queue.arrival import Arrival
 from mailplan.runtime.queue.processor import Processor
 from mailplan.runtime.rules import enact
 from mailplan.runtime.rules.engine import Facts, Headers, Rules
+from mailplan.runtime.smtp.contentfilter import Rspamd
 from mailplan.runtime.smtp.receiving import Checks
 from mailplan.runtime.smtp.signing import Signer
 from mailplan.runtime.store.spool import Envelope, new_id
@@ -67,6 +70,7 @@ class Snapshot:
     checks: Checks | None = None  # the receiving checks (None: none run)
     server_rules: Rules | None = None
     signer: Signer | None = None  # DKIM signing (None: no key signs)
+    content_filter: Rspamd | None = None  # receiving.content_filter (None: none)
 
 
 class Handler:
@@ -81,6 +85,8 @@ class Handler:
         self.relayable: set[str] = set()
         self.routings: dict[str, Routing] = {}  # of this transaction's recipients, from RCPT
         self.trace: list[str] = []  # header lines the receiving checks add to the message
+        self.spf: str | None = None  # the SPF result at MAIL FROM (None: not checked)
+        self.transaction: Transaction | None = None  # logged when it ends (`--replay`)
 
     def client(self, session: SMTPSession, tls: bool) -> Client:
         account = session.auth_data if session.authenticated else None
@@ -99,7 +105,38 @@ class Handler:
             responses = [line for line in responses if not line.startswith("250-AUTH")]
         return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
+    def record(self) -> None:
+        """Log the transaction that ended: one line, its envelope (`mailplan diff --replay`).
+        A message accepted has it on its `accepted` line instead (`_accepted`)."""
+        done, self.transaction = self.transaction, None
+        if done is None:
+            return
+        rcpts = " ".join(f"<{address}> {reply}" for address, reply in done.recipients)
+        log.info(
+            "envelope from %s <%s> %s: %s%s", done.client, done.sender, done.mail,
+            rcpts or "no recipient", f", DATA {done.data}" if done.data else "",
+            extra={"client": done.client, "envelope": done.record()},
+        )  # fmt: skip
+
     async def handle_MAIL(
+        self,
+        server: Session,
+        session: SMTPSession,
+        envelope: SMTPEnvelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        self.record()
+        client = self.client(session, server.encrypted)
+        sender = "" if address == "<>" else address
+        self.transaction = Transaction(
+            client.ip, server.encrypted, session.host_name or "", client.authenticated, sender
+        )
+        reply = await self._mail(server, session, envelope, address, options)
+        self.transaction.mail = reply[:3]
+        return reply
+
+    async def _mail(
         self,
         server: Session,
         session: SMTPSession,
@@ -113,14 +150,21 @@ class Handler:
         if refusal:
             return refusal
         self.trace = []
+        self.spf = None
         if self.snapshot.checks is not None:
             client = self.client(session, server.encrypted)
             sender = "" if address == "<>" else _in_a_labels(address)
             for verdict in await self.snapshot.checks.at_mail(
                 client, session.host_name or "", sender
             ):
+                if self.transaction is not None:
+                    self.transaction.verdicts.append(
+                        Recorded(verdict.check, verdict.result, verdict.reply)
+                    )
                 if verdict.reply:
                     return verdict.reply
+                if verdict.check == "spf":
+                    self.spf = verdict.result
                 if verdict.header:
                     self.trace.append(verdict.header)
         envelope.mail_from = address
@@ -130,6 +174,19 @@ class Handler:
         return replies.SENDER_OK
 
     async def handle_RCPT(
+        self,
+        server: Session,
+        session: SMTPSession,
+        envelope: SMTPEnvelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        reply = await self._rcpt(server, session, envelope, address, options)
+        if self.transaction is not None:
+            self.transaction.recipients.append((address, reply[:3]))
+        return reply
+
+    async def _rcpt(
         self,
         server: Session,
         session: SMTPSession,
@@ -160,17 +217,22 @@ class Handler:
     async def handle_DATA(
         self, server: Session, session: SMTPSession, envelope: SMTPEnvelope
     ) -> str:
+        reply = await self._data(server, session, envelope)
+        if self.transaction is not None:
+            self.transaction.data = reply[:3]
+        self.record()
+        return reply
+
+    async def _data(self, server: Session, session: SMTPSession, envelope: SMTPEnvelope) -> str:
         client = self.client(session, server.encrypted)
         if _hops(envelope.original_content or b"") > MAX_HOPS:
             log.info("%s: refused a message with more than %d hops", client.ip, MAX_HOPS)
             return replies.TOO_MANY_HOPS
         queued = self._envelope(server, session, envelope, client)
-        trace = "".join(f"{line}\r\n" for line in self.trace).encode("utf-8", "surrogateescape")
-        message = (
-            trace
-            + self._received(server, session, client, queued, envelope.smtp_utf8)
-            + (envelope.original_content or b"")
-        )
+        judged = await self._judged(server, session, envelope, client, queued)
+        if isinstance(judged, str):
+            return judged
+        message, sealing = judged
         rules = self.snapshot.server_rules
         decided = None
         if rules is not None and rules.rules:
@@ -182,8 +244,10 @@ class Handler:
             queued = replace(queued, recipients=decided.recipients)
         if self.snapshot.signer is not None:  # signed once, before it is queued
             message = await self.snapshot.signer.sign(client, message, queued.id)
+        if sealing and self._leaving(queued.recipients):
+            message = await self._seal(message, queued)
         try:
-            await self._enqueue(queued, message, decided)
+            await self._enqueue(queued, message, decided, sealing)
         except OSError as exc:
             log.error("%s: cannot queue the message from %s: %s", queued.id, client.ip, exc)
             return replies.QUEUE_WRITE_FAILED
@@ -195,6 +259,42 @@ class Handler:
             self.queue.run(command, facts)
         self._accepted(queued, client, len(message))
         return replies.reply(replies.QUEUED, id=queued.id)
+
+    async def _judged(
+        self,
+        server: Session,
+        session: SMTPSession,
+        envelope: SMTPEnvelope,
+        client: Client,
+        queued: Envelope,
+    ) -> tuple[bytes, bool] | str:
+        """The message with its trace fields, authenticated (DKIM, ARC, DMARC) and through
+        the content filter, and whether it is ARC-sealed if it leaves again (it came from
+        outside and has our Authentication-Results); or the reply that refuses it."""
+        content = envelope.original_content or b""
+        lines = list(self.trace)
+        sealing = False
+        checks = self.snapshot.checks
+        if checks is not None:  # DKIM, ARC, DMARC: Authentication-Results
+            verified = await checks.authentication.check(
+                client, queued.helo, queued.sender, self.spf, content
+            )
+            if verified.reply:
+                log.info("%s <%s> refused by DMARC: %s", client.ip, queued.sender, verified.reply)
+                return verified.reply
+            content = verified.message
+            lines += verified.headers
+            sealing = bool(verified.headers) and self.policy.plan.receiving.arc.seal
+        trace = "".join(f"{line}\r\n" for line in lines).encode("utf-8", "surrogateescape")
+        message = (
+            trace + self._received(server, session, client, queued, envelope.smtp_utf8) + content
+        )
+        content_filter = self.snapshot.content_filter
+        if content_filter is not None and content_filter.applies(client):
+            message, refusal = await content_filter.check(client, queued, message)
+            if refusal is not None:  # the server rules see rspamd's headers: they come after
+                return refusal
+        return message, sealing
 
     def _envelope(
         self, server: Session, session: SMTPSession, envelope: SMTPEnvelope, client: Client
@@ -216,9 +316,10 @@ class Handler:
         )
 
     async def _enqueue(
-        self, queued: Envelope, message: bytes, decided: enact.Enqueue | None
+        self, queued: Envelope, message: bytes, decided: enact.Enqueue | None, sealing: bool
     ) -> None:
-        """The message to the queue, then the copies the server rules made of it."""
+        """The message to the queue, then the copies the server rules made of it (ARC-sealed
+        when `sealing` and they leave)."""
         if queued.recipients:
             await self.queue.accept(self._arrival(queued, message))
         for made in decided.copies if decided else ():
@@ -229,13 +330,38 @@ class Handler:
                 recipients=made.recipients,
                 listener="rule",
             )
-            await self.queue.accept(self._arrival(copy, made.message))
+            copied = made.message
+            if sealing and self._leaving(made.recipients):
+                copied = await self._seal(copied, copy)
+            await self.queue.accept(self._arrival(copy, copied))
             log.info("%s: %s: queued as %s", queued.id, made.why, copy.id)
+
+    def _leaving(self, recipients: tuple[str, ...]) -> bool:
+        """Whether any of the recipients is routed away from this server (or to a list)."""
+        router = self.policy.router
+        return any(
+            (self.routings.get(r) or router.route(r)).module in ("SMTP", "LIST") for r in recipients
+        )
+
+    async def _seal(self, message: bytes, queued: Envelope) -> bytes:
+        if self.snapshot.signer is None:
+            log.warning("%s: not ARC-sealed: no DKIM signing key is loaded", queued.id)
+            return message
+        domains = [r.rpartition("@")[2] for r in self.routings]
+        hostname = self.policy.plan.server.hostname.lower()
+        return await self.snapshot.signer.seal(message, domains, hostname, queued.id)
 
     def _accepted(self, queued: Envelope, client: Client, size: int) -> None:
         if not queued.recipients:
             log.info("%s from %s: no recipient left after the server rules", queued.id, client.ip)
             return
+        facts: dict[str, Any] = {
+            "queue_id": queued.id, "client": client.ip, "listener": self.listener.name
+        }  # fmt: skip
+        done, self.transaction = self.transaction, None
+        if done is not None:  # this line records the transaction: no line of its own
+            done.data = "250"
+            facts["envelope"] = done.record()
         log.info(
             "%s accepted from %s <%s> for %s (%d bytes, plan %s)",
             queued.id,
@@ -244,7 +370,7 @@ class Handler:
             ", ".join(f"<{r}>" for r in queued.recipients),
             size,
             self.snapshot.digest[:19],
-            extra={"queue_id": queued.id, "client": client.ip, "listener": self.listener.name},
+            extra=facts,
         )
 
     def _arrival(self, envelope: Envelope, message: bytes) -> Arrival:
@@ -357,8 +483,12 @@ class Session(SMTP):
         self.authenticating = False
         self.gone = False  # the client went away, and the log has said so
         self.continued: list[str] = []  # the first lines of a multi-line reply
+        self.counting: Counter | None = None  # counts the next reply (MAIL, RCPT, DATA)
 
     async def push(self, status: AnyStr) -> None:
+        if self.counting is not None and isinstance(status, str) and _answer(status):
+            self.counting.labels(reply=metrics.reply_code(status)).inc()
+            self.counting = None
         # The lines of a multi-line reply go out in one write with the last: a client
         # that reads the EHLO reply with one recv (sslscan does) sees all of it.
         if isinstance(status, str) and status[3:4] == "-":
@@ -403,6 +533,7 @@ class Session(SMTP):
         await super().smtp_EHLO(hostname)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        self.counting = metrics.meters().senders
         if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
             return
         if not _utf8(arg):
@@ -416,6 +547,7 @@ class Session(SMTP):
         await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
+        self.counting = metrics.meters().recipients
         if not _utf8(arg):
             if not await self.check_helo_needed() and not await self.check_auth_needed("RCPT"):
                 await self.push(replies.NOT_UTF8)
@@ -508,6 +640,7 @@ class Session(SMTP):
         return super().eof_received()
 
     def connection_lost(self, error: Exception | None) -> None:
+        self.handler.record()  # a transaction the client left (QUIT, RSET and gone, reset)
         if hangups.client_went_away(error):
             self._went_away(error)
         if self.admitted and self.admission is not None and self.session is not None:
@@ -570,6 +703,7 @@ class Session(SMTP):
         return AuthResult(success=True, handled=False, auth_data=account)
 
     async def smtp_DATA(self, arg: str) -> None:
+        self.counting = metrics.meters().messages
         if await self.check_helo_needed():
             return
         if await self.check_auth_needed("DATA"):
@@ -652,6 +786,11 @@ class Session(SMTP):
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_ADDRESS = re.compile(rf"\s*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 _SIZE = re.compile(r"(?i)(?:^|\s)SIZE=(\d+)(?:\s|$)")
+
+
+def _answer(status: str) -> bool:
+    """Whether a reply line answers a command: its last line, and not DATA's go-ahead."""
+    return status[3:4] != "-" and not status.startswith("354")
 
 
 def _bad_address(address: str) -> str:

@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailplan.runtime.base import metrics
 from mailplan.runtime.store import durable
 from mailplan.runtime.store.spool import BadQueueFile, Envelope, parse
 
@@ -280,7 +281,8 @@ class Intake:
         data = b"".join(messages)
         try:
             _write(active, data)
-            os.fdatasync(active.descriptor)
+            with metrics.meters().journal_sync.time():
+                os.fdatasync(active.descriptor)
         except OSError:
             self._cut(active)  # its tail is unknown: continue in a fresh segment
             raise

@@ -209,6 +209,43 @@ class Spool:
         (self.directory / f"{queue_id}.msg").unlink(missing_ok=True)
         (self.directory / f"{queue_id}.done").unlink(missing_ok=True)
         (self.directory / f"{queue_id}.tries").unlink(missing_ok=True)
+        (self.directory / f"{queue_id}.hold").unlink(missing_ok=True)
+
+    # -- hold, release, delete (`mailplan queue`, Postfix's postsuper -h/-H/-d) -----------
+
+    def hold(self, queue_id: str) -> bool:
+        """Put a queued message on hold: an `ID.hold` file, synced, that lasts until
+        `release` (across restarts). False when there is no such message."""
+        if not self.exists(queue_id):
+            return False
+        mark = self.directory / f"{queue_id}.hold"
+        descriptor = os.open(mark, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.close(descriptor)
+        durable.sync_directory(self.directory)
+        if not self.exists(queue_id):  # finished meanwhile: no mark left behind
+            mark.unlink(missing_ok=True)
+            return False
+        return True
+
+    def release(self, queue_id: str) -> bool:
+        """Take a message off hold; False when it was not on hold."""
+        try:
+            (self.directory / f"{queue_id}.hold").unlink()
+        except FileNotFoundError:
+            return False
+        durable.sync_directory(self.directory)
+        return True
+
+    def is_held(self, queue_id: str) -> bool:
+        return (self.directory / f"{queue_id}.hold").exists()
+
+    def delete(self, queue_id: str) -> bool:
+        """Remove a queued message, with no bounce; False when there is no such message."""
+        if not self.exists(queue_id):
+            return False
+        self.remove(queue_id)
+        durable.sync_directory(self.directory)
+        return True
 
     def exists(self, queue_id: str) -> bool:
         return (self.directory / f"{queue_id}.msg").exists()
@@ -233,3 +270,8 @@ class Spool:
         source.rename(source.with_suffix(".bad"))
         durable.sync_directory(self.directory)
         log.error("%s.msg is unreadable (%s): moved aside as %s.bad", queue_id, reason, queue_id)
+
+
+def held(spool: Spool) -> list[str]:
+    """The ids of the messages on hold, oldest first (marks left by finished ones are not)."""
+    return sorted(p.stem for p in spool.directory.glob("*.hold") if spool.exists(p.stem))
