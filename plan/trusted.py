@@ -35,7 +35,7 @@ MAX_DIGITS = 20  # the longest whole number a plan may hold (codec.MAX_DIGITS)
 _DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0000000000")
 
 
-class Mismatch(Exception):
+class NotCanonical(Exception):
     """The file is not exactly a plan's canonical pieces: `codec` must check it in full."""
 
 
@@ -51,7 +51,7 @@ def _plan_of(text: str | bytes, cls: Any, format_: int) -> Any:
         shell = _decoder(_shell(cls, True)).decode(data)
         digest = msgspec.json.decode(shell.digest, type=str)
         plan, pieces = _build(cls, shell)
-    except (msgspec.MsgspecError, Mismatch, RecursionError, UnicodeEncodeError):
+    except (msgspec.MsgspecError, NotCanonical, RecursionError, UnicodeEncodeError):
         return None
     if getattr(plan, "format", None) != format_:
         return None
@@ -175,9 +175,9 @@ def _checked(raw: msgspec.Raw | bytes, value: Any) -> bytes:
     """The canonical JSON of `value`, which must be what `raw` says, written compactly."""
     piece = _encoder().encode(value)
     if msgspec.json.format(raw, indent=-1) != piece:
-        raise Mismatch
+        raise NotCanonical
     if b"0" * (MAX_DIGITS + 1) in piece.translate(_DIGITS_AS_ZERO):
-        raise Mismatch
+        raise NotCanonical
     return piece
 
 
