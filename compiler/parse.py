@@ -12,6 +12,7 @@ from typing import Any
 
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
+from mailplan.compiler import linescan
 from mailplan.compiler.diagnostics import Diagnostic, error, split_lines
 from mailplan.compiler.syntax import Entry, EntryBuilder, Record, RecordBuilder
 from mailplan.compiler.unit import ListSource, Unit
@@ -87,6 +88,10 @@ def _records(text: str, file: str) -> tuple[tuple[Record, ...], list[Diagnostic]
     problems: list[Diagnostic] = []
     lark = parser("router", "record")
     for number, line in _lines(text):
+        quick = linescan.record(line, file, number)
+        if quick is not None:
+            found.append(quick)
+            continue
         try:
             tree = lark.parse(line)
         except UnexpectedInput as exc:
@@ -106,6 +111,10 @@ def _entries(
     lark = parser("addresslist", "entry")
     for number, line in _lines(text):
         where = first_line + number - 1
+        quick = linescan.entry(line, file, where, column)
+        if quick is not None:
+            found.append(quick)
+            continue
         start = len(line) - len(line.lstrip()) + column
         try:
             tree = lark.parse(line)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import random
+import socket
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from mailplan.compiler.parse import parse
 from mailplan.compiler.pipeline import compile_site
 from mailplan.compiler.unit import Unit
 from mailplan.plan.model import AddressList, Interval, Source
-from mailplan.runtime.decide.addresslist import AddressSet
+from mailplan.runtime.decide.addresslist import AddressSet, _number
 
 SITE = "site.yaml"
 Spans = list[tuple[str, str]]
@@ -786,3 +787,12 @@ def test_a_prefix_length_of_thousands_of_digits() -> None:
     assert problems == [
         err(3, 15, "MP106", "/9999999999… is not a prefix length for IPv4 (1 to 32)")
     ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["0.0.0.0", "1.2.3.4", "255.255.255.255", "::", "::1", "2001:db8::1:0:0:1", "::ffff:1.2.3.4"],
+)
+def test_an_address_is_the_same_number_either_way(text: str) -> None:
+    family = socket.AF_INET if "." in text and ":" not in text else socket.AF_INET6
+    assert _number(family, text) == int(ipaddress.ip_address(text))

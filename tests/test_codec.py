@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from serverkit import as_root, mailplan
 
 from mailplan.cli import main
 from mailplan.compiler.pipeline import compile_site
-from mailplan.plan import codec
+from mailplan.plan import codec, trusted
 from mailplan.plan.model import FORMAT, Plan
 from tests.conftest import EXAMPLE, resealed
 
@@ -68,6 +70,70 @@ def test_sources_table_hashes_every_file_of_the_site() -> None:
 def test_round_trip_gives_the_same_plan() -> None:
     plan = _plan()
     assert codec.loads(codec.dumps(plan)) == plan
+
+
+def test_a_built_plan_file_takes_the_fast_path() -> None:
+    plan = _plan()
+    assert codec._trusted(codec.dumps(plan)) == plan
+
+
+def _signed(document: dict[str, object], indent: int | None = 1) -> str:
+    """A plan file whose digest is that of the plan the document holds (as a builder that
+    skips mailplan would write it)."""
+    return json.dumps(document, sort_keys=True, indent=indent, ensure_ascii=False) + "\n"
+
+
+def test_the_fast_path_leaves_every_other_file_to_the_full_check() -> None:
+    plan = _plan()
+    text = codec.dumps(plan)
+    document = json.loads(text)
+    unknown = document | {"extra": 1}  # its digest is still the plan's
+    assert codec._trusted(_signed(unknown)) is None
+    with pytest.raises(codec.PlanError, match="Additional properties are not allowed"):
+        codec.loads(_signed(unknown))
+    deeper = json.loads(text)
+    deeper["limits"]["extra"] = 1
+    assert codec._trusted(_signed(deeper)) is None
+    with pytest.raises(codec.PlanError, match="Additional properties are not allowed"):
+        codec.loads(_signed(deeper))
+    other_layout = _signed(document, indent=2)  # the same plan, laid out otherwise
+    assert codec._trusted(other_layout) == plan
+    twice = text.replace('{\n "account_rules"', '{\n "format": 7,\n "account_rules"', 1)
+    assert codec._trusted(twice) == plan == codec.loads(twice)  # the last one counts
+    escaped = text.replace('"example.com"', '"example\\u002ecom"', 1)  # not canonical
+    assert codec._trusted(escaped) is None and codec.loads(escaped) == plan
+
+
+def test_the_digest_is_the_canonical_json_in_pieces() -> None:
+    plan = _plan()
+    assert b"".join(trusted.canonical_pieces(plan)) == codec.canonical(plan)
+    assert codec.digest(plan) == "sha256:" + hashlib.sha256(codec.canonical(plan)).hexdigest()
+    loaded = codec.loads(codec.dumps(plan))
+    assert trusted.known_digest(loaded) == codec.digest(plan) == codec.digest(loaded)
+
+
+def test_the_fast_path_refuses_long_numbers_as_the_full_check_does() -> None:
+    document = json.loads(codec.dumps(_plan()))
+    document["limits"]["max_recipients"] = 10**25
+    del document["digest"]
+    document["digest"] = "sha256:" + hashlib.sha256(codec.canonical(document)).hexdigest()
+    text = _signed(document)
+    assert codec._trusted(text) is None
+    with pytest.raises(codec.PlanError, match="a number of more than 20 digits"):
+        codec.loads(text)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=12,
+)
+
+
+@given(json_values)
+def test_canonical_is_json_dumps_byte_for_byte(value: object) -> None:
+    reference = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert codec.canonical(value) == reference.encode()
 
 
 def test_an_edited_plan_is_refused_for_its_digest() -> None:

@@ -89,7 +89,9 @@ class RouteIndex:
 
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = routes
-        self.pictures = [Picture.of(route.left.picture) for route in routes]
+        # each record's compiled picture, made when a look-up first tries the record: a
+        # plan of 100,000 records is served (and reloaded) without making them all first
+        self.pictures: list[Picture | None] = [None] * len(routes)
         self._exact: dict[str, list[int]] = {}
         self._domain: dict[str, list[int]] = {}
         self._local_start: dict[tuple[str, str], list[int]] = {}
@@ -152,7 +154,10 @@ class RouteIndex:
     def match(self, i: int, address: Address) -> tuple[str, ...] | None:
         route = self.routes[i]
         subject = str(address) if route.left.kind == "address" else address.domain
-        return self.pictures[i].match(subject)
+        picture = self.pictures[i]
+        if picture is None:
+            picture = self.pictures[i] = Picture.of(route.left.picture)
+        return picture.match(subject)
 
     def first(self, address: Address, kind: Kind) -> tuple[int, tuple[str, ...]] | None:
         """The topmost record that matches `address` for `kind`, with its captures."""
