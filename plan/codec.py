@@ -133,31 +133,7 @@ def _trusted(text: str | bytes) -> Plan | None:
     well under a second, against some six the step-by-step check takes."""
     with trusted.uncollected():
         plan = trusted.plan_of(text, Plan, FORMAT)
-    return plan if plan is not None and _forms_hold(Plan, plan) else None
-
-
-def _forms_hold(hint: Any, value: Any) -> bool:
-    """Whether every value in a decoded `value` passes the Form its field is annotated
-    with: what `_form_problem` finds in a document, found in the dataclasses."""
-    if value is None:
-        return True
-    form = _form_of(hint)
-    if form is not None:
-        try:
-            form.test(value)
-        except ValueError:
-            return False
-        return True
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        item = typing.get_args(hint)[0]
-        return not _has_forms(item) or all(_forms_hold(item, element) for element in value)
-    if origin in (Union, types.UnionType):
-        options = [option for option in typing.get_args(hint) if option is not type(None)]
-        return _forms_hold(options[0], value)
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return all(_forms_hold(part, getattr(value, name)) for name, part in _formed_fields(hint))
-    return True
+    return plan if plan is not None and _form_problem(Plan, plan, "") is None else None
 
 
 def _parsed(text: str, origin: str) -> dict[str, Any]:
@@ -204,14 +180,16 @@ def _verified(document: dict[str, Any], origin: str) -> Plan:
             f"{origin}: plan digest mismatch: the file says {document['digest']} but its "
             f"content hashes to {actual}; the plan was edited after it was built"
         )
-    problem = _form_problem(Plan, content, "")
+    plan = decode(Plan, content)
+    problem = _form_problem(Plan, plan, "")
     if problem:
         raise PlanError(f"{origin}: plan does not hold what it must: {problem}")
-    return decode(Plan, content)
+    return plan
 
 
 def _form_problem(hint: Any, data: Any, where: str) -> str | None:
-    """The first value under `data` that breaks the `Form` its field is annotated with."""
+    """The first value in a decoded plan (or part of one) that breaks the `Form` its
+    field is annotated with, and where it is (`address_lists/0/ipv4/0/first`)."""
     if data is None:
         return None
     form = _form_of(hint)
@@ -239,7 +217,9 @@ def _parts(hint: Any, data: Any, where: str) -> Iterator[tuple[Any, Any, str]]:
         options = [option for option in typing.get_args(hint) if option is not type(None)]
         yield options[0], data, where
     elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        yield from ((part, data[name], f"{where}/{name}") for name, part in _formed_fields(hint))
+        yield from (
+            (part, getattr(data, name), f"{where}/{name}") for name, part in _formed_fields(hint)
+        )
 
 
 def _form_of(hint: Any) -> Form | None:
