@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from mailplan.compiler import defaults
-from mailplan.compiler.diagnostics import Diagnostic, error
+from mailplan.compiler.diagnostics import Diagnostic, error, warning
 from mailplan.compiler.unit import Unit
 from mailplan.compiler.yamlpos import Document
 from mailplan.compiler.yamlpos import Path as DataPath
@@ -67,7 +67,25 @@ def resolve_dns(unit: Unit) -> Unit:
             tls_rpt=_tls_rpt(document, path, spec),
         )
         domains.append(replace(domain, dns=dns))
+    problems += _sealing(document, plan, domains)
     return replace(unit, plan=replace(plan, domains=tuple(domains))).report(*problems)
+
+
+def _sealing(document: Document, plan: Plan, domains: list[Domain]) -> list[Diagnostic]:
+    """`receiving.arc.seal` with no RSA key that signs (RFC 8617 seals with rsa-sha256
+    only): the server would seal nothing, and say so only in its log (MP510)."""
+    if not plan.receiving.arc.seal:
+        return []
+    for domain in domains:
+        keys = domain.dns.dkim if domain.dns else ()
+        if any(k.algorithm == "rsa" and k.private_key is not None for k in keys):
+            return []
+    message = (
+        "receiving.arc.seal is on, but no domain has an RSA DKIM key with a private_key "
+        "(ARC seals with rsa-sha256 only): nothing will be sealed; add one, or seal: false"
+    )
+    where = _at(document, ("receiving", "arc", "seal"))
+    return [warning(where.file, where.line, where.column, "MP510", message)]
 
 
 def _server_mx(plan: Plan) -> tuple[MxHost, ...]:

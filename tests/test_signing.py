@@ -42,6 +42,7 @@ from mailplan.compiler.pipeline import compile_site
 from mailplan.runtime.decide.signing import Signature
 from mailplan.runtime.smtp.signing import KeyProblem, Loading, Signer, load_keys
 from mailplan.zones.dkim import key_pair
+from tests.conftest import EXAMPLE
 
 TIMEOUT = 15.0
 SINK = "127.0.0.2"
@@ -552,3 +553,19 @@ def test_rsa_signatures_are_made_by_openssl_and_verify(
         return f"v=DKIM1; k=rsa; p={published}".encode()
 
     assert dkim.verify(field + message, dnsfunc=txt)
+
+
+def test_sealing_without_an_rsa_signing_key_is_a_warning(tmp_path: Path) -> None:
+    """ARC seals with rsa-sha256 only: `arc.seal` on a site that signs with no RSA key
+    would seal nothing, which `check` says at the key (MP510), not only the server's log."""
+    directory = tmp_path / "site"
+    sealing = {"receiving": {"arc": {"seal": True}}}
+    write_site(directory, listeners={"smtp": plain(free_port())}, extra=sealing)
+    unit = compile_site(directory)
+    assert unit.plan is not None
+    (found,) = [d for d in unit.diagnostics if d.code == "MP510"]
+    assert (found.severity, found.file) == ("warning", "site.yaml")
+    line = (directory / "site.yaml").read_text().splitlines()[found.line - 1]
+    assert line[found.column - 1 :].startswith("true"), line  # at the value that turns it on
+    example = compile_site(EXAMPLE)  # seals with its RSA selector
+    assert [d for d in example.diagnostics if d.code == "MP510"] == []
