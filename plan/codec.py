@@ -13,7 +13,7 @@ import hashlib
 import json
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
@@ -133,7 +133,7 @@ def _trusted(text: str | bytes) -> Plan | None:
     well under a second, against some six the step-by-step check takes."""
     with trusted.uncollected():
         plan = trusted.plan_of(text, Plan, FORMAT)
-    return plan if plan is not None and _form_problem(Plan, plan, "") is None else None
+    return plan if plan is not None and _form_problem(plan) is None else None
 
 
 def _parsed(text: str, origin: str) -> dict[str, Any]:
@@ -181,68 +181,85 @@ def _verified(document: dict[str, Any], origin: str) -> Plan:
             f"content hashes to {actual}; the plan was edited after it was built"
         )
     plan = decode(Plan, content)
-    problem = _form_problem(Plan, plan, "")
+    problem = _form_problem(plan)
     if problem:
         raise PlanError(f"{origin}: plan does not hold what it must: {problem}")
     return plan
 
 
-def _form_problem(hint: Any, data: Any, where: str) -> str | None:
-    """The first value in a decoded plan (or part of one) that breaks the `Form` its
-    field is annotated with, and where it is (`address_lists/0/ipv4/0/first`)."""
-    if data is None:
+def _form_problem(plan: Plan) -> str | None:
+    """The first value in a decoded plan that breaks the `Form` its field is annotated
+    with, and where it is (`at address_lists/0/ipv4/0/first: '' is not an IP address`)."""
+    check = _checker(Plan)
+    found = check(plan) if check is not None else None
+    if found is None:
         return None
+    path, why = found
+    return f"at {'/'.join(reversed(path))}: {why}"
+
+
+# A check of a value of one type hint: None, or (its path, reversed, and why it breaks a
+# Form). The path is made only on the way back from a problem, not for every value.
+Checker = Callable[[Any], "tuple[list[str], str] | None"]
+
+
+@functools.cache
+def _checker(hint: Any) -> Checker | None:
+    """The check of values of `hint`, made once per hint; None when nothing under it has
+    a Form (so a plan's routes and rules are not even walked)."""
     form = _form_of(hint)
     if form is not None:
-        try:
-            form.test(data)
-        except ValueError:
-            return f"at {where.lstrip('/')}: {data!r} is not {form.what}"
-        return None
-    for part, value, place in _parts(hint, data, where):
-        problem = _form_problem(part, value, place)
-        if problem:
-            return problem
+        return functools.partial(_formed, form)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        inner = _checker(typing.get_args(hint)[0])
+        return None if inner is None else functools.partial(_items, inner)
+    if origin in (Union, types.UnionType):
+        options = [option for option in typing.get_args(hint) if option is not type(None)]
+        inner = _checker(options[0])
+        return None if inner is None else functools.partial(_optional, inner)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint, include_extras=True)
+        fields = [(f.name, _checker(hints[f.name])) for f in dataclasses.fields(hint)]
+        checked = tuple((name, check) for name, check in fields if check is not None)
+        return functools.partial(_fields, checked) if checked else None
     return None
 
 
-def _parts(hint: Any, data: Any, where: str) -> Iterator[tuple[Any, Any, str]]:
-    """The values inside `data` that hold something with a Form: (hint, value, place)."""
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        item = typing.get_args(hint)[0]
-        if _has_forms(item):
-            yield from ((item, element, f"{where}/{i}") for i, element in enumerate(data))
-    elif origin in (Union, types.UnionType):
-        options = [option for option in typing.get_args(hint) if option is not type(None)]
-        yield options[0], data, where
-    elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        yield from (
-            (part, getattr(data, name), f"{where}/{name}") for name, part in _formed_fields(hint)
-        )
+def _formed(form: Form, value: Any) -> tuple[list[str], str] | None:
+    try:
+        form.test(value)
+    except ValueError:
+        return [], f"{value!r} is not {form.what}"
+    return None
+
+
+def _items(inner: Checker, values: Any) -> tuple[list[str], str] | None:
+    for index, value in enumerate(values):
+        found = inner(value)
+        if found is not None:
+            found[0].append(str(index))
+            return found
+    return None
+
+
+def _optional(inner: Checker, value: Any) -> tuple[list[str], str] | None:
+    return None if value is None else inner(value)
+
+
+def _fields(checked: tuple[tuple[str, Checker], ...], value: Any) -> tuple[list[str], str] | None:
+    for name, inner in checked:
+        found = inner(getattr(value, name))
+        if found is not None:
+            found[0].append(name)
+            return found
+    return None
 
 
 def _form_of(hint: Any) -> Form | None:
     if typing.get_origin(hint) is typing.Annotated:
         return next((extra for extra in hint.__metadata__ if isinstance(extra, Form)), None)
     return None
-
-
-@functools.cache
-def _formed_fields(cls: type) -> tuple[tuple[str, Any], ...]:
-    """The fields of a dataclass under which some value has a Form to check."""
-    hints = typing.get_type_hints(cls, include_extras=True)
-    return tuple(
-        (f.name, hints[f.name]) for f in dataclasses.fields(cls) if _has_forms(hints[f.name])
-    )
-
-
-def _has_forms(hint: Any) -> bool:
-    if _form_of(hint) is not None:
-        return True
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return bool(_formed_fields(hint))
-    return any(_has_forms(arg) for arg in typing.get_args(hint) if arg is not type(None))
 
 
 def load(path: Path) -> Plan:
