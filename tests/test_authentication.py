@@ -24,14 +24,15 @@ from aiosmtpd.smtp import Envelope as SinkEnvelope
 from aiosmtpd.smtp import Session as SinkSession
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from dnskit import NameServer, zone_text
+from dnskit import NameServer, Silent, zone_text
 from serverkit import LOOPBACK, Maildir, MailServer, free_port, wait_until
 from sitekit import plain, write_site
 
 from mailplan.compiler.pipeline import compile_site
 from mailplan.plan.model import Plan
 from mailplan.runtime.decide.policy import Client
-from mailplan.runtime.dns.lookup import Zones, zone_of
+from mailplan.runtime.dns.lookup import Budget, Dns, DnsTrouble, Zones, zone_of
+from mailplan.runtime.smtp import authentication
 from mailplan.runtime.smtp.authentication import Authentication
 from mailplan.zones.dkim import key_pair
 
@@ -426,6 +427,46 @@ def test_nothing_in_scope_still_removes_forgeries(tmp_path: Path) -> None:
         )
     )
     assert found.headers == () and found.message == message("a@b.test")
+
+
+def test_a_silent_resolver_spends_the_budget_not_every_time_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three signatures, SPF and DMARC, each asking a name server that never answers: once
+    the checks' DNS budget is spent, every look-up left is a temperror at once (each would
+    otherwise wait the resolver's own time-out, one after another), and DNS trouble never
+    refuses the message."""
+    plan = plan_with(tmp_path, "  dmarc: {action: reject}\n")
+    raw = message("ceo@sender.test")
+    for domain in ("a.test", "b.test", "sender.test"):
+        raw = signed(raw, domain)
+    monkeypatch.setattr(authentication, "DNS_BUDGET", 0.5)
+    with Silent() as silent:
+        resolver = Dns(silent.address, timeout=60)
+        client = Client(STRANGER, trusted=False, tls=False)
+        found = asyncio.run(
+            Authentication(plan, resolver).check(
+                client, "client.test", "ceo@sender.test", None, raw
+            )
+        )
+    assert found.reply is None
+    parsed = authres.parse(found.headers[0])
+    methods = [(r.method, r.result) for r in parsed.results]
+    assert methods.count(("dkim", "temperror")) == 3
+    assert ("spf", "temperror") in methods and ("dmarc", "temperror") in methods
+    assert "the 0.5 s for DNS are spent" in found.headers[0]
+
+
+def test_a_budget_gives_each_look_up_what_is_left() -> None:
+    zones = Zones({"ok.test": zone_of("ok.test", "@ IN TXT hello")})
+    budget = Budget(zones, 60)
+    assert [r.to_text() for r in budget.query_blocking("ok.test", "TXT")] == ['"hello"']
+    with Silent() as silent:
+        spent = Budget(Dns(silent.address, timeout=60), 0.2)
+        with pytest.raises(DnsTrouble, match="time-out"):
+            spent.query_blocking("ok.test", "TXT")  # waits what is left, not 60 s
+        with pytest.raises(DnsTrouble, match="spent"):
+            spent.query_blocking("ok.test", "TXT")
 
 
 # -- ARC sealing of mail that leaves again -------------------------------------------------

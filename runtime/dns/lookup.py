@@ -9,13 +9,15 @@ the record data, an empty list when the name exists without records of that type
 failure, never a permanent one.
 
 pyspf does its own look-ups through a module function; `spf_answers` sends them to
-either answerer, for one thread at a time.
+either answerer, for one thread at a time. `Budget` puts a deadline on an answerer's
+blocking look-ups, for checks that ask many names for one message.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -43,13 +45,19 @@ class DnsTrouble(Exception):
 class Answerer(Protocol):
     async def query(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]: ...
 
-    def query_blocking(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]: ...
+    def query_blocking(
+        self, name: str, rdtype: str, lifetime: float | None = None
+    ) -> list[dns.rdata.Rdata]:
+        """`lifetime`: wait at most that long (and never longer than the answerer's own
+        time-out)."""
+        ...
 
 
 class Dns:
     """Answers from a DNS server (dnspython), with answers cached for their TTL."""
 
     def __init__(self, nameserver: str | None, timeout: float = 10.0) -> None:
+        self.timeout = timeout
         self.resolver = mx.resolver(nameserver, timeout)
         self.blocking = dns.resolver.Resolver(configure=nameserver is None)
         self.blocking.nameservers = self.resolver.nameservers
@@ -67,9 +75,12 @@ class Dns:
         except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
             raise DnsTrouble(f"{name} {rdtype}: {_why(exc)}") from None
 
-    def query_blocking(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
+    def query_blocking(
+        self, name: str, rdtype: str, lifetime: float | None = None
+    ) -> list[dns.rdata.Rdata]:
+        wait = self.timeout if lifetime is None else min(lifetime, self.timeout)
         try:
-            return list(self.blocking.resolve(name, rdtype))
+            return list(self.blocking.resolve(name, rdtype, lifetime=wait))
         except dns.resolver.NoAnswer:
             return []
         except (dns.resolver.NXDOMAIN, dns.exception.SyntaxError, dns.name.NameTooLong):
@@ -124,7 +135,9 @@ class Zones:
     async def query(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
         return self.query_blocking(name, rdtype)
 
-    def query_blocking(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
+    def query_blocking(
+        self, name: str, rdtype: str, lifetime: float | None = None
+    ) -> list[dns.rdata.Rdata]:
         wanted = dns.name.from_text(name)
         for zone in self.zones:
             if zone.origin is None or not wanted.is_subdomain(zone.origin):
@@ -137,6 +150,30 @@ class Zones:
             found = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype))
             return list(found) if found is not None else []
         raise NoSuchDomain(name)
+
+
+class Budget:
+    """An answerer's blocking look-ups within `seconds` from now, all together: each waits
+    at most what is left, and once it is spent every look-up is `DnsTrouble` at once. A
+    message whose eight signatures, ARC chain, DMARC record and SPF each find a silent
+    name server then waits the budget, not the sum of their time-outs."""
+
+    def __init__(self, answerer: Answerer, seconds: float) -> None:
+        self.answerer = answerer
+        self.seconds = seconds
+        self.ends = time.monotonic() + seconds
+
+    async def query(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
+        return await self.answerer.query(name, rdtype)
+
+    def query_blocking(
+        self, name: str, rdtype: str, lifetime: float | None = None
+    ) -> list[dns.rdata.Rdata]:
+        left = self.ends - time.monotonic()
+        if left <= 0:
+            raise DnsTrouble(f"{name} {rdtype}: the {self.seconds:g} s for DNS are spent")
+        wait = left if lifetime is None else min(left, lifetime)
+        return self.answerer.query_blocking(name, rdtype, lifetime=wait)
 
 
 _asking = threading.local()  # the answerer pyspf's look-ups go to, in this thread

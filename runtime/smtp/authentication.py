@@ -5,7 +5,9 @@ Authentication-Results header, and DMARC's policy carried out as the site says.
 It runs at the end of DATA, in the checks' thread pool (`base/threads.checking`, as
 SPF does): dkimpy asks for its keys through a `dnsfunc` and pyspf through
 `spf_answers`, both sent to the answerer of `dns/lookup.py`, so only that thread waits
-for DNS. What the verdicts mean is decided by pure functions: `decide/dmarc.py` (the
+for DNS, and for DNS_BUDGET seconds at most in all: a message whose look-ups all meet a
+silent name server gets `temperror`s then, not a wait of every time-out in a row.
+What the verdicts mean is decided by pure functions: `decide/dmarc.py` (the
 policy, alignment, pct) and `decide/authresults.py` (the header, forged ones).
 """
 
@@ -27,7 +29,7 @@ from mailplan.runtime.decide.authresults import ArcResult, SignatureResult
 from mailplan.runtime.decide.message import header_block
 from mailplan.runtime.decide.policy import Client, in_scope
 from mailplan.runtime.decide.signing import author_domain, author_of
-from mailplan.runtime.dns.lookup import Answerer, DnsTrouble, NoSuchDomain, spf_answers
+from mailplan.runtime.dns.lookup import Answerer, Budget, DnsTrouble, NoSuchDomain, spf_answers
 
 log = logging.getLogger("mailplan.checks")
 # dkimpy logs every bad signature at ERROR: a stranger's message is no error of ours,
@@ -36,6 +38,7 @@ _quiet = logging.getLogger("mailplan.checks.dkimpy")
 _quiet.propagate = False
 _quiet.addHandler(logging.NullHandler())
 
+DNS_BUDGET = 20.0  # seconds the checks of one message may wait for DNS, all look-ups together
 MAX_SIGNATURES = 8  # DKIM signatures verified at most per message (RFC 6376 §6.1 allows a limit)
 _TOKEN = re.compile(rb"[^A-Za-z0-9._-]")
 
@@ -79,16 +82,21 @@ class Authentication:
         self, ip: str, helo: str, sender: str, spf: str | None, message: bytes, enforce: bool
     ) -> Authenticated:
         about, domain = ("mailfrom", sender.rpartition("@")[2]) if sender else ("helo", helo)
+        answerer = Budget(self.answerer, DNS_BUDGET)
         if spf is None:
-            spf = self.spf(ip, helo, sender)
+            spf = self.spf(answerer, ip, helo, sender)
         head = header_block(message).lower()
         verifier = _parsed(message) if b"dkim-signature" in head else None
-        signatures = self.signatures(message, verifier) if verifier is not None else []
-        arc = self.arc(message)
+        signatures = []
+        if verifier is not None:
+            signatures = self.signatures(answerer, message, verifier)
+        arc = self.arc(answerer, message)
         verdict = None
         if enforce:
             author = _author(message, verifier)
-            found = self.policy(author) if author and author.isascii() else dmarc.Discovered()
+            found = (
+                self.policy(answerer, author) if author and author.isascii() else dmarc.Discovered()
+            )
             verdict = dmarc.evaluate(
                 author,
                 found,
@@ -109,17 +117,19 @@ class Authentication:
 
     # -- SPF, for DMARC and the header, when the SPF check did not run ----------------
 
-    def spf(self, ip: str, helo: str, sender: str) -> str:
+    def spf(self, answerer: Answerer, ip: str, helo: str, sender: str) -> str:
         import spf
 
         query = spf.query(i=ip, s=sender or f"postmaster@{helo}", h=helo or "unknown", timeout=20)
-        with spf_answers(self.answerer):
+        with spf_answers(answerer):
             result, _, _ = query.check()
         return str(result)
 
     # -- DKIM --------------------------------------------------------------------------
 
-    def signatures(self, message: bytes, verifier: dkim.DKIM | str) -> list[SignatureResult]:
+    def signatures(
+        self, answerer: Answerer, message: bytes, verifier: dkim.DKIM | str
+    ) -> list[SignatureResult]:
         """The verdict of each DKIM-Signature, top first (none: the message has none);
         `verifier` is dkimpy's reading of the message, or why it could not read it."""
         if isinstance(verifier, str):
@@ -127,17 +137,21 @@ class Authentication:
                 return []
             return [SignatureResult("permerror", "", "", "", f"unreadable message: {verifier}")]
         fields = [v for n, v in verifier.headers if n.lower() == b"dkim-signature"]
-        found = [self._signature(verifier, i, v) for i, v in enumerate(fields[:MAX_SIGNATURES])]
+        found = [
+            self._signature(answerer, verifier, i, v) for i, v in enumerate(fields[:MAX_SIGNATURES])
+        ]
         if len(fields) > MAX_SIGNATURES:
             skipped = f"{len(fields) - MAX_SIGNATURES} more signatures not verified"
             found.append(SignatureResult("policy", "", "", "", skipped))
         return found
 
-    def _signature(self, verifier: dkim.DKIM, index: int, value: bytes) -> SignatureResult:
+    def _signature(
+        self, answerer: Answerer, verifier: dkim.DKIM, index: int, value: bytes
+    ) -> SignatureResult:
         tags = _tags(value)
         domain, selector, algorithm = (_token(tags.get(t, b"")) for t in (b"d", b"s", b"a"))
         signed = (domain, selector, algorithm)
-        keys = Keys(self.answerer)
+        keys = Keys(answerer)
         try:
             good = verifier.verify(idx=index, dnsfunc=keys)
         except dkim.DKIMException as exc:
@@ -156,10 +170,10 @@ class Authentication:
 
     # -- ARC ---------------------------------------------------------------------------
 
-    def arc(self, message: bytes) -> ArcResult:
+    def arc(self, answerer: Answerer, message: bytes) -> ArcResult:
         if b"\narc-" not in b"\n" + header_block(message).lower():
             return ArcResult("none")  # no ARC field: no need to read the message again
-        keys = Keys(self.answerer)
+        keys = Keys(answerer)
         try:
             chain, _, reason = dkim.ARC(message, logger=_quiet, linesep=b"\r\n").verify(
                 dnsfunc=keys
@@ -176,11 +190,11 @@ class Authentication:
 
     # -- DMARC -------------------------------------------------------------------------
 
-    def policy(self, author: str) -> dmarc.Discovered:
+    def policy(self, answerer: Answerer, author: str) -> dmarc.Discovered:
         """The DMARC record that applies to mail from `author` (policy discovery, §6.6.3)."""
         for name in dmarc.names(author):
             try:
-                records = self.answerer.query_blocking(name, "TXT")
+                records = answerer.query_blocking(name, "TXT")
             except (NoSuchDomain, dns.exception.DNSException, ValueError):
                 continue
             except DnsTrouble as trouble:
