@@ -43,7 +43,15 @@ from tlskit import REPORT_SCHEMA, Authority, PolicyServer, tlsa_data
 
 TIMEOUT = 20.0
 POLICY_HOST = "127.0.0.20"
-SECURE = ("dane-ee.test", "dane-bad.test", "dane-ta.test", "dane-stripped.test")
+SECURE = (
+    "dane-ee.test",
+    "dane-bad.test",
+    "dane-ta.test",
+    "dane-stripped.test",
+    "dane-nomx.test",
+    "dane-nomx-bad.test",
+)
+NO_MX = ("dane-nomx.test", "dane-nomx-bad.test")  # their own exchangers (RFC 7672 §2.2.1)
 # domain -> (sink address, what its sink presents)
 SINKS = {
     "enforce.test": ("127.0.0.2", "wrong-name"),
@@ -55,6 +63,8 @@ SINKS = {
     "dane-ta.test": ("127.0.0.8", "good"),
     "dane-stripped.test": ("127.0.0.9", "none"),
     "reports.test": ("127.0.0.10", "none"),
+    "dane-nomx.test": ("127.0.0.11", "self-signed"),
+    "dane-nomx-bad.test": ("127.0.0.12", "self-signed"),
 }
 POLICY = "version: STSv1\nmode: {mode}\nmx: {mx}\nmax_age: 86400\n"
 POLICIES = {
@@ -102,6 +112,8 @@ def _zones(authority: Authority, presented: dict[str, Any], policy_port: int) ->
     zones = {}
     for domain, (address, _) in SINKS.items():
         records = f"@ IN MX 10 mx\nmx IN A {address}\nmta-sts IN A {POLICY_HOST}\n"
+        if domain in NO_MX:
+            records = f"@ IN A {address}\n"
         if domain in POLICIES:
             records += '_mta-sts IN TXT "v=STSv1; id=20261207a"\n'
         zones[domain] = records
@@ -112,6 +124,9 @@ def _zones(authority: Authority, presented: dict[str, Any], policy_port: int) ->
     anchor = tlsa_data(authority.intermediate)
     zones["dane-ta.test"] += f"_25._tcp.mx IN TLSA 2 1 1 {anchor}\n"
     zones["dane-stripped.test"] += f"_25._tcp.mx IN TLSA 3 1 1 {ee}\n"
+    nomx = tlsa_data(presented["dane-nomx.test"].certificate)
+    zones["dane-nomx.test"] += f"_25._tcp IN TLSA 3 1 1 {nomx}\n"
+    zones["dane-nomx-bad.test"] += f"_25._tcp IN TLSA 3 1 1 {other}\n"
     zones["testing.test"] += '_smtp._tls IN TXT "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test"\n'
     zones["posted.test"] = (
         f'_smtp._tls IN TXT "v=TLSRPTv1; rua=https://{POLICY_HOST}:{policy_port}/report"\n'
@@ -341,6 +356,21 @@ def test_dane(make_relay: Any, world: World) -> None:
     )
     assert world.sinks["dane-bad.test"].messages == []
     assert world.sinks["dane-stripped.test"].messages == []
+
+
+def test_dane_for_a_domain_without_mx(make_relay: Any, world: World) -> None:
+    """No MX: the domain is its own exchanger, and its TLSA records are at
+    `_25._tcp.DOMAIN` (RFC 7672 §2.2.1) when the denial of MX and its address are secure."""
+    relay = make_relay()
+    queue_id = relay.send(["e@dane-nomx.test", "f@dane-nomx-bad.test"], "dane without mx")
+    ((recipients, _, encrypted),) = world.sinks["dane-nomx.test"].received()
+    assert (recipients, encrypted) == (["e@dane-nomx.test"], True)
+    assert relay.waits_with(
+        queue_id,
+        "dane-nomx-bad.test[127.0.0.12]: DANE: no certificate of the chain matches "
+        "the TLSA records of dane-nomx-bad.test",
+    )
+    assert world.sinks["dane-nomx-bad.test"].messages == []
 
 
 def test_dane_needs_a_resolver_it_can_trust(make_relay: Any, world: World) -> None:

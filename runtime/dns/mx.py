@@ -1,7 +1,9 @@
 """Where an SMTP queue's mail goes: MX look-up (RFC 5321 §5.1, RFC 7505) with dnspython.
 
 A domain's exchangers are tried in preference order (lower value first, equal
-values shuffled); a domain without MX falls back to its own A/AAAA; a null MX
+values shuffled); a domain without MX falls back to its own A/AAAA (then the domain
+is its own exchanger, secure for DANE when the missing MX and its addresses are both
+DNSSEC-validated, RFC 7672 §2.2.1); a null MX
 (`0 .`) means the domain takes no mail. A relay host (a `._via` route) is looked
 up by its addresses only, and an IP literal needs no look-up at all. A DNS answer
 that says "no such domain" is permanent; a time-out or a server failure is
@@ -16,6 +18,7 @@ from dataclasses import dataclass, replace
 import dns.asyncresolver
 import dns.exception
 import dns.flags
+import dns.message
 import dns.name
 import dns.resolver
 
@@ -80,23 +83,24 @@ async def destinations(queue: str, domain: str, resolve: dns.asyncresolver.Resol
         return [Host(queue, (ip,))]
     if queue != domain:
         return [Host(queue, await addresses(queue, resolve, fail=True))]
-    found = await _exchanges(domain, resolve)
+    found, secure = await _exchanges(domain, resolve)
     if found is None:  # no MX: the domain's own addresses
-        return [Host(domain, await addresses(domain, resolve, fail=True))]
-    exchanges, secure = found
+        addressed, validated = await _addresses(domain, resolve, fail=True)
+        return [Host(domain, addressed, secure and validated)]
+    exchanges = found
     return [replace(host, secure=secure) for host in await _hosts(domain, exchanges, resolve)]
 
 
 async def _exchanges(
     domain: str, resolve: dns.asyncresolver.Resolver
-) -> tuple[list[dns.name.Name], bool] | None:
-    """The exchangers of `domain` in the order to try them, and whether the answer had the
-    AD bit; None when it has no MX."""
+) -> tuple[list[dns.name.Name] | None, bool]:
+    """The exchangers of `domain` in the order to try them (None when it has no MX), and
+    whether the answer, or the denial that there is any, had the AD bit."""
     _valid(domain)
     try:
         answer = await resolve.resolve(domain, "MX")
-    except dns.resolver.NoAnswer:
-        return None
+    except dns.resolver.NoAnswer as nodata:
+        return None, _denied(nodata)
     except dns.resolver.NXDOMAIN:
         raise LookupFailed("5.1.2", f"{domain}: no such domain") from None
     except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
@@ -107,8 +111,8 @@ async def _exchanges(
     )
     if len(records) == 1 and records[0][2] == dns.name.root:
         raise LookupFailed("5.1.10", f"{domain} accepts no mail (null MX)")
-    secure = bool(answer.response.flags & dns.flags.AD)
-    return [exchange for _, _, exchange in records if exchange != dns.name.root], secure
+    exchanges = [exchange for _, _, exchange in records if exchange != dns.name.root]
+    return exchanges, _validated(answer.response)
 
 
 async def _hosts(
@@ -135,14 +139,24 @@ async def addresses(
     name: str, resolve: dns.asyncresolver.Resolver, *, fail: bool
 ) -> tuple[str, ...]:
     """The IPv4 then IPv6 addresses of `name`; with `fail`, none is an error."""
+    found, _ = await _addresses(name, resolve, fail=fail)
+    return found
+
+
+async def _addresses(
+    name: str, resolve: dns.asyncresolver.Resolver, *, fail: bool
+) -> tuple[tuple[str, ...], bool]:
+    """`addresses`, and whether both answers (records or none) had the AD bit."""
     _valid(name)
     found: list[str] = []
     temporary: str | None = None
     missing = 0
+    validated = True
     for kind in ("A", "AAAA"):
         try:
             answer = await resolve.resolve(name, kind)
-        except dns.resolver.NoAnswer:
+        except dns.resolver.NoAnswer as nodata:
+            validated = validated and _denied(nodata)
             continue
         except dns.resolver.NXDOMAIN:
             missing += 1
@@ -150,9 +164,10 @@ async def addresses(
         except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
             temporary = _why(exc)
             continue
+        validated = validated and _validated(answer.response)
         found.extend(rdata.address for rdata in answer)
     if found or not fail:
-        return tuple(found)
+        return tuple(found), validated and bool(found) and not missing and temporary is None
     if temporary is not None:
         raise LookupFailed("4.4.3", f"{name}: DNS failure ({temporary})")
     if missing:
@@ -166,6 +181,18 @@ def _valid(name: str) -> None:
         dns.name.from_text(name)
     except dns.exception.DNSException as exc:  # empty or long labels, bad IDNA
         raise LookupFailed("5.1.2", f"{name}: not a valid domain name ({exc})") from None
+
+
+def _validated(response: dns.message.Message) -> bool:
+    """Whether a response carries the AD bit (whether to believe it is for `dns/secure.py`
+    to say: `Host.secure` only records what the resolver claimed)."""
+    return bool(response.flags & dns.flags.AD)
+
+
+def _denied(nodata: dns.resolver.NoAnswer) -> bool:
+    """Whether "no records of that type" came with the AD bit (a validated denial)."""
+    response = nodata.kwargs.get("response")
+    return isinstance(response, dns.message.Message) and _validated(response)
 
 
 def _why(exc: Exception) -> str:
