@@ -34,7 +34,7 @@ from mailplan.runtime.dns.lookup import Answerer, Dns
 from mailplan.runtime.mailbox.pop3 import LINE_LIMIT, Pop3
 from mailplan.runtime.queue.processor import Processor
 from mailplan.runtime.rules.engine import Rules
-from mailplan.runtime.serve import admin, notify
+from mailplan.runtime.serve import admin, notify, tls
 from mailplan.runtime.serve.startup import (
     BACKLOG,
     POP3_PROTOCOLS,
@@ -247,22 +247,21 @@ class Daemon:
 
     async def _listen(self, listener: Listener, sock: socket.socket) -> asyncio.AbstractServer:
         context = self.options.tls
-        implicit = listener.tls == "implicit"
-        if listener.protocol in POP3_PROTOCOLS:
-            return await asyncio.start_server(
-                lambda reader, writer: self._pop3(listener, context, reader, writer),
-                sock=sock,
-                ssl=context if implicit else None,
-                backlog=BACKLOG,
-                limit=LINE_LIMIT,
-            )
         loop = asyncio.get_running_loop()
-        return await loop.create_server(
-            lambda: self._session(listener, context),
-            sock=sock,
-            ssl=context if implicit else None,
-            backlog=BACKLOG,
-        )
+
+        def factory() -> asyncio.BaseProtocol:
+            if listener.protocol not in POP3_PROTOCOLS:
+                return self._session(listener, context)
+            reader = asyncio.StreamReader(limit=LINE_LIMIT, loop=loop)  # as `start_server`
+            return asyncio.StreamReaderProtocol(
+                reader, lambda reader, writer: self._pop3(listener, context, reader, writer)
+            )
+
+        if listener.tls == "implicit" and context is not None:
+            return await loop.create_server(
+                tls.implicit(factory, context), sock=sock, backlog=BACKLOG
+            )
+        return await loop.create_server(factory, sock=sock, backlog=BACKLOG)
 
     def _session(self, listener: Listener, context: ssl.SSLContext | None) -> Session:
         current = self.current

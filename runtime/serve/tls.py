@@ -1,18 +1,26 @@
-"""The listeners' TLS: the context (Mozilla's intermediate profile), and what an operator
-should hear about the certificate and the key at start-up."""
+"""The listeners' TLS: the context (Mozilla's intermediate profile), what an operator
+should hear about the certificate and the key at start-up, and the TLS layer of the
+implicit-TLS listeners (smtps, pop3s)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import ssl
 import time
+from asyncio import sslproto
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
 
 from mailplan.plan.model import Plan
+from mailplan.runtime.base import hangups
 from mailplan.runtime.serve import devtls
 from mailplan.runtime.serve.startup import StartupError, resolve, why
+
+log = logging.getLogger("mailplan.server")
 
 CERTIFICATE_WARNING = 14 * 86400  # seconds before a certificate expires that start-up warns
 
@@ -71,6 +79,53 @@ def context(plan: Plan, root: Path, dev: bool) -> ssl.SSLContext | None:
             f"{exc.reason or exc} (both must be PEM)"
         ) from exc
     return context
+
+
+HANDSHAKE_TIMEOUT = 60  # seconds a client of an implicit-TLS listener has to finish it
+
+
+def implicit(
+    factory: Callable[[], asyncio.BaseProtocol], context: ssl.SSLContext
+) -> Callable[[], asyncio.BaseProtocol]:
+    """A protocol factory for a listener whose connections start with TLS: asyncio's TLS
+    layer around what `factory` makes, and a handshake that fails told in one line
+    (`hangups.went_away`, stage `tls-handshake`).
+
+    The server is made without `ssl=` and the layer is ours because uvloop's own tells
+    nothing of a failed handshake outside its debug mode; and since uvloop reads a new
+    connection at once, its `start_tls` would come too late for the ClientHello."""
+
+    def made() -> asyncio.BaseProtocol:
+        loop = asyncio.get_running_loop()
+        handshake: asyncio.Future[None] = loop.create_future()
+        layer = _Layer(
+            loop,
+            factory(),
+            context,
+            handshake,
+            server_side=True,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+        )
+        handshake.add_done_callback(layer.handshaken)
+        return layer
+
+    return made
+
+
+class _Layer(sslproto.SSLProtocol):
+    """The TLS layer of one connection, which knows its client's address."""
+
+    client = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if peer else ""
+        super().connection_made(transport)
+
+    def handshaken(self, handshake: asyncio.Future[None]) -> None:
+        error = None if handshake.cancelled() else handshake.exception()
+        if error is not None:
+            hangups.went_away(log, self.client, "tls-handshake", error)
 
 
 class _Passphrase(Exception):
