@@ -1,8 +1,9 @@
 """POP3 (RFC 1939, CAPA per RFC 2449, STLS per RFC 2595, SASL PLAIN per RFC 5034).
 
-`Pop3` serves one connection on asyncio streams; what it says is decided by pure
-functions of the listener and the session (`capabilities`, `plaintext_allowed`, `parse`,
-`stuffed`, `top`). A login name goes through the router as an Access address
+`Pop3` serves one connection (`runtime.mailbox.connection`: a protocol that hands the
+session whole lines, and answers pipelined commands without waiting on the event loop
+for each); what it says is decided by pure functions of the listener and the session
+(`capabilities`, `plaintext_allowed`, `parse`, `stuffed`, `top`). A login name goes through the router as an Access address
 (`Policy.login`, argon2id off the event loop), so `user`, `user@domain`, `user%domain`
 and aliases reach the same account; every failed login waits as long as the client's IP
 has earned (`runtime.decide.throttle`). The maildrop (`runtime.mailbox.maildrop`) is
@@ -21,13 +22,13 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 from mailplan.plan.model import Listener
 from mailplan.runtime.base import hangups
 from mailplan.runtime.base.threads import checking
 from mailplan.runtime.decide.policy import Policy
 from mailplan.runtime.decide.throttle import Throttle
+from mailplan.runtime.mailbox.connection import Connection, LineTooLong
 from mailplan.runtime.mailbox.maildrop import Locked, Maildrop, Message
 from mailplan.runtime.store import maildir
 
@@ -97,8 +98,15 @@ def capabilities(listener: Listener, tls: bool, logged_in: bool) -> list[str]:
 
 def stuffed(content: bytes) -> bytes:
     """A message in network form, dot-stuffed and terminated for a multi-line reply."""
-    first = b"." if content.startswith(b".") else b""
-    return first + content.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+    return b"".join(stuffed_pieces(content))
+
+
+def stuffed_pieces(content: bytes) -> tuple[bytes, ...]:
+    """`stuffed` in pieces to send as they are (no copy of a message without dots)."""
+    body = content.replace(b"\r\n.", b"\r\n..")  # the same object when there are none
+    if content.startswith(b"."):
+        return b".", body, b".\r\n"
+    return body, b".\r\n"
 
 
 def top(content: bytes, lines: int) -> bytes:
@@ -150,25 +158,23 @@ class Pop3:
         context: ssl.SSLContext | None,
         mail_directory: Path,
         throttle: Throttle,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        connection: Connection,
     ) -> None:
         self.policy = policy
         self.listener = listener
         self.context = context
         self.mail_directory = mail_directory
         self.throttle = throttle
-        self.reader = reader
-        self.writer = writer
-        peer = writer.get_extra_info("peername")
-        self.ip = str(peer[0]) if peer else ""
+        self.connection = connection
+        peer = connection.extra("peername")
+        self.ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self.state = _State()
         self.rest = ""
         self.stage = "banner"  # banner, command, tls-handshake, auth, transaction
 
     @property
     def tls(self) -> bool:
-        return self.writer.get_extra_info("ssl_object") is not None
+        return self.connection.extra("ssl_object") is not None
 
     async def serve(self) -> None:
         try:
@@ -183,26 +189,28 @@ class Pop3:
         finally:
             if self.state.maildrop is not None:
                 self.state.maildrop.close()  # nothing changes without QUIT
-            self.writer.close()
+            self.connection.close()
 
     async def _send(self, *lines: str) -> None:
-        self.writer.write("".join(line + "\r\n" for line in lines).encode("utf-8"))
-        await self.writer.drain()
+        self.connection.write("".join(line + "\r\n" for line in lines).encode("utf-8"))
+        await self.connection.drain()
 
     async def _line(self) -> bytes | None:
         """The next line, or None when the session must end (after saying why)."""
+        connection = self.connection
         try:
-            async with asyncio.timeout(IDLE_TIMEOUT):
-                line = await self.reader.readline()
+            line = connection.line()  # one the client pipelined: no wait
+            if line is None:
+                line = await connection.readline()
         except TimeoutError:
             await self._send(TIMED_OUT)
             return None
-        except (ValueError, asyncio.LimitOverrunError):
+        except LineTooLong:
             await self._send(LINE_TOO_LONG)
             return None
         if line.endswith(b"\n"):
             return line
-        if not self.writer.transport.is_closing():  # not the server stopping
+        if not connection.aborted:  # not the server stopping
             hangups.went_away(log, self.ip, self.stage, None)
         return None
 
@@ -224,6 +232,7 @@ class Pop3:
             return await self._error(BAD_STATE if known else BAD_COMMAND)
         going_on = await handler(self, command.arguments)
         self._settle()
+        self.connection.active()
         return going_on
 
     def _settle(self) -> None:
@@ -252,12 +261,11 @@ class Pop3:
         # must not be read as if it had come inside TLS (RFC 2595 section 4). Reading
         # stops first, so nothing more comes in the clear while the answer goes out;
         # start_tls reads again, through TLS.
-        cast(asyncio.ReadTransport, self.writer.transport).pause_reading()
-        buffered: bytearray = getattr(self.reader, "_buffer", bytearray())
-        buffered.clear()
+        self.connection.pause()
+        self.connection.discard()
         await self._send(STLS_OK)
         self.stage = "tls-handshake"
-        await self.writer.start_tls(self.context)
+        await self.connection.start_tls(self.context)
         self.state.user = None
         return True
 
@@ -443,8 +451,8 @@ class Pop3:
             return None
 
     async def _multiline(self, first: str, content: bytes) -> None:
-        self.writer.write(first.encode() + b"\r\n" + stuffed(content))
-        await self.writer.drain()
+        self.connection.write(first.encode() + b"\r\n", *stuffed_pieces(content))
+        await self.connection.drain()
 
     async def dele(self, arguments: tuple[str, ...]) -> bool:
         message = self._message(arguments[0]) if len(arguments) == 1 else None
