@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 BACKLOG = 64 * 1024  # bytes of unanswered commands before reading stops
 FLUSH = 64 * 1024  # bytes of replies kept before they go to the transport
@@ -32,7 +33,7 @@ class Connection(asyncio.Protocol):
     """One connection; `started` runs the session once the connection is made."""
 
     def __init__(
-        self, started: Callable[[Connection], Awaitable[None]], limit: int, idle: float
+        self, started: Callable[[Connection], Coroutine[Any, Any, None]], limit: int, idle: float
     ) -> None:
         self.started = started
         self.limit = limit

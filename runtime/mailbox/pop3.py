@@ -3,13 +3,13 @@
 `Pop3` serves one connection (`runtime.mailbox.connection`: a protocol that hands the
 session whole lines, and answers pipelined commands without waiting on the event loop
 for each); what it says is decided by pure functions of the listener and the session
-(`capabilities`, `plaintext_allowed`, `parse`, `stuffed`, `top`). A login name goes through the router as an Access address
-(`Policy.login`, argon2id off the event loop), so `user`, `user@domain`, `user%domain`
-and aliases reach the same account; every failed login waits as long as the client's IP
-has earned (`runtime.decide.throttle`). The maildrop (`runtime.mailbox.maildrop`) is
-locked for the whole session and changed at QUIT only: a dropped connection deletes
-nothing. A client that goes away is one line at INFO, with the stage it left in
-(`runtime.base.hangups`).
+(`capabilities`, `plaintext_allowed`, `parse`, `stuffed`, `top`). A login name goes
+through the router as an Access address (`Policy.login`, argon2id off the event loop),
+so `user`, `user@domain`, `user%domain` and aliases reach the same account; every
+failed login waits as long as the client's IP has earned (`runtime.decide.throttle`).
+The maildrop (`runtime.mailbox.maildrop`) is locked for the whole session and changed
+at QUIT only: a dropped connection deletes nothing. A client that goes away is one
+line at INFO, with the stage it left in (`runtime.base.hangups`).
 """
 
 from __future__ import annotations
