@@ -22,6 +22,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from mailplan.plan.model import Listener
 from mailplan.runtime.base import hangups
@@ -66,8 +67,7 @@ BYE = "+OK mailplan POP3 server signing off"
 UPDATE_FAILED = "-ERR [SYS/TEMP] Some messages could not be changed; they are still there"
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):  # a tuple: made for every command, cheaper than a dataclass
     keyword: str  # upper case; "" for an empty line
     arguments: tuple[str, ...]
     rest: str  # everything after the keyword and one space (PASS allows spaces)
@@ -77,7 +77,7 @@ def parse(line: bytes) -> Request:
     """A command line: its keyword, its arguments and the raw rest of the line."""
     text = line.decode("utf-8", "replace").rstrip("\r\n")
     keyword, _, rest = text.partition(" ")
-    return Request(keyword.upper(), tuple(word for word in rest.split(" ") if word), rest)
+    return Request(keyword.upper(), tuple(filter(None, rest.split(" "))), rest)
 
 
 def plaintext_allowed(listener: Listener, tls: bool) -> bool:
@@ -103,7 +103,8 @@ def stuffed(content: bytes) -> bytes:
 
 def stuffed_pieces(content: bytes) -> tuple[bytes, ...]:
     """`stuffed` in pieces to send as they are (no copy of a message without dots)."""
-    body = content.replace(b"\r\n.", b"\r\n..")  # the same object when there are none
+    # (finding is twice as fast as replacing nothing: most messages have no such line)
+    body = content if content.find(b"\r\n.") < 0 else content.replace(b"\r\n.", b"\r\n..")
     if content.startswith(b"."):
         return b".", body, b".\r\n"
     return body, b".\r\n"
