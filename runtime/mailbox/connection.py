@@ -41,6 +41,9 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
         self.aborted = False  # the server ended the connection (stopping)
+        # Answers a line right where it arrives, while the session waits for one; False:
+        # the line is left for the session's task (see Pop3.at_once).
+        self.at_once: Callable[[bytes], bool] | None = None
         self._buffer = bytearray()
         self._searched = 0  # bytes of the buffer known to hold no line end
         self._ended = False  # no more data will come (EOF, or the connection is lost)
@@ -53,6 +56,7 @@ class Connection(asyncio.Protocol):
         self._last = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._timed_out = False
+        self._failed: Exception | None = None  # what answering at once raised
         self._pending: list[bytes] = []  # replies not yet handed to the transport
         self._pending_size = 0
 
@@ -69,7 +73,11 @@ class Connection(asyncio.Protocol):
         if len(self._buffer) > BACKLOG and self._reading and self.transport is not None:
             self._reading = False
             self.transport.pause_reading()
-        self._wake(self._waiter)
+        waiting = self._waiter is not None and not self._waiter.done()
+        if waiting and self.at_once is not None:
+            self._answer_at_once(self.at_once)
+        if self._buffer:
+            self._wake(self._waiter)
 
     def eof_received(self) -> bool:
         self._ended = True
@@ -119,6 +127,9 @@ class Connection(asyncio.Protocol):
         """The next line with its line end; what is left without one (maybe b"") when the
         client has stopped sending. TimeoutError when it has been idle for too long."""
         while True:
+            if self._failed is not None:
+                failed, self._failed = self._failed, None
+                raise failed
             found = self.line()
             if found is not None:
                 return found
@@ -209,6 +220,7 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Send what is left to send, then close."""
+        self.at_once = None
         if self._timer is not None:
             self._timer.cancel()
         self.flush()
@@ -216,6 +228,30 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     # -- inside --------------------------------------------------------------------------
+
+    def _answer_at_once(self, at_once: Callable[[bytes], bool]) -> None:
+        """The whole lines that `at_once` answers, while the client reads the answers."""
+        answered = False
+        while self._writing and self._lost is None:
+            try:
+                line = self.line()
+            except LineTooLong:
+                break  # the task says so
+            if line is None:
+                break
+            try:
+                done = at_once(line)
+            except Exception as exc:  # raised again in the task, which logs it
+                self._failed = exc
+                self._wake(self._waiter)
+                break
+            if not done:
+                self._buffer[:0] = line  # for the task, first
+                self._searched = 0
+                break
+            answered = True
+        if answered:
+            self.flush()
 
     def _check_idle(self) -> None:
         """Runs every `idle` seconds at most: ends a session idle since the last check."""
