@@ -39,7 +39,7 @@ class Locked(Exception):
 class Message:
     name: str  # the Maildir base name (without `:2,FLAGS`)
     uid: str  # what UIDL says: the base name, or its digest when that is no valid UIDL
-    path: Path  # where it was when the maildrop was opened
+    path: str  # where it was when the maildrop was opened (no Path: 1,000 cost 2 ms)
     size: int  # octets as POP3 sends it (CRLF line ends)
 
 
@@ -68,7 +68,7 @@ def network_form(content: bytes, named: int | None = None) -> bytes:
     return content if content.endswith(b"\r\n") or not content else content + b"\r\n"
 
 
-def _read(path: Path, size: int) -> bytes:
+def _read(path: str | Path, size: int) -> bytes:
     """A whole file whose size is probably `size` or less: one read, and one to see the end
     (no `stat`, no buffered file object: this is most of what a RETR costs)."""
     descriptor = os.open(path, os.O_RDONLY)
@@ -156,8 +156,8 @@ class Maildrop:
         return False
 
     def _current(self, message: Message) -> Path | None:
-        if message.path.exists():
-            return message.path
+        if os.path.exists(message.path):
+            return Path(message.path)
         return next(iter(self._where(message.name)), None)
 
     def _where(self, name: str) -> list[Path]:
@@ -170,10 +170,10 @@ class Maildrop:
 
 
 def _scan(folder: Path) -> tuple[Message, ...]:
-    files: list[tuple[str, Path]] = []
+    files: list[tuple[str, str]] = []
     for sub in ("new", "cur"):
         with os.scandir(folder / sub) as entries:
-            files += [(e.name, Path(e.path)) for e in entries if not e.name.startswith(".")]
+            files += [(e.name, e.path) for e in entries if not e.name.startswith(".")]
     messages = []
     seen_names: set[str] = set()
     for file_name, path in sorted(files, key=lambda item: _order(item[0])):
@@ -183,7 +183,7 @@ def _scan(folder: Path) -> tuple[Message, ...]:
         size = named_size(file_name)
         if size is None:  # a file of a writer that does not name sizes: read to count
             try:
-                size = network_size(path.read_bytes())
+                size = network_size(Path(path).read_bytes())
             except (FileNotFoundError, IsADirectoryError):
                 continue
         seen_names.add(name)
