@@ -475,7 +475,7 @@ def test_digits_that_are_not_ascii_are_no_message_number(site: Site) -> None:
 def replies(reader: BinaryIO, count: int) -> list[bytes]:
     """`count` replies, a multi-line one (after +OK to LIST, UIDL, RETR, TOP, CAPA) as one
     item up to and including its ".\r\n"."""
-    found = []
+    found: list[bytes] = []
     for _ in range(count):
         line = reader.readline()
         assert line, found
