@@ -16,9 +16,11 @@ import poplib
 import smtplib
 import socket
 import ssl
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import sitekit
@@ -29,6 +31,7 @@ from mailplan.plan.model import Listener, Source
 from mailplan.runtime.mailbox import pop3
 from mailplan.runtime.mailbox.maildrop import LOCK_FILE
 from mailplan.runtime.serve import devtls
+from mailplan.runtime.store import maildir
 
 HOSTNAME = "mail.example.com"
 PASSWORD = "pop secret"  # a space in it: PASS takes the rest of the line
@@ -44,6 +47,9 @@ ACCOUNTS = (
     "moved",
     "dots",
     "digits",
+    "piped",
+    "flood",
+    "hangup",
 )
 
 
@@ -461,3 +467,136 @@ def test_digits_that_are_not_ascii_are_no_message_number(site: Site) -> None:
         assert client.noop().startswith(b"+OK")  # the session goes on
     finally:
         client.quit()
+
+
+# -- pipelining (RFC 2449) and clients that go away ----------------------------------------
+
+
+def replies(reader: BinaryIO, count: int) -> list[bytes]:
+    """`count` replies, a multi-line one (after +OK to LIST, UIDL, RETR, TOP, CAPA) as one
+    item up to and including its ".\r\n"."""
+    found: list[bytes] = []
+    for _ in range(count):
+        line = reader.readline()
+        assert line, found
+        found.append(line)
+    return found
+
+
+def test_pipelined_commands_are_answered_in_order(site: Site) -> None:
+    site.deliver("piped", message("one", ".dot"), message("two"), message("three"))
+    with socket.create_connection((LOOPBACK, site.ports["pop3plain"]), TIMEOUT) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+        sock.sendall(b"CAPA\r\n")
+        capabilities = [reader.readline()]
+        while capabilities[-1] not in (b".\r\n", b""):
+            capabilities.append(reader.readline())
+        assert b"PIPELINING\r\n" in capabilities
+        # Everything in one write: login, listings, retrievals, errors, deletion, RSET.
+        sock.sendall(
+            f"USER piped\r\nPASS {PASSWORD}\r\nSTAT\r\nUIDL 2\r\nRETR 1\r\n"
+            "RETR 9\r\nBOGUS\r\nTOP 2 0\r\nDELE 3\r\nRETR 3\r\nNOOP\r\nSTAT\r\n"
+            "RSET\r\nSTAT\r\nLIST\r\nQUIT\r\n".encode()
+        )
+        assert reader.readline() == b"+OK Send PASS\r\n"
+        assert reader.readline().startswith(b"+OK Logged in: 3 messages")
+        count, total = reader.readline().split()[1:]
+        assert count == b"3"
+        assert reader.readline().startswith(b"+OK 2 ")
+        first = reader.readline()
+        assert first.startswith(b"+OK ") and first.endswith(b" octets\r\n")
+        retrieved = b""
+        while not retrieved.endswith(b"\r\n.\r\n"):
+            retrieved += reader.readline()
+        assert b"Subject: one\r\n" in retrieved and b"\r\n..dot\r\n" in retrieved
+        assert len(retrieved) - 3 - 1 == int(first.split()[1])  # minus ".\r\n", one stuffed dot
+        assert reader.readline() == b"-ERR No such message\r\n"
+        assert reader.readline() == b"-ERR Unknown command\r\n"
+        assert reader.readline() == b"+OK\r\n"
+        head = b""
+        while not head.endswith(b"\r\n.\r\n"):
+            head += reader.readline()
+        assert b"Subject: two\r\n" in head and head.endswith(b"\r\n\r\n.\r\n")
+        assert reader.readline() == b"+OK Message 3 deleted\r\n"
+        assert reader.readline() == b"-ERR No such message\r\n"
+        assert reader.readline() == b"+OK\r\n"
+        assert reader.readline().startswith(b"+OK 2 ")
+        assert reader.readline() == b"+OK 3 messages\r\n"
+        assert reader.readline() == f"+OK 3 {int(total)}\r\n".encode()
+        listing = replies(reader, 5)
+        assert listing[0] == b"+OK\r\n" and listing[-1] == b".\r\n"
+        assert reader.readline().startswith(b"+OK mailplan POP3 server signing off")
+        assert reader.readline() == b""
+    # RSET undid the DELE: all three are still there, the one retrieved marked seen.
+    client = site.login("piped")
+    assert client.stat()[0] == 3
+    client.quit()
+
+
+def test_a_pipelined_flood_of_retrievals_reaches_a_slow_reader_whole(site: Site) -> None:
+    """Hundreds of RETRs of a 200 KiB message sent at once, read only later: the server
+    stops answering while the client does not read, and loses nothing."""
+    body = b"".join(b"line %06d of the message\r\n" % n for n in range(8000))
+    maildir.deliver(site.maildir("flood"), "sender@remote.example", b"Subject: big\r\n\r\n" + body)
+    rounds = 300
+    with socket.create_connection((LOOPBACK, site.ports["pop3plain"]), TIMEOUT) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+        sock.sendall(f"USER flood\r\nPASS {PASSWORD}\r\n".encode())
+        assert reader.readline() == b"+OK Send PASS\r\n"
+        assert reader.readline().startswith(b"+OK Logged in: 1 messages")
+        sock.sendall(b"RETR 1\r\n" * rounds + b"QUIT\r\n")
+        for _ in range(rounds):
+            first = reader.readline()
+            assert first.startswith(b"+OK ") and first.endswith(b" octets\r\n"), first
+            size = int(first.split()[1])
+            content = reader.read(size)
+            assert content.endswith(b"line 007999 of the message\r\n")
+            assert reader.readline() == b".\r\n"
+        assert reader.readline().startswith(b"+OK mailplan POP3 server signing off")
+
+
+def hang_up(sock: socket.socket) -> None:
+    """Close with a reset, as a client that crashed or lost its network does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.mark.parametrize("size", [300_000, 2_000_000], ids=["read-here", "read-in-a-thread"])
+def test_a_client_that_hangs_up_mid_retr_changes_nothing(site: Site, size: int) -> None:
+    folder = site.maildir("hangup")
+    body = b"x" * 998 + b"\r\n"
+    maildir.deliver(folder, "s@remote.example", b"Subject: big\r\n\r\n" + body * (size // 1000))
+    source = "127.0.0.57"  # its own address, to find its lines in the log
+    before = len(site.server.log())
+    sock = socket.create_connection(
+        (LOOPBACK, site.ports["pop3plain"]), TIMEOUT, source_address=(source, 0)
+    )
+    reader = sock.makefile("rb")
+    assert reader.readline().startswith(b"+OK")
+    sock.sendall(f"USER hangup\r\nPASS {PASSWORD}\r\n".encode())
+    assert reader.readline() == b"+OK Send PASS\r\n"
+    count = int(reader.readline().split()[3])
+    sock.sendall(b"".join(b"RETR %d\r\n" % n for n in range(1, count + 1)) * 20)
+    assert reader.readline().startswith(b"+OK ")
+    reader.read(1000)  # the start of a message, and then the client is gone
+    hang_up(sock)
+    reader.close()
+    assert site.server.wait_for_log(f"{source} went away during transaction", TIMEOUT, before)
+
+    def reopened() -> poplib.POP3 | None:
+        try:
+            return site.login("hangup")
+        except poplib.error_proto as error:
+            assert b"[IN-USE]" in error.args[0]
+            return None
+
+    again = wait_until(reopened, TIMEOUT)
+    assert isinstance(again, poplib.POP3)
+    assert again.stat()[0] == count  # nothing deleted
+    again.quit()  # (this QUIT marks nothing seen: it retrieved nothing)
+    assert list((folder / "cur").iterdir()) == []  # the hang-up marked nothing seen
+    mine = [line for line in site.server.log()[before:].splitlines() if source in line]
+    assert not any("Traceback" in line or "ERROR" in line for line in mine), mine
+    assert "Traceback" not in site.server.log()[before:]

@@ -8,22 +8,18 @@ answers with the reply line (or None for "go on").
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 
 from mailplan.plan.model import Account, Plan, Scope
 from mailplan.runtime.decide import replies
 from mailplan.runtime.decide.address import idn_problem
 from mailplan.runtime.decide.addresslist import AddressSet
+from mailplan.runtime.decide.passwords import hash_password, verify
 from mailplan.runtime.decide.router import Router, Routing
 
-_hasher = PasswordHasher()
 # A hash that no password matches, checked when there is no account to check against,
 # so that an unknown name costs as long as a wrong password (no way to list accounts).
-_DECOY = _hasher.hash("mailplan: no such account")
+_DECOY = hash_password("mailplan: no such account")
 
 
 @dataclass(frozen=True)
@@ -135,11 +131,6 @@ class Policy:
         routing = self.router.route(name, "access")
         account = self.accounts.get(routing.queue) if routing.module == "LOCAL" else None
         if account is None or account.password is None:
-            with contextlib.suppress(VerificationError):  # as slow as a wrong password
-                _hasher.verify(_DECOY, password)
+            verify(_DECOY, password)  # as slow as a wrong password
             return None
-        try:
-            _hasher.verify(account.password, password)
-        except (VerificationError, InvalidHashError):
-            return None
-        return routing.queue
+        return routing.queue if verify(account.password, password) else None

@@ -31,7 +31,8 @@ from mailplan.runtime.decide.router import Router
 from mailplan.runtime.decide.throttle import Throttle
 from mailplan.runtime.delivery.scheduler import Delivery, Remote
 from mailplan.runtime.dns.lookup import Answerer, Dns
-from mailplan.runtime.mailbox.pop3 import LINE_LIMIT, Pop3
+from mailplan.runtime.mailbox.connection import Connection
+from mailplan.runtime.mailbox.pop3 import IDLE_TIMEOUT, LINE_LIMIT, Pop3
 from mailplan.runtime.queue.processor import Processor
 from mailplan.runtime.rules.engine import Rules
 from mailplan.runtime.serve import admin, notify, tls
@@ -133,7 +134,7 @@ class Daemon:
             self.delivery.park,
         )
         self.sessions: weakref.WeakSet[Session] = weakref.WeakSet()
-        self.pop3_sessions: set[asyncio.StreamWriter] = set()
+        self.pop3_sessions: set[Connection] = set()
         self.throttle = Throttle()  # failed logins per client IP, shared by POP3 and SMTP AUTH
         limits = plan.limits
         # connections per client and in all, shared by SMTP and POP3
@@ -252,9 +253,10 @@ class Daemon:
         def factory() -> asyncio.BaseProtocol:
             if listener.protocol not in POP3_PROTOCOLS:
                 return self._session(listener, context)
-            reader = asyncio.StreamReader(limit=LINE_LIMIT, loop=loop)  # as `start_server`
-            return asyncio.StreamReaderProtocol(
-                reader, lambda reader, writer: self._pop3(listener, context, reader, writer)
+            return Connection(
+                lambda connection: self._pop3(listener, context, connection),
+                LINE_LIMIT,
+                IDLE_TIMEOUT,
             )
 
         if listener.tls == "implicit" and context is not None:
@@ -289,26 +291,25 @@ class Daemon:
         self,
         listener: Listener,
         context: ssl.SSLContext | None,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        connection: Connection,
     ) -> None:
         policy = self.current.policy
         metrics.meters().connections.labels(protocol=listener.protocol).inc()
-        peer = writer.get_extra_info("peername")
-        ip = str(peer[0]) if peer else ""
+        peer = connection.extra("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         refused = self.admission.enter(ip, policy.client(ip, False).trusted)
         if refused is not None:  # POP3 has no 421: -ERR with RFC 2449's SYS/TEMP code
             log.info("%s refused at connect: %s", ip, refused)
-            writer.write(f"-ERR [SYS/TEMP] {refused[10:]}\r\n".encode())
-            writer.close()
+            connection.write(f"-ERR [SYS/TEMP] {refused[10:]}\r\n".encode())
+            connection.close()
             return
         mail_directory = self._path(policy.plan.queue.mail_directory)
-        session = Pop3(policy, listener, context, mail_directory, self.throttle, reader, writer)
-        self.pop3_sessions.add(writer)
+        session = Pop3(policy, listener, context, mail_directory, self.throttle, connection)
+        self.pop3_sessions.add(connection)
         try:
             await session.serve()
         finally:
-            self.pop3_sessions.discard(writer)
+            self.pop3_sessions.discard(connection)
             self.admission.leave(ip)
 
     def _recover(self) -> None:
@@ -404,8 +405,8 @@ class Daemon:
         for session in self.sessions:
             if session.transport is not None:
                 session.transport.close()
-        for writer in list(self.pop3_sessions):
-            writer.transport.abort()  # a POP3 session that did not QUIT changes nothing
+        for connection in list(self.pop3_sessions):
+            connection.abort()  # a POP3 session that did not QUIT changes nothing
         deadline = asyncio.get_running_loop().time() + 5.0
         while self.pop3_sessions and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)  # each session sees its connection end, and unlocks
