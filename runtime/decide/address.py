@@ -17,7 +17,10 @@ from dataclasses import dataclass
 
 import idna
 
+from mailplan.plan.quick import quick
 
+
+@quick
 @dataclass(frozen=True)
 class Address:
     local: str

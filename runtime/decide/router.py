@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mailplan.plan.model import Account, Domain, Forwarder, Kind, MailingList, Plan, Route, Source
+from mailplan.plan.quick import quick
 from mailplan.runtime.decide.address import Address, ip_literal, is_utf8, literal, parse
 from mailplan.runtime.decide.picture import Picture, substitute
 
@@ -26,6 +27,7 @@ SUFFIXES = ("._via", ".smtp", ".local", ".list")
 Module = Literal["LOCAL", "SMTP", "PIPE", "LIST", "ERROR", "DISCARD", "LMTP"]
 
 
+@quick
 @dataclass(frozen=True)
 class Step:
     """One thing that fired: where it is written, its canonical text, and what it did."""
@@ -59,11 +61,13 @@ class Routing:
         return f"{self.module}({self.queue}){self.target}"
 
 
+@quick
 @dataclass(frozen=True)
 class Rewrite:
     step: Step
 
 
+@quick
 @dataclass(frozen=True)
 class Decision:
     step: Step
