@@ -95,11 +95,8 @@ def _shadowed(plan: Plan, router: Router) -> list[Diagnostic]:
     index = router.index
     for j, route in enumerate(plan.routes):
         probe = witness(route.left, FRESH)
-        covering = [
-            i
-            for i in index.matching(probe)
-            if i < j and set(route.kinds) <= set(plan.routes[i].kinds)
-        ]
+        kinds = set(route.kinds)
+        covering = [i for i in index.matching(probe, j) if kinds <= set(plan.routes[i].kinds)]
         if covering:
             earlier: Route = plan.routes[min(covering)]
             message = (

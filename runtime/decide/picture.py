@@ -51,6 +51,8 @@ class Picture:
 
 def substitute(template: str, captures: tuple[str, ...]) -> str:
     """`template` with its `*`, in order, replaced by `captures` (a missing one by nothing)."""
+    if "*" not in template:
+        return template
     parts = template.split("*")
     out = [parts[0]]
     for i, part in enumerate(parts[1:]):
