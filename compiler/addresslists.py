@@ -109,13 +109,13 @@ def _span(entry: Entry, problems: list[Diagnostic]) -> tuple[int, int, int] | No
     if entry.form == "range":
         last_version, last = addresses[1]
         if last_version != version:
-            shown = f"{_shown(entry.values[0])}-{_shown(entry.values[1])}"
-            message = f"range mixes IPv{version} and IPv{last_version}: {shown}"
+            both = f"{_shown(entry.values[0])}-{_shown(entry.values[1])}"
+            message = f"range mixes IPv{version} and IPv{last_version}: {both}"
             problems.append(_error(entry, entry.values[0], "MP107", message))
             return None
         if last < first:
-            shown = f"{_shown(entry.values[0])}-{_shown(entry.values[1])}"
-            message = f"range ends before it starts: {shown}"
+            both = f"{_shown(entry.values[0])}-{_shown(entry.values[1])}"
+            message = f"range ends before it starts: {both}"
             problems.append(_error(entry, entry.values[0], "MP107", message))
             return None
         return version, first, last
@@ -130,10 +130,10 @@ def _span(entry: Entry, problems: list[Diagnostic]) -> tuple[int, int, int] | No
     host = width - bits
     stray = first & ((1 << host) - 1)
     if stray:
-        address = _shown(entry.values[0])
-        network = ipaddress.ip_network(f"{address}/{bits}", strict=False)
+        written_first = _shown(entry.values[0])
+        network = ipaddress.ip_network(f"{written_first}/{bits}", strict=False)
         message = (
-            f"{address}/{bits} has host bits set: the low {host} bits must be zero "
+            f"{written_first}/{bits} has host bits set: the low {host} bits must be zero "
             f"(they are {stray:#x}); the network is {network}"
         )
         problems.append(_error(entry, entry.values[0], "MP106", message))
