@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -98,3 +100,20 @@ def test_refused_where_init_does_more_than_set_fields() -> None:
             quick(cls)
     with pytest.raises(TypeError):
         quick(int)
+
+
+def _allocated(make: Callable[[int], object]) -> int:
+    tracemalloc.start()
+    try:
+        made = [make(i) for i in range(1000)]
+        size = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(made) == 1000
+    return size
+
+
+def test_as_small_as_the_dataclass_makes_it() -> None:
+    """The values stay inline in the instance, as `object.__setattr__` keeps them: a
+    `__dict__` made for each instance would cost memory and every read of a field."""
+    assert _allocated(lambda i: Quick("a", i)) <= _allocated(lambda i: Plain("a", i))

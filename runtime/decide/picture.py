@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mailplan.plan.quick import quick
 
+
+@quick
 @dataclass(frozen=True)
 class Picture:
     text: str
