@@ -22,9 +22,10 @@ def routes(
 ) -> tuple[tuple[Route, ...], list[Diagnostic]]:
     built: list[Route] = []
     problems: list[Diagnostic] = []
+    targets: dict[tuple[str, str, str | None], Target] = {}  # one for all records naming it
     for record in records:
         trouble: list[Diagnostic] = []
-        route = _route(record, main_domain, trouble)
+        route = _route(record, main_domain, trouble, targets)
         if trouble:
             problems += trouble
         elif route is not None:
@@ -32,10 +33,21 @@ def routes(
     return tuple(built), problems
 
 
-def _route(record: Record, main_domain: str, problems: list[Diagnostic]) -> Route | None:
+def _route(
+    record: Record,
+    main_domain: str,
+    problems: list[Diagnostic],
+    targets: dict[tuple[str, str, str | None], Target],
+) -> Route | None:
     relay, kinds = _prefixes(record, problems) if record.prefixes else (False, [])
     left = _left(record, main_domain, problems)
-    right = _right(record, problems)
+    said = record.message.value if record.message is not None else None
+    written = (record.right_form, record.right.value, said)
+    right = targets.get(written)
+    if right is None:
+        right = _right(record, problems)  # a target is either made or refused, and only then
+        if right is not None:
+            targets[written] = right
     if left is None or right is None:
         return None
     stars = left.picture.count("*")
