@@ -6,21 +6,29 @@ member or a routing target is judged exactly as the server will treat it.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from mailplan.compiler.diagnostics import Diagnostic, error
 from mailplan.plan.model import Domain, Kind, Plan, Route, Source, TestCase
 from mailplan.runtime.decide.address import idn_problem
-from mailplan.runtime.decide.router import Router
+from mailplan.runtime.decide.router import Router, Routing
+
+RouteOf = Callable[[str, Kind], Routing]
 
 
 def check_names(plan: Plan, router: Router) -> list[Diagnostic]:
+    # each address routed once, however many times the site names it: the records of a
+    # big table mostly rewrite to a few accounts
+    route: RouteOf = functools.cache(router.route)
     problems = _main_domain(plan)
     problems += _domain_names(plan)
     problems += _domain_aliases(plan)
     for domain in plan.domains:
         problems += _clashes(domain)
-        problems += _domain_references(domain, router)
-    for route in plan.routes:
-        problems += _route_target(route, router)
+        problems += _domain_references(domain, route)
+    for record in plan.routes:
+        problems += _route_target(record, router, route)
     for case in plan.tests:
         problems += _test_login(case, router)
     return problems
@@ -33,25 +41,26 @@ def _main_domain(plan: Plan) -> list[Diagnostic]:
     return [_at(plan.server.source, "MP202", message)]
 
 
-def _domain_references(domain: Domain, router: Router) -> list[Diagnostic]:
+def _domain_references(domain: Domain, route: RouteOf) -> list[Diagnostic]:
     """Forwarder targets, list owners and list members of one domain that name nothing."""
     problems: list[Diagnostic] = []
     for forwarder in domain.forwarders:
-        problems += _reference(router, forwarder.target, forwarder.source)
+        problems += _reference(route, forwarder.target, forwarder.source)
     for mailing_list in domain.lists:
-        problems += _reference(router, mailing_list.owner, mailing_list.source)
+        problems += _reference(route, mailing_list.owner, mailing_list.source)
         for member in mailing_list.members:
-            problems += _reference(router, member.address, member.source)
+            problems += _reference(route, member.address, member.source)
     return problems
 
 
-def _route_target(route: Route, router: Router) -> list[Diagnostic]:
+def _route_target(record: Route, router: Router, route: RouteOf) -> list[Diagnostic]:
     """A pipe or an address (without `*`) on the right of a routing record that is not there."""
-    if route.right.kind == "pipe" and route.right.value not in router.pipes:
-        return [_at(route.right_source, "MP203", f"no such pipe: {route.right.value}")]
-    if route.right.kind == "address" and "*" not in route.right.value:
-        kind = "mail" if "mail" in route.kinds else route.kinds[0]
-        return _reference(router, route.right.value, route.right_source, kind)
+    right = record.right
+    if right.kind == "pipe" and right.value not in router.pipes:
+        return [_at(record.right_source, "MP203", f"no such pipe: {right.value}")]
+    if right.kind == "address" and "*" not in right.value:
+        kind = "mail" if "mail" in record.kinds else record.kinds[0]
+        return _reference(route, right.value, record.right_source, kind)
     return []
 
 
@@ -64,10 +73,10 @@ def _test_login(case: TestCase, router: Router) -> list[Diagnostic]:
 
 
 def _reference(
-    router: Router, address: str, source: Source, kind: Kind = "mail"
+    route: RouteOf, address: str, source: Source, kind: Kind = "mail"
 ) -> list[Diagnostic]:
     """A problem when `address`, in one of the site's domains, names nothing there."""
-    routing = router.route(address, kind)
+    routing = route(address, kind)
     if routing.module != "ERROR" or routing.status != "5.1.1":
         return []
     reason = routing.reason or ""

@@ -28,8 +28,15 @@ def witness(pattern: Pattern, star: str = "x", domain_star: str | None = None) -
     return Address(local.replace("*", star), domain.replace("*", domain_star or star))
 
 
+def _witness_text(pattern: Pattern) -> str:
+    """`str(witness(pattern))`, without making the address (an `x` adds no `@`)."""
+    if pattern.kind == "domain":
+        return "x@" + pattern.picture.replace("*", "x")
+    return pattern.picture.replace("*", "x")
+
+
 def _loops(plan: Plan, router: Router) -> list[Diagnostic]:
-    starts: list[tuple[Source, str]] = [(r.source, str(witness(r.left))) for r in plan.routes]
+    starts: list[tuple[Source, str]] = [(r.source, _witness_text(r.left)) for r in plan.routes]
     for domain in plan.domains:
         starts += [(f.source, f"{f.name}@{domain.name}") for f in domain.forwarders]
         if domain.unknown.action == "route":
@@ -63,31 +70,48 @@ class _Ends:
 
     def __init__(self, router: Router) -> None:
         self.router = router
-        # text -> (keys of the addresses on the way, steps) for routings that end without
-        # a loop; nothing is remembered of the others, which are rare and routed in full
-        self.known: dict[str, tuple[frozenset[str], int]] = {}
+        # text -> its end: (its key, the end of the address it rewrites to, steps), for
+        # routings that end without a loop; nothing is remembered of the others, which
+        # are rare and routed in full. The keys on the way are linked, not copied into a
+        # set for every address: a chain has at most MAX_REWRITES + 1 of them.
+        self.known: dict[str, _End] = {}
 
     def surely(self, text: str) -> bool:
         return self._chain(text, set()) is not None
 
-    def _chain(self, text: str, under_way: set[str]) -> tuple[frozenset[str], int] | None:
-        if text in self.known:
-            return self.known[text]
+    def _chain(self, text: str, under_way: set[str]) -> _End | None:
+        known = self.known.get(text)
+        if known is not None:
+            return known
         if text in under_way or len(under_way) > MAX_REWRITES:
             return None  # a loop, or too many rewrites to follow here
         under_way.add(text)
         address = parse(text, self.router.main_domain)
         outcome = self.router.step(address, "mail")
+        key = address.key
         if isinstance(outcome, Decision):
-            result = frozenset({address.key}), 1
+            result: _End = (key, None, 1)
         else:
             rest = self._chain(outcome.step.after, under_way)
             # Router.route refuses a step once more than MAX_REWRITES came before it
-            if rest is None or address.key in rest[0] or rest[1] > MAX_REWRITES:
+            if rest is None or rest[2] > MAX_REWRITES or _passes(rest, key):
                 return None
-            result = rest[0] | {address.key}, rest[1] + 1
+            result = (key, rest, rest[2] + 1)
         self.known[text] = result
         return result
+
+
+# How the routing of an address ends: its key, the end of the next address, the steps.
+_End = tuple[str, "_End | None", int]
+
+
+def _passes(end: _End | None, key: str) -> bool:
+    """Whether the routing that ends so passes through the address `key`."""
+    while end is not None:
+        if end[0] == key:
+            return True
+        end = end[1]
+    return False
 
 
 def _shadowed(plan: Plan, router: Router) -> list[Diagnostic]:
@@ -95,11 +119,8 @@ def _shadowed(plan: Plan, router: Router) -> list[Diagnostic]:
     index = router.index
     for j, route in enumerate(plan.routes):
         probe = witness(route.left, FRESH)
-        covering = [
-            i
-            for i in index.matching(probe)
-            if i < j and set(route.kinds) <= set(plan.routes[i].kinds)
-        ]
+        kinds = set(route.kinds)
+        covering = [i for i in index.matching(probe, j) if kinds <= set(plan.routes[i].kinds)]
         if covering:
             earlier: Route = plan.routes[min(covering)]
             message = (

@@ -76,21 +76,25 @@ def record(line: str, file: str, number: int) -> Record | None:
             Text(m.group("prefix"), m.start() + 1)
             for m in _prefix().finditer(line, found.start("prefixes"), found.end("prefixes"))
         )
-    group = found.group
-    if group("langle") is not None:
-        left_form, left = "angle", Text(group("langle"), found.start("langle") + 1)
+    langle, lword, rangle, rpipe, rword, string, acknowledged = found.group(
+        "langle", "lword", "rangle", "rpipe", "rword", "string", "ack"
+    )
+    if langle is not None:
+        left_form, left = "angle", Text(langle, found.start("langle") + 1)
     else:
-        left_form, left = "word", Text(group("lword"), found.start("lword") + 1)
+        left_form, left = "word", Text(lword, found.start("lword") + 1)
     message = None
-    if group("rangle") is not None:
-        right_form, right = "angle", Text(group("rangle"), found.start("rangle") + 1)
-    elif group("rpipe") is not None:
-        right_form, right = "pipe", Text(group("rpipe"), found.start("rpipe") + 1)
+    if rangle is not None:
+        right_form, right = "angle", Text(rangle, found.start("rangle") + 1)
+    elif rpipe is not None:
+        right_form, right = "pipe", Text(rpipe, found.start("rpipe") + 1)
     else:
-        right_form, right = "word", Text(group("rword"), found.start("rword") + 1)
-        if group("string") is not None:
-            message = Text(group("string"), found.start("string") + 1)
-    ack = Text(group("ack"), found.start("ack") + 1) if group("ack") is not None else None
+        right_form, right = "word", Text(rword, found.start("rword") + 1)
+        if string is not None:
+            message = Text(string, found.start("string") + 1)
+    ack = None
+    if acknowledged is not None:
+        ack = Text(acknowledged, found.start("ack") + 1)
     start = prefixes[0].column if prefixes else left.column
     return Record(file, number, start, prefixes, left_form, left, right_form, right, message, ack)
 
@@ -101,17 +105,17 @@ def entry(line: str, file: str, number: int, column: int) -> Entry | None:
     found = _entry().match(line)
     if found is None:
         return None
-    offset = column
     start = len(line) - len(line.lstrip(" \t")) + column
     exclude = found.start("exclude") >= 0
-
-    def text(name: str) -> Text:
-        return Text(found.group(name), found.start(name) + offset)
-
-    if found.start("name") >= 0:
-        return Entry(file, number, start, exclude, "include", (text("name"),))
-    if found.start("last") >= 0:
-        return Entry(file, number, start, exclude, "range", (text("first"), text("last")))
-    if found.start("bits") >= 0:
-        return Entry(file, number, start, exclude, "network", (text("first"), text("bits")))
-    return Entry(file, number, start, exclude, "single", (text("first"),))
+    first, last, bits, name = found.group("first", "last", "bits", "name")
+    if name is not None:
+        named = (Text(name, found.start("name") + column),)
+        return Entry(file, number, start, exclude, "include", named)
+    address = Text(first, found.start("first") + column)
+    if last is not None:
+        values = (address, Text(last, found.start("last") + column))
+        return Entry(file, number, start, exclude, "range", values)
+    if bits is not None:
+        values = (address, Text(bits, found.start("bits") + column))
+        return Entry(file, number, start, exclude, "network", values)
+    return Entry(file, number, start, exclude, "single", (address,))

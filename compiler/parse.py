@@ -87,7 +87,9 @@ def _records(text: str, file: str) -> tuple[tuple[Record, ...], list[Diagnostic]
     found: list[Record] = []
     problems: list[Diagnostic] = []
     lark = parser("router", "record")
-    for number, line in _lines(text):
+    for number, line in enumerate(split_lines(text), start=1):
+        if _blank(line):
+            continue
         quick = linescan.record(line, file, number)
         if quick is not None:
             found.append(quick)
@@ -109,7 +111,9 @@ def _entries(
     found: list[Entry] = []
     problems: list[Diagnostic] = []
     lark = parser("addresslist", "entry")
-    for number, line in _lines(text):
+    for number, line in enumerate(split_lines(text), start=1):
+        if _blank(line):
+            continue
         where = first_line + number - 1
         quick = linescan.entry(line, file, where, column)
         if quick is not None:
@@ -126,12 +130,10 @@ def _entries(
     return tuple(found), problems
 
 
-def _lines(text: str) -> Iterator[tuple[int, str]]:
-    """Numbered lines that hold more than white space and a comment."""
-    for number, line in enumerate(split_lines(text), start=1):
-        content = line.strip()
-        if content and not content.startswith(";"):
-            yield number, line
+def _blank(line: str) -> bool:
+    """Whether a line holds nothing but white space and a comment."""
+    content = line.strip()
+    return not content or content[0] == ";"
 
 
 def _explain(exc: UnexpectedInput, line: str) -> tuple[int, str]:

@@ -22,16 +22,59 @@ def routes(
 ) -> tuple[tuple[Route, ...], list[Diagnostic]]:
     built: list[Route] = []
     problems: list[Diagnostic] = []
+    targets: dict[tuple[str, str, str | None], Target] = {}  # one for all records naming it
     for record in records:
         trouble: list[Diagnostic] = []
-        route = _route(record, main_domain, trouble)
-        problems += trouble
-        if route is not None and not trouble:
+        route = _route(record, main_domain, trouble, targets)
+        if trouble:
+            problems += trouble
+        elif route is not None:
             built.append(route)
     return tuple(built), problems
 
 
-def _route(record: Record, main_domain: str, problems: list[Diagnostic]) -> Route | None:
+def _route(
+    record: Record,
+    main_domain: str,
+    problems: list[Diagnostic],
+    targets: dict[tuple[str, str, str | None], Target],
+) -> Route | None:
+    relay, kinds = _prefixes(record, problems) if record.prefixes else (False, [])
+    left = _left(record, main_domain, problems)
+    said = record.message.value if record.message is not None else None
+    written = (record.right_form, record.right.value, said)
+    right = targets.get(written)
+    if right is None:
+        right = _right(record, problems)  # a target is either made or refused, and only then
+        if right is not None:
+            targets[written] = right
+    if left is None or right is None:
+        return None
+    stars = left.picture.count("*")
+    used = right.value.count("*")
+    if right.kind == "pipe" and right.message:
+        used += right.message.count("*")
+    if used > stars:
+        message = f"the right side uses {used} '*' but the left side has {stars}"
+        problems.append(_error(record, record.right, "MP109", message))
+    acknowledged = None
+    if record.acknowledgement is not None:
+        acknowledged = record.acknowledgement.value.split(":", 1)[1].strip()
+        if not acknowledged:
+            message = f"'; {ACKNOWLEDGE}:' needs a reason after the colon"
+            problems.append(_error(record, record.acknowledgement, "MP104", message))
+    if kinds:
+        kinds = [kind for kind in KINDS if kind in kinds]
+    text = _canonical(relay, kinds, left, right)
+    source = Source(record.file, record.line, record.column)
+    right_source = Source(record.file, record.line, record.right.column)
+    return Route(
+        source, right_source, text, relay, tuple(kinds) or KINDS, left, right, acknowledged
+    )
+
+
+def _prefixes(record: Record, problems: list[Diagnostic]) -> tuple[bool, list[Kind]]:
+    """Whether the record says `Relay:`, and the kinds of address it restricts itself to."""
     relay = False
     kinds: list[Kind] = []
     for prefix in record.prefixes:
@@ -44,28 +87,7 @@ def _route(record: Record, main_domain: str, problems: list[Diagnostic]) -> Rout
             relay = True
         elif word in get_args(Kind):
             kinds.append(word)  # type: ignore[arg-type]
-    left = _left(record, main_domain, problems)
-    right = _right(record, problems)
-    if left is None or right is None:
-        return None
-    stars = left.picture.count("*")
-    used = right.value.count("*") + (right.message or "").count("*") * (right.kind == "pipe")
-    if used > stars:
-        message = f"the right side uses {used} '*' but the left side has {stars}"
-        problems.append(_error(record, record.right, "MP109", message))
-    acknowledged = None
-    if record.acknowledgement is not None:
-        acknowledged = record.acknowledgement.value.split(":", 1)[1].strip()
-        if not acknowledged:
-            message = f"'; {ACKNOWLEDGE}:' needs a reason after the colon"
-            problems.append(_error(record, record.acknowledgement, "MP104", message))
-    kinds = [kind for kind in KINDS if kind in kinds]
-    text = _canonical(relay, kinds, left, right)
-    source = Source(record.file, record.line, record.column)
-    right_source = Source(record.file, record.line, record.right.column)
-    return Route(
-        source, right_source, text, relay, tuple(kinds) or KINDS, left, right, acknowledged
-    )
+    return relay, kinds
 
 
 def _left(record: Record, main_domain: str, problems: list[Diagnostic]) -> Pattern | None:
@@ -121,6 +143,8 @@ def _inside_angle(record: Record, side: Text, problems: list[Diagnostic]) -> str
 
 
 def _canonical(relay: bool, kinds: list[Kind], left: Pattern, right: Target) -> str:
+    if not relay and not kinds and right.kind in ("address", "domain", "discard"):
+        return f"{left} = {right.value}"
     prefix = ("Relay:" if relay else "") + "".join(f"{kind.capitalize()}:" for kind in kinds)
     if right.kind == "error":
         target = f'error "{right.message}"' if right.message else "error"

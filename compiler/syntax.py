@@ -10,7 +10,10 @@ from dataclasses import dataclass
 
 from lark import Token, Transformer, v_args
 
+from mailplan.plan.quick import quick
 
+
+@quick
 @dataclass(frozen=True)
 class Text:
     """A piece of source text and the column where it starts."""
@@ -19,6 +22,7 @@ class Text:
     column: int
 
 
+@quick
 @dataclass(frozen=True)
 class Record:
     """One routing-table record: `[prefixes] left = right [; allow-open-relay: why]`."""
@@ -35,6 +39,7 @@ class Record:
     acknowledgement: Text | None
 
 
+@quick
 @dataclass(frozen=True)
 class Entry:
     """One address-list line: an address, a range, a network or an include, maybe excluded."""

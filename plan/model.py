@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
+from mailplan.plan.quick import quick
+
 FORMAT = 1
 
 
@@ -47,6 +49,7 @@ Kind = Literal["mail", "access", "signal"]
 KINDS: tuple[Kind, ...] = ("mail", "access", "signal")
 
 
+@quick
 @dataclass(frozen=True)
 class Source:
     """A place in the site: a file relative to the site folder, a line and a column (1-based)."""
@@ -59,6 +62,7 @@ class Source:
         return f"{self.file}:{self.line}"
 
 
+@quick
 @dataclass(frozen=True)
 class Interval:
     """An inclusive range of IP addresses of one family, written as addresses."""
@@ -409,6 +413,7 @@ class Outbound:
     tls: OutboundTls
 
 
+@quick
 @dataclass(frozen=True)
 class Pattern:
     """A routing record's left side: a `*` picture of an address or of a domain (lower case)."""
@@ -420,6 +425,7 @@ class Pattern:
         return f"<{self.picture}>" if self.kind == "address" else self.picture
 
 
+@quick
 @dataclass(frozen=True)
 class Target:
     """A routing record's right side.
@@ -434,6 +440,7 @@ class Target:
     message: str | None
 
 
+@quick
 @dataclass(frozen=True)
 class Route:
     source: Source

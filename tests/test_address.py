@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from mailplan.runtime.decide.address import (
     Address,
+    _parse,
     canonical_domain,
     idn_problem,
     ip_literal,
@@ -233,3 +236,22 @@ def test_a_source_route_of_any_length_is_unwound_without_recursion() -> None:
 )
 def test_nested_source_routes(written: str, local: str, domain: str) -> None:
     assert parse(written, MAIN) == Address(local, domain)
+
+
+def test_plain_addresses_take_the_short_way_to_the_same_answer() -> None:
+    """`parse` reads `local@domain` without the general reader; whatever the text, the
+    answer is the general reader's (`_parse`)."""
+    rng = random.Random(20261207)
+    alphabet = "aZ09._+*%=-@!<>\"' :,[]\t.éÅ"
+    texts = ["a@b", "A@B.EXAMPLE", "a@b.", "a@.b", "@a", "a@", "a@b@c", "<a@b>", '"a"@b']
+    texts += ["a.@b", "a@b..c", "*@*.x", "%@x", "u%v@w", "x@[1.2.3.4]", "a@b-.c", "a@-b.c"]
+    for _ in range(20000):
+        local = "".join(rng.choices("aZ09._+*%=-", k=rng.randrange(0, 5)))
+        domain = "".join(rng.choices("aZ09_*-.", k=rng.randrange(0, 7)))
+        text = f"{local}@{domain}"
+        for _ in range(rng.choice([0, 0, 1, 2])):  # something out of the plain form
+            k = rng.randrange(len(text) + 1)
+            text = text[:k] + rng.choice(alphabet) + text[k:]
+        texts.append(text)
+    for text in texts:
+        assert parse(text, "example.com") == _parse(text, "example.com"), text

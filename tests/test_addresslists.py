@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mailplan.compiler import yamlpos
-from mailplan.compiler.addresslists import addresslists
+from mailplan.compiler.addresslists import _address, _ip, addresslists
 from mailplan.compiler.diagnostics import Diagnostic, error
 from mailplan.compiler.parse import parse
 from mailplan.compiler.pipeline import compile_site
@@ -409,6 +409,52 @@ def test_broken_lines_do_not_stop_the_others() -> None:
     )
     assert [(p.line, p.code) for p in problems] == [(4, "MP105"), (5, "MP105"), (7, "MP106")]
     assert spans(compiled["x"])[0] == [("10.0.0.0", "10.255.255.255"), ("192.0.2.1", "192.0.2.2")]
+
+
+# --- addresses read as ipaddress reads them ------------------------------------------------
+
+
+def _texts(rng: random.Random) -> list[str]:
+    """Addresses in every form they are written, and strings of the same characters that
+    are almost addresses (a part too many, too long, a leading zero, a stray colon)."""
+    texts = ["0.0.0.0", "255.255.255.255", "01.2.3.4", "1.2.3.04", "1.2.3", "1.2.3.4.5"]
+    texts += ["256.1.1.1", "1..2.3", ".1.2.3.4", "1.2.3.4.", "::", "::1", "1::", ":::", "1:::2"]
+    texts += ["::ffff:1.2.3.4", "::1.2.3.4", "::1.02.3.4", "1:2:3:4:5:6:1.2.3.4", "1:2:3:4:5:6:7::"]
+    texts += ["1::2:3:4:5:6:7:8", "1:2:3:4:5:6:7:8:9", "00000::1", "0000::1", "1.2.3.4::", "::1:"]
+    for _ in range(3000):
+        v4 = ipaddress.IPv4Address(rng.getrandbits(32))
+        v6 = ipaddress.IPv6Address(rng.getrandbits(128) >> rng.choice([0, 16, 64, 112, 127]))
+        written = rng.choice([str(v4), v6.compressed, v6.exploded, f"::ffff:{v4}", f"1::{v4}"])
+        if rng.random() < 0.5:
+            k = rng.randrange(len(written) + 1)
+            cut = rng.randrange(len(written) + 1)
+            written = written[:k] + rng.choice(["", "0", ":", ".", "::", "f", "00"]) + written[cut:]
+        texts.append(written)
+    texts += [
+        "".join(rng.choices("0123456789abcdefABCDEF:.", k=rng.randrange(1, 20)))
+        for _ in range(2000)
+    ]
+    return texts
+
+
+def test_addresses_are_read_as_ipaddress_reads_them() -> None:
+    """`addresslists._address` (inet_pton first) gives what `ipaddress` gives, or refuses."""
+    rng = random.Random(20261207)
+    for text in _texts(rng):
+        try:
+            address = ipaddress.ip_address(text)
+            expected: tuple[int, int] | None = (address.version, int(address))
+        except ValueError:
+            expected = None
+        assert _address(text) == expected, text
+
+
+def test_addresses_are_written_as_ipaddress_writes_them() -> None:
+    rng = random.Random(7)
+    for value in [0, 1, 2**32 - 1, *(rng.getrandbits(32) for _ in range(2000))]:
+        assert _ip(4, value) == str(ipaddress.IPv4Address(value))
+    for value in [0, 1, 2**128 - 1, *(rng.getrandbits(128) for _ in range(200))]:
+        assert _ip(6, value) == str(ipaddress.IPv6Address(value))
 
 
 # --- the sweep against a naive set of addresses ------------------------------------------

@@ -1394,6 +1394,9 @@ PROBE_DOMAINS = [
     "a.example.org",
     "ba.example",
     "xa.example",
+    "example",
+    "xample",
+    "a.xample",
 ]
 LOCALS = ["u", "v", "uv", "u-1", "sales-eu", "sales-"]
 PROBE_LOCALS = [*LOCALS, "U", "Sales-EU", "w", "u%a.example"]
@@ -1424,6 +1427,8 @@ def _random_left(rng: random.Random) -> str:
             lambda: f"{domain.split('.')[0]}.*",  # domain ending in *
             lambda: f"<*@{domain.split('.')[0]}.*>",
             lambda: f"<*@*{domain[1:]}>",
+            lambda: f"*{domain.rpartition('.')[2][1:]}",  # a suffix inside the last label
+            lambda: f"<*@*{domain.rpartition('.')[2][2:]}>",
         ]
     return rng.choice(forms)()
 
@@ -1474,6 +1479,9 @@ def test_route_index_agrees_with_naive_scan(tmp_path: Path, seed: int) -> None:
             is not None
         }
         assert set(index.matching(address)) == expected_matching, text
+        for below in (0, 1, 37, 150, 299, 300):
+            above = {i for i in expected_matching if i < below}
+            assert set(index.matching(address, below)) == above, (text, below)
         for kind in KINDS:
             expected = naive_first(routes, text, kind)
             assert index.first(address, kind) == expected, (text, kind)

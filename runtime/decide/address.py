@@ -12,12 +12,16 @@ IDNA2008 with the UTS 46 mapping), so the spellings of one address meet in one k
 from __future__ import annotations
 
 import ipaddress
+import re
 import unicodedata
 from dataclasses import dataclass
 
 import idna
 
+from mailplan.plan.quick import quick
 
+
+@quick
 @dataclass(frozen=True)
 class Address:
     local: str
@@ -32,8 +36,21 @@ class Address:
         return f"{self.local.lower()}@{self.domain}"
 
 
+# `local@domain` as most addresses are written: nothing in it that `parse` would unwrap,
+# unquote, unwind or normalise (no white space, brackets, quotes, `!`, `:` or second `@`,
+# no dot ending the domain, only ASCII), so it is its local part and its domain, lower case
+_PLAIN = re.compile(r"[A-Za-z0-9._+*%=-]+@[A-Za-z0-9_*-]+(?:\.[A-Za-z0-9_*-]+)*")
+
+
 def parse(text: str, default_domain: str) -> Address:
     """The address `text` names; a source route of any length is unwound in one loop."""
+    if _PLAIN.fullmatch(text):
+        local, _, domain = text.partition("@")
+        return Address(local, domain.lower())
+    return _parse(text, default_domain)
+
+
+def _parse(text: str, default_domain: str) -> Address:
     routes: list[list[str]] = []  # the hops of each `@hop,@hop:` layer, outermost first
     text = _unwrapped(text)
     while (colon := _route_end(text)) is not None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mailplan.plan.quick import quick
 
+
+@quick
 @dataclass(frozen=True)
 class Picture:
     text: str
@@ -51,6 +54,8 @@ class Picture:
 
 def substitute(template: str, captures: tuple[str, ...]) -> str:
     """`template` with its `*`, in order, replaced by `captures` (a missing one by nothing)."""
+    if "*" not in template:
+        return template
     parts = template.split("*")
     out = [parts[0]]
     for i, part in enumerate(parts[1:]):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mailplan.plan.model import Account, Domain, Forwarder, Kind, MailingList, Plan, Route, Source
+from mailplan.plan.quick import quick
 from mailplan.runtime.decide.address import Address, ip_literal, is_utf8, literal, parse
 from mailplan.runtime.decide.picture import Picture, substitute
 
@@ -26,6 +27,7 @@ SUFFIXES = ("._via", ".smtp", ".local", ".list")
 Module = Literal["LOCAL", "SMTP", "PIPE", "LIST", "ERROR", "DISCARD", "LMTP"]
 
 
+@quick
 @dataclass(frozen=True)
 class Step:
     """One thing that fired: where it is written, its canonical text, and what it did."""
@@ -59,11 +61,13 @@ class Routing:
         return f"{self.module}({self.queue}){self.target}"
 
 
+@quick
 @dataclass(frozen=True)
 class Rewrite:
     step: Step
 
 
+@quick
 @dataclass(frozen=True)
 class Decision:
     step: Step
@@ -119,37 +123,53 @@ class RouteIndex:
                 self._suffix.setdefault(suffix, []).append(i)
             else:
                 self._generic.append(i)
-        self._lengths = sorted({len(suffix) for suffix in self._suffix})
+        # the lengths of the suffixes to try for a domain: those with a dot by the domain's
+        # last label (`.corp.example` can only end a domain whose last label is `example`),
+        # the others (`*example.com` has the suffix `example.com`... and `*ample` has none)
+        # for every domain
+        by_label: dict[str, set[int]] = {}
+        for suffix in self._suffix:
+            if "." in suffix:
+                by_label.setdefault(suffix.rpartition(".")[2], set()).add(len(suffix))
+        self._suffix_lengths = {label: tuple(sorted(n)) for label, n in by_label.items()}
+        self._undotted = tuple(sorted({len(s) for s in self._suffix if "." not in s}))
         self._starts = _lengths_by_domain(self._local_start)
         self._ends = _lengths_by_domain(self._local_end)
 
-    def _buckets(self, address: Address) -> Iterator[list[int]]:
+    def _buckets(self, address: Address) -> list[list[int]]:
         """Every bucket that may hold a record matching `address`, exact ones first."""
         domain = address.domain
-        for bucket in (self._exact.get(address.key), self._domain.get(domain)):
-            if bucket:
-                yield bucket
-        yield from self._local_buckets(domain, address.local.lower())
-        yield from self._suffix_buckets(domain)
+        local = address.local.lower()
+        found = []
+        if bucket := self._exact.get(f"{local}@{domain}"):
+            found.append(bucket)
+        if bucket := self._domain.get(domain):
+            found.append(bucket)
+        if domain in self._starts or domain in self._ends:
+            self._local_buckets(domain, local, found)
+        self._suffix_buckets(domain, found)
         if self._generic:
-            yield self._generic
+            found.append(self._generic)
+        return found
 
-    def _local_buckets(self, domain: str, local: str) -> Iterator[list[int]]:
+    def _local_buckets(self, domain: str, local: str, found: list[list[int]]) -> None:
         """The buckets of `domain` filed by a literal start, then end, of the local part."""
         for length in self._starts.get(domain, ()):
             if bucket := self._local_start.get((domain, local[:length])):
-                yield bucket
+                found.append(bucket)
         for length in self._ends.get(domain, ()):
             if bucket := self._local_end.get((domain, local[-length:])):
-                yield bucket
+                found.append(bucket)
 
-    def _suffix_buckets(self, domain: str) -> Iterator[list[int]]:
+    def _suffix_buckets(self, domain: str, found: list[list[int]]) -> None:
         """The buckets of `*.suffix` records whose suffix ends `domain`, shortest first."""
-        for length in self._lengths:
-            if length > len(domain):
-                break
-            if bucket := self._suffix.get(domain[-length:]):
-                yield bucket
+        size = len(domain)
+        for lengths in (self._suffix_lengths.get(domain[domain.rfind(".") + 1 :]), self._undotted):
+            for length in lengths or ():
+                if length > size:
+                    break
+                if bucket := self._suffix.get(domain[-length:]):
+                    found.append(bucket)
 
     def match(self, i: int, address: Address) -> tuple[str, ...] | None:
         route = self.routes[i]
@@ -162,11 +182,12 @@ class RouteIndex:
     def first(self, address: Address, kind: Kind) -> tuple[int, tuple[str, ...]] | None:
         """The topmost record that matches `address` for `kind`, with its captures."""
         best: tuple[int, tuple[str, ...]] | None = None
+        routes = self.routes
         for bucket in self._buckets(address):
             for i in bucket:
                 if best is not None and i >= best[0]:
                     break
-                if kind not in self.routes[i].kinds:
+                if kind not in routes[i].kinds:
                     continue
                 captures = self.match(i, address)
                 if captures is not None:
@@ -174,10 +195,13 @@ class RouteIndex:
                     break
         return best
 
-    def matching(self, address: Address) -> Iterator[int]:
-        """Every record that matches `address`, for any kind, in no particular order."""
+    def matching(self, address: Address, below: int | None = None) -> Iterator[int]:
+        """Every record that matches `address`, for any kind, in no particular order; with
+        `below`, only the records above record `below` in the table."""
         for bucket in self._buckets(address):
             for i in bucket:
+                if below is not None and i >= below:
+                    break  # a bucket lists its records from the top
                 if self.match(i, address) is not None:
                     yield i
 
