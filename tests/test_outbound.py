@@ -4,7 +4,9 @@ Each test runs its own servers on 127.0.0.2, 127.0.0.3, ... sharing one free por
 client uses one port for every host), and a module-wide DNS server (tests/dnskit.py)
 serves the MX records that point at them. A server's handler replies to each sender,
 recipient and DATA as the test says, and records every connection and transaction it
-sees.
+sees. Every test that uses `servers` runs twice: against servers that offer PIPELINING
+(RFC 2920; the client then writes each message's commands in one go) and against
+servers that do not (aiosmtpd's own EHLO, one command at a time).
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Mailbox:
     rcpt: dict[str, str] = field(default_factory=dict)
     data: str | None = None
     ehlo: bool = True
+    pipelining: bool = False  # offered in the EHLO reply (set by `Servers.smtp`)
     transactions: list[Transaction] = field(default_factory=list)
     peers: set[tuple[str, int]] = field(default_factory=set)
 
@@ -87,6 +90,8 @@ class Mailbox:
         if not self.ehlo:
             return ["502 5.5.1 EHLO not implemented"]
         session.host_name = hostname
+        if self.pipelining:  # aiosmtpd reads pipelined commands, but does not say so
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
@@ -172,7 +177,8 @@ class Greeter:
 class Servers:
     """The SMTP servers of one test, on 127.0.0.x and one shared port."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipelining: bool = False) -> None:
+        self.pipelining = pipelining
         self.port = free_port("127.0.0.2")
         self.controllers: list[Controller] = []
         self.greeters: list[Greeter] = []
@@ -185,6 +191,7 @@ class Servers:
         smtputf8: bool = True,  # as aiosmtpd's Controller offers by default
     ) -> Mailbox:
         handler = handler or Mailbox()
+        handler.pipelining = self.pipelining
         extra: dict[str, Any] = {"tls_context": tls, "require_starttls": False} if tls else {}
         extra["enable_SMTPUTF8"] = smtputf8
         controller = Controller(
@@ -222,9 +229,9 @@ def _trust_the_test_ca(authority: Authority) -> Iterator[None]:
     TRUST = None
 
 
-@pytest.fixture
-def servers() -> Iterator[Servers]:
-    running = Servers()
+@pytest.fixture(params=["pipelining", "stepwise"])
+def servers(request: pytest.FixtureRequest) -> Iterator[Servers]:
+    running = Servers(pipelining=request.param == "pipelining")
     try:
         yield running
     finally:
