@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
 import pytest
 from aiosmtpd.controller import Controller
 from dnskit import NameServer, Silent, zone_text
@@ -33,6 +32,7 @@ from mailplan.runtime.decide import tlsneed, tlsrpt
 from mailplan.runtime.decide.mtasts import StsPolicy
 from mailplan.runtime.delivery import outbound
 from mailplan.runtime.delivery.outbound import Fate, Parcel, Settings
+from mailplan.runtime.delivery.smtpclient import Client
 from mailplan.runtime.dns import mx
 from mailplan.runtime.serve import devtls
 
@@ -415,7 +415,7 @@ def test_a_sweep_never_puts_back_a_connection_taken_meanwhile(servers: Servers) 
         kept = outbound.Connections(idle=0.5)
         clients = []
         for _ in range(2):
-            client = aiosmtplib.SMTP(hostname="127.0.0.2", port=servers.port, timeout=5)
+            client = Client("127.0.0.2", servers.port, HELO, timeout=5.0)
             await client.connect()
             clients.append(client)
         old, fresh = clients

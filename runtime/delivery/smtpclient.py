@@ -19,6 +19,7 @@ import re
 import ssl
 from collections import deque
 from dataclasses import dataclass
+from typing import cast
 
 MAX_LINE = 8192  # bytes of one reply line we read (RFC 5321 4.5.3.1.5 says 512)
 MAX_REPLY = 64 * 1024  # bytes of one reply, its lines together
@@ -73,8 +74,7 @@ class _Protocol(asyncio.Protocol):
         self._size = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are no subclasses
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -169,7 +169,6 @@ class Client:
             )
         except TimeoutError:
             raise Lost(f"no connection within {self.timeout:.0f} s") from None
-        assert isinstance(transport, asyncio.Transport)
         self._protocol, self.transport = protocol, transport
         (greeting,) = await self._replies(1, self.timeout)
         if greeting.code != 220:
