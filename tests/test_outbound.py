@@ -1241,3 +1241,56 @@ def test_an_unverified_kept_connection_never_serves_a_verified_delivery(
         "self-signed certificate; TLS policy: remote.test is in outbound.require_tls"
     )
     assert len(mailbox.transactions) == 1
+
+
+# --- what recent batches found ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kept", "failure", "asks"),
+    [(True, "", 1), (False, "", 3), (True, "sts-webpki-invalid", 3)],
+    ids=["kept", "not-kept", "failed-fetch-not-kept"],
+)
+def test_batches_in_quick_succession_share_their_look_ups(
+    servers: Servers, dns_server: NameServer, kept: bool, failure: str, asks: int
+) -> None:
+    """Within `Destinations.keep` seconds the next batch to a domain reuses the hosts and
+    TLS need the last one found; without the memo, or when the MTA-STS policy could not
+    be fetched (reported for each batch), each batch asks again."""
+    mailbox = servers.smtp("127.0.0.2")
+    asked: list[str] = []
+
+    async def policy(domain: str, hosts: list[mx.Host]) -> tlsneed.Need:
+        asked.append(domain)
+        facts = tlsneed.TlsFacts(domain, sts_note="fetch failed", sts_failure=failure)
+        return tlsneed.need(facts)
+
+    memo = outbound.Destinations(keep=60.0) if kept else None
+    settings = Settings(helo=HELO, port=servers.port, timeout=5.0, policy=policy, destinations=memo)
+
+    async def run() -> list[Fate]:
+        resolve = mx.resolver(dns_server.address, 1.0)
+        outcomes = []
+        for n in range(3):
+            batch = [parcel(f"Q{n}", "bob@one.out.test")]
+            outcomes += await outbound.deliver(
+                "one.out.test", "one.out.test", batch, settings, resolve
+            )
+        await closed()
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert [o.kind for o in outcomes] == ["delivered"] * 3
+    assert len(mailbox.transactions) == 3
+    assert asked == ["one.out.test"] * asks
+
+
+def test_a_kept_destination_expires() -> None:
+    memo = outbound.Destinations(keep=0.0)
+    hosts = [mx.Host("mx1.out.test", ("127.0.0.2",))]
+    memo.put(("a.test", "a.test", False), hosts, tlsneed.plain("a.test", False))
+    assert memo.get(("a.test", "a.test", False)) is None  # kept for no time at all
+    memo = outbound.Destinations(keep=60.0)
+    memo.put(("a.test", "a.test", False), hosts, tlsneed.plain("a.test", False))
+    assert memo.get(("a.test", "a.test", False)) == (hosts, tlsneed.plain("a.test", False))
+    assert memo.get(("a.test", "a.test", True)) is None  # require_tls is part of the key

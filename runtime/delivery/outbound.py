@@ -41,6 +41,7 @@ log = logging.getLogger("mailplan.smtp-out")
 Kind = Literal["delivered", "temporary", "permanent"]
 MAX_PER_CONNECTION = 100
 IDLE = 2.0  # seconds a connection is kept open for the next message to its server
+KEEP_DESTINATIONS = 1.0  # seconds a queue's hosts and TLS need serve the next batches
 DATA_DONE_TIMEOUT = 600.0  # the reply after the data (RFC 5321 4.5.3.2.6: 10 minutes)
 
 
@@ -132,6 +133,29 @@ def _satisfies(grade: str, wanted: str) -> bool:
     return grade == wanted
 
 
+class Destinations:
+    """The hosts and the TLS need found for a queue, kept for a moment, so that a stream
+    of small batches to one domain asks DNS (and for its MTA-STS policy) once a second
+    rather than once a batch. A failed look-up or policy fetch is not kept; the delivery
+    starts a new one for each plan (what the plan says of TLS is in the need)."""
+
+    def __init__(self, keep: float = KEEP_DESTINATIONS) -> None:
+        self.keep = keep
+        self._found: dict[tuple[str, str, bool], tuple[float, list[mx.Host], Need]] = {}
+
+    def get(self, key: tuple[str, str, bool]) -> tuple[list[mx.Host], Need] | None:
+        found = self._found.get(key)
+        if found is None or found[0] < time.monotonic():
+            return None
+        return found[1], found[2]
+
+    def put(self, key: tuple[str, str, bool], hosts: list[mx.Host], needed: Need) -> None:
+        now = time.monotonic()
+        if len(self._found) > 10_000:  # many domains: the expired ones go
+            self._found = {k: v for k, v in self._found.items() if v[0] >= now}
+        self._found[key] = (now + self.keep, hosts, needed)
+
+
 @dataclass(frozen=True)
 class Settings:
     helo: str
@@ -143,6 +167,7 @@ class Settings:
     policy: Callable[[str, list[mx.Host]], Awaitable[Need]] | None = None
     trust: ssl.SSLContext | None = None  # verifies certificates (the system's CA store when None)
     observe: Callable[[tlsrpt.TlsSession], None] | None = None  # TLS-RPT counts
+    destinations: Destinations | None = None  # what the last batches found, for a moment
 
 
 class _Refused(Exception):
@@ -225,13 +250,9 @@ async def deliver(
 ) -> list[Fate]:
     """Send `parcels` (all for the SMTP queue `queue` of `domain`); an outcome per recipient."""
     try:
-        hosts = await mx.destinations(queue, domain, resolve)
+        hosts, needed = await _destinations(queue, domain, settings, resolve)
     except mx.LookupFailed as failure:
         return _everyone(parcels, failure.status, failure.reason)
-    if settings.policy is not None and queue == domain:
-        needed = await settings.policy(domain, hosts)
-    else:  # a relay host or an IP literal: no policy of the domain's applies to it
-        needed = tlsneed.plain(domain, settings.require_tls)
     if needed.failure:  # the MTA-STS policy could not be fetched: reported once per batch
         _observe(settings, needed, False, needed.failure, "", "")
     outcomes: list[Fate] = []
@@ -253,6 +274,25 @@ async def deliver(
     if left and status.startswith("4.7"):
         last = f"{last}; TLS policy: {needed.reason}"
     return outcomes + _everyone(left, status, last)
+
+
+async def _destinations(
+    queue: str, domain: str, settings: Settings, resolve: dns.asyncresolver.Resolver
+) -> tuple[list[mx.Host], Need]:
+    """The hosts to try and what the domain needs of TLS (from `settings.destinations`
+    when a batch just found them); mx.LookupFailed when there are none."""
+    memo, key = settings.destinations, (queue, domain, settings.require_tls)
+    found = memo.get(key) if memo is not None else None
+    if found is not None:
+        return found
+    hosts = await mx.destinations(queue, domain, resolve)
+    if settings.policy is not None and queue == domain:
+        needed = await settings.policy(domain, hosts)
+    else:  # a relay host or an IP literal: no policy of the domain's applies to it
+        needed = tlsneed.plain(domain, settings.require_tls)
+    if memo is not None and not needed.failure:
+        memo.put(key, hosts, needed)
+    return hosts, needed
 
 
 async def _address(

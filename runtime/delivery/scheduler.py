@@ -135,6 +135,20 @@ def settle(
     return sorting.again, new
 
 
+def _settle_all(
+    spool: Spool, plan: Plan, work: list[tuple[list[Waiting], list[Fate]]], now: float
+) -> tuple[list[tuple[list[Waiting], list[str]]], Exception | None]:
+    """`settle` for each message of a batch, in order; what the settled ones gave, and the
+    error that stopped the rest (those are tried again later, as a whole batch would be)."""
+    results = []
+    for entries, outcomes in work:
+        try:
+            results.append(settle(spool, plan, entries, outcomes, now))
+        except Exception as exc:
+            return results, exc
+    return results, None
+
+
 @dataclass
 class _Sorting:
     """The outcomes of one message's recipients, sorted: done, failed (for the bounce),
@@ -353,6 +367,10 @@ class Delivery:
         self._runner: asyncio.Task[None] | None = None
         self._resolver: dns.asyncresolver.Resolver | None = None
         self.connections = outbound.Connections()
+        self._destinations: tuple[Plan | None, outbound.Destinations] = (
+            None,
+            outbound.Destinations(),
+        )
         self.courier: Courier | None = None  # outbound SMTP's own loop (`start`)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
@@ -442,6 +460,12 @@ class Delivery:
         if self.courier is None:
             return await work
         return await self.courier.run(work)
+
+    def _found(self, plan: Plan) -> outbound.Destinations:
+        """What recent batches found of their destinations, under this plan only."""
+        if self._destinations[0] is not plan:
+            self._destinations = (plan, outbound.Destinations())
+        return self._destinations[1]
 
     def _observe(self, session: tlsrpt_decide.TlsSession) -> None:
         """A TLS session to count, from the courier's thread: counted on this loop."""
@@ -610,19 +634,25 @@ class Delivery:
                 self.queues.pop(queue.name, None)
 
     async def _settle(self, plan: Plan, batch: list[Waiting], outcomes: list[Fate]) -> None:
+        """Record the outcomes of a batch, message by message, in one trip to a thread."""
         by_message: dict[str, list[Waiting]] = {}
         for entry in batch:
             by_message.setdefault(entry.queue_id, []).append(entry)
-        for queue_id, entries in by_message.items():
-            mine = [o for o in outcomes if o.queue_id == queue_id]
-            if not mine:  # settled already (LMTP settles message by message)
-                continue
-            again, new = await asyncio.to_thread(
-                settle, self.spool, plan, entries, mine, time.time()
+        mine: dict[str, list[Fate]] = {}
+        for outcome in outcomes:
+            mine.setdefault(outcome.queue_id, []).append(outcome)
+        # a message without outcomes here was settled already (LMTP settles one by one)
+        work = [(entries, mine[key]) for key, entries in by_message.items() if key in mine]
+        if work:
+            results, failure = await asyncio.to_thread(
+                _settle_all, self.spool, plan, work, time.time()
             )
-            self.add(again)
-            for created in new:
-                self.submit(created)
+            for again, new in results:
+                self.add(again)
+                for created in new:
+                    self.submit(created)
+            if failure is not None:
+                raise failure
         await self.reports.save(now=False)
 
     async def _deliver(self, queue: _Queue, batch: list[Waiting], router: Router) -> list[Fate]:
@@ -718,6 +748,7 @@ class Delivery:
             observe=(self._observe if self.courier else self.reports.observe)
             if wanted.reports
             else None,
+            destinations=self._found(plan),
         )
         results = await self._outbound(
             outbound.deliver(first.queue, domain, parcels, settings, resolve)
