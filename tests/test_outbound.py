@@ -32,7 +32,7 @@ from mailplan.runtime.decide import tlsneed, tlsrpt
 from mailplan.runtime.decide.mtasts import StsPolicy
 from mailplan.runtime.delivery import outbound
 from mailplan.runtime.delivery.outbound import Fate, Parcel, Settings
-from mailplan.runtime.delivery.smtpclient import Client
+from mailplan.runtime.delivery.smtpclient import SmtpClient
 from mailplan.runtime.dns import mx
 from mailplan.runtime.serve import devtls
 
@@ -415,7 +415,7 @@ def test_a_sweep_never_puts_back_a_connection_taken_meanwhile(servers: Servers) 
         kept = outbound.Connections(idle=0.5)
         clients = []
         for _ in range(2):
-            client = Client("127.0.0.2", servers.port, HELO, timeout=5.0)
+            client = SmtpClient("127.0.0.2", servers.port, HELO, timeout=5.0)
             await client.connect()
             clients.append(client)
         old, fresh = clients

@@ -32,7 +32,7 @@ import dns.asyncresolver
 
 from mailplan.runtime.decide import dane, tlsneed, tlsrpt
 from mailplan.runtime.decide.tlsneed import HostCheck, Need
-from mailplan.runtime.delivery.smtpclient import Client, Lost, Reply, data_block
+from mailplan.runtime.delivery.smtpclient import SmtpClient, SmtpLost, SmtpReply, data_block
 from mailplan.runtime.delivery.smtpclient import address as quoted
 from mailplan.runtime.dns import mx
 
@@ -85,9 +85,9 @@ class Connections:
 
     def __init__(self, idle: float = IDLE) -> None:
         self.idle = idle
-        self._free: dict[tuple[str, int], list[tuple[float, Client, str]]] = {}
+        self._free: dict[tuple[str, int], list[tuple[float, SmtpClient, str]]] = {}
 
-    def take(self, address: str, port: int, wanted: str) -> tuple[Client, str] | None:
+    def take(self, address: str, port: int, wanted: str) -> tuple[SmtpClient, str] | None:
         """An idle connection to address:port whose grade satisfies `wanted` (`plain`
         takes any, `tls` any encrypted one, `verified:NAME` only that), or None."""
         free = self._free.get((address, port), [])
@@ -99,7 +99,7 @@ class Connections:
                 return client, grade
         return None
 
-    def give(self, address: str, port: int, client: Client, grade: str) -> None:
+    def give(self, address: str, port: int, client: SmtpClient, grade: str) -> None:
         until = time.monotonic() + self.idle
         self._free.setdefault((address, port), []).append((until, client, grade))
 
@@ -118,10 +118,10 @@ class Connections:
             await _quit(client)
 
 
-async def _quit(client: Client) -> None:
+async def _quit(client: SmtpClient) -> None:
     try:
         await client.quit(timeout=5)
-    except (Lost, OSError):
+    except (SmtpLost, OSError):
         client.close()
 
 
@@ -352,7 +352,7 @@ def _observe(
         settings.observe(tlsrpt.TlsSession(needed, success, result, local, host, address))
 
 
-def _local(client: Client) -> str:
+def _local(client: SmtpClient) -> str:
     """The address of this end of a connection ('' when not connected)."""
     transport = client.transport
     found = transport.get_extra_info("sockname") if transport is not None else None
@@ -406,12 +406,12 @@ async def _session(
 
 async def _open(
     name: str, address: str, settings: Settings, tls: bool, check: HostCheck
-) -> tuple[Client, str]:
+) -> tuple[SmtpClient, str]:
     """A new connection to `address`, greeted, encrypted when offered and `tls`, and checked.
 
     Raises _Refused (or _TlsFailed) with the connection closed when the host will not do.
     """
-    client = Client(address, settings.port, settings.helo, settings.timeout)
+    client = SmtpClient(address, settings.port, settings.helo, settings.timeout)
     try:
         await client.connect()
         await client.hello()
@@ -420,14 +420,14 @@ async def _open(
         refused.local = _local(client)
         client.close()
         raise
-    except (Lost, OSError, ssl.SSLError) as exc:
+    except (SmtpLost, OSError, ssl.SSLError) as exc:
         client.close()
         raise _Refused(str(exc) or type(exc).__name__) from None
     return client, grade
 
 
 async def _start_tls(
-    client: Client, name: str, settings: Settings, tls: bool, check: HostCheck
+    client: SmtpClient, name: str, settings: Settings, tls: bool, check: HostCheck
 ) -> str:
     """STARTTLS when the host offers it and `tls`, checked as `check` says; the grade of
     the connection now (see `Connections`)."""
@@ -449,7 +449,7 @@ async def _start_tls(
         raise _TlsFailed(
             f"certificate not verified for {name}: {exc.verify_message}", "4.7.5", result
         ) from None
-    except (Lost, OSError, ssl.SSLError) as exc:
+    except (SmtpLost, OSError, ssl.SSLError) as exc:
         raise _TlsFailed(f"TLS failed: {exc or type(exc).__name__}") from None
     if check.check == "dane":
         mismatch = dane.check(
@@ -461,12 +461,12 @@ async def _start_tls(
         raise _TlsFailed(check.reason, "4.7.5", "validation-failure")
     try:
         await client.hello()
-    except (Lost, OSError, ssl.SSLError) as exc:
+    except (SmtpLost, OSError, ssl.SSLError) as exc:
         raise _TlsFailed(f"TLS failed: {exc or type(exc).__name__}") from None
     return f"verified:{name}" if check.check in ("pkix", "dane") else "tls"
 
 
-def _chain(client: Client) -> list[bytes]:
+def _chain(client: SmtpClient) -> list[bytes]:
     """The certificates the server presented (DER), its own first."""
     transport = client.transport
     found = transport.get_extra_info("ssl_object") if transport is not None else None
@@ -483,7 +483,7 @@ def _chain(client: Client) -> list[bytes]:
     return [leaf] if leaf else []
 
 
-async def _put_back(client: Client, address: str, settings: Settings, grade: str) -> None:
+async def _put_back(client: SmtpClient, address: str, settings: Settings, grade: str) -> None:
     """Keep a connection still open for the next batch, or say QUIT when none are kept."""
     if settings.connections is not None:
         settings.connections.give(address, settings.port, client, grade)
@@ -491,7 +491,7 @@ async def _put_back(client: Client, address: str, settings: Settings, grade: str
         await _quit(client)
 
 
-async def _transactions(client: Client, parcels: list[Parcel], host: str) -> list[Fate]:
+async def _transactions(client: SmtpClient, parcels: list[Parcel], host: str) -> list[Fate]:
     """Up to MAX_PER_CONNECTION transactions; those finished before the connection ended.
 
     With PIPELINING, each message's commands go in one write and its data in another. The
@@ -509,13 +509,13 @@ async def _transactions(client: Client, parcels: list[Parcel], host: str) -> lis
                 await _pipelined(client, parcel, host, outcomes)
             else:
                 await _stepwise(client, parcel, host, outcomes)
-    except (Lost, OSError) as exc:
+    except (SmtpLost, OSError) as exc:
         log.info("%s: connection ended: %s", host, exc)
         client.close()
     return outcomes
 
 
-def _unsendable(client: Client, parcel: Parcel, host: str) -> list[Fate]:
+def _unsendable(client: SmtpClient, parcel: Parcel, host: str) -> list[Fate]:
     """Outcomes for a message this server cannot take as it is (none when it can)."""
     international = not all(a.isascii() for a in (parcel.sender, *parcel.recipients))
     if international and not client.supports_extension("smtputf8"):
@@ -534,7 +534,7 @@ def _unsendable(client: Client, parcel: Parcel, host: str) -> list[Fate]:
     return []
 
 
-def _commands(client: Client, parcel: Parcel) -> tuple[bytes, list[bytes]]:
+def _commands(client: SmtpClient, parcel: Parcel) -> tuple[bytes, list[bytes]]:
     """MAIL FROM with the parameters the server offers and the message needs, and one
     RCPT TO per recipient."""
     international = not all(a.isascii() for a in (parcel.sender, *parcel.recipients))
@@ -550,7 +550,7 @@ def _commands(client: Client, parcel: Parcel) -> tuple[bytes, list[bytes]]:
     return mail, [f"RCPT TO:{quoted(r)}\r\n".encode(encoding) for r in parcel.recipients]
 
 
-async def _pipelined(client: Client, parcel: Parcel, host: str, outcomes: list[Fate]) -> None:
+async def _pipelined(client: SmtpClient, parcel: Parcel, host: str, outcomes: list[Fate]) -> None:
     """MAIL, the RCPTs and DATA in one write, their replies read together; then the data."""
     mail, rcpts = _commands(client, parcel)
     replies = await client.exchange(b"".join((mail, *rcpts, b"DATA\r\n")), len(rcpts) + 2)
@@ -567,7 +567,7 @@ async def _pipelined(client: Client, parcel: Parcel, host: str, outcomes: list[F
     await _data(client, parcel, accepted, data_reply, host, outcomes)
 
 
-async def _stepwise(client: Client, parcel: Parcel, host: str, outcomes: list[Fate]) -> None:
+async def _stepwise(client: SmtpClient, parcel: Parcel, host: str, outcomes: list[Fate]) -> None:
     """MAIL, RCPT for each recipient, then DATA for those accepted, each waiting for its
     reply (a server that does not offer PIPELINING)."""
     mail, rcpts = _commands(client, parcel)
@@ -587,10 +587,10 @@ async def _stepwise(client: Client, parcel: Parcel, host: str, outcomes: list[Fa
 
 
 async def _data(
-    client: Client,
+    client: SmtpClient,
     parcel: Parcel,
     accepted: list[str],
-    data_reply: Reply,
+    data_reply: SmtpReply,
     host: str,
     outcomes: list[Fate],
 ) -> None:
@@ -605,9 +605,11 @@ async def _data(
     outcomes += [_outcome(parcel, r, reply.code, reply.text, host) for r in accepted]
 
 
-def _recipients(parcel: Parcel, replies: list[Reply], host: str, outcomes: list[Fate]) -> list[str]:
+def _recipients(
+    parcel: Parcel, replies: list[SmtpReply], host: str, outcomes: list[Fate]
+) -> list[str]:
     """The recipients whose RCPT was accepted; an outcome in `outcomes` for each refused
-    one. A 421 among them ends the connection (raises Lost)."""
+    one. A 421 among them ends the connection (raises SmtpLost)."""
     accepted: list[str] = []
     for recipient, reply in zip(parcel.recipients, replies, strict=True):
         if reply.code // 100 == 2:
@@ -621,7 +623,7 @@ def _recipients(parcel: Parcel, replies: list[Reply], host: str, outcomes: list[
     return accepted
 
 
-def _refusal(parcel: Parcel, recipient: str, reply: Reply, host: str) -> Fate:
+def _refusal(parcel: Parcel, recipient: str, reply: SmtpReply, host: str) -> Fate:
     """What a refusal means for one recipient; a reply that is no refusal where one was
     due (a 2xx or 3xx to DATA other than 354) leaves the recipient for later."""
     if reply.code < 400:
@@ -630,7 +632,7 @@ def _refusal(parcel: Parcel, recipient: str, reply: Reply, host: str) -> Fate:
     return _outcome(parcel, recipient, reply.code, reply.text, host)
 
 
-async def _abandon(client: Client, data_reply: Reply) -> None:
+async def _abandon(client: SmtpClient, data_reply: SmtpReply) -> None:
     """End a pipelined transaction that has no recipient: a server that said 354 to its
     DATA gets an empty message, which it must refuse (RFC 2920 3.1); then RSET."""
     if data_reply.code == 354:
@@ -640,13 +642,13 @@ async def _abandon(client: Client, data_reply: Reply) -> None:
     await _reset(client)
 
 
-async def _reset(client: Client) -> None:
+async def _reset(client: SmtpClient) -> None:
     (reply,) = await client.exchange(b"RSET\r\n", 1)
     if reply.code != 250:
-        raise Lost(f"RSET: {reply.code} {' '.join(reply.text.split())}")
+        raise SmtpLost(f"RSET: {reply.code} {' '.join(reply.text.split())}")
 
 
-def _raise_if_gone(reply: Reply) -> None:
+def _raise_if_gone(reply: SmtpReply) -> None:
     """A 421 closes the connection: what is left must go to the next host, or wait."""
     if reply.code == 421:
-        raise Lost(f"{reply.code} {' '.join(reply.text.split())}")
+        raise SmtpLost(f"{reply.code} {' '.join(reply.text.split())}")

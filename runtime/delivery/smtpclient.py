@@ -9,7 +9,7 @@ one reply per read, so it cannot pipeline: a relayed message cost four writes an
 wake-ups of the waiting task; pipelined, one of each.
 
 Every wait has a time-out (one timer per wait, not a task); a connection that ends, times
-out or answers what is not SMTP raises `Lost`, and is closed.
+out or answers what is not SMTP raises `SmtpLost`, and is closed.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ _LEADING_DOT = re.compile(rb"(?m)^\.")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class Lost(Exception):
+class SmtpLost(Exception):
     """The connection ended, timed out, or the server said what is not SMTP."""
 
 
 @dataclass(frozen=True)
-class Reply:
+class SmtpReply:
     code: int
     text: str  # its lines after the code, joined by newlines (as aiosmtplib gives them)
 
@@ -66,10 +66,10 @@ class _Protocol(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.replies: deque[Reply] = deque()
+        self.replies: deque[SmtpReply] = deque()
         self.wanted = 0
         self.waiter: asyncio.Future[None] | None = None
-        self.failure: Lost | None = None
+        self.failure: SmtpLost | None = None
         self._lines: list[bytes] = []
         self._size = 0
 
@@ -87,28 +87,28 @@ class _Protocol(asyncio.Protocol):
                 break
         del buffer[:start]
         if len(buffer) > MAX_LINE and self.failure is None:
-            self._fail(Lost("a reply line too long"))
+            self._fail(SmtpLost("a reply line too long"))
         self._wake()
 
     def _line(self, line: bytes) -> bool:
         code = line[:3]
         separator = line[3:4]
         if len(line) > MAX_LINE or not code.isdigit() or separator not in b" -\r\n":
-            self._fail(Lost(f"not an SMTP reply: {line[:80]!r}"))
+            self._fail(SmtpLost(f"not an SMTP reply: {line[:80]!r}"))
             return False
         self._size += len(line)
         if self._size > MAX_REPLY:
-            self._fail(Lost("a reply too long"))
+            self._fail(SmtpLost("a reply too long"))
             return False
         self._lines.append(line[4:].strip(b" \t\r\n"))
         if line[3:4] == b"-":
             return True
         text = b"\n".join(self._lines).decode("utf-8", "surrogateescape")
-        self.replies.append(Reply(int(code), text))
+        self.replies.append(SmtpReply(int(code), text))
         self._lines, self._size = [], 0
         return True
 
-    def _fail(self, failure: Lost) -> None:
+    def _fail(self, failure: SmtpLost) -> None:
         self.failure = failure
         if self.transport is not None:
             self.transport.abort()
@@ -122,19 +122,19 @@ class _Protocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         if self.failure is None:
-            self.failure = Lost("the server closed the connection")
+            self.failure = SmtpLost("the server closed the connection")
         self._wake()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.failure is None:
             reason = f"the connection was lost: {exc}" if exc else "the connection was closed"
-            self.failure = Lost(reason)
+            self.failure = SmtpLost(reason)
         self.transport = None
         self._wake()
 
 
-class Client:
+class SmtpClient:
     """One SMTP connection. Use `connect`, `hello`, `starttls`, `exchange`, `quit`."""
 
     def __init__(self, host: str, port: int, helo: str, timeout: float) -> None:
@@ -159,8 +159,8 @@ class Client:
     def supports_extension(self, name: str) -> bool:
         return name.lower() in self.extensions
 
-    async def connect(self) -> Reply:
-        """Connect and read the greeting; Lost unless it is 220 (the connection closed)."""
+    async def connect(self) -> SmtpReply:
+        """Connect and read the greeting; SmtpLost unless it is 220 (the connection closed)."""
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await asyncio.wait_for(
@@ -168,15 +168,15 @@ class Client:
                 self.timeout,
             )
         except TimeoutError:
-            raise Lost(f"no connection within {self.timeout:.0f} s") from None
+            raise SmtpLost(f"no connection within {self.timeout:.0f} s") from None
         self._protocol, self.transport = protocol, transport
         (greeting,) = await self._replies(1, self.timeout)
         if greeting.code != 220:
             self.close()
-            raise Lost(f"greeting {greeting.code} {' '.join(greeting.text.split())}")
+            raise SmtpLost(f"greeting {greeting.code} {' '.join(greeting.text.split())}")
         return greeting
 
-    async def hello(self) -> Reply:
+    async def hello(self) -> SmtpReply:
         """EHLO, or HELO if EHLO is refused; the extensions EHLO listed."""
         (reply,) = await self.exchange(f"EHLO {self.helo}\r\n".encode(), 1)
         self.extensions = {}
@@ -187,10 +187,10 @@ class Client:
                     self.extensions[keyword.lower()] = value
             return reply
         if reply.code == 421:
-            raise Lost(f"EHLO: {reply.code} {reply.text}")
+            raise SmtpLost(f"EHLO: {reply.code} {reply.text}")
         (reply,) = await self.exchange(f"HELO {self.helo}\r\n".encode(), 1)
         if reply.code != 250:
-            raise Lost(f"HELO: {reply.code} {' '.join(reply.text.split())}")
+            raise SmtpLost(f"HELO: {reply.code} {' '.join(reply.text.split())}")
         return reply
 
     async def starttls(self, context: ssl.SSLContext, server_hostname: str) -> None:
@@ -198,7 +198,7 @@ class Client:
         what was read before the handshake is dropped (RFC 3207 4.2: it may be injected)."""
         (reply,) = await self.exchange(b"STARTTLS\r\n", 1)
         if reply.code != 220:
-            raise Lost(f"STARTTLS: {reply.code} {' '.join(reply.text.split())}")
+            raise SmtpLost(f"STARTTLS: {reply.code} {' '.join(reply.text.split())}")
         protocol, transport = self._protocol, self.transport
         assert protocol is not None and transport is not None
         protocol.buffer.clear()
@@ -214,26 +214,26 @@ class Client:
             )
         except (TimeoutError, ConnectionError) as exc:
             self.close()
-            raise Lost(f"TLS handshake: {exc or type(exc).__name__}") from None
+            raise SmtpLost(f"TLS handshake: {exc or type(exc).__name__}") from None
         except BaseException:
             self.close()
             raise
         if upgraded is None:
-            raise Lost("the connection ended during the TLS handshake")
+            raise SmtpLost("the connection ended during the TLS handshake")
         self.transport = upgraded
         protocol.transport = upgraded
 
     async def exchange(
         self, data: bytes, replies: int, timeout: float | None = None
-    ) -> list[Reply]:
+    ) -> list[SmtpReply]:
         """Write `data` (commands, and maybe a message's data) in one send, then wait for
-        `replies` replies; Lost (the connection closed) if they do not all come."""
+        `replies` replies; SmtpLost (the connection closed) if they do not all come."""
         if self.transport is None or not self.is_connected:
-            raise Lost("not connected")
+            raise SmtpLost("not connected")
         self.transport.write(data)
         return await self._replies(replies, self.timeout if timeout is None else timeout)
 
-    async def _replies(self, count: int, timeout: float) -> list[Reply]:
+    async def _replies(self, count: int, timeout: float) -> list[SmtpReply]:
         protocol = self._protocol
         assert protocol is not None
         if len(protocol.replies) < count and protocol.failure is None:
@@ -247,9 +247,9 @@ class Client:
                 timer.cancel()
                 protocol.waiter = None
             if len(protocol.replies) < count and protocol.failure is None:
-                protocol.failure = Lost(f"no reply within {timeout:.0f} s")
+                protocol.failure = SmtpLost(f"no reply within {timeout:.0f} s")
         if len(protocol.replies) < count:
-            failure = protocol.failure or Lost("the connection ended")
+            failure = protocol.failure or SmtpLost("the connection ended")
             self.close()
             raise failure
         return [protocol.replies.popleft() for _ in range(count)]
@@ -259,7 +259,7 @@ class Client:
         try:
             if self.is_connected:
                 await self.exchange(b"QUIT\r\n", 1, timeout)
-        except Lost:
+        except SmtpLost:
             pass
         finally:
             self.close()
