@@ -23,7 +23,7 @@ from serverkit import free_port, wait_until
 
 from mailplan.runtime.delivery import outbound
 from mailplan.runtime.delivery.outbound import Fate, Parcel, Settings
-from mailplan.runtime.delivery.smtpclient import address, data_block
+from mailplan.runtime.delivery.smtpclient import SmtpClient, SmtpLost, address, data_block
 from mailplan.runtime.dns import mx
 
 HELO = "mail.example.test"
@@ -228,3 +228,43 @@ def _listening(host: str, port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_what_a_server_says_between_commands_is_not_taken_for_a_reply() -> None:
+    """A kept connection may hear a line nobody asked for: a 421 ends it (the next
+    command is not sent), anything else is dropped, never taken as the next reply."""
+    server = socket.create_server(("127.0.0.2", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"220 hi\r\n")
+            conn.recv(1024)  # EHLO
+            conn.sendall(b"250 hi\r\n")
+            conn.sendall(b"250 nobody asked\r\n")
+            conn.recv(1024)  # NOOP
+            conn.sendall(b"252 the real reply\r\n421 4.4.2 idle too long\r\n")
+            conn.recv(1024)  # the client hangs up: no command follows
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def run() -> tuple[list[int], str]:
+        client = SmtpClient("127.0.0.2", port, HELO, timeout=5.0)
+        await client.connect()
+        await client.hello()
+        await asyncio.sleep(0.2)  # the unasked line arrives
+        codes = [reply.code for reply in await client.exchange(b"NOOP\r\n", 1)]
+        await asyncio.sleep(0.2)
+        with pytest.raises(SmtpLost) as lost:
+            await client.exchange(b"NOOP\r\n", 1)
+        return codes, str(lost.value)
+
+    try:
+        codes, why = asyncio.run(run())
+    finally:
+        thread.join(5)
+        server.close()
+    assert codes == [252]
+    assert why == "421 4.4.2 idle too long"

@@ -230,6 +230,13 @@ class SmtpClient:
         `replies` replies; SmtpLost (the connection closed) if they do not all come."""
         if self.transport is None or not self.is_connected:
             raise SmtpLost("not connected")
+        unasked = self._protocol.replies if self._protocol is not None else None
+        if unasked:  # said between commands (a kept connection): only a 421 means anything
+            closing = [reply for reply in unasked if reply.code == 421]
+            unasked.clear()
+            if closing:
+                self.close()
+                raise SmtpLost(f"421 {' '.join(closing[0].text.split())}")
         self.transport.write(data)
         return await self._replies(replies, self.timeout if timeout is None else timeout)
 
