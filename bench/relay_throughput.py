@@ -51,6 +51,11 @@ looked up and no session counted (docs/delivery.md, TLS); the report gives
 mailplan / no-tls-policies per cell, the cost of honouring other domains' TLS policies
 (here: a `_mta-sts` TXT look-up per batch, NXDOMAIN and cached, and the TLS-RPT counts).
 
+`--variant NAME=COMMAND` adds another build of mailplan to the run (COMMAND is given
+`serve SITE --root DIR ...`, e.g. the `mailplan` of another checkout's virtualenv), the
+same load interleaved with the others; the report gives mailplan / NAME per cell: a
+change measured against the code before it in the same run.
+
 `--profile DIR` instead records mailplan with py-spy in both cells (on-CPU, then
 wall-clock) and prints where its time goes per message (bench/smtp_accept.py's
 analysis).
@@ -62,6 +67,8 @@ Nothing here asserts a timing. Network only to 127.0.0.1.
     .venv/bin/python bench/relay_throughput.py --with-postfix --count 5000 --rounds 5
     .venv/bin/python bench/relay_throughput.py --quick --dkim ed25519      # signing's cost
     .venv/bin/python bench/relay_throughput.py --profile /tmp/relay-prof
+    .venv/bin/python bench/relay_throughput.py --with-postfix \
+        --variant "main=/work/base-relay/.venv/bin/mailplan"
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import shutil
 import signal
 import statistics
@@ -82,6 +90,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -503,7 +512,9 @@ def cell_name(domains: int) -> str:
     return f"{domains} domain{'s' if domains > 1 else ''}"
 
 
-def report(results: list[Result], names: list[str], cells: list[int]) -> dict[str, Any]:
+def report(
+    results: list[Result], names: list[str], cells: list[int], variants: Sequence[str] = ()
+) -> dict[str, Any]:
     by_cell: dict[tuple[int, str], list[Result]] = defaultdict(list)
     for result in results:
         by_cell[result.domains, result.server].append(result)
@@ -550,6 +561,16 @@ def report(results: list[Result], names: list[str], cells: list[int]) -> dict[st
             signed = medians["signed"] / medians["mailplan"] if medians["mailplan"] else 0.0
             print(f"  signed / mailplan: {signed:.2f}  (DKIM signing on / off)")
             summary[cell]["signed/mailplan"] = signed
+        for variant in variants:
+            if "mailplan" in medians and medians.get(variant):
+                ratio = medians["mailplan"] / medians[variant]
+                print(f"  mailplan / {variant}: {ratio:.2f}")
+                summary[cell][f"mailplan/{variant}"] = ratio
+        for variant in variants:
+            if medians.get(variant) and medians.get("Postfix"):
+                ratio = medians[variant] / medians["Postfix"]
+                print(f"  {variant} / Postfix: {ratio:.2f}")
+                summary[cell][f"{variant}/Postfix"] = ratio
         if "mailplan" in medians and medians.get("Postfix"):
             ratio = medians["mailplan"] / medians["Postfix"]
             print(f"  mailplan / Postfix: {ratio:.2f}")
@@ -688,6 +709,13 @@ def main() -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND",
+        help="also measure a build of mailplan run by COMMAND (+ `serve SITE --root DIR`)",
+    )
+    parser.add_argument(
         "--tls-off",
         action="store_true",
         help="also measure mailplan with other domains' TLS policies off",
@@ -738,6 +766,17 @@ def main() -> int:
             plain.start()
             started.append(plain)
             servers.append(plain)
+        variants: list[str] = []
+        for number, variant in enumerate(args.variant):
+            name, _, command = variant.partition("=")
+            other = RelayMailplan(
+                name, work=work / f"variant{number}", command=tuple(shlex.split(command)),
+                options=options, variant=True,
+            )  # fmt: skip
+            other.start()
+            started.append(other)
+            servers.append(other)
+            variants.append(name)
         if args.dkim:
             signed = signing_mailplan(work, options, args.dkim)
             signed.start()
@@ -784,7 +823,7 @@ def main() -> int:
                         + (f"  {result.errors}" if result.errors else ""),
                         flush=True,
                     )
-        summary = report(results, [s.name for s in servers], args.domains)
+        summary = report(results, [s.name for s in servers], args.domains, variants)
         if args.json:
             payload = {"machine": machine(), "client": client, "sink": kind, "cells": summary}
             Path(args.json).write_text(json.dumps(payload, indent=2))

@@ -1,5 +1,6 @@
 """Interop tests: the few tests whose point is a real program from Debian
-(BIND, Dovecot and its LMTP server, rspamd, swaks, sslscan, systemd).
+(BIND, Dovecot and its LMTP server, rspamd, swaks, sslscan, systemd, Postfix's
+smtp-sink).
 
 A test says what it runs with `@pytest.mark.interop("named")`; `conftest.py` hands
 each test to `skip_if_missing` and `fail_if_required`. When a program is missing the
@@ -26,6 +27,7 @@ PACKAGES = {
     "swaks": "swaks",
     "sslscan": "sslscan",
     "systemd-analyze": "systemd",
+    "smtp-sink": "postfix",  # Postfix's test server: the outbound client's pipelining
 }
 # Daemons live in sbin, which a normal user's PATH may leave out.
 SEARCHED = ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/lib/dovecot")

@@ -4,7 +4,9 @@ Each test runs its own servers on 127.0.0.2, 127.0.0.3, ... sharing one free por
 client uses one port for every host), and a module-wide DNS server (tests/dnskit.py)
 serves the MX records that point at them. A server's handler replies to each sender,
 recipient and DATA as the test says, and records every connection and transaction it
-sees.
+sees. Every test that uses `servers` runs twice: against servers that offer PIPELINING
+(RFC 2920; the client then writes each message's commands in one go) and against
+servers that do not (aiosmtpd's own EHLO, one command at a time).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
 import pytest
 from aiosmtpd.controller import Controller
 from dnskit import NameServer, Silent, zone_text
@@ -31,6 +32,7 @@ from mailplan.runtime.decide import tlsneed, tlsrpt
 from mailplan.runtime.decide.mtasts import StsPolicy
 from mailplan.runtime.delivery import outbound
 from mailplan.runtime.delivery.outbound import Fate, Parcel, Settings
+from mailplan.runtime.delivery.smtpclient import SmtpClient
 from mailplan.runtime.dns import mx
 from mailplan.runtime.serve import devtls
 
@@ -77,6 +79,7 @@ class Mailbox:
     rcpt: dict[str, str] = field(default_factory=dict)
     data: str | None = None
     ehlo: bool = True
+    pipelining: bool = False  # offered in the EHLO reply (set by `Servers.smtp`)
     transactions: list[Transaction] = field(default_factory=list)
     peers: set[tuple[str, int]] = field(default_factory=set)
 
@@ -87,6 +90,8 @@ class Mailbox:
         if not self.ehlo:
             return ["502 5.5.1 EHLO not implemented"]
         session.host_name = hostname
+        if self.pipelining:  # aiosmtpd reads pipelined commands, but does not say so
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
@@ -172,7 +177,8 @@ class Greeter:
 class Servers:
     """The SMTP servers of one test, on 127.0.0.x and one shared port."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipelining: bool = False) -> None:
+        self.pipelining = pipelining
         self.port = free_port("127.0.0.2")
         self.controllers: list[Controller] = []
         self.greeters: list[Greeter] = []
@@ -185,6 +191,7 @@ class Servers:
         smtputf8: bool = True,  # as aiosmtpd's Controller offers by default
     ) -> Mailbox:
         handler = handler or Mailbox()
+        handler.pipelining = self.pipelining
         extra: dict[str, Any] = {"tls_context": tls, "require_starttls": False} if tls else {}
         extra["enable_SMTPUTF8"] = smtputf8
         controller = Controller(
@@ -222,9 +229,9 @@ def _trust_the_test_ca(authority: Authority) -> Iterator[None]:
     TRUST = None
 
 
-@pytest.fixture
-def servers() -> Iterator[Servers]:
-    running = Servers()
+@pytest.fixture(params=["pipelining", "stepwise"])
+def servers(request: pytest.FixtureRequest) -> Iterator[Servers]:
+    running = Servers(pipelining=request.param == "pipelining")
     try:
         yield running
     finally:
@@ -408,7 +415,7 @@ def test_a_sweep_never_puts_back_a_connection_taken_meanwhile(servers: Servers) 
         kept = outbound.Connections(idle=0.5)
         clients = []
         for _ in range(2):
-            client = aiosmtplib.SMTP(hostname="127.0.0.2", port=servers.port, timeout=5)
+            client = SmtpClient("127.0.0.2", servers.port, HELO, timeout=5.0)
             await client.connect()
             clients.append(client)
         old, fresh = clients
@@ -1234,3 +1241,56 @@ def test_an_unverified_kept_connection_never_serves_a_verified_delivery(
         "self-signed certificate; TLS policy: remote.test is in outbound.require_tls"
     )
     assert len(mailbox.transactions) == 1
+
+
+# --- what recent batches found ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kept", "failure", "asks"),
+    [(True, "", 1), (False, "", 3), (True, "sts-webpki-invalid", 3)],
+    ids=["kept", "not-kept", "failed-fetch-not-kept"],
+)
+def test_batches_in_quick_succession_share_their_look_ups(
+    servers: Servers, dns_server: NameServer, kept: bool, failure: str, asks: int
+) -> None:
+    """Within `Destinations.keep` seconds the next batch to a domain reuses the hosts and
+    TLS need the last one found; without the memo, or when the MTA-STS policy could not
+    be fetched (reported for each batch), each batch asks again."""
+    mailbox = servers.smtp("127.0.0.2")
+    asked: list[str] = []
+
+    async def policy(domain: str, hosts: list[mx.Host]) -> tlsneed.Need:
+        asked.append(domain)
+        facts = tlsneed.TlsFacts(domain, sts_note="fetch failed", sts_failure=failure)
+        return tlsneed.need(facts)
+
+    memo = outbound.Destinations(keep=60.0) if kept else None
+    settings = Settings(helo=HELO, port=servers.port, timeout=5.0, policy=policy, destinations=memo)
+
+    async def run() -> list[Fate]:
+        resolve = mx.resolver(dns_server.address, 1.0)
+        outcomes = []
+        for n in range(3):
+            batch = [parcel(f"Q{n}", "bob@one.out.test")]
+            outcomes += await outbound.deliver(
+                "one.out.test", "one.out.test", batch, settings, resolve
+            )
+        await closed()
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert [o.kind for o in outcomes] == ["delivered"] * 3
+    assert len(mailbox.transactions) == 3
+    assert asked == ["one.out.test"] * asks
+
+
+def test_a_kept_destination_expires() -> None:
+    memo = outbound.Destinations(keep=0.0)
+    hosts = [mx.Host("mx1.out.test", ("127.0.0.2",))]
+    memo.put(("a.test", "a.test", False), hosts, tlsneed.plain("a.test", False))
+    assert memo.get(("a.test", "a.test", False)) is None  # kept for no time at all
+    memo = outbound.Destinations(keep=60.0)
+    memo.put(("a.test", "a.test", False), hosts, tlsneed.plain("a.test", False))
+    assert memo.get(("a.test", "a.test", False)) == (hosts, tlsneed.plain("a.test", False))
+    assert memo.get(("a.test", "a.test", True)) is None  # require_tls is part of the key

@@ -12,8 +12,10 @@ host's TLSA records), and a host that fails the check, or does not offer STARTTL
 is passed over; when none is left the recipients wait (4.7.x). Each TLS session to a
 domain is counted for TLS-RPT through `Settings.observe`.
 
-aiosmtplib speaks the protocol; this module decides what each reply means for
-each recipient.
+`runtime.delivery.smtpclient` moves the lines; this module decides what to send and
+what each reply means for each recipient. When the server offers PIPELINING (RFC 2920),
+MAIL, every RCPT and DATA go in one write, and a message's data goes with the next
+message's commands: one write and one wait a message; otherwise one command at a time.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-import aiosmtplib
 import dns.asyncresolver
 
 from mailplan.runtime.decide import dane, tlsneed, tlsrpt
 from mailplan.runtime.decide.tlsneed import HostCheck, Need
+from mailplan.runtime.delivery.smtpclient import SmtpClient, SmtpLost, SmtpReply, data_block
+from mailplan.runtime.delivery.smtpclient import address as quoted
 from mailplan.runtime.dns import mx
 
 log = logging.getLogger("mailplan.smtp-out")
@@ -38,6 +41,7 @@ log = logging.getLogger("mailplan.smtp-out")
 Kind = Literal["delivered", "temporary", "permanent"]
 MAX_PER_CONNECTION = 100
 IDLE = 2.0  # seconds a connection is kept open for the next message to its server
+KEEP_DESTINATIONS = 1.0  # seconds a queue's hosts and TLS need serve the next batches
 DATA_DONE_TIMEOUT = 600.0  # the reply after the data (RFC 5321 4.5.3.2.6: 10 minutes)
 
 
@@ -81,9 +85,9 @@ class Connections:
 
     def __init__(self, idle: float = IDLE) -> None:
         self.idle = idle
-        self._free: dict[tuple[str, int], list[tuple[float, aiosmtplib.SMTP, str]]] = {}
+        self._free: dict[tuple[str, int], list[tuple[float, SmtpClient, str]]] = {}
 
-    def take(self, address: str, port: int, wanted: str) -> tuple[aiosmtplib.SMTP, str] | None:
+    def take(self, address: str, port: int, wanted: str) -> tuple[SmtpClient, str] | None:
         """An idle connection to address:port whose grade satisfies `wanted` (`plain`
         takes any, `tls` any encrypted one, `verified:NAME` only that), or None."""
         free = self._free.get((address, port), [])
@@ -95,7 +99,7 @@ class Connections:
                 return client, grade
         return None
 
-    def give(self, address: str, port: int, client: aiosmtplib.SMTP, grade: str) -> None:
+    def give(self, address: str, port: int, client: SmtpClient, grade: str) -> None:
         until = time.monotonic() + self.idle
         self._free.setdefault((address, port), []).append((until, client, grade))
 
@@ -114,10 +118,10 @@ class Connections:
             await _quit(client)
 
 
-async def _quit(client: aiosmtplib.SMTP) -> None:
+async def _quit(client: SmtpClient) -> None:
     try:
         await client.quit(timeout=5)
-    except (aiosmtplib.SMTPException, OSError):
+    except (SmtpLost, OSError):
         client.close()
 
 
@@ -127,6 +131,29 @@ def _satisfies(grade: str, wanted: str) -> bool:
     if wanted == "tls":
         return grade != "plain"
     return grade == wanted
+
+
+class Destinations:
+    """The hosts and the TLS need found for a queue, kept for a moment, so that a stream
+    of small batches to one domain asks DNS (and for its MTA-STS policy) once a second
+    rather than once a batch. A failed look-up or policy fetch is not kept; the delivery
+    starts a new one for each plan (what the plan says of TLS is in the need)."""
+
+    def __init__(self, keep: float = KEEP_DESTINATIONS) -> None:
+        self.keep = keep
+        self._found: dict[tuple[str, str, bool], tuple[float, list[mx.Host], Need]] = {}
+
+    def get(self, key: tuple[str, str, bool]) -> tuple[list[mx.Host], Need] | None:
+        found = self._found.get(key)
+        if found is None or found[0] < time.monotonic():
+            return None
+        return found[1], found[2]
+
+    def put(self, key: tuple[str, str, bool], hosts: list[mx.Host], needed: Need) -> None:
+        now = time.monotonic()
+        if len(self._found) > 10_000:  # many domains: the expired ones go
+            self._found = {k: v for k, v in self._found.items() if v[0] >= now}
+        self._found[key] = (now + self.keep, hosts, needed)
 
 
 @dataclass(frozen=True)
@@ -140,6 +167,7 @@ class Settings:
     policy: Callable[[str, list[mx.Host]], Awaitable[Need]] | None = None
     trust: ssl.SSLContext | None = None  # verifies certificates (the system's CA store when None)
     observe: Callable[[tlsrpt.TlsSession], None] | None = None  # TLS-RPT counts
+    destinations: Destinations | None = None  # what the last batches found, for a moment
 
 
 class _Refused(Exception):
@@ -222,13 +250,9 @@ async def deliver(
 ) -> list[Fate]:
     """Send `parcels` (all for the SMTP queue `queue` of `domain`); an outcome per recipient."""
     try:
-        hosts = await mx.destinations(queue, domain, resolve)
+        hosts, needed = await _destinations(queue, domain, settings, resolve)
     except mx.LookupFailed as failure:
         return _everyone(parcels, failure.status, failure.reason)
-    if settings.policy is not None and queue == domain:
-        needed = await settings.policy(domain, hosts)
-    else:  # a relay host or an IP literal: no policy of the domain's applies to it
-        needed = tlsneed.plain(domain, settings.require_tls)
     if needed.failure:  # the MTA-STS policy could not be fetched: reported once per batch
         _observe(settings, needed, False, needed.failure, "", "")
     outcomes: list[Fate] = []
@@ -250,6 +274,25 @@ async def deliver(
     if left and status.startswith("4.7"):
         last = f"{last}; TLS policy: {needed.reason}"
     return outcomes + _everyone(left, status, last)
+
+
+async def _destinations(
+    queue: str, domain: str, settings: Settings, resolve: dns.asyncresolver.Resolver
+) -> tuple[list[mx.Host], Need]:
+    """The hosts to try and what the domain needs of TLS (from `settings.destinations`
+    when a batch just found them); mx.LookupFailed when there are none."""
+    memo, key = settings.destinations, (queue, domain, settings.require_tls)
+    found = memo.get(key) if memo is not None else None
+    if found is not None:
+        return found
+    hosts = await mx.destinations(queue, domain, resolve)
+    if settings.policy is not None and queue == domain:
+        needed = await settings.policy(domain, hosts)
+    else:  # a relay host or an IP literal: no policy of the domain's applies to it
+        needed = tlsneed.plain(domain, settings.require_tls)
+    if memo is not None and not needed.failure:
+        memo.put(key, hosts, needed)
+    return hosts, needed
 
 
 async def _address(
@@ -309,7 +352,7 @@ def _observe(
         settings.observe(tlsrpt.TlsSession(needed, success, result, local, host, address))
 
 
-def _local(client: aiosmtplib.SMTP) -> str:
+def _local(client: SmtpClient) -> str:
     """The address of this end of a connection ('' when not connected)."""
     transport = client.transport
     found = transport.get_extra_info("sockname") if transport is not None else None
@@ -363,37 +406,28 @@ async def _session(
 
 async def _open(
     name: str, address: str, settings: Settings, tls: bool, check: HostCheck
-) -> tuple[aiosmtplib.SMTP, str]:
+) -> tuple[SmtpClient, str]:
     """A new connection to `address`, greeted, encrypted when offered and `tls`, and checked.
 
     Raises _Refused (or _TlsFailed) with the connection closed when the host will not do.
     """
-    client = aiosmtplib.SMTP(
-        hostname=address,
-        port=settings.port,
-        local_hostname=settings.helo,
-        timeout=settings.timeout,
-        start_tls=False,
-    )
+    client = SmtpClient(address, settings.port, settings.helo, settings.timeout)
     try:
         await client.connect()
-        try:
-            await client.ehlo()
-        except aiosmtplib.SMTPHeloError:
-            await client.helo()
+        await client.hello()
         grade = await _start_tls(client, name, settings, tls, check)
     except _Refused as refused:
         refused.local = _local(client)
         client.close()
         raise
-    except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+    except (SmtpLost, OSError, ssl.SSLError) as exc:
         client.close()
         raise _Refused(str(exc) or type(exc).__name__) from None
     return client, grade
 
 
 async def _start_tls(
-    client: aiosmtplib.SMTP, name: str, settings: Settings, tls: bool, check: HostCheck
+    client: SmtpClient, name: str, settings: Settings, tls: bool, check: HostCheck
 ) -> str:
     """STARTTLS when the host offers it and `tls`, checked as `check` says; the grade of
     the connection now (see `Connections`)."""
@@ -409,13 +443,13 @@ async def _start_tls(
     # an IP literal's certificate is checked for the address (an IP subjectAltName)
     server_name = name[1:-1] if name.startswith("[") and name.endswith("]") else name
     try:
-        await client.starttls(tls_context=context, server_hostname=server_name)
+        await client.starttls(context, server_name)
     except ssl.SSLCertVerificationError as exc:
         result = _RESULTS.get(exc.verify_code, "validation-failure")
         raise _TlsFailed(
             f"certificate not verified for {name}: {exc.verify_message}", "4.7.5", result
         ) from None
-    except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+    except (SmtpLost, OSError, ssl.SSLError) as exc:
         raise _TlsFailed(f"TLS failed: {exc or type(exc).__name__}") from None
     if check.check == "dane":
         mismatch = dane.check(
@@ -426,13 +460,13 @@ async def _start_tls(
     if check.check == "pkix-testing" and check.reason:
         raise _TlsFailed(check.reason, "4.7.5", "validation-failure")
     try:
-        await client.ehlo()
-    except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+        await client.hello()
+    except (SmtpLost, OSError, ssl.SSLError) as exc:
         raise _TlsFailed(f"TLS failed: {exc or type(exc).__name__}") from None
     return f"verified:{name}" if check.check in ("pkix", "dane") else "tls"
 
 
-def _chain(client: aiosmtplib.SMTP) -> list[bytes]:
+def _chain(client: SmtpClient) -> list[bytes]:
     """The certificates the server presented (DER), its own first."""
     transport = client.transport
     found = transport.get_extra_info("ssl_object") if transport is not None else None
@@ -449,7 +483,7 @@ def _chain(client: aiosmtplib.SMTP) -> list[bytes]:
     return [leaf] if leaf else []
 
 
-async def _put_back(client: aiosmtplib.SMTP, address: str, settings: Settings, grade: str) -> None:
+async def _put_back(client: SmtpClient, address: str, settings: Settings, grade: str) -> None:
     """Keep a connection still open for the next batch, or say QUIT when none are kept."""
     if settings.connections is not None:
         settings.connections.give(address, settings.port, client, grade)
@@ -457,90 +491,164 @@ async def _put_back(client: aiosmtplib.SMTP, address: str, settings: Settings, g
         await _quit(client)
 
 
-async def _transactions(client: aiosmtplib.SMTP, parcels: list[Parcel], host: str) -> list[Fate]:
-    """Up to MAX_PER_CONNECTION transactions; those finished before the connection ended."""
+async def _transactions(client: SmtpClient, parcels: list[Parcel], host: str) -> list[Fate]:
+    """Up to MAX_PER_CONNECTION transactions; those finished before the connection ended.
+
+    With PIPELINING, each message's commands go in one write and its data in another. The
+    data is never sent with the next message's commands (RFC 2920 would allow it): the
+    reply after the data is awaited first, so that a connection lost just then cannot
+    leave a message delivered here and sent again to the next host."""
     outcomes: list[Fate] = []
+    pipelining = client.supports_extension("pipelining")
     try:
         for parcel in parcels[:MAX_PER_CONNECTION]:
-            outcomes.extend(await _transaction(client, parcel, host))
-    except (aiosmtplib.SMTPException, OSError) as exc:
+            refused = _unsendable(client, parcel, host)
+            if refused:
+                outcomes += refused
+            elif pipelining:
+                await _pipelined(client, parcel, host, outcomes)
+            else:
+                await _stepwise(client, parcel, host, outcomes)
+    except (SmtpLost, OSError) as exc:
         log.info("%s: connection ended: %s", host, exc)
         client.close()
     return outcomes
 
 
-async def _transaction(client: aiosmtplib.SMTP, parcel: Parcel, host: str) -> list[Fate]:
-    """MAIL, RCPT for each recipient, then DATA for those accepted: an outcome for each."""
+def _unsendable(client: SmtpClient, parcel: Parcel, host: str) -> list[Fate]:
+    """Outcomes for a message this server cannot take as it is (none when it can)."""
     international = not all(a.isascii() for a in (parcel.sender, *parcel.recipients))
     if international and not client.supports_extension("smtputf8"):
         reason = "a non-ASCII address, and the server does not offer SMTPUTF8"
         return [
             Fate(parcel.queue_id, r, "permanent", "5.6.7", reason, host) for r in parcel.recipients
         ]
-    encoding = "utf-8" if international else "ascii"
-    options = _mail_options(client, parcel, international)
     try:
-        await client.mail(parcel.sender, options=options, encoding=encoding)
-    except aiosmtplib.SMTPResponseException as refused:
-        await _reset(client, refused)
-        return [_outcome(parcel, r, refused.code, refused.message, host) for r in parcel.recipients]
-    accepted, outcomes = await _recipients(client, parcel, encoding, host)
-    if not accepted:
-        await client.rset()
-        return outcomes
-    return outcomes + await _data(client, parcel, accepted, host)
+        for path in (parcel.sender, *parcel.recipients):
+            quoted(path)
+    except ValueError as exc:
+        return [
+            Fate(parcel.queue_id, r, "permanent", "5.1.7", str(exc), host)
+            for r in parcel.recipients
+        ]
+    return []
 
 
-def _mail_options(client: aiosmtplib.SMTP, parcel: Parcel, international: bool) -> list[str]:
-    """The MAIL FROM parameters the server offers and the message needs."""
-    options = []
+def _commands(client: SmtpClient, parcel: Parcel) -> tuple[bytes, list[bytes]]:
+    """MAIL FROM with the parameters the server offers and the message needs, and one
+    RCPT TO per recipient."""
+    international = not all(a.isascii() for a in (parcel.sender, *parcel.recipients))
+    encoding = "utf-8" if international else "ascii"
+    options = ""
     if client.supports_extension("size"):
-        options.append(f"SIZE={len(parcel.message)}")
+        options += f" SIZE={len(parcel.message)}"
     if client.supports_extension("8bitmime") and not parcel.message.isascii():
-        options.append("BODY=8BITMIME")
+        options += " BODY=8BITMIME"
     if international:
-        options.append("SMTPUTF8")
-    return options
+        options += " SMTPUTF8"
+    mail = f"MAIL FROM:{quoted(parcel.sender)}{options}\r\n".encode(encoding)
+    return mail, [f"RCPT TO:{quoted(r)}\r\n".encode(encoding) for r in parcel.recipients]
 
 
-async def _recipients(
-    client: aiosmtplib.SMTP, parcel: Parcel, encoding: str, host: str
-) -> tuple[list[str], list[Fate]]:
-    """One RCPT each: the recipients accepted, and outcomes for those refused."""
-    accepted: list[str] = []
-    outcomes: list[Fate] = []
-    for recipient in parcel.recipients:
-        try:
-            await client.rcpt(recipient, encoding=encoding)
-        except aiosmtplib.SMTPResponseException as refused:
-            _raise_if_gone(refused)
-            outcome = _outcome(parcel, recipient, refused.code, refused.message, host)
-            if refused.code == 552:  # at RCPT: "too many recipients", for now (RFC 5321 4.5.3.1.10)
-                outcome = replace(outcome, kind="temporary", status="4" + outcome.status[1:])
-            outcomes.append(outcome)
-            continue
-        accepted.append(recipient)
-    return accepted, outcomes
+async def _pipelined(client: SmtpClient, parcel: Parcel, host: str, outcomes: list[Fate]) -> None:
+    """MAIL, the RCPTs and DATA in one write, their replies read together; then the data."""
+    mail, rcpts = _commands(client, parcel)
+    replies = await client.exchange(b"".join((mail, *rcpts, b"DATA\r\n")), len(rcpts) + 2)
+    mail_reply, *rcpt_replies, data_reply = replies
+    if mail_reply.code // 100 != 2:
+        _raise_if_gone(mail_reply)
+        outcomes += [_refusal(parcel, r, mail_reply, host) for r in parcel.recipients]
+        await _abandon(client, data_reply)
+        return
+    accepted = _recipients(parcel, rcpt_replies, host, outcomes)
+    if not accepted:
+        await _abandon(client, data_reply)
+        return
+    await _data(client, parcel, accepted, data_reply, host, outcomes)
+
+
+async def _stepwise(client: SmtpClient, parcel: Parcel, host: str, outcomes: list[Fate]) -> None:
+    """MAIL, RCPT for each recipient, then DATA for those accepted, each waiting for its
+    reply (a server that does not offer PIPELINING)."""
+    mail, rcpts = _commands(client, parcel)
+    (reply,) = await client.exchange(mail, 1)
+    if reply.code // 100 != 2:
+        _raise_if_gone(reply)
+        outcomes += [_refusal(parcel, r, reply, host) for r in parcel.recipients]
+        await _reset(client)
+        return
+    replies = [(await client.exchange(rcpt, 1))[0] for rcpt in rcpts]
+    accepted = _recipients(parcel, replies, host, outcomes)
+    if not accepted:
+        await _reset(client)
+        return
+    (reply,) = await client.exchange(b"DATA\r\n", 1)
+    await _data(client, parcel, accepted, reply, host, outcomes)
 
 
 async def _data(
-    client: aiosmtplib.SMTP, parcel: Parcel, accepted: list[str], host: str
-) -> list[Fate]:
-    """DATA: the server's one reply is the outcome for every accepted recipient."""
-    try:
-        reply = await client.data(parcel.message, timeout=DATA_DONE_TIMEOUT)
-    except aiosmtplib.SMTPResponseException as refused:
-        _raise_if_gone(refused)
-        return [_outcome(parcel, r, refused.code, refused.message, host) for r in accepted]
-    return [_outcome(parcel, r, reply.code, reply.message, host) for r in accepted]
+    client: SmtpClient,
+    parcel: Parcel,
+    accepted: list[str],
+    data_reply: SmtpReply,
+    host: str,
+    outcomes: list[Fate],
+) -> None:
+    """After DATA's reply: the message when it is 354; the server's one reply to it (or
+    to DATA) is the outcome for every accepted recipient."""
+    if data_reply.code != 354:
+        _raise_if_gone(data_reply)
+        outcomes += [_refusal(parcel, r, data_reply, host) for r in accepted]
+        return
+    (reply,) = await client.exchange(data_block(parcel.message), 1, DATA_DONE_TIMEOUT)
+    _raise_if_gone(reply)
+    outcomes += [_outcome(parcel, r, reply.code, reply.text, host) for r in accepted]
 
 
-async def _reset(client: aiosmtplib.SMTP, refused: aiosmtplib.SMTPResponseException) -> None:
-    _raise_if_gone(refused)
-    await client.rset()
+def _recipients(
+    parcel: Parcel, replies: list[SmtpReply], host: str, outcomes: list[Fate]
+) -> list[str]:
+    """The recipients whose RCPT was accepted; an outcome in `outcomes` for each refused
+    one. A 421 among them ends the connection (raises SmtpLost)."""
+    accepted: list[str] = []
+    for recipient, reply in zip(parcel.recipients, replies, strict=True):
+        if reply.code // 100 == 2:
+            accepted.append(recipient)
+            continue
+        _raise_if_gone(reply)
+        outcome = _refusal(parcel, recipient, reply, host)
+        if reply.code == 552:  # at RCPT: "too many recipients", for now (RFC 5321 4.5.3.1.10)
+            outcome = replace(outcome, kind="temporary", status="4" + outcome.status[1:])
+        outcomes.append(outcome)
+    return accepted
 
 
-def _raise_if_gone(refused: aiosmtplib.SMTPResponseException) -> None:
+def _refusal(parcel: Parcel, recipient: str, reply: SmtpReply, host: str) -> Fate:
+    """What a refusal means for one recipient; a reply that is no refusal where one was
+    due (a 2xx or 3xx to DATA other than 354) leaves the recipient for later."""
+    if reply.code < 400:
+        text = f"{reply.code} {' '.join(reply.text.split())}"
+        return Fate(parcel.queue_id, recipient, "temporary", "4.5.0", text, host, True)
+    return _outcome(parcel, recipient, reply.code, reply.text, host)
+
+
+async def _abandon(client: SmtpClient, data_reply: SmtpReply) -> None:
+    """End a pipelined transaction that has no recipient: a server that said 354 to its
+    DATA gets an empty message, which it must refuse (RFC 2920 3.1); then RSET."""
+    if data_reply.code == 354:
+        await client.exchange(b".\r\n", 1, DATA_DONE_TIMEOUT)
+    else:
+        _raise_if_gone(data_reply)
+    await _reset(client)
+
+
+async def _reset(client: SmtpClient) -> None:
+    (reply,) = await client.exchange(b"RSET\r\n", 1)
+    if reply.code != 250:
+        raise SmtpLost(f"RSET: {reply.code} {' '.join(reply.text.split())}")
+
+
+def _raise_if_gone(reply: SmtpReply) -> None:
     """A 421 closes the connection: what is left must go to the next host, or wait."""
-    if refused.code == 421:
-        raise aiosmtplib.SMTPServerDisconnected(refused.message)
+    if reply.code == 421:
+        raise SmtpLost(f"{reply.code} {' '.join(reply.text.split())}")

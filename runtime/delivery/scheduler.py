@@ -22,12 +22,14 @@ import contextlib
 import heapq
 import itertools
 import logging
+import os
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import dns.asyncresolver
 
@@ -36,14 +38,17 @@ from mailplan.plan.model import MailingList, Plan
 from mailplan.runtime.base import metrics
 from mailplan.runtime.decide import dsn, lists, retry
 from mailplan.runtime.decide import lmtp as lmtp_decide
+from mailplan.runtime.decide import tlsrpt as tlsrpt_decide
 from mailplan.runtime.decide.router import Router, Routing
 from mailplan.runtime.delivery import lmtp, mtasts, outbound, pipe, tlspolicy, tlsrpt
+from mailplan.runtime.delivery.courier import Courier
 from mailplan.runtime.delivery.outbound import Fate, Parcel
 from mailplan.runtime.dns import mx
 from mailplan.runtime.store.spool import BadQueueFile, Envelope, Spool, new_id
 
 log = logging.getLogger("mailplan.delivery")
 
+T = TypeVar("T")
 BATCH = 50  # messages one SMTP worker takes from its queue
 SETTLE_RETRY = 60  # seconds before a batch whose outcomes could not be recorded is tried again
 CONNECTIONS = {"SMTP": 4, "LMTP": 4, "PIPE": 2, "LIST": 1, "ERROR": 1}  # workers per queue
@@ -128,6 +133,20 @@ def settle(
     if sorting.done:
         _mark_done(spool, envelope, sorting.done)
     return sorting.again, new
+
+
+def _settle_all(
+    spool: Spool, plan: Plan, work: list[tuple[list[Waiting], list[Fate]]], now: float
+) -> tuple[list[tuple[list[Waiting], list[str]]], Exception | None]:
+    """`settle` for each message of a batch, in order; what the settled ones gave, and the
+    error that stopped the rest (those are tried again later, as a whole batch would be)."""
+    results = []
+    for entries, outcomes in work:
+        try:
+            results.append(settle(spool, plan, entries, outcomes, now))
+        except Exception as exc:
+            return results, exc
+    return results, None
 
 
 @dataclass
@@ -348,6 +367,12 @@ class Delivery:
         self._runner: asyncio.Task[None] | None = None
         self._resolver: dns.asyncresolver.Resolver | None = None
         self.connections = outbound.Connections()
+        self._destinations: tuple[Plan | None, outbound.Destinations] = (
+            None,
+            outbound.Destinations(),
+        )
+        self.courier: Courier | None = None  # outbound SMTP's own loop (`start`)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
         self._sweeper: asyncio.Task[None] | None = None
         self._reporter: asyncio.Task[None] | None = None
@@ -359,6 +384,9 @@ class Delivery:
 
     def start(self) -> None:
         self.trust(self.current().plan)  # a CA file that cannot be read: said at start
+        self._loop = asyncio.get_running_loop()
+        if os.environ.get("MAILPLAN_COURIER", "1") != "0":
+            self.courier = Courier(type(self._loop))
         self._runner = asyncio.create_task(self._run())
         self._sweeper = asyncio.create_task(self._sweep())
         self._reporter = asyncio.create_task(self._report())
@@ -415,14 +443,34 @@ class Delivery:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.connections.sweep(everything=True)
+        await self._outbound(self.connections.sweep(everything=True))
+        if self.courier is not None:
+            await self.courier.close()
         await self.reports.save()
 
     async def _sweep(self) -> None:
         """Close the kept connections that nobody used for a while."""
         while True:
             await asyncio.sleep(self.connections.idle / 2)
-            await self.connections.sweep()
+            await self._outbound(self.connections.sweep())
+
+    async def _outbound(self, work: Coroutine[Any, Any, T]) -> T:
+        """Outbound SMTP work, on the courier's loop when there is one: the kept
+        connections and everything `outbound.deliver` does live there."""
+        if self.courier is None:
+            return await work
+        return await self.courier.run(work)
+
+    def _found(self, plan: Plan) -> outbound.Destinations:
+        """What recent batches found of their destinations, under this plan only."""
+        if self._destinations[0] is not plan:
+            self._destinations = (plan, outbound.Destinations())
+        return self._destinations[1]
+
+    def _observe(self, session: tlsrpt_decide.TlsSession) -> None:
+        """A TLS session to count, from the courier's thread: counted on this loop."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.reports.observe, session)
 
     def park(self, queue_id: str) -> None:
         """Keep a message on hold out of the queues until `mailplan queue release`; the
@@ -586,19 +634,25 @@ class Delivery:
                 self.queues.pop(queue.name, None)
 
     async def _settle(self, plan: Plan, batch: list[Waiting], outcomes: list[Fate]) -> None:
+        """Record the outcomes of a batch, message by message, in one trip to a thread."""
         by_message: dict[str, list[Waiting]] = {}
         for entry in batch:
             by_message.setdefault(entry.queue_id, []).append(entry)
-        for queue_id, entries in by_message.items():
-            mine = [o for o in outcomes if o.queue_id == queue_id]
-            if not mine:  # settled already (LMTP settles message by message)
-                continue
-            again, new = await asyncio.to_thread(
-                settle, self.spool, plan, entries, mine, time.time()
+        mine: dict[str, list[Fate]] = {}
+        for outcome in outcomes:
+            mine.setdefault(outcome.queue_id, []).append(outcome)
+        # a message without outcomes here was settled already (LMTP settles one by one)
+        work = [(entries, mine[key]) for key, entries in by_message.items() if key in mine]
+        if work:
+            results, failure = await asyncio.to_thread(
+                _settle_all, self.spool, plan, work, time.time()
             )
-            self.add(again)
-            for created in new:
-                self.submit(created)
+            for again, new in results:
+                self.add(again)
+                for created in new:
+                    self.submit(created)
+            if failure is not None:
+                raise failure
         await self.reports.save(now=False)
 
     async def _deliver(self, queue: _Queue, batch: list[Waiting], router: Router) -> list[Fate]:
@@ -691,9 +745,14 @@ class Delivery:
             connections=self.connections,
             policy=policies.need,
             trust=trust,
-            observe=self.reports.observe if wanted.reports else None,
+            observe=(self._observe if self.courier else self.reports.observe)
+            if wanted.reports
+            else None,
+            destinations=self._found(plan),
         )
-        results = await outbound.deliver(first.queue, domain, parcels, settings, resolve)
+        results = await self._outbound(
+            outbound.deliver(first.queue, domain, parcels, settings, resolve)
+        )
         # Outcomes name the routed target; settle knows recipients as the client gave them.
         return [
             replace(outcome, recipient=recipient)
