@@ -317,6 +317,8 @@ class Daemon:
         this process's own journal."""
 
         def store(envelope: Envelope, message: bytes) -> None:
+            if self.spool.exists(envelope.id):  # its batch was committed: the queue file
+                return  # holds what still waits, its Maildir copies are in place
             if not owns(envelope.id):  # another worker's id: this one makes its own
                 envelope = replace(envelope, id=new_id())
             self.spool.store(envelope, message, again=True)

@@ -45,7 +45,7 @@ from mailplan.runtime.decide.throttle import Throttle
 from mailplan.runtime.decide.transaction import Recorded, Transaction
 from mailplan.runtime.delivery import pipe
 from mailplan.runtime.queue.arrival import Arrival
-from mailplan.runtime.queue.processor import Processor
+from mailplan.runtime.queue.processor import Full, Processor
 from mailplan.runtime.rules import enact
 from mailplan.runtime.rules.engine import Facts, Headers, Rules
 from mailplan.runtime.smtp.contentfilter import Rspamd
@@ -247,7 +247,11 @@ class Handler:
         if sealing and self._leaving(queued.recipients):
             message = await self._seal(message, queued)
         try:
+            await self.queue.admit()  # past the soft limit this waits (in_flow_delay)
             await self._enqueue(queued, message, decided, sealing)
+        except Full:
+            log.warning("%s: refused from %s: too much mail waits to be processed", queued.id, client.ip)
+            return replies.QUEUE_FULL
         except OSError as exc:
             log.error("%s: cannot queue the message from %s: %s", queued.id, client.ip, exc)
             return replies.QUEUE_WRITE_FAILED
