@@ -34,10 +34,26 @@ KILL_AFTER = 60  # acknowledged messages before the SIGKILL
 TOKEN = re.compile(rb"^Token: (\S+)\r?$", re.MULTILINE)
 
 
-def write_crash_site(directory: Path, port: int) -> Path:
-    return write_site(
-        directory, hostname="mail.crash.test", listeners={"smtp": plain(port)}, accounts=ACCOUNTS
+def write_crash_site(directory: Path, port: int, rules: bool = False) -> Path:
+    """The crash site; with `rules`, every account has domain rules (they change the
+    message) and `team@example.com` is a list of alice and bob: mail is processed by
+    rules and goes through a queue file after its 250."""
+    if not rules:
+        return write_site(
+            directory, hostname="mail.crash.test", listeners={"smtp": plain(port)},
+            accounts=ACCOUNTS,
+        )  # fmt: skip
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "domain.rules").write_text(
+        'rule "Tag" priority 5\n  if   Subject is "crash test*"\n  then Tag Subject "[crash]"\n',
+        encoding="utf-8",
     )
+    team = {"owner": "alice", "members": ["alice@example.com", "bob@example.com"]}
+    return write_site(
+        directory, hostname="mail.crash.test", listeners={"smtp": plain(port)},
+        accounts=ACCOUNTS,
+        domains={"example.com": {"rules": "domain.rules", "lists": {"team": team | {"posting": "anyone"}}}},
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -107,12 +123,18 @@ def gone(port: int) -> bool:
     return bool(wait_until(lambda: not accepts(HOST, port), timeout=10))
 
 
-@pytest.mark.parametrize("workers", ["1", "2"], ids=["one-process", "two-workers"])
+@pytest.mark.parametrize(
+    ("workers", "rules"),
+    [("1", False), ("2", False), ("1", True), ("2", True)],
+    ids=["one-process", "two-workers", "rules-and-lists", "rules-and-lists-two-workers"],
+)
 def test_acknowledged_messages_survive_sigkill(
-    tmp_path: Path, servers: list[MailServer], workers: str
+    tmp_path: Path, servers: list[MailServer], workers: str, rules: bool
 ) -> None:
+    """With `rules`, every message goes through account rules after its 250, and every
+    third goes to a list (a queue file written in a batch, then list copies)."""
     port = free_port()
-    site = write_crash_site(tmp_path / "site", port)
+    site = write_crash_site(tmp_path / "site", port, rules)
     root = tmp_path / "root"
     root.mkdir()
     server = MailServer(site, root, [port], extra_arguments=["--workers", workers])
@@ -137,6 +159,9 @@ def test_acknowledged_messages_survive_sigkill(
                 token = f"T{number:02d}-{i:03d}-{uuid.uuid4().hex}"
                 accounts = ["alice", ACCOUNTS[1 + (number + i) % (len(ACCOUNTS) - 1)]]
                 recipients = [f"{name}@example.com" for name in accounts]
+                if rules and i % 3 == 0:  # through the list: alice and bob
+                    accounts = ["alice", "bob"] if accounts[1] == "bob" else [*accounts, "bob"]
+                    recipients = [recipients[1], "team@example.com"]
                 with lock:
                     attempted[token] = accounts
                 try:
