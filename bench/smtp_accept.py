@@ -947,6 +947,8 @@ def profile(args: argparse.Namespace, client: str, work: Path) -> None:
     out = Path(args.profile)
     out.mkdir(parents=True, exist_ok=True)
     mailplan = Mailplan("mailplan", work=work / "mailplan")
+    if args.site == "rules":
+        with_rules(mailplan)
     bare = Bare("bare aiosmtpd", work=work)
     started: list[Server] = []
     try:
