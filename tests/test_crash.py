@@ -48,11 +48,12 @@ def write_crash_site(directory: Path, port: int, rules: bool = False) -> Path:
         'rule "Tag" priority 5\n  if   Subject is "crash test*"\n  then Tag Subject "[crash]"\n',
         encoding="utf-8",
     )
-    team = {"owner": "alice", "members": ["alice@example.com", "bob@example.com"]}
+    members = ["alice@example.com", "bob@example.com"]
+    team = {"owner": "alice", "members": members, "posting": "anyone"}
+    domain = {"rules": "domain.rules", "lists": {"team": team}}
     return write_site(
         directory, hostname="mail.crash.test", listeners={"smtp": plain(port)},
-        accounts=ACCOUNTS,
-        domains={"example.com": {"rules": "domain.rules", "lists": {"team": team | {"posting": "anyone"}}}},
+        accounts=ACCOUNTS, domains={"example.com": domain},
     )  # fmt: skip
 
 
@@ -112,6 +113,17 @@ def earlier(recipients: tuple[str, ...]) -> Envelope:
     )
 
 
+def addressed(number: int, team: bool) -> tuple[list[str], list[str]]:
+    """The accounts a message reaches and its recipients: alice and one other, or with
+    `team` that other and the list `team` (alice and bob)."""
+    accounts = ["alice", ACCOUNTS[1 + number % (len(ACCOUNTS) - 1)]]
+    recipients = [f"{name}@example.com" for name in accounts]
+    if team:
+        accounts = ["alice", "bob"] if accounts[1] == "bob" else [*accounts, "bob"]
+        recipients = [recipients[1], "team@example.com"]
+    return accounts, recipients
+
+
 def send_one(port: int, token: str, recipients: list[str]) -> None:
     with smtplib.SMTP(HOST, port, timeout=10) as client:
         refused = client.sendmail("sender@remote.test", recipients, message(token, recipients))
@@ -157,11 +169,7 @@ def test_acknowledged_messages_survive_sigkill(
         try:
             for i in range(PER_THREAD):
                 token = f"T{number:02d}-{i:03d}-{uuid.uuid4().hex}"
-                accounts = ["alice", ACCOUNTS[1 + (number + i) % (len(ACCOUNTS) - 1)]]
-                recipients = [f"{name}@example.com" for name in accounts]
-                if rules and i % 3 == 0:  # through the list: alice and bob
-                    accounts = ["alice", "bob"] if accounts[1] == "bob" else [*accounts, "bob"]
-                    recipients = [recipients[1], "team@example.com"]
+                accounts, recipients = addressed(number + i, rules and i % 3 == 0)
                 with lock:
                     attempted[token] = accounts
                 try:

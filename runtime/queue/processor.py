@@ -42,7 +42,6 @@ from mailplan.runtime.queue.local import (
     Local,
     dropped_into,
     execute,
-    rules_of,
 )
 from mailplan.runtime.rules import actions as ruleactions
 from mailplan.runtime.rules import enact
@@ -56,6 +55,7 @@ log = logging.getLogger("mailplan.queue")
 class Full(Exception):
     """So much accepted mail waits to be processed that new mail must come back later
     (the reply is `451 4.3.1`)."""
+
 
 WORKERS = 4
 BATCH_DELAY = 0.02  # seconds a batch of `deliver_soon` messages gathers before delivery
@@ -108,6 +108,7 @@ def process(
         spool, router, mail_directory, message.envelope, message.bytes,
         effects if effects is not None else Effects(),
         replies if replies is not None else ruleactions.MemoryReplyLog(), batch,
+        headers=fresh.headers if fresh is not None else None,
     )  # fmt: skip
     done: list[str] = []
     waiting: list[Waiting] = []
@@ -453,7 +454,9 @@ class Processor:
         count(tally)
         return handed
 
-    def _stage(self, arrival: Arrival, waiting: list[Waiting], files: durable.Batch) -> list[Waiting]:
+    def _stage(
+        self, arrival: Arrival, waiting: list[Waiting], files: durable.Batch
+    ) -> list[Waiting]:
         """The queue file of the recipients that wait, in the batch: it holds those
         recipients only (the others are done once the batch is committed)."""
         wanted = {entry.recipient for entry in waiting}
