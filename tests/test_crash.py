@@ -9,20 +9,24 @@ read must not stop the server.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
+import os
 import re
 import smtplib
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from serverkit import MailServer, accepts, free_port, wait_until
 from sitekit import plain, write_site
 
+from mailplan.runtime.store.intake import Intake
 from mailplan.runtime.store.spool import Envelope, Spool, new_id
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -337,3 +341,44 @@ def test_killed_while_the_queue_is_processed(
     assert set(found) == expected, summary
     assert not queue_files(root, ".bad")
     assert not queue_files(root, ".done")
+
+
+def test_recovery_skips_a_journal_record_whose_queue_file_exists(
+    tmp_path: Path, servers: list[MailServer]
+) -> None:
+    """A process killed after a batch was committed but before its settled marks were
+    written: the queue file holds what still waits, and the Maildir copies are in place
+    (the queue file is named last), so recovery must not deliver the journal's copy again.
+    A record without a queue file is recovered in full."""
+    port = free_port()
+    site = write_crash_site(tmp_path / "site", port)
+    root = tmp_path / "root"
+    spool = Spool(root / "var" / "queue")
+    committed = earlier(("alice@example.com", "bob@example.com"))
+    unprocessed = earlier(("carol@example.com", "dave@example.com"))
+
+    async def crash() -> None:  # two records, never settled; the process "dies"
+        intake = Intake(spool.directory / "intake")
+        intake.open()
+        await intake.write(committed, message("committed", ["alice@example.com"]))
+        await intake.write(unprocessed, message("unprocessed", ["carol@example.com"]))
+        for segment in list(intake._segments):
+            os.close(segment.descriptor)  # its lock goes with it, as with a SIGKILL
+        intake._thread.shutdown()
+
+    asyncio.run(crash())
+    # the batch of `committed` delivered alice's copy and staged bob's as a queue file
+    spool.store(replace(committed, recipients=("bob@example.com",)), message("committed", []))
+    server = MailServer(site, root, [port])
+    servers.append(server)
+    server.start()
+    expected = {
+        ("committed", "bob"): 1,
+        ("unprocessed", "carol"): 1,
+        ("unprocessed", "dave"): 1,
+    }
+    assert wait_until(lambda: maildir_tokens(root)[0] == expected, timeout=10), maildir_tokens(root)
+    assert wait_until(lambda: not queue_files(root, ".msg"), timeout=10)
+    assert re.search(r"intake: 1 message\(s\) of \S+ queued again", server.log())
+    assert re.search(r"intake: 1 message\(s\) of \S+ were queued already", server.log())
+    assert "Traceback" not in server.log()
