@@ -51,6 +51,9 @@ on-CPU samples, then wall-clock ones (`--idle`: blocked time counts). py-spy's
 `--variant NAME=COMMAND` adds another build of mailplan to the run (COMMAND is given
 `serve SITE --root DIR`), reported as NAME / mailplan: a way to size a change before
 making it. `--cells 2x20 64x1` limits the cells, `--no-bare` leaves out the bare server.
+`--site rules` serves mailplan (and its variants) a site with rules: the example site's
+server, domain and account rules on the bench's domain (`with_rules`); by default the
+account has none.
 
 Nothing here asserts a timing. Network only to 127.0.0.1.
 
@@ -363,6 +366,7 @@ class Mailplan(Server):
     options: tuple[str, ...] = ()  # more options of `mailplan serve`
     variant: bool = False
     domains_yaml: str = ""  # more of `domains:` in site.yaml (relay_throughput.py --dkim)
+    account: str = "{}"  # the settings of the recipient's account (`--site rules`)
     files: dict[str, bytes] = field(default_factory=dict)  # more files of the site
     log_path: Path = Path()
     log: Any = None
@@ -385,7 +389,7 @@ class Mailplan(Server):
             "domains:\n"
             "  bench.test:\n"
             "    accounts:\n"
-            "      b: {}\n" + self.domains_yaml
+            f"      b: {self.account}\n" + self.domains_yaml
         )
         for name, data in self.files.items():
             (site / name).parent.mkdir(parents=True, exist_ok=True)
@@ -434,6 +438,44 @@ class Mailplan(Server):
                 return
             time.sleep(0.05)
         print("  mailplan: deliveries still pending after the drain timeout", flush=True)
+
+
+# `--site rules`: the example site's rules (sites/example.com/rules) on the bench's
+# domain: server rules that are tried on every message (none fires for the bench's
+# mail), the domain's rules, and the account's own (alice's, whose "Team copies" tags
+# the Subject of every message: the message is changed before it is stored).
+SERVER_RULES = """\
+rule "Refuse executables" priority 9
+  if   Header Field is "Content-Type: *application/x-msdownload*"
+  then Reject with "550 5.7.1 executable attachments are not accepted here"
+
+rule "Tag outgoing mail" priority 5
+  if   Source in trusted, authenticated
+  and  From is *@bench.test
+  then Add Header "X-Sent-Via: mx.bench.test"
+
+rule "Oversized mail in plain text" priority 3
+  if   Message Size greater than 20M
+  and  Security is none
+  then Tag Subject "[large]"
+"""
+
+
+def with_rules(server: Mailplan) -> Mailplan:
+    """The server on a site whose domain and account have rules, and server rules."""
+    example = ROOT / "sites" / "example.com" / "rules"
+    server.files = {
+        **server.files,
+        "rules/server.rules": SERVER_RULES.encode(),
+        "rules/domain.rules": (example / "example.com.rules").read_bytes(),
+        "rules/b.rules": (example / "alice.rules")
+        .read_text()
+        .replace("example.com", "bench.test")
+        .encode(),
+    }
+    server.account = "{folders: [Weekend], rules: rules/b.rules}"
+    server.domains_yaml += "    rules: rules/domain.rules\nserver_rules: rules/server.rules\n"
+    return server
 
 
 @dataclass
@@ -905,6 +947,8 @@ def profile(args: argparse.Namespace, client: str, work: Path) -> None:
     out = Path(args.profile)
     out.mkdir(parents=True, exist_ok=True)
     mailplan = Mailplan("mailplan", work=work / "mailplan")
+    if args.site == "rules":
+        with_rules(mailplan)
     bare = Bare("bare aiosmtpd", work=work)
     started: list[Server] = []
     try:
@@ -990,6 +1034,12 @@ def main() -> int:
     )
     parser.add_argument("--no-bare", action="store_true", help="leave out bare aiosmtpd")
     parser.add_argument(
+        "--site",
+        choices=("plain", "rules"),
+        default="plain",
+        help="mailplan's site: one account without rules, or the example site's rules",
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -1027,6 +1077,8 @@ def main() -> int:
             directory = work / f"variant{number}"
             others.append(Mailplan(name, work=directory, command=tuple(shlex.split(command))))
         for server in (mailplan, *others):
+            if args.site == "rules" and isinstance(server, Mailplan):
+                with_rules(server)
             server.start()
         servers = [mailplan, *others, *servers]
         names = [s.name for s in servers]
@@ -1034,6 +1086,8 @@ def main() -> int:
         print(f"machine: {machine()}")
         if args.with_postfix:
             print(f"Postfix {postfix_version()} on {HOST}:{POSTFIX_PORT} (discard delivery)")
+        if args.site == "rules":
+            print("mailplan's site: server, domain and account rules (the example site's)")
         print(
             f"load generator: {client}; {args.count} messages per measurement, "
             f"{args.rounds} round(s); work directory {work}"

@@ -9,20 +9,24 @@ read must not stop the server.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
+import os
 import re
 import smtplib
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from serverkit import MailServer, accepts, free_port, wait_until
 from sitekit import plain, write_site
 
+from mailplan.runtime.store.intake import Intake
 from mailplan.runtime.store.spool import Envelope, Spool, new_id
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -34,10 +38,27 @@ KILL_AFTER = 60  # acknowledged messages before the SIGKILL
 TOKEN = re.compile(rb"^Token: (\S+)\r?$", re.MULTILINE)
 
 
-def write_crash_site(directory: Path, port: int) -> Path:
-    return write_site(
-        directory, hostname="mail.crash.test", listeners={"smtp": plain(port)}, accounts=ACCOUNTS
+def write_crash_site(directory: Path, port: int, rules: bool = False) -> Path:
+    """The crash site; with `rules`, every account has domain rules (they change the
+    message) and `team@example.com` is a list of alice and bob: mail is processed by
+    rules and goes through a queue file after its 250."""
+    if not rules:
+        return write_site(
+            directory, hostname="mail.crash.test", listeners={"smtp": plain(port)},
+            accounts=ACCOUNTS,
+        )  # fmt: skip
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "domain.rules").write_text(
+        'rule "Tag" priority 5\n  if   Subject is "crash test*"\n  then Tag Subject "[crash]"\n',
+        encoding="utf-8",
     )
+    members = ["alice@example.com", "bob@example.com"]
+    team = {"owner": "alice", "members": members, "posting": "anyone"}
+    domain = {"rules": "domain.rules", "lists": {"team": team}}
+    return write_site(
+        directory, hostname="mail.crash.test", listeners={"smtp": plain(port)},
+        accounts=ACCOUNTS, domains={"example.com": domain},
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -96,6 +117,17 @@ def earlier(recipients: tuple[str, ...]) -> Envelope:
     )
 
 
+def addressed(number: int, team: bool) -> tuple[list[str], list[str]]:
+    """The accounts a message reaches and its recipients: alice and one other, or with
+    `team` that other and the list `team` (alice and bob)."""
+    accounts = ["alice", ACCOUNTS[1 + number % (len(ACCOUNTS) - 1)]]
+    recipients = [f"{name}@example.com" for name in accounts]
+    if team:
+        accounts = ["alice", "bob"] if accounts[1] == "bob" else [*accounts, "bob"]
+        recipients = [recipients[1], "team@example.com"]
+    return accounts, recipients
+
+
 def send_one(port: int, token: str, recipients: list[str]) -> None:
     with smtplib.SMTP(HOST, port, timeout=10) as client:
         refused = client.sendmail("sender@remote.test", recipients, message(token, recipients))
@@ -107,12 +139,18 @@ def gone(port: int) -> bool:
     return bool(wait_until(lambda: not accepts(HOST, port), timeout=10))
 
 
-@pytest.mark.parametrize("workers", ["1", "2"], ids=["one-process", "two-workers"])
+@pytest.mark.parametrize(
+    ("workers", "rules"),
+    [("1", False), ("2", False), ("1", True), ("2", True)],
+    ids=["one-process", "two-workers", "rules-and-lists", "rules-and-lists-two-workers"],
+)
 def test_acknowledged_messages_survive_sigkill(
-    tmp_path: Path, servers: list[MailServer], workers: str
+    tmp_path: Path, servers: list[MailServer], workers: str, rules: bool
 ) -> None:
+    """With `rules`, every message goes through account rules after its 250, and every
+    third goes to a list (a queue file written in a batch, then list copies)."""
     port = free_port()
-    site = write_crash_site(tmp_path / "site", port)
+    site = write_crash_site(tmp_path / "site", port, rules)
     root = tmp_path / "root"
     root.mkdir()
     server = MailServer(site, root, [port], extra_arguments=["--workers", workers])
@@ -135,8 +173,7 @@ def test_acknowledged_messages_survive_sigkill(
         try:
             for i in range(PER_THREAD):
                 token = f"T{number:02d}-{i:03d}-{uuid.uuid4().hex}"
-                accounts = ["alice", ACCOUNTS[1 + (number + i) % (len(ACCOUNTS) - 1)]]
-                recipients = [f"{name}@example.com" for name in accounts]
+                accounts, recipients = addressed(number + i, rules and i % 3 == 0)
                 with lock:
                     attempted[token] = accounts
                 try:
@@ -304,3 +341,44 @@ def test_killed_while_the_queue_is_processed(
     assert set(found) == expected, summary
     assert not queue_files(root, ".bad")
     assert not queue_files(root, ".done")
+
+
+def test_recovery_skips_a_journal_record_whose_queue_file_exists(
+    tmp_path: Path, servers: list[MailServer]
+) -> None:
+    """A process killed after a batch was committed but before its settled marks were
+    written: the queue file holds what still waits, and the Maildir copies are in place
+    (the queue file is named last), so recovery must not deliver the journal's copy again.
+    A record without a queue file is recovered in full."""
+    port = free_port()
+    site = write_crash_site(tmp_path / "site", port)
+    root = tmp_path / "root"
+    spool = Spool(root / "var" / "queue")
+    committed = earlier(("alice@example.com", "bob@example.com"))
+    unprocessed = earlier(("carol@example.com", "dave@example.com"))
+
+    async def crash() -> None:  # two records, never settled; the process "dies"
+        intake = Intake(spool.directory / "intake")
+        intake.open()
+        await intake.write(committed, message("committed", ["alice@example.com"]))
+        await intake.write(unprocessed, message("unprocessed", ["carol@example.com"]))
+        for segment in list(intake._segments):
+            os.close(segment.descriptor)  # its lock goes with it, as with a SIGKILL
+        intake._thread.shutdown()
+
+    asyncio.run(crash())
+    # the batch of `committed` delivered alice's copy and staged bob's as a queue file
+    spool.store(replace(committed, recipients=("bob@example.com",)), message("committed", []))
+    server = MailServer(site, root, [port])
+    servers.append(server)
+    server.start()
+    expected = {
+        ("committed", "bob"): 1,
+        ("unprocessed", "carol"): 1,
+        ("unprocessed", "dave"): 1,
+    }
+    assert wait_until(lambda: maildir_tokens(root)[0] == expected, timeout=10), maildir_tokens(root)
+    assert wait_until(lambda: not queue_files(root, ".msg"), timeout=10)
+    assert re.search(r"intake: 1 message\(s\) of \S+ queued again", server.log())
+    assert re.search(r"intake: 1 message\(s\) of \S+ were queued already", server.log())
+    assert "Traceback" not in server.log()

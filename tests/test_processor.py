@@ -12,7 +12,7 @@ from mailplan.runtime.decide.router import Router
 from mailplan.runtime.delivery.scheduler import Waiting
 from mailplan.runtime.queue import processor
 from mailplan.runtime.queue.arrival import Arrival
-from mailplan.runtime.queue.processor import Processor, pending, process
+from mailplan.runtime.queue.processor import Processor, _Soon, pending, process
 from mailplan.runtime.store import durable
 from mailplan.runtime.store.intake import Intake, Segment, Ticket
 from mailplan.runtime.store.spool import Envelope, Spool, new_id
@@ -319,24 +319,85 @@ def test_a_batch_delivers_nothing_before_its_commit(
     assert [line[2] for line in lines] == ["alice@example.com", "al@example.org", "bob@example.com"]
 
 
-def test_too_much_waiting_for_batches_sends_new_mail_to_the_queue(
+def test_past_the_soft_limit_a_250_waits_and_past_the_hard_one_mail_is_refused(
     spool: Spool, router: Router, mail: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What waits for `deliver_soon` is held in memory: past a count or a size, the
-    server queues new mail instead (`backlogged`)."""
-    monkeypatch.setattr(processor, "SOON_LIMIT", 3)
-    monkeypatch.setattr(processor, "SOON_BYTES", 1000)
+    """What waits for `deliver_soon` is held in memory: past the soft limits `admit`
+    waits (for a settle, or `FLOW_DELAY` at most), past the hard ones it raises `Full`."""
+    monkeypatch.setattr(processor, "SOFT_LIMIT", 2)
+    monkeypatch.setattr(processor, "HARD_LIMIT", 3)
+    monkeypatch.setattr(processor, "SOFT_BYTES", 500)
+    monkeypatch.setattr(processor, "HARD_BYTES", 1000)
+    monkeypatch.setattr(processor, "FLOW_DELAY", 0.05)
     envelope, _ = spool.load(queue(spool, "alice@example.com"))
     ticket = Ticket(envelope.id, Segment(spool.directory / "none.log", -1))
     current = ("sha256:test", router)
-    batches = Processor(spool, lambda: current, mail, list, Intake(spool.directory / "in"))
-    for _ in range(2):
-        batches.deliver_soon(Arrival(envelope, b"x" * 10, "sha256:test", router), ticket)
-    assert not batches.backlogged
-    batches.deliver_soon(Arrival(envelope, b"x" * 10, "sha256:test", router), ticket)
-    assert batches.backlogged  # three messages
-    by_size = Processor(spool, lambda: current, mail, list, Intake(spool.directory / "in"))
-    by_size.deliver_soon(Arrival(envelope, b"x" * 999, "sha256:test", router), ticket)
-    assert not by_size.backlogged
-    by_size.deliver_soon(Arrival(envelope, b"x", "sha256:test", router), ticket)
-    assert by_size.backlogged  # 1000 bytes
+
+    async def run() -> list[str]:
+        seen = []
+        batches = Processor(spool, lambda: current, mail, list, Intake(spool.directory / "in"))
+        arrival = Arrival(envelope, b"x" * 10, "sha256:test", router)
+        batches.deliver_soon(arrival, ticket)
+        await batches.admit()  # one waits: no delay
+        seen.append("free")
+        batches.deliver_soon(arrival, ticket)
+        started = asyncio.get_running_loop().time()
+        await batches.admit()  # two: at the soft limit, it waits out FLOW_DELAY
+        seen.append(f"delayed {asyncio.get_running_loop().time() - started >= 0.04}")
+        waiter = asyncio.ensure_future(batches.admit())
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        batches._settle([_Soon(arrival, ticket)])  # one settled: below the soft limit
+        await asyncio.wait_for(waiter, 5)
+        seen.append("woken by a settle")
+        batches.deliver_soon(arrival, ticket)
+        batches.deliver_soon(arrival, ticket)  # three: the hard limit
+        with pytest.raises(processor.Full):
+            await batches.admit()
+        seen.append("full")
+        by_size = Processor(spool, lambda: current, mail, list, Intake(spool.directory / "in"))
+        by_size.deliver_soon(Arrival(envelope, b"x" * 1000, "sha256:test", router), ticket)
+        with pytest.raises(processor.Full):
+            await by_size.admit()
+        seen.append("full by size")
+        return seen
+
+    assert asyncio.run(run()) == [
+        "free", "delayed True", "woken by a settle", "full", "full by size"
+    ]  # fmt: skip
+
+
+def test_every_message_goes_through_the_journal_and_what_waits_gets_a_queue_file(
+    spool: Spool, router: Router, mail: Path
+) -> None:
+    """Local copies, a remote recipient and a list: one journal record each, processed
+    in a batch; the queue file holds only what waits, and the journal is settled."""
+    handed: list[Waiting] = []
+    intake = Intake(spool.directory / "intake")
+    intake.open()
+    current = ("sha256:test", router)
+    batches = Processor(spool, lambda: current, mail, handed.extend, intake)
+    envelope, _ = spool.load(
+        queue(spool, "alice@example.com", "someone@elsewhere.test", "staff@example.com")
+    )
+    spool.remove(envelope.id)  # it arrives over SMTP: no queue file
+
+    async def run() -> None:
+        batches.start()
+        await batches.accept(Arrival(envelope, MESSAGE, "sha256:test", router))
+        assert not spool.exists(envelope.id)  # durable in the journal, processed later
+        await asyncio.wait_for(batches.drain(), 10)
+        await batches.stop()
+        await intake.close()
+
+    asyncio.run(run())
+    assert len(delivered(mail, "alice@example.com")) == 1
+    staged, message = spool.load(envelope.id)
+    assert staged.recipients == ("someone@elsewhere.test", "staff@example.com")
+    assert message == MESSAGE
+    assert sorted((entry.queue, entry.recipient) for entry in handed) == [
+        ("LIST(staff@example.com)", "staff@example.com"),
+        ("SMTP(elsewhere.test)", "someone@elsewhere.test"),
+    ]
+    assert all(entry.envelope == staged for entry in handed)
+    assert list(intake.directory.iterdir()) == []  # settled: closed without a segment left

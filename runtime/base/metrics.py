@@ -34,6 +34,7 @@ class Meters:
     reload_success: Gauge
     reload_time: Gauge
     journal_sync: Histogram
+    flow_delays: Counter
 
 
 def share(directory: Path) -> None:
@@ -102,6 +103,10 @@ def meters() -> Meters:
             "mailplan_journal_sync_seconds",
             "fdatasync of the intake journal (one per group of messages)",
             buckets=SYNC_BUCKETS,
+        ),
+        flow_delays=Counter(
+            "mailplan_flow_delays",
+            "250 replies held back while accepted mail waited to be processed (in_flow_delay)",
         ),
     )
 

@@ -18,6 +18,8 @@ NEEDS_SMTPUTF8 = "553 5.6.7 A non-ASCII address needs the SMTPUTF8 parameter on 
 BAD_IDN = "553 5.1.3 <{address}>: the domain is not a valid internationalized domain name"
 TOO_MANY_HOPS = "554 5.4.6 Too many hops: the message seems to be in a mail loop"
 QUEUE_WRITE_FAILED = "451 4.3.0 The message could not be queued, please try again later"
+# too much accepted mail waits to be processed (`runtime.queue.processor.HARD_LIMIT`)
+QUEUE_FULL = "451 4.3.1 Mail system full, please try again later"
 TLS_ACTIVE = "503 5.5.1 TLS is already active"  # a second STARTTLS (RFC 3207)
 AUTH_LINE_TOO_LONG = "500 5.5.6 Authentication exchange line is too long"  # RFC 4954
 CONNECTION_LOST = "421 4.4.2 Connection lost"  # what a session says to a client that went away

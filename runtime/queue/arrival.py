@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mailplan.runtime.decide.router import Router, Routing
+from mailplan.runtime.rules.engine import Headers
 from mailplan.runtime.store.spool import Envelope
 
 
@@ -23,6 +24,9 @@ class Arrival:
     digest: str  # of the plan it was accepted under
     router: Router  # that plan's router
     routings: Mapping[str, Routing] = field(default_factory=dict)  # by recipient, from RCPT
+    # the header block of `message`, when the SMTP wing parsed it (for the server rules):
+    # the domain and account rules use it, and what it computed, rather than parse again
+    headers: Headers | None = field(default=None, compare=False)
 
     def routing(self, recipient: str) -> Routing:
         """The recipient's routing: the one RCPT decided, or the plan's now."""

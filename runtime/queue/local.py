@@ -100,6 +100,7 @@ class Local:
     replies: ruleactions.ReplyLog
     batch: durable.Batch | None = None
     drops: list[Drop] | None = None  # collecting for LMTP (`collect`) rather than writing
+    headers: Headers | None = None  # of `message`, if parsed already (`Arrival.headers`)
 
     def collect(self, account: str) -> list[Drop]:
         """Run the account's rules as `deliver` does, but return what they store."""
@@ -184,7 +185,7 @@ class Local:
         if envelope.auth not in ("", "-"):
             sources.add("authenticated")
         return Facts(
-            headers=Headers.parse(self.message),
+            headers=self.headers if self.headers is not None else Headers.parse(self.message),
             sender=envelope.sender,
             recipients=envelope.recipients,
             size=len(self.message),

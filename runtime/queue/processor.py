@@ -9,18 +9,23 @@ that the current plan refuses) is handed to `runtime.delivery.scheduler` as a `W
 due now for a fresh message or when its retry journal says for one found in the
 queue at start.
 
-Mail that was never queued (all its recipients local accounts without rules: it is
-in the intake journal, `runtime.store.intake`) comes through `Processor.deliver_soon`
-and is delivered in batches whose Maildir copies are made durable together.
+Every message accepted over SMTP is made durable in the intake journal
+(`runtime.store.intake`) before its 250, and processed after it, in batches
+(`Processor.deliver_soon`): the Maildir copies of a batch and the queue files of what
+still waits (remote, LMTP, PIPE, LIST recipients) are made durable together, and only
+then is each message settled in the journal. What waits to be processed is bounded:
+past a soft limit a 250 waits for the batches to catch up (`Processor.admit`, Postfix's
+in_flow_delay), past a hard one new mail hears 451 4.3.1 (`Full`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +42,6 @@ from mailplan.runtime.queue.local import (
     Local,
     dropped_into,
     execute,
-    rules_of,
 )
 from mailplan.runtime.rules import actions as ruleactions
 from mailplan.runtime.rules import enact
@@ -47,12 +51,23 @@ from mailplan.runtime.store.spool import BadQueueFile, Envelope, Spool
 
 log = logging.getLogger("mailplan.queue")
 
+
+class Full(Exception):
+    """So much accepted mail waits to be processed that new mail must come back later
+    (the reply is `451 4.3.1`)."""
+
+
 WORKERS = 4
 BATCH_DELAY = 0.02  # seconds a batch of `deliver_soon` messages gathers before delivery
 BATCH_LIMIT = 1000  # messages in one such batch
-# what may wait for `deliver_soon` (held in memory until delivered); beyond, mail is queued
-SOON_LIMIT = 20_000  # messages
-SOON_BYTES = 256 << 20
+# What may wait for `deliver_soon` (accepted, held in memory until processed): past the
+# soft limits a 250 waits for the batches to catch up (at most FLOW_DELAY seconds, as
+# Postfix's in_flow_delay), past the hard ones new mail is refused with 451 4.3.1.
+SOFT_LIMIT = 2_000  # messages
+SOFT_BYTES = 64 << 20
+HARD_LIMIT = 20_000
+HARD_BYTES = 256 << 20
+FLOW_DELAY = 1.0
 STOP_WAIT = 30.0  # seconds a stop waits for those batches (what is left stays in the journal)
 RETRY_FAILED = 60  # seconds before a message whose processing failed is processed again
 
@@ -93,6 +108,7 @@ def process(
         spool, router, mail_directory, message.envelope, message.bytes,
         effects if effects is not None else Effects(),
         replies if replies is not None else ruleactions.MemoryReplyLog(), batch,
+        headers=fresh.headers if fresh is not None else None,
     )  # fmt: skip
     done: list[str] = []
     waiting: list[Waiting] = []
@@ -233,22 +249,6 @@ def _record(spool: Spool, queue_id: str, done: list[str], waiting: list[Waiting]
         spool.done(queue_id, done)
 
 
-def delivers_at_once(arrival: Arrival) -> bool:
-    """Whether every recipient goes to a local account without rules (or is discarded):
-    then the message needs no queue file, only the intake journal until its Maildir
-    copies are durable (`Processor.deliver_soon`)."""
-    book, _ = rules_of(arrival.router)
-    for recipient in arrival.envelope.recipients:
-        routing = arrival.routing(recipient)
-        if routing.module == "DISCARD":
-            continue
-        if routing.module != "LOCAL" or book.local(routing.queue).rules:
-            return False
-        if lmtp.over_lmtp(arrival.router.plan, routing.queue):  # settled by the LMTP 250
-            return False
-    return True
-
-
 def pending(spool: Spool, router: Router) -> list[Waiting]:
     """Every recipient that is not done, as the plan routes it now (for `mailplan queue`)."""
     found = []
@@ -302,21 +302,32 @@ class Processor:
         self._unsettled_bytes = 0
         self._settled = asyncio.Event()
         self._settled.set()
+        self._roomy = asyncio.Event()  # below the soft limits: a 250 need not wait
+        self._roomy.set()
         self._batch_done = asyncio.Event()  # no batch is being delivered
         self._batch_done.set()
         self._workers: list[asyncio.Task[None]] = []
         self._commands: set[asyncio.Task[None]] = set()
 
-    async def accept(self, arrival: Arrival) -> None:
-        """Make a message durable before its 250: queue it, or, when every recipient is a
-        local account without rules, write it to the intake journal, to be delivered
-        into the Maildirs in the next batch (`runtime.store.intake`). Then process it."""
-        if not self.backlogged and delivers_at_once(arrival):
-            # shielded: a client gone before its 250 cannot leave a record unsettled
-            await asyncio.shield(self._journal(arrival))
+    async def admit(self) -> None:
+        """Before a message is accepted: past the soft limits of what waits to be
+        processed, wait for the batches to bring it down (at most `FLOW_DELAY`); past the
+        hard ones, raise `Full`."""
+        if self._over(HARD_LIMIT, HARD_BYTES):
+            raise Full
+        if self._roomy.is_set():
             return
-        await asyncio.to_thread(self.spool.store, arrival.envelope, arrival.message)
-        self.submit(arrival.envelope.id, arrival)
+        metrics.meters().flow_delays.inc()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._roomy.wait(), FLOW_DELAY)
+        if self._over(HARD_LIMIT, HARD_BYTES):
+            raise Full
+
+    async def accept(self, arrival: Arrival) -> None:
+        """Make a message durable before its 250: append it to the intake journal; it is
+        processed after the 250, in the next batch (`deliver_soon`)."""
+        # shielded: a client gone before its 250 cannot leave a record unsettled
+        await asyncio.shield(self._journal(arrival))
 
     async def _journal(self, arrival: Arrival) -> None:
         ticket = await self.intake.write(arrival.envelope, arrival.message)
@@ -328,25 +339,30 @@ class Processor:
         self._spawn(execute(execution, handover))
 
     def deliver_soon(self, arrival: Arrival, ticket: Ticket) -> None:
-        """LOCAL delivery, in the next batch, of a message that is in the intake journal
-        and was never queued (see `delivers_at_once`); settled once its copies are
-        durable."""
+        """Process, in the next batch, a message that is in the intake journal; it is
+        settled there once what processing made of it is durable (Maildir copies, and a
+        queue file for the recipients that still wait)."""
         self._soon.append(_Soon(arrival, ticket))
         self._unsettled += 1
         self._unsettled_bytes += len(arrival.message)
         self._settled.clear()
+        if self._over(SOFT_LIMIT, SOFT_BYTES):
+            self._roomy.clear()
         self._more.set()
 
     @property
-    def backlogged(self) -> bool:
-        """Whether so much waits for `deliver_soon` that new mail should be queued instead
-        (acceptance must not outrun delivery without bound)."""
-        return self._unsettled >= SOON_LIMIT or self._unsettled_bytes >= SOON_BYTES
+    def backlog(self) -> int:
+        """Messages accepted and not yet processed (in the journal, unsettled)."""
+        return self._unsettled
+
+    def _over(self, count: int, size: int) -> bool:
+        return self._unsettled >= count or self._unsettled_bytes >= size
 
     async def _deliver_batches(self) -> None:
-        """Deliver what `deliver_soon` gathered, a batch at a time: its Maildir files are
-        made durable together. A batch that fails goes to the queue, message by message,
-        where processing has its own retries."""
+        """Process what `deliver_soon` gathered, a batch at a time: its Maildir files and
+        queue files are made durable together, then the recipients that wait go to the
+        delivery wing. A batch that fails goes to the queue, message by message, where
+        processing has its own retries."""
         while True:
             await self._more.wait()
             await asyncio.sleep(BATCH_DELAY)  # for the batch to fill
@@ -357,13 +373,21 @@ class Processor:
             if not batch:
                 continue
             self._batch_done.clear()
+            effects = Effects()
+            handed: list[Waiting] = []
             try:
-                await asyncio.to_thread(self._deliver_batch, batch)
+                handed = await asyncio.to_thread(self._deliver_batch, batch, effects)
             except Exception:
                 log.exception("delivering %d message(s) failed; they are queued", len(batch))
+                effects.commands = []  # they run when the queue processes the message
                 batch = await self._queue_each(batch)
             finally:
                 self._batch_done.set()
+                for created in effects.created:  # durable already, even after a failure
+                    self.submit(created)
+            self.hand_over(handed)
+            for command, facts in effects.commands:
+                self._spawn(execute(command, facts))
             self._settle(batch)
 
     async def _queue_each(self, batch: list[_Soon]) -> list[_Soon]:
@@ -396,11 +420,16 @@ class Processor:
         self.intake.write_marks()
         self._unsettled -= len(batch)
         self._unsettled_bytes -= sum(len(soon.arrival.message) for soon in batch)
+        if not self._over(SOFT_LIMIT, SOFT_BYTES):
+            self._roomy.set()
         if not self._unsettled:
             self._settled.set()
 
-    def _deliver_batch(self, batch: list[_Soon]) -> None:
+    def _deliver_batch(self, batch: list[_Soon], effects: Effects) -> list[Waiting]:
+        """Process a batch (in a thread): returns its recipients that wait, each of whose
+        messages has a queue file once this returns."""
         files = durable.Batch()
+        handed: list[Waiting] = []
         lines: list[tuple[tuple[Any, ...], dict[str, Any]]] = []  # logged after the commit
         tally: list[str] = []  # counted after the commit
 
@@ -412,10 +441,10 @@ class Processor:
                 arrival = soon.arrival
                 waiting = process(
                     self.spool, arrival.envelope.id, arrival.router, self.mail_directory,
-                    arrival.digest, arrival, batch=files, say=say, tally=tally,
+                    arrival.digest, arrival, effects, self.replies, files, say, tally,
                 )  # fmt: skip
-                if waiting:  # cannot happen: `delivers_at_once` saw the same routings
-                    raise OSError(f"{arrival.envelope.id}: recipients left to queue")
+                if waiting:
+                    handed += self._stage(arrival, waiting, files)
             files.commit()
         except BaseException:
             files.abandon()
@@ -423,6 +452,20 @@ class Processor:
         for line in lines:
             log.info(*line[0], **line[1])
         count(tally)
+        return handed
+
+    def _stage(
+        self, arrival: Arrival, waiting: list[Waiting], files: durable.Batch
+    ) -> list[Waiting]:
+        """The queue file of the recipients that wait, in the batch: it holds those
+        recipients only (the others are done once the batch is committed)."""
+        wanted = {entry.recipient for entry in waiting}
+        envelope = arrival.envelope
+        staged = replace(envelope, recipients=tuple(r for r in envelope.recipients if r in wanted))
+        self.spool.stage(staged, arrival.message, files)
+        for entry in waiting:
+            entry.envelope = staged
+        return waiting
 
     def _retry_soon(self, batch: list[_Soon]) -> None:
         self._soon.extend(batch)
@@ -441,8 +484,11 @@ class Processor:
 
     async def drain(self) -> None:
         """Wait until every submitted message has been processed."""
-        await self._ids.join()
-        await self._settled.wait()
+        while True:
+            await self._ids.join()
+            await self._settled.wait()
+            if self._ids.empty() and self._settled.is_set():
+                return
 
     async def stop(self) -> None:
         try:  # what got 250 is delivered before the batches stop, or stays in the journal

@@ -316,10 +316,13 @@ class Daemon:
         """Queue what the intake journals of dead processes hold unsettled, then start
         this process's own journal."""
 
-        def store(envelope: Envelope, message: bytes) -> None:
+        def store(envelope: Envelope, message: bytes) -> bool:
+            if self.spool.exists(envelope.id):  # its batch was committed: the queue file
+                return False  # holds what still waits, its Maildir copies are in place
             if not owns(envelope.id):  # another worker's id: this one makes its own
                 envelope = replace(envelope, id=new_id())
             self.spool.store(envelope, message, again=True)
+            return True
 
         self.intake.recover(store)
         self.intake.open()

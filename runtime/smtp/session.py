@@ -45,7 +45,7 @@ from mailplan.runtime.decide.throttle import Throttle
 from mailplan.runtime.decide.transaction import Recorded, Transaction
 from mailplan.runtime.delivery import pipe
 from mailplan.runtime.queue.arrival import Arrival
-from mailplan.runtime.queue.processor import Processor
+from mailplan.runtime.queue.processor import Full, Processor
 from mailplan.runtime.rules import enact
 from mailplan.runtime.rules.engine import Facts, Headers, Rules
 from mailplan.runtime.smtp.contentfilter import Rspamd
@@ -235,8 +235,10 @@ class Handler:
         message, sealing = judged
         rules = self.snapshot.server_rules
         decided = None
+        parsed: tuple[bytes, Headers] | None = None  # a message and its headers, parsed
         if rules is not None and rules.rules:
-            decided = self._server_rules(rules, client, queued, message)
+            parsed = (message, Headers.parse(message))
+            decided = self._server_rules(rules, client, queued, message, parsed[1])
             if decided.rejection is not None:
                 log.info("%s refused by a server rule: %s", client.ip, decided.rejection)
                 return decided.rejection
@@ -247,7 +249,14 @@ class Handler:
         if sealing and self._leaving(queued.recipients):
             message = await self._seal(message, queued)
         try:
-            await self._enqueue(queued, message, decided, sealing)
+            await self.queue.admit()  # past the soft limit this waits (in_flow_delay)
+            headers = parsed[1] if parsed is not None and parsed[0] is message else None
+            await self._enqueue(queued, message, decided, sealing, headers)
+        except Full:
+            log.warning(
+                "%s: refused from %s: too much mail waits to be processed", queued.id, client.ip
+            )
+            return replies.QUEUE_FULL
         except OSError as exc:
             log.error("%s: cannot queue the message from %s: %s", queued.id, client.ip, exc)
             return replies.QUEUE_WRITE_FAILED
@@ -316,12 +325,18 @@ class Handler:
         )
 
     async def _enqueue(
-        self, queued: Envelope, message: bytes, decided: enact.Enqueue | None, sealing: bool
+        self,
+        queued: Envelope,
+        message: bytes,
+        decided: enact.Enqueue | None,
+        sealing: bool,
+        headers: Headers | None = None,
     ) -> None:
-        """The message to the queue, then the copies the server rules made of it (ARC-sealed
-        when `sealing` and they leave)."""
+        """The message to the queue (with `headers`, its header block if parsed already),
+        then the copies the server rules made of it (ARC-sealed when `sealing` and they
+        leave)."""
         if queued.recipients:
-            await self.queue.accept(self._arrival(queued, message))
+            await self.queue.accept(self._arrival(queued, message, headers))
         for made in decided.copies if decided else ():
             copy = replace(
                 queued,
@@ -373,14 +388,17 @@ class Handler:
             extra=facts,
         )
 
-    def _arrival(self, envelope: Envelope, message: bytes) -> Arrival:
+    def _arrival(
+        self, envelope: Envelope, message: bytes, headers: Headers | None = None
+    ) -> Arrival:
         """The message for the queue, with the plan it arrived under and its routings."""
         snapshot = self.snapshot
         routings = dict(self.routings)
-        return Arrival(envelope, message, snapshot.digest, snapshot.policy.router, routings)
+        router = snapshot.policy.router
+        return Arrival(envelope, message, snapshot.digest, router, routings, headers)
 
     def _server_rules(
-        self, rules: Rules, client: Client, queued: Envelope, message: bytes
+        self, rules: Rules, client: Client, queued: Envelope, message: bytes, headers: Headers
     ) -> enact.Enqueue:
         """What the server rules make of a message about to be queued (pure but for the log)."""
         sources = {"remote"}
@@ -389,7 +407,7 @@ class Handler:
         if client.authenticated is not None:
             sources.add("authenticated")
         facts = Facts(
-            headers=Headers.parse(message),
+            headers=headers,
             sender=queued.sender,
             recipients=queued.recipients,
             size=len(message),

@@ -5,7 +5,10 @@ for the whole batch instead of two per file: every file is written under its
 temporary name, their file systems are synced (`syncfs`, Linux 5.8 and later;
 elsewhere each file and folder is fsynced), the files are renamed, and the file
 systems are synced again.
-So a final name never shows a file whose content could still be lost.
+So a final name never shows a file whose content could still be lost. Files published
+`last` (the queue files of a batch) are renamed only after the others' names are
+durable, with one more sync: a `last` file that exists after a crash means that every
+other file of its batch is in place.
 """
 
 from __future__ import annotations
@@ -52,32 +55,36 @@ class Batch:
 
     def __init__(self) -> None:
         self.moves: list[tuple[Path, Path]] = []
+        self.lasts: list[tuple[Path, Path]] = []  # renamed once `moves` are durable
         self._anchors: dict[int, int] = {}  # file system (st_dev) -> a folder's descriptor
         self._folders: set[Path] = set()
 
-    def publish(self, temporary: Path, final: Path, *parts: bytes) -> None:
-        """Write `parts` to `temporary`; `commit` makes it durable and names it `final`."""
+    def publish(self, temporary: Path, final: Path, *parts: bytes, last: bool = False) -> None:
+        """Write `parts` to `temporary`; `commit` makes it durable and names it `final`
+        (`last`: after the other files of the batch are durable under their names)."""
         self._anchor(temporary.parent)
         os.close(_write(temporary, parts))
-        self.moves.append((temporary, final))
+        (self.lasts if last else self.moves).append((temporary, final))
 
     def commit(self) -> None:
         """Make every file durable under its final name; blocking."""
         try:
-            if self.moves:
-                self._sync(temporary for temporary, _ in self.moves)
-                for temporary, final in self.moves:
+            steps = [step for step in (self.moves, self.lasts) if step]
+            if steps:
+                self._sync(temporary for temporary, _ in self.moves + self.lasts)
+            for step in steps:
+                for temporary, final in step:
                     os.rename(temporary, final)
-                self._sync(final for _, final in self.moves)
-            self.moves = []
+                self._sync(final for _, final in step)
+            self.moves, self.lasts = [], []
         finally:
             self._release()
 
     def abandon(self) -> None:
         """Remove the files not yet committed."""
-        for temporary, _ in self.moves:
+        for temporary, _ in self.moves + self.lasts:
             temporary.unlink(missing_ok=True)
-        self.moves = []
+        self.moves, self.lasts = [], []
         self._release()
 
     def _anchor(self, folder: Path) -> None:

@@ -156,10 +156,10 @@ class Intake:
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="intake")
     )
 
-    def recover(self, store: Callable[[Envelope, bytes], None]) -> int:
+    def recover(self, store: Callable[[Envelope, bytes], bool | None]) -> int:
         """Hand every unsettled message of the segments no live process holds to `store`
-        (which must make it durable), then remove those segments; returns how many.
-        Blocking."""
+        (which must make it durable, or return False when it is already: its queue file
+        exists), then remove those segments; returns how many were stored. Blocking."""
         self.directory.mkdir(parents=True, exist_ok=True)
         count = 0
         for path in sorted(self.directory.glob("*.*")):
@@ -180,15 +180,21 @@ class Intake:
                     data = file.read()
                 left = unsettled(data) if path.suffix == ".log" else []
                 try:
-                    for envelope, message in left:
-                        store(envelope, message)
+                    stored = sum(
+                        store(envelope, message) is not False for envelope, message in left
+                    )
                 except OSError as exc:  # kept for the next start; this one goes on
                     log.error("intake: cannot queue the messages of %s: %s", path.name, exc)
                     continue
-                if left:
-                    log.info("intake: %d message(s) of %s queued again", len(left), path.name)
+                if stored:
+                    log.info("intake: %d message(s) of %s queued again", stored, path.name)
+                if len(left) > stored:
+                    log.info(
+                        "intake: %d message(s) of %s were queued already",
+                        len(left) - stored, path.name,
+                    )  # fmt: skip
                 path.unlink()
-                count += len(left)
+                count += stored
             finally:
                 os.close(descriptor)
         durable.sync_directory(self.directory)

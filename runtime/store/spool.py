@@ -169,6 +169,14 @@ class Spool:
             temporary.unlink(missing_ok=True)
         durable.publish(temporary, final, envelope.header(), message)
 
+    def stage(self, envelope: Envelope, message: bytes, batch: durable.Batch) -> None:
+        """Write a message's queue file as part of `batch`: durable once the batch is
+        committed, and named only after the batch's other files are (`last`), so a queue
+        file found after a crash means its message's Maildir copies are in place too."""
+        temporary = self.directory / f"{envelope.id}.tmp"
+        final = self.directory / f"{envelope.id}.msg"
+        batch.publish(temporary, final, envelope.header(), message, last=True)
+
     def done(self, queue_id: str, recipients: list[str]) -> None:
         """Record recipients as done (delivered, or given up) for good."""
         path = self.directory / f"{queue_id}.done"
