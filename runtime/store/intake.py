@@ -1,18 +1,19 @@
-"""The intake journal: where mail for local accounts becomes durable before its 250.
+"""The intake journal: where every message received over SMTP becomes durable before its 250.
 
-A message whose recipients are all local accounts without rules is appended to a
-journal segment and the segment is fdatasynced; then the client hears 250, and the
-message is delivered into its Maildirs in batches afterwards (`runtime.queue.processor`).
+A message is appended to a journal segment and the segment is fdatasynced; then the
+client hears 250, and the message is processed in batches afterwards
+(`runtime.queue.processor`): its domain and account rules run, its Maildir copies are
+written and what still waits (relay, LMTP, lists, pipes) becomes a queue file.
 Sessions that finish DATA while a sync is under way share the next one (group
 commit): one fdatasync makes many messages durable.
 
-A segment is `QUEUE/intake/PID-RANDOM.SEQ.log`, owned by the process that holds
-its `flock`. It is a run of records, each a head (`MPI1`, kind, the segment's
-epoch, payload length, CRC-32 of those and the payload) and a payload. The first record opens the
+A segment is `QUEUE/intake/PID-RANDOM.SEQ.log`, owned by the process that holds its
+`flock`. It is a run of records, each a head (`MPI1`, kind, the segment's epoch, payload
+length, CRC-32 of those and the payload) and a payload. The first record opens the
 segment and gives its epoch (random); then come messages (the queue file's format,
-`spool.parse`) and the ids of messages that are settled (their Maildir copies are
-durable). A crash in the middle of a write leaves a torn last record, which
-recovery ignores: its client never heard 250.
+`spool.parse`) and the ids of messages that are settled (what their processing made,
+Maildir copies and queue files, is durable). A crash in the middle of a write leaves a
+torn last record, which recovery ignores: its client never heard 250.
 
 A segment whose messages are all settled, once a newer one is in use, is kept as a
 spare (`.spare`) and used again: writing over blocks a file already has needs no
