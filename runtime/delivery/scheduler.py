@@ -395,23 +395,31 @@ class Delivery:
         """Send the TLS reports of the days that are over: at start, then after each
         midnight (UTC)."""
         while True:
-            plan = self.current().plan
-            if plan.outbound.tls.reports:
-                try:
-                    await self.reports.send(
-                        plan,
-                        codec.digest(plan),
-                        self.spool,
-                        self._dns(),
-                        self.trust(plan),
-                        self.submit,
-                    )
-                except Exception:
-                    log.exception("TLS reports not sent; tried again in an hour")
-                    await asyncio.sleep(3600)
-                    continue
+            if not await self._send_reports():
+                await asyncio.sleep(3600)
+                continue
             now = time.time()
             await asyncio.sleep(86400 - now % 86400 + 60)
+
+    async def _send_reports(self) -> bool:
+        """Send what the plan served now asks for; False when that failed. (A function of
+        its own, so that the plan is not held through the sleeps between: a reload frees
+        the plan it replaced once nothing uses it.)"""
+        plan = self.current().plan
+        if plan.outbound.tls.reports:
+            try:
+                await self.reports.send(
+                    plan,
+                    codec.digest(plan),
+                    self.spool,
+                    self._dns(),
+                    self.trust(plan),
+                    self.submit,
+                )
+            except Exception:
+                log.exception("TLS reports not sent; tried again in an hour")
+                return False
+        return True
 
     def _dns(self) -> dns.asyncresolver.Resolver:
         if self._resolver is None:

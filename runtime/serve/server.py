@@ -35,7 +35,7 @@ from mailplan.runtime.mailbox.connection import Connection
 from mailplan.runtime.mailbox.pop3 import IDLE_TIMEOUT, LINE_LIMIT, Pop3
 from mailplan.runtime.queue.processor import Processor
 from mailplan.runtime.rules.engine import Rules
-from mailplan.runtime.serve import admin, notify, tls
+from mailplan.runtime.serve import admin, notify, retire, tls
 from mailplan.runtime.serve.startup import (
     BACKLOG,
     POP3_PROTOCOLS,
@@ -55,6 +55,7 @@ from mailplan.runtime.store.spool import Envelope, Share, Spool, new_id, owns
 log = logging.getLogger("mailplan.server")
 
 STOP_GRACE = 60.0
+REAP_EVERY = 1.0  # seconds between looks at the snapshots reloads replaced
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,8 @@ class Daemon:
         self.admin: ThreadingHTTPServer | None = None
         share = options.share
         self.serving = admin.Serving(share.index, os.getpid(), self.current.digest, time.time())
+        self.reaper = retire.Reaper()  # the snapshots reloads replaced, freed off the loop
+        self.reaping: asyncio.Task[None] | None = None
 
     def _snapshot(self, plan: Plan) -> Snapshot:
         remote = self.options.remote
@@ -348,7 +351,11 @@ class Daemon:
         if fresh.policy.plan.listeners != self.current.policy.plan.listeners:
             log.warning("reload: listeners changed; they take effect at the next start")
         await self._changes(self.current, fresh)
-        self.current, self.keys = fresh, keys
+        old, self.current, self.keys = self.current, fresh, keys
+        self.reaper.retire(old, old.policy, old.policy.plan, old.policy.router)
+        del old  # sessions that started on it may still use it; the reaper frees it after
+        if self.reaping is None or self.reaping.done():
+            self.reaping = asyncio.ensure_future(self._reap())
         limits = fresh.policy.plan.limits  # the next connections count against these
         self.admission.total = limits.max_connections
         self.admission.per_client = limits.max_connections_per_client
@@ -357,6 +364,15 @@ class Daemon:
         self._reloaded("ok")
         if alone:
             notify.ready(f"serving plan {fresh.digest}")
+
+    async def _reap(self) -> None:
+        """Free the snapshots that reloads replaced, in a thread, once their last session
+        has ended (`retire`): every REAP_EVERY seconds while any waits."""
+        while True:
+            await asyncio.to_thread(self.reaper.reap)
+            if not self.reaper.waiting or self.stopping.is_set():
+                return
+            await asyncio.sleep(REAP_EVERY)
 
     async def _changes(self, old: Snapshot, new: Snapshot) -> None:
         """What a reload changes, one line each (nothing when the plan is the same). The
@@ -416,6 +432,8 @@ class Daemon:
         await self.processor.stop()
         await self.intake.close()
         await self.delivery.stop()
+        if self.reaping is not None:
+            self.reaping.cancel()  # what waits is freed as the process ends
         log.info("stopped")
 
 
