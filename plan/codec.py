@@ -212,7 +212,11 @@ def _checker(hint: Any) -> Checker | None:
         return functools.partial(_formed, form)
     origin = typing.get_origin(hint)
     if origin is tuple:
-        inner = _checker(typing.get_args(hint)[0])
+        element = typing.get_args(hint)[0]
+        forms = _forms_only(element)
+        if forms:
+            return functools.partial(_items_of_forms, forms)
+        inner = _checker(element)
         return None if inner is None else functools.partial(_items, inner)
     if origin in (Union, types.UnionType):
         options = [option for option in typing.get_args(hint) if option is not type(None)]
@@ -223,6 +227,35 @@ def _checker(hint: Any) -> Checker | None:
         fields = [(f.name, _checker(hints[f.name])) for f in dataclasses.fields(hint)]
         checked = tuple((name, check) for name, check in fields if check is not None)
         return functools.partial(_fields, checked) if checked else None
+    return None
+
+
+def _forms_only(hint: Any) -> tuple[tuple[str, Form], ...]:
+    """The fields of dataclass `hint` that have a Form, when it has some and nothing else
+    under it is checked (a plan's address-list intervals); else ()."""
+    if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+        return ()
+    hints = typing.get_type_hints(hint, include_extras=True)
+    fields = [(f.name, hints[f.name]) for f in dataclasses.fields(hint)]
+    forms = tuple((name, _form_of(inner)) for name, inner in fields)
+    unformed = [inner for (_, inner), (_, form) in zip(fields, forms, strict=True) if not form]
+    if any(_checker(inner) is not None for inner in unformed) or not any(f for _, f in forms):
+        return ()
+    return tuple((name, form) for name, form in forms if form is not None)
+
+
+def _items_of_forms(
+    forms: tuple[tuple[str, Form], ...], values: Any
+) -> tuple[list[str], str] | None:
+    """`_items` of `_fields` of `_formed`, in one loop: the address lists of a big plan
+    hold a hundred thousand intervals, checked at every start and reload."""
+    for index, value in enumerate(values):
+        for name, form in forms:
+            text = getattr(value, name)
+            try:
+                form.test(text)
+            except ValueError:
+                return [name, str(index)], f"{text!r} is not {form.what}"
     return None
 
 

@@ -33,13 +33,10 @@ def _ip_address(text: str) -> None:
     writes several times faster than `ipaddress` (a plan may hold 100,000 of them, checked
     at every start and reload); any other form is `ipaddress`'s to accept or refuse, as
     in `runtime.decide.addresslist`."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, text)
-            return
-        except OSError:
-            continue
-    ipaddress.ip_address(text)
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+    except OSError:
+        ipaddress.ip_address(text)
 
 
 IPAddress = Annotated[str, Form("an IP address", _ip_address)]
