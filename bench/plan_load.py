@@ -16,7 +16,7 @@ IP lines), writes its plan.json, then measures:
   ticks and the 99th percentile, against the same ticker with nothing else to do
   (idle), and against the same reload dropping the old plan on the loop, in the same run.
 
-Each figure is the best (for gaps: the median) of --repeats runs. Nothing is asserted;
+Each figure is the median of --repeats runs. Nothing is asserted;
 docs/benchmarks.md has the figures.
 
     .venv/bin/python bench/plan_load.py                     # 1,000 10,000 100,000; ~3 min
@@ -147,9 +147,9 @@ def measure(n: int, repeats: int, baseline: bool) -> dict[str, float]:
             idle_p99.append(p99(idle))
         return {
             "size_mb": path.stat().st_size / 1e6,
-            "read": min(reads),
-            "steps": min(steps) if steps else float("nan"),
-            "snapshot": min(snaps),
+            "read": statistics.median(reads),
+            "steps": statistics.median(steps) if steps else float("nan"),
+            "snapshot": statistics.median(snaps),
             "gap_max": statistics.median(gaps_max),
             "gap_p99": statistics.median(gaps_p99),
             "dropped_max": statistics.median(dropped_max),
