@@ -191,6 +191,7 @@ def test_list_retrieve_top_uidl_delete_over_stls(site: Site) -> None:
     again = site.login("reader")
     assert again.stat() == (1, sizes[1])
     assert again.uidl(1).split()[2].decode() == names[1]  # the same UIDL in a new session
+    assert again.uidl("01").split()[1] == b"1"  # the message's number, not the text typed
     again.quit()
     # RETR marked the message seen; what is left was never retrieved, so it stays new.
     assert [p.name for p in (site.maildir("reader") / "new").iterdir()] == [names[1]]
@@ -377,6 +378,9 @@ def test_parse_keeps_the_raw_rest_for_pass() -> None:
     assert command.arguments == ("two", "spaces")
     assert command.rest == " two  spaces "
     assert pop3.parse(b"\r\n").keyword == ""
+    # `str.upper` makes STAT of a long s and LIST of a dotless i: such keywords are unknown
+    assert pop3.parse("\u017ftat\r\n".encode()).keyword != "STAT"
+    assert pop3.parse("l\u0131st 1\r\n".encode()).keyword != "LIST"
 
 
 @pytest.mark.parametrize(
@@ -411,8 +415,17 @@ def test_top_keeps_the_header_and_n_body_lines() -> None:
         (base64.b64encode(b"\0\0pw").decode(), None),
         (base64.b64encode(b"only-one-part").decode(), None),
         ("not base64!", None),
+        ("\u00e9", None),  # not ASCII: base64 itself refuses it (ValueError)
     ],
-    ids=["plain", "same-authzid", "other-authzid", "empty-login", "malformed", "not-base64"],
+    ids=[
+        "plain",
+        "same-authzid",
+        "other-authzid",
+        "empty-login",
+        "malformed",
+        "not-base64",
+        "not-ascii",
+    ],
 )
 def test_sasl_plain(response: str, expected: tuple[str, str] | None) -> None:
     assert pop3.sasl_plain(response) == expected

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -162,3 +163,61 @@ def test_lines_answered_at_once_and_those_left_for_the_session_keep_their_order(
 
     asyncio.run(serving(session, client))
     assert at_once_saw == [b"A\r\n", b"B\r\n"]
+
+
+def test_a_client_that_pipelines_and_does_not_read_stops_being_answered_at_once() -> None:
+    """Answers made inside `data_received` go to the transport as they pile up, so a
+    client that sends thousands of commands and reads nothing makes the transport pause
+    writing, and the rest wait for the session's task (which waits for the client)."""
+    answered: list[int] = []
+    sent = 4000
+    reply = b"+OK " + b"x" * 16384 + b"\r\n"
+
+    def at_once(line: bytes) -> bool:
+        answered.append(1)
+        connection_of[0].write(reply)
+        return True
+
+    connection_of: list[Connection] = []
+
+    async def session(connection: Connection) -> None:
+        connection_of.append(connection)
+        connection.at_once = at_once
+        with pytest.raises((TimeoutError, ConnectionResetError)):
+            while await connection.readline():
+                connection.write(reply)
+                await connection.drain()
+
+    def client(port: int) -> None:
+        with socket.create_connection((LOOPBACK, port)) as sock:
+            sock.sendall(b"RETR 1\r\n" * sent)  # 32 KB of commands, 64 MB of answers
+            time.sleep(IDLE * 3)  # reads nothing
+
+    asyncio.run(serving(session, client))
+    assert 0 < len(answered) < sent // 4  # held back, not answered into memory
+
+
+def test_bytes_without_a_line_end_are_no_activity() -> None:
+    """A byte now and then, never a whole line, does not keep a session from its idle
+    limit."""
+
+    async def session(connection: Connection) -> None:
+        with pytest.raises(TimeoutError):
+            await connection.readline()
+        connection.write(b"-ERR idle\r\n")
+
+    def client(port: int) -> None:
+        with socket.create_connection((LOOPBACK, port)) as sock:
+            answered = False
+            for _ in range(20):  # ten times the idle limit, a byte every half of it
+                sock.sendall(b"x")
+                time.sleep(IDLE / 2)
+                readable, _, _ = select.select([sock], [], [], 0)
+                if readable:
+                    answered = True
+                    break
+            assert answered, "the drip kept the session alive"
+            sock.settimeout(10)
+            assert sock.makefile("rb").readline() == b"-ERR idle\r\n"
+
+    asyncio.run(serving(session, client))

@@ -11,7 +11,10 @@ buffer is over its high-water mark (a client that does not read).
 Limits against hostile clients: a line longer than `limit` ends the session
 (`LineTooLong`), reading stops while more than `BACKLOG` bytes wait unanswered, and one
 timer (not one per command) ends a session that is idle for `idle` seconds, waiting
-for a command or for a client that does not read what it asked for.
+for a command (bytes without a line end are no activity) or for a client that does not
+read what it asked for; replies answered at once go to the transport as they pile up,
+so a client that pipelines and does not read stops being answered; and a connection
+closed with replies its client never read is cut off `idle` seconds later.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class Connection(asyncio.Protocol):
         self._searched = 0  # bytes of the buffer known to hold no line end
         self._ended = False  # no more data will come (EOF, or the connection is lost)
         self._lost: BaseException | None = None
+        self._error: BaseException | None = None  # what connection_lost was given
         self._waiter: asyncio.Future[None] | None = None
         self._draining: asyncio.Future[None] | None = None
         self._reading = True
@@ -69,7 +73,6 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        self._last = self._loop.time()
         if len(self._buffer) > BACKLOG and self._reading and self.transport is not None:
             self._reading = False
             self.transport.pause_reading()
@@ -89,6 +92,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._ended = True
         self._lost = exc if exc is not None else ConnectionResetError("connection closed")
+        self._error = exc
         if self._timer is not None:
             self._timer.cancel()
         self._wake(self._waiter)
@@ -118,6 +122,7 @@ class Connection(asyncio.Protocol):
         line = bytes(buffer[: end + 1])
         del buffer[: end + 1]
         self._searched = 0
+        self._last = self._loop.time()  # a whole line, not a byte now and then, is activity
         if not self._reading and len(buffer) < BACKLOG // 2 and self.transport is not None:
             self._reading = True
             self.transport.resume_reading()
@@ -187,6 +192,11 @@ class Connection(asyncio.Protocol):
         if self._lost is not None:
             raise ConnectionResetError("the client went away") from self._lost
 
+    @property
+    def lost(self) -> BaseException | None:
+        """Why the connection was lost (None: not lost, or closed in order)."""
+        return self._error
+
     def active(self) -> None:
         """Count now as activity (a command that took long is no idleness)."""
         self._last = self._loop.time()
@@ -198,7 +208,9 @@ class Connection(asyncio.Protocol):
         self.flush()
         await self.drain()
         secured = await self._loop.start_tls(transport, self, context, server_side=True)
-        if secured is None:  # the connection went away during the handshake
+        if secured is None or self.aborted:  # gone during the handshake, or the server stops
+            if secured is not None:
+                secured.abort()
             raise ConnectionResetError("the client went away during the TLS handshake")
         self.transport = secured
         self._reading = True  # start_tls reads again, through TLS
@@ -224,8 +236,13 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self.flush()
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        unsent = transport.get_write_buffer_size()  # (a closed TLS transport cannot say)
+        transport.close()
+        if unsent:  # a client that does not read is not waited for forever
+            self._loop.call_later(self.idle, transport.abort)
 
     # -- inside --------------------------------------------------------------------------
 
@@ -250,6 +267,8 @@ class Connection(asyncio.Protocol):
                 self._searched = 0
                 break
             answered = True
+            if self._pending_size >= FLUSH:
+                self.flush()  # the transport says pause_writing when the client is not reading
         if answered:
             self.flush()
 

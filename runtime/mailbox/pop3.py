@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import logging
 import re
 import ssl
@@ -78,6 +77,8 @@ def parse(line: bytes) -> Request:
     """A command line: its keyword, its arguments and the raw rest of the line."""
     text = line.decode("utf-8", "replace").rstrip("\r\n")
     keyword, _, rest = text.partition(" ")
+    if not keyword.isascii():  # `str.upper` folds some letters to ASCII (long s, dotless i)
+        keyword = "?"
     return Request(keyword.upper(), tuple(filter(None, rest.split(" "))), rest)
 
 
@@ -132,7 +133,7 @@ def sasl_plain(response: str) -> tuple[str, str] | None:
     """(login, password) from a SASL PLAIN response (RFC 4616); None if malformed."""
     try:
         decoded = base64.b64decode(response, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII text
         return None
     parts = decoded.split("\0")
     if len(parts) != 3 or not parts[1]:
@@ -208,6 +209,7 @@ class Pop3:
         try:
             line = await connection.readline()
         except TimeoutError:
+            log.info("%s idle for too long during %s: closed", self.ip or "a client", self.stage)
             self._send(TIMED_OUT)
             return None
         except LineTooLong:
@@ -216,7 +218,7 @@ class Pop3:
         if line.endswith(b"\n"):
             return line
         if not connection.aborted:  # not the server stopping
-            hangups.went_away(log, self.ip, self.stage, None)
+            hangups.went_away(log, self.ip, self.stage, connection.lost)
         return None
 
     async def _command(self) -> bool:
@@ -228,9 +230,11 @@ class Pop3:
         if not isinstance(going_on, bool):
             going_on = await going_on
         self._settle()
+        if not going_on:  # what is left to send goes with the close (and a reset said so)
+            return False
         self.connection.active()
         await self.connection.drain()
-        return going_on
+        return True
 
     def _dispatch(self, command: Request) -> bool | Awaitable[bool]:
         keyword = command.keyword
@@ -438,7 +442,7 @@ class Pop3:
             message = self._message(arguments[0])
             if message is None:
                 return self._error(NO_MESSAGE)
-            self._send(f"+OK {arguments[0]} {value(message)}")
+            self._send(f"+OK {int(arguments[0])} {value(message)}")  # `LIST 01` is message 1
             return True
         lines = [f"{number} {value(message)}" for number, message in self._listed()]
         self._send("+OK", *lines, ".")
@@ -508,7 +512,7 @@ class Pop3:
         if message is None:
             return self._error(NO_MESSAGE if arguments else BAD_SYNTAX)
         self.state.deleted.add(message)
-        self._send(f"+OK Message {arguments[0]} deleted")
+        self._send(f"+OK Message {int(arguments[0])} deleted")
         return True
 
     def noop(self, arguments: tuple[str, ...]) -> bool:
