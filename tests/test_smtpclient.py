@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -55,6 +56,9 @@ class Scripted:
     messages: list[bytes] = field(default_factory=list)
     port: int = 0
     buffer: bytes = b""
+    refuse_data: str | None = None  # the reply to the first DATA; the envelope is kept
+    pause: float = 0.0  # seconds between the replies of a group
+    kept: bool = False  # an envelope kept after a refused DATA, until RSET
 
     def __post_init__(self) -> None:
         self.port = free_port("127.0.0.2")
@@ -83,10 +87,18 @@ class Scripted:
                 group.append(line)
             if verb == "DATA":
                 self.groups.append(group)
-                conn.sendall(self._replies(group))
-                if any(self._rcpt(c).startswith("250") for c in group[1:-1]):
-                    self._message(conn)
+                if self.refuse_data is not None:
+                    replies = ["250 2.1.0 ok", *map(self._rcpt, group[1:-1]), self.refuse_data]
+                    conn.sendall("".join(f"{r}\r\n" for r in replies).encode())
+                    self.refuse_data, self.kept = None, True
+                else:
+                    self._send(conn, self._replies(group))
+                    if any(self._rcpt(c).startswith("250") for c in group[1:-1]):
+                        self._message(conn)
                 group = []
+            elif verb == "RSET":
+                self.kept = False
+                conn.sendall(b"250 2.0.0 ok\r\n")
             elif verb in REPLIES:
                 conn.sendall(REPLIES[verb].encode())
                 if verb == "QUIT":
@@ -116,10 +128,19 @@ class Scripted:
         found = re.search(r"<(.*)>", command)
         return self.rcpt.get(found[1] if found else "", "250 2.1.5 ok")
 
-    def _replies(self, group: list[str]) -> bytes:
+    def _replies(self, group: list[str]) -> list[bytes]:
         rcpts = [self._rcpt(c) for c in group[1:-1]]
         data = "354 go ahead" if any(r.startswith("250") for r in rcpts) else "554 5.5.1 no rcpt"
-        return "".join(f"{r}\r\n" for r in ["250 2.1.0 ok", *rcpts, data]).encode()
+        mail = "503 5.5.1 nested MAIL" if self.kept else "250 2.1.0 ok"
+        return [f"{r}\r\n".encode() for r in [mail, *rcpts, data]]
+
+    def _send(self, conn: socket.socket, replies: list[bytes]) -> None:
+        if not self.pause:
+            conn.sendall(b"".join(replies))
+            return
+        for reply in replies:
+            time.sleep(self.pause)
+            conn.sendall(reply)
 
     def close(self) -> None:
         self.stopped.set()
@@ -141,8 +162,8 @@ def parcel(queue_id: str, *recipients: str) -> Parcel:
     return Parcel(queue_id, "alice@example.test", recipients, message)
 
 
-def deliver(address: str, port: int, parcels: list[Parcel]) -> list[Fate]:
-    settings = Settings(helo=HELO, port=port, timeout=5.0)
+def deliver(address: str, port: int, parcels: list[Parcel], timeout: float = 5.0) -> list[Fate]:
+    settings = Settings(helo=HELO, port=port, timeout=timeout)
 
     async def run() -> list[Fate]:
         resolve = mx.resolver("127.0.0.1:9", 1.0)  # never asked: an IP literal
@@ -187,6 +208,31 @@ def test_refused_recipients_of_a_pipelined_group_get_their_own_outcomes(
     ]
     assert [len(group) for group in scripted.groups] == [5, 3, 3]  # MAIL, RCPTs, DATA
     assert len(scripted.messages) == 2  # Q1 to its one recipient left, and Q3
+
+
+def test_after_a_refused_data_the_envelope_is_reset_before_the_next_message(
+    scripted: Scripted,
+) -> None:
+    """A server may keep the envelope when it refuses DATA; without RSET the next MAIL
+    would be a nested one, and its recipients would join the refused message."""
+    scripted.refuse_data = "451 4.7.1 try again later"
+    outcomes = deliver(
+        "127.0.0.2", scripted.port, [parcel("Q1", "a@r.test"), parcel("Q2", "b@r.test")]
+    )
+    assert sorted((o.queue_id, o.kind, o.status) for o in outcomes) == [
+        ("Q1", "temporary", "4.7.1"),
+        ("Q2", "delivered", "2.0.0"),
+    ]
+    assert scripted.messages == [b"Subject: Q2\r\n\r\n..a line with a dot\r\nbye\r\n"]
+
+
+def test_each_reply_of_a_pipelined_group_has_its_own_time(scripted: Scripted) -> None:
+    """Ten recipients answered a third of the time-out apart: the group takes more than
+    the time-out in all, and no reply takes longer than it after the one before."""
+    scripted.pause = 0.3
+    recipients = [f"r{n}@r.test" for n in range(10)]
+    outcomes = deliver("127.0.0.2", scripted.port, [parcel("Q1", *recipients)], timeout=1.0)
+    assert {o.kind for o in outcomes} == {"delivered"} and len(outcomes) == 10
 
 
 def test_a_server_that_says_what_is_not_smtp_ends_the_batch_temporarily(

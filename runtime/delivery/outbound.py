@@ -599,6 +599,10 @@ async def _data(
     if data_reply.code != 354:
         _raise_if_gone(data_reply)
         outcomes += [_refusal(parcel, r, data_reply, host) for r in accepted]
+        # A server may keep the envelope after refusing DATA; the next MAIL on this
+        # connection must not join it (a nested MAIL, or the next message's recipients
+        # added to this one's)
+        await _reset(client)
         return
     (reply,) = await client.exchange(data_block(parcel.message), 1, DATA_DONE_TIMEOUT)
     _raise_if_gone(reply)

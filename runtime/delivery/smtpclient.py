@@ -247,7 +247,21 @@ class SmtpClient:
             loop = protocol.loop
             waiter = protocol.waiter = loop.create_future()
             protocol.wanted = count
-            timer = loop.call_later(timeout, _expire, waiter)
+            # Each reply has `timeout` after the one before it (RFC 5321 4.5.3.2 times
+            # each command): a group of a hundred RCPTs to a slow server is not one
+            # command's time. The timer looks again while replies are coming.
+            seen = len(protocol.replies)
+            timer: asyncio.TimerHandle
+
+            def check() -> None:
+                nonlocal seen, timer
+                if len(protocol.replies) > seen:
+                    seen = len(protocol.replies)
+                    timer = loop.call_later(timeout, check)
+                else:
+                    _expire(waiter)
+
+            timer = loop.call_later(timeout, check)
             try:
                 await waiter
             finally:
