@@ -70,6 +70,7 @@ HARD_BYTES = 256 << 20
 FLOW_DELAY = 1.0
 STOP_WAIT = 30.0  # seconds a stop waits for those batches (what is left stays in the journal)
 RETRY_FAILED = 60  # seconds before a message whose processing failed is processed again
+GIVE_UP_FAILED = 3  # failures (not of the disk) before a message is set aside as `.bad`
 
 
 def process(
@@ -297,6 +298,7 @@ class Processor:
         self.intake = intake
         self._ids: asyncio.Queue[tuple[str, Arrival | None]] = asyncio.Queue()
         self._soon: list[_Soon] = []  # for `_deliver_batches`
+        self._failures: dict[str, int] = {}  # queue id -> processings that failed in a row
         self._more = asyncio.Event()
         self._unsettled = 0  # handed to `deliver_soon`, not settled yet
         self._unsettled_bytes = 0
@@ -376,7 +378,9 @@ class Processor:
             effects = Effects()
             handed: list[Waiting] = []
             try:
-                handed = await asyncio.to_thread(self._deliver_batch, batch, effects)
+                handed, failed = await asyncio.to_thread(self._deliver_batch, batch, effects)
+                for queue_id in failed:
+                    self.submit(queue_id)
             except Exception:
                 log.exception("delivering %d message(s) failed; they are queued", len(batch))
                 effects.commands = []  # they run when the queue processes the message
@@ -425,9 +429,12 @@ class Processor:
         if not self._unsettled:
             self._settled.set()
 
-    def _deliver_batch(self, batch: list[_Soon], effects: Effects) -> list[Waiting]:
+    def _deliver_batch(
+        self, batch: list[_Soon], effects: Effects
+    ) -> tuple[list[Waiting], list[str]]:
         """Process a batch (in a thread): returns its recipients that wait, each of whose
-        messages has a queue file once this returns."""
+        messages has a queue file once this returns, and the ids of the messages whose
+        processing failed (queued, to be processed from there)."""
         files = durable.Batch()
         handed: list[Waiting] = []
         lines: list[tuple[tuple[Any, ...], dict[str, Any]]] = []  # logged after the commit
@@ -436,15 +443,32 @@ class Processor:
         def say(*line: Any, **facts: Any) -> None:
             lines.append((line, facts))
 
+        failed: list[_Soon] = []
         try:
             for soon in batch:
                 arrival = soon.arrival
-                waiting = process(
-                    self.spool, arrival.envelope.id, arrival.router, self.mail_directory,
-                    arrival.digest, arrival, effects, self.replies, files, say, tally,
-                )  # fmt: skip
+                mark, said, counted = files.mark(), len(lines), len(tally)
+                made, commands = len(effects.created), len(effects.commands)
+                try:
+                    waiting = process(
+                        self.spool, arrival.envelope.id, arrival.router, self.mail_directory,
+                        arrival.digest, arrival, effects, self.replies, files, say, tally,
+                    )  # fmt: skip
+                except OSError:
+                    raise  # the disk: the whole batch goes to the queue
+                except Exception:  # this message only (a bug it meets): the rest goes on
+                    log.exception("%s: processing failed; queued", arrival.envelope.id)
+                    files.undo(mark)  # what it did is undone: it is done again from the queue
+                    del lines[said:], tally[counted:], effects.commands[commands:]
+                    for created in effects.created[made:]:
+                        self.spool.remove(created)  # its rules' copies and replies
+                    del effects.created[made:]
+                    failed.append(soon)
+                    continue
                 if waiting:
                     handed += self._stage(arrival, waiting, files)
+            for soon in failed:  # processed again from the queue, with its own retries
+                self._queue_one(soon)
             files.commit()
         except BaseException:
             files.abandon()
@@ -452,7 +476,7 @@ class Processor:
         for line in lines:
             log.info(*line[0], **line[1])
         count(tally)
-        return handed
+        return handed, [soon.arrival.envelope.id for soon in failed]
 
     def _stage(
         self, arrival: Arrival, waiting: list[Waiting], files: durable.Batch
@@ -516,6 +540,28 @@ class Processor:
         self.park(queue_id)
         return True
 
+    def _give_up_or_retry(self, queue_id: str, exc: Exception) -> None:
+        """After a failed processing: try again in RETRY_FAILED seconds; a message that
+        failed GIVE_UP_FAILED times for something other than the disk is set aside as
+        `.bad` (what it meets is a bug: trying forever would redo, every minute, what
+        its rules did before failing)."""
+        failures = self._failures[queue_id] = self._failures.get(queue_id, 0) + 1
+        if isinstance(exc, OSError) or failures < GIVE_UP_FAILED:
+            log.error(
+                "%s: processing failed; tried again in %d s",
+                queue_id,
+                RETRY_FAILED,
+                exc_info=not isinstance(exc, OSError),
+            )
+            asyncio.get_running_loop().call_later(RETRY_FAILED, self.submit, queue_id)
+            return
+        del self._failures[queue_id]
+        try:
+            reason = f"{type(exc).__name__}: {exc}"
+            self.spool.set_aside(queue_id, reason, f"failed {failures} times")
+        except OSError as error:
+            log.error("%s: cannot set it aside: %s", queue_id, error)
+
     async def _work(self) -> None:
         while True:
             queue_id, fresh = await self._ids.get()
@@ -541,9 +587,10 @@ class Processor:
                 for command, facts in effects.commands:
                     self._spawn(execute(command, facts))
                 log.debug("%s processed in %.1f ms", queue_id, (time.monotonic() - started) * 1e3)
-            except Exception:
-                log.exception("%s: processing failed; tried again in %d s", queue_id, RETRY_FAILED)
-                asyncio.get_running_loop().call_later(RETRY_FAILED, self.submit, queue_id)
+            except Exception as exc:
+                self._give_up_or_retry(queue_id, exc)
+            else:
+                self._failures.pop(queue_id, None)
             finally:
                 for created in effects.created:  # what it queued goes on, even after a failure
                     self.submit(created)

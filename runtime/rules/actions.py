@@ -19,6 +19,7 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime
 from email import message_from_bytes
+from email.errors import MessageError
 from email.message import EmailMessage
 from email.policy import SMTP, default
 from email.utils import format_datetime, make_msgid
@@ -103,7 +104,16 @@ def pipe_command(pipes: Sequence[Pipe], value: str) -> tuple[str, ...] | None:
 
 
 def attachments(message: bytes) -> bytes | None:
-    """A message holding only the attachments of `message` (Copy Attachments into), or None."""
+    """A message holding only the attachments of `message` (Copy Attachments into), or None
+    (also for a structure the email package cannot take apart: parts nested thousands
+    deep exceed Python's recursion, and a broken header may raise what it raises)."""
+    try:
+        return _attachments(message)
+    except (RecursionError, MessageError, ValueError, LookupError, TypeError):
+        return None
+
+
+def _attachments(message: bytes) -> bytes | None:
     original = message_from_bytes(message, _class=EmailMessage, policy=default)
     parts = list(original.iter_attachments())
     if not parts:

@@ -80,6 +80,18 @@ class Batch:
         finally:
             self._release()
 
+    def mark(self) -> tuple[int, int]:
+        """Where the batch is now, for `undo`."""
+        return len(self.moves), len(self.lasts)
+
+    def undo(self, mark: tuple[int, int]) -> None:
+        """Remove the files published since `mark` (one message's, when its processing
+        failed), keeping the others for the commit."""
+        moves, lasts = mark
+        for temporary, _ in self.moves[moves:] + self.lasts[lasts:]:
+            temporary.unlink(missing_ok=True)
+        del self.moves[moves:], self.lasts[lasts:]
+
     def abandon(self) -> None:
         """Remove the files not yet committed."""
         for temporary, _ in self.moves + self.lasts:

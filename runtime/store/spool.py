@@ -272,12 +272,13 @@ class Spool:
             if _share.owns(path.stem):
                 yield path.stem
 
-    def set_aside(self, queue_id: str, reason: str) -> None:
-        """Move an unreadable queue file out of the way as `.bad`, keeping its bytes."""
+    def set_aside(self, queue_id: str, reason: str, why: str = "is unreadable") -> None:
+        """Move a queue file that cannot be used out of the way as `.bad`, keeping its
+        bytes (`why`: what is wrong with it, `reason`: the details)."""
         source = self.directory / f"{queue_id}.msg"
         source.rename(source.with_suffix(".bad"))
         durable.sync_directory(self.directory)
-        log.error("%s.msg is unreadable (%s): moved aside as %s.bad", queue_id, reason, queue_id)
+        log.error("%s.msg %s (%s): moved aside as %s.bad", queue_id, why, reason, queue_id)
 
 
 def held(spool: Spool) -> list[str]:
