@@ -9,11 +9,13 @@ one defers until told otherwise, one refuses, one drops the connection.
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import smtplib
 import stat
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -94,6 +96,8 @@ class Sink:
         self, server: SMTPServer, session: SinkSession, envelope: SinkEnvelope
     ) -> str:
         content = envelope.original_content or b""
+        if self.mode == "slow":  # a remote that takes its time over each message
+            await asyncio.sleep(0.2)
         with self.lock:
             self.messages.append((envelope.mail_from or "", list(envelope.rcpt_tos), content))
         return "250 2.0.0 queued"
@@ -426,6 +430,25 @@ def test_required_tls_defers_when_not_offered(make_relay: Any, sinks: dict[str, 
     assert wait_until(lambda: relay.queue_files("tries"), TIMEOUT), relay.server.log()
     assert "TLS is required, but was not offered" in relay.mailplan("queue", "show", queue_id)
     assert sinks["accept"].messages == []
+
+
+def test_a_stop_lets_the_batch_under_way_end_so_nothing_is_sent_twice(
+    make_relay: Any, sinks: dict[str, Sink]
+) -> None:
+    """SIGTERM while a batch of relayed mail is on the wire: the batch ends first (what
+    the remote accepted is recorded), so the restarted server sends only the rest."""
+    sinks["accept"].mode = "slow"
+    relay = make_relay()
+    for n in range(12):
+        relay.send([f"m{n}@accept.test"], subject=f"slow {n}")
+    assert wait_until(lambda: len(sinks["accept"].messages) >= 3, TIMEOUT)
+    assert relay.server.stop() == 0
+    sinks["accept"].mode = "accept"
+    relay.server.start()
+    received = sinks["accept"].received(12)
+    relay.wait_empty()
+    subjects = Counter(parse(content)["Subject"] for _, _, content in received)
+    assert subjects == Counter(f"slow {n}" for n in range(12)), relay.server.log()
 
 
 # --- PIPE --------------------------------------------------------------------------

@@ -52,6 +52,7 @@ T = TypeVar("T")
 BATCH = 50  # messages one SMTP worker takes from its queue
 SETTLE_RETRY = 60  # seconds before a batch whose outcomes could not be recorded is tried again
 CONNECTIONS = {"SMTP": 4, "LMTP": 4, "PIPE": 2, "LIST": 1, "ERROR": 1}  # workers per queue
+STOP_WAIT = 5.0  # seconds a stop waits for the batches under way
 
 
 @dataclass
@@ -445,7 +446,12 @@ class Delivery:
         return context
 
     async def stop(self) -> None:
+        """Stop: no new work; the batches under way get STOP_WAIT seconds to end (a batch
+        cancelled halfway forgets what the remote side accepted, and sends it again after
+        the restart), then what is left is cancelled."""
         self.stopping = True  # no new work: cancelled workers must not start others
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=STOP_WAIT)
         running = (self._runner, self._sweeper, self._reporter)
         tasks = [*self._tasks, *(t for t in running if t is not None)]
         for task in tasks:
