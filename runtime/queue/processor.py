@@ -381,8 +381,11 @@ class Processor:
                 handed, failed = await asyncio.to_thread(self._deliver_batch, batch, effects)
                 for queue_id in failed:
                     self.submit(queue_id)
-            except Exception:
-                log.exception("delivering %d message(s) failed; they are queued", len(batch))
+            except Exception as exc:
+                disk = isinstance(exc, OSError)  # one line, not a traceback
+                why = f" ({exc})" if disk else ""
+                failed_line = "processing %d message(s) failed%s; they go to the queue"
+                log.error(failed_line, len(batch), why, exc_info=not disk)
                 effects.commands = []  # they run when the queue processes the message
                 batch = await self._queue_each(batch)
             finally:
