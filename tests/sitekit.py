@@ -24,6 +24,9 @@ from typing import Any
 import yaml
 from serverkit import LOOPBACK
 
+from mailplan.compiler.pipeline import compile_site
+from mailplan.plan.model import Plan
+
 HOSTNAME = "mail.example.com"
 MAIN_DOMAIN = "example.com"
 QUEUE = {"directory": "var/queue", "mail_directory": "var/mail"}
@@ -135,3 +138,21 @@ def _text(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
 
 _Dumper.add_representer(str, _text)
 _Dumper.add_representer(tuple, lambda dumper, items: dumper.represent_list(items))
+
+
+def alice_plan(folder: Path, port: int, routing: str | None = None) -> Plan:
+    """The plan of a site in `folder` (made here) with one account, alice@example.com, and
+    one plain SMTP listener on `port`; `routing`: the text of its routing table."""
+    folder.mkdir(exist_ok=True)
+    (folder / "site.yaml").write_text(
+        "server: {hostname: mail.example.com, main_domain: example.com, client_ips: 127.0.0.1}\n"
+        f"listeners:\n  smtp: {{port: {port}, bind: [{LOOPBACK}], tls: none, auth: none}}\n"
+        "queue: {directory: var/queue, mail_directory: var/mail}\n"
+        "domains:\n  example.com:\n    accounts:\n      alice: {}\n"
+        + ("routing: router.cgr\n" if routing is not None else "")
+    )
+    if routing is not None:
+        (folder / "router.cgr").write_text(routing)
+    unit = compile_site(folder)
+    assert unit.plan is not None, unit.diagnostics
+    return unit.plan

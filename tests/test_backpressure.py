@@ -18,9 +18,8 @@ from typing import Any
 
 import pytest
 from serverkit import LOOPBACK, Maildir, free_port
+from sitekit import alice_plan
 
-from mailplan.compiler.pipeline import compile_site
-from mailplan.plan.model import Plan
 from mailplan.runtime.decide import replies
 from mailplan.runtime.delivery.scheduler import Remote
 from mailplan.runtime.queue import processor
@@ -29,19 +28,6 @@ from mailplan.runtime.serve.server import Daemon, Options
 
 TIMEOUT = 15.0
 FLOW_DELAY = 0.3
-
-
-def site(folder: Path, port: int) -> Plan:
-    folder.mkdir()
-    (folder / "site.yaml").write_text(
-        "server: {hostname: mail.example.com, main_domain: example.com, client_ips: 127.0.0.1}\n"
-        f"listeners:\n  smtp: {{port: {port}, bind: [{LOOPBACK}], tls: none, auth: none}}\n"
-        "queue: {directory: var/queue, mail_directory: var/mail}\n"
-        "domains:\n  example.com:\n    accounts:\n      alice: {}\n"
-    )
-    unit = compile_site(folder)
-    assert unit.plan is not None, unit.diagnostics
-    return unit.plan
 
 
 def send(port: int, number: int) -> tuple[int, bytes, float]:
@@ -70,7 +56,7 @@ def test_a_backlog_slows_then_refuses_new_mail_and_loses_nothing(
 
     monkeypatch.setattr(processor.Processor, "_deliver_batch", behind)
     port = free_port()
-    plan = site(tmp_path / "site", port)
+    plan = alice_plan(tmp_path / "site", port)
     options = Options(tmp_path, remote=Remote(), sockets=startup.bind(startup.served(plan, False)))
     replies_seen: list[tuple[int, bytes, float]] = []
 

@@ -21,9 +21,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from dnskit import NameServer, zone_text
 from serverkit import LOOPBACK, Maildir, free_port
+from sitekit import alice_plan
 
-from mailplan.compiler.pipeline import compile_site
-from mailplan.plan.model import Plan
 from mailplan.runtime.decide.router import Router, Routing
 from mailplan.runtime.delivery.scheduler import Remote
 from mailplan.runtime.serve import startup
@@ -43,19 +42,6 @@ class Sink:
         self.got.append((envelope.mail_from, list(envelope.rcpt_tos)))
         self.arrived.set()
         return "250 2.0.0 kept"
-
-
-def site(folder: Path, port: int) -> Plan:
-    folder.mkdir()
-    (folder / "site.yaml").write_text(
-        "server: {hostname: mail.example.com, main_domain: example.com, client_ips: 127.0.0.1}\n"
-        f"listeners:\n  smtp: {{port: {port}, bind: [{LOOPBACK}], tls: none, auth: none}}\n"
-        "queue: {directory: var/queue, mail_directory: var/mail}\n"
-        "domains:\n  example.com:\n    accounts:\n      alice: {}\n"
-    )
-    unit = compile_site(folder)
-    assert unit.plan is not None, unit.diagnostics
-    return unit.plan
 
 
 def test_each_recipient_is_routed_once_from_rcpt_to_delivery(
@@ -78,7 +64,7 @@ def test_each_recipient_is_routed_once_from_rcpt_to_delivery(
     try:
         with NameServer(tmp_path / "dns", zones) as dns:
             port = free_port()
-            plan = site(tmp_path / "site", port)
+            plan = alice_plan(tmp_path / "site", port)
             options = Options(
                 tmp_path,
                 remote=Remote(sink_port, dns.address, dns_timeout=5.0),

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from serverkit import LOOPBACK, Maildir, free_port, wait_until
-from test_backpressure import site
+from sitekit import alice_plan
 
 from mailplan.runtime.queue import processor
 from mailplan.runtime.rules import actions
@@ -45,7 +45,7 @@ def test_a_message_that_processing_fails_on_fails_alone_then_is_set_aside(
     monkeypatch.setattr(processor, "process", buggy)
     monkeypatch.setattr(processor, "RETRY_FAILED", 0.1)
     port = free_port()
-    plan = site(tmp_path / "site", port)
+    plan = alice_plan(tmp_path / "site", port)
     options = Options(tmp_path, sockets=startup.bind(startup.served(plan, False)))
     box = Maildir(tmp_path / "var" / "mail" / "example.com" / "alice")
     queue = tmp_path / "var" / "queue"

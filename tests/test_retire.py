@@ -16,9 +16,8 @@ import weakref
 from pathlib import Path
 
 from serverkit import LOOPBACK, free_port
+from sitekit import alice_plan
 
-from mailplan.compiler.pipeline import compile_site
-from mailplan.plan.model import Plan
 from mailplan.runtime.serve import startup
 from mailplan.runtime.serve.retire import BIG, Reaper, held
 from mailplan.runtime.serve.server import Daemon, Options
@@ -56,26 +55,17 @@ def test_nothing_is_freed_while_a_root_lives_and_all_of_it_once_none_does() -> N
     assert reaper.reap() == 0
 
 
-def site(folder: Path, port: int, routes: int) -> Plan:
-    folder.mkdir(exist_ok=True)
-    (folder / "site.yaml").write_text(
-        "server: {hostname: mail.example.com, main_domain: example.com, client_ips: 127.0.0.1}\n"
-        f"listeners:\n  smtp: {{port: {port}, bind: [{LOOPBACK}], tls: none, auth: none}}\n"
-        "queue: {directory: var/queue, mail_directory: var/mail}\n"
-        "domains:\n  example.com:\n    accounts:\n      alice: {}\n"
-        "routing: router.cgr\n"
-    )
-    (folder / "router.cgr").write_text(
-        "".join(f"<user{n}@old{n}.test> = alice@example.com\n" for n in range(routes))
-    )
-    unit = compile_site(folder)
-    assert unit.plan is not None, unit.diagnostics
-    return unit.plan
+def routes(count: int) -> str:
+    return "".join(f"<user{n}@old{n}.test> = alice@example.com\n" for n in range(count))
 
 
 def test_a_reloaded_plan_is_freed_once_the_session_that_used_it_ends(tmp_path: Path) -> None:
     port = free_port()
-    plans = [site(tmp_path / "site", port, BIG * 2), site(tmp_path / "site", port, BIG * 2 + 1)]
+    folder = tmp_path / "site"
+    plans = [
+        alice_plan(folder, port, routes(BIG * 2)),
+        alice_plan(folder, port, routes(BIG * 2 + 1)),
+    ]
     options = Options(tmp_path, sockets=startup.bind(startup.served(plans[0], False)))
 
     async def scenario() -> None:
