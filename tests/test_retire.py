@@ -55,6 +55,12 @@ def test_nothing_is_freed_while_a_root_lives_and_all_of_it_once_none_does() -> N
     assert reaper.reap() == 0
 
 
+def test_roots_that_cannot_be_watched_are_not_retired() -> None:
+    reaper = Reaper()
+    reaper.retire(Root(BIG * 2), (1, 2))  # a tuple takes no weak reference
+    assert reaper.waiting == []
+
+
 def routes(count: int) -> str:
     return "".join(f"<user{n}@old{n}.test> = alice@example.com\n" for n in range(count))
 

@@ -40,7 +40,13 @@ class Reaper:
     def retire(self, *roots: object) -> None:
         """Hold the items of the big containers under `roots` (objects no longer served,
         whose users may still be finishing) until all of `roots` are gone."""
-        self.waiting.append(Retired([weakref.ref(root) for root in roots], held(roots)))
+        refs = []
+        for root in roots:
+            try:
+                refs.append(weakref.ref(root))
+            except TypeError:  # no weak reference to it: it cannot be watched, nor held
+                return
+        self.waiting.append(Retired(refs, held(roots)))
 
     def reap(self) -> int:
         """Free the items of what no one uses any more, one at a time (to be called in a
