@@ -28,7 +28,7 @@ TIMEOUT = 15.0
 
 
 def test_a_message_that_processing_fails_on_fails_alone_then_is_set_aside(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     process = processor.process
 
@@ -75,6 +75,9 @@ def test_a_message_that_processing_fails_on_fails_alone_then_is_set_aside(
     assert delivered == [f"message {n}\r\n".encode() for n in (0, 1, 2, 4, 5)]  # each once
     (bad,) = queue.glob("*.bad")
     assert bad.read_bytes().endswith(b"\r\n\r\npoison\r\n")  # kept, not lost
+    said = f"{bad.stem}.msg failed 3 times (RuntimeError: a bug): moved aside as {bad.stem}.bad"
+    assert said in caplog.messages
+    assert f"{bad.stem}: processing failed; queued" in caplog.messages  # in its batch
     assert list(queue.glob("*.msg")) == []
 
 
