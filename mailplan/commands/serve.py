@@ -57,6 +57,11 @@ def add_parser(subcommands: Subcommands) -> None:
         help="worker processes (auto: one per CPU; default 1)",
     )
     serve.add_argument(
+        "--one-process",
+        action="store_true",
+        help="process and deliver mail in the process that accepts it (default: one of its own)",
+    )
+    serve.add_argument(
         "--dns-timeout",
         type=_seconds,
         default=10.0,
@@ -214,6 +219,9 @@ def _start(arguments: argparse.Namespace, writer: logs.Writer) -> int:
             bind=bind,
             admin=listening,
             describe=_describe,
+            queue_process=None
+            if arguments.one_process
+            else (arguments.log_format, arguments.log_level),
         )
         if dev:
             _banner(plan, arguments)

@@ -51,6 +51,13 @@ def share(directory: Path) -> None:
     values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
+def join() -> None:
+    """In a process started (not forked) by a server whose meters are shared: count into
+    the same folder, without emptying it."""
+    if shared() is not None and not meters.cache_info().currsize:
+        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
 def forget(pid: int) -> None:
     """A process that died: its live gauges no longer count (its counters still do)."""
     if shared() is not None:

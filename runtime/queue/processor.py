@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mailplan.runtime.base import metrics
 from mailplan.runtime.decide import lmtp, retry
@@ -267,12 +267,69 @@ def pending(spool: Spool, router: Router) -> list[Waiting]:
     return found
 
 
+class Accepts(Protocol):
+    """What an SMTP session hands its messages to: this process's `Processor`, or the
+    front of a queue in a process of its own (`runtime.serve.queueprocess.Feed`)."""
+
+    async def admit(self) -> None: ...
+
+    async def accept(self, arrival: Arrival) -> None: ...
+
+    def run(self, execution: enact.Execution, handover: pipe.Handover) -> None: ...
+
+
+class Backlog:
+    """What was accepted and is not processed yet, bounded: past the soft limits a 250
+    waits for processing to catch up (at most `FLOW_DELAY`, Postfix's in_flow_delay),
+    past the hard ones new mail hears 451 4.3.1 (`Full`)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.bytes = 0
+        self.settled = asyncio.Event()  # nothing waits
+        self.settled.set()
+        self._roomy = asyncio.Event()  # below the soft limits: a 250 need not wait
+        self._roomy.set()
+
+    async def admit(self) -> None:
+        """Before a message is accepted: past the soft limits, wait for the backlog to
+        come down (at most `FLOW_DELAY`); past the hard ones, raise `Full`."""
+        if self._over(HARD_LIMIT, HARD_BYTES):
+            raise Full
+        if self._roomy.is_set():
+            return
+        metrics.meters().flow_delays.inc()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._roomy.wait(), FLOW_DELAY)
+        if self._over(HARD_LIMIT, HARD_BYTES):
+            raise Full
+
+    def add(self, size: int) -> None:
+        self.count += 1
+        self.bytes += size
+        self.settled.clear()
+        if self._over(SOFT_LIMIT, SOFT_BYTES):
+            self._roomy.clear()
+
+    def remove(self, count: int, size: int) -> None:
+        self.count -= count
+        self.bytes -= size
+        if not self._over(SOFT_LIMIT, SOFT_BYTES):
+            self._roomy.set()
+        if not self.count:
+            self.settled.set()
+
+    def _over(self, count: int, size: int) -> bool:
+        return self.count >= count or self.bytes >= size
+
+
 @dataclass(frozen=True)
 class _Soon:
-    """A message for `Processor.deliver_soon`, and its place in the intake journal."""
+    """A message for `Processor.deliver_soon`, and its place in the intake journal (None:
+    the journal is another process's, `settled` tells it)."""
 
     arrival: Arrival
-    ticket: Ticket
+    ticket: Ticket | None
 
 
 class Processor:
@@ -284,10 +341,13 @@ class Processor:
         current: Callable[[], tuple[str, Router]],
         mail_directory: Path,
         hand_over: Callable[[list[Waiting]], None],
-        intake: Intake,
+        intake: Intake | None,
         park: Callable[[str], None] | None = None,
+        settled: Callable[[list[str]], None] | None = None,
     ) -> None:
-        """`park` takes a message read from the queue that is on hold (`Delivery.park`)."""
+        """`park` takes a message read from the queue that is on hold (`Delivery.park`).
+        Without `intake`, the journal is another process's (`runtime.serve.queueprocess`):
+        `settled` is told the ids of each batch once what it made is durable."""
         self.spool = spool
         self.park = park
         self.current = current
@@ -296,34 +356,20 @@ class Processor:
         mail_directory.mkdir(parents=True, exist_ok=True)
         self.replies = ruleactions.SqliteReplyLog(mail_directory / REPLY_LOG)
         self.intake = intake
+        self.settled = settled
         self._ids: asyncio.Queue[tuple[str, Arrival | None]] = asyncio.Queue()
         self._soon: list[_Soon] = []  # for `_deliver_batches`
         self._failures: dict[str, int] = {}  # queue id -> processings that failed in a row
         self._more = asyncio.Event()
-        self._unsettled = 0  # handed to `deliver_soon`, not settled yet
-        self._unsettled_bytes = 0
-        self._settled = asyncio.Event()
-        self._settled.set()
-        self._roomy = asyncio.Event()  # below the soft limits: a 250 need not wait
-        self._roomy.set()
+        self.waiting = Backlog()  # handed to `deliver_soon`, not settled yet
         self._batch_done = asyncio.Event()  # no batch is being delivered
         self._batch_done.set()
         self._workers: list[asyncio.Task[None]] = []
         self._commands: set[asyncio.Task[None]] = set()
 
     async def admit(self) -> None:
-        """Before a message is accepted: past the soft limits of what waits to be
-        processed, wait for the batches to bring it down (at most `FLOW_DELAY`); past the
-        hard ones, raise `Full`."""
-        if self._over(HARD_LIMIT, HARD_BYTES):
-            raise Full
-        if self._roomy.is_set():
-            return
-        metrics.meters().flow_delays.inc()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._roomy.wait(), FLOW_DELAY)
-        if self._over(HARD_LIMIT, HARD_BYTES):
-            raise Full
+        """Before a message is accepted: `Backlog.admit`."""
+        await self.waiting.admit()
 
     async def accept(self, arrival: Arrival) -> None:
         """Make a message durable before its 250: append it to the intake journal; it is
@@ -332,6 +378,7 @@ class Processor:
         await asyncio.shield(self._journal(arrival))
 
     async def _journal(self, arrival: Arrival) -> None:
+        assert self.intake is not None, "a processor without a journal accepts nothing"
         ticket = await self.intake.write(arrival.envelope, arrival.message)
         self.deliver_soon(arrival, ticket)
 
@@ -340,25 +387,18 @@ class Processor:
         waits for it)."""
         self._spawn(execute(execution, handover))
 
-    def deliver_soon(self, arrival: Arrival, ticket: Ticket) -> None:
+    def deliver_soon(self, arrival: Arrival, ticket: Ticket | None) -> None:
         """Process, in the next batch, a message that is in the intake journal; it is
         settled there once what processing made of it is durable (Maildir copies, and a
         queue file for the recipients that still wait)."""
         self._soon.append(_Soon(arrival, ticket))
-        self._unsettled += 1
-        self._unsettled_bytes += len(arrival.message)
-        self._settled.clear()
-        if self._over(SOFT_LIMIT, SOFT_BYTES):
-            self._roomy.clear()
+        self.waiting.add(len(arrival.message))
         self._more.set()
 
     @property
     def backlog(self) -> int:
         """Messages accepted and not yet processed (in the journal, unsettled)."""
-        return self._unsettled
-
-    def _over(self, count: int, size: int) -> bool:
-        return self._unsettled >= count or self._unsettled_bytes >= size
+        return self.waiting.count
 
     async def _deliver_batches(self) -> None:
         """Process what `deliver_soon` gathered, a batch at a time: its Maildir files and
@@ -422,15 +462,14 @@ class Processor:
             self.spool.store(envelope, soon.arrival.message)
 
     def _settle(self, batch: list[_Soon]) -> None:
-        for soon in batch:
-            self.intake.settle(soon.ticket)
-        self.intake.write_marks()
-        self._unsettled -= len(batch)
-        self._unsettled_bytes -= sum(len(soon.arrival.message) for soon in batch)
-        if not self._over(SOFT_LIMIT, SOFT_BYTES):
-            self._roomy.set()
-        if not self._unsettled:
-            self._settled.set()
+        if self.intake is not None:
+            for soon in batch:
+                if soon.ticket is not None:
+                    self.intake.settle(soon.ticket)
+            self.intake.write_marks()
+        if self.settled is not None:
+            self.settled([soon.arrival.envelope.id for soon in batch])
+        self.waiting.remove(len(batch), sum(len(soon.arrival.message) for soon in batch))
 
     def _deliver_batch(
         self, batch: list[_Soon], effects: Effects
@@ -513,15 +552,15 @@ class Processor:
         """Wait until every submitted message has been processed."""
         while True:
             await self._ids.join()
-            await self._settled.wait()
-            if self._ids.empty() and self._settled.is_set():
+            await self.waiting.settled.wait()
+            if self._ids.empty() and self.waiting.settled.is_set():
                 return
 
     async def stop(self) -> None:
         try:  # what got 250 is delivered before the batches stop, or stays in the journal
-            await asyncio.wait_for(self._settled.wait(), STOP_WAIT)
+            await asyncio.wait_for(self.waiting.settled.wait(), STOP_WAIT)
         except TimeoutError:
-            log.warning("stopping with %d message(s) in the intake journal", self._unsettled)
+            log.warning("stopping with %d message(s) in the intake journal", self.waiting.count)
         await self._batch_done.wait()  # a batch under way ends and is settled, not cut off
         for worker in self._workers:
             worker.cancel()

@@ -33,9 +33,10 @@ from mailplan.runtime.delivery.scheduler import Delivery, Remote
 from mailplan.runtime.dns.lookup import Answerer, Dns
 from mailplan.runtime.mailbox.connection import Connection
 from mailplan.runtime.mailbox.pop3 import IDLE_TIMEOUT, LINE_LIMIT, Pop3
-from mailplan.runtime.queue.processor import Processor
+from mailplan.runtime.queue.processor import Accepts, Processor
 from mailplan.runtime.rules.engine import Rules
 from mailplan.runtime.serve import admin, notify, retire, tls
+from mailplan.runtime.serve.queueprocess import Feed, Setup
 from mailplan.runtime.serve.startup import (
     BACKLOG,
     POP3_PROTOCOLS,
@@ -78,6 +79,9 @@ class Options:
     # What changed between two plans, line by line, for the log of a reload (the `diff`
     # package, given by the command line: the runtime does not import it).
     describe: Callable[[Plan, Plan], list[str]] | None = None
+    # The log's shape and level, for the queue's own process (`runtime.serve.queueprocess`);
+    # None: the queue runs in this process (tests that drive a Daemon in theirs).
+    queue_process: tuple[str, str] | None = None
 
 
 def snapshot(
@@ -120,20 +124,15 @@ class Daemon:
         plan = self.current.policy.plan
         self.spool = Spool(self._path(plan.queue.directory))
         self.intake = Intake(self.spool.directory / "intake")
-        self.delivery = Delivery(
-            self.spool,
-            lambda: self.current.policy.router,
-            options.remote,
-            lambda queue_id: self.processor.submit(queue_id),
-        )
-        self.processor = Processor(
-            self.spool,
-            lambda: (self.current.digest, self.current.policy.router),
-            self._path(plan.queue.mail_directory),
-            self.delivery.add,
-            self.intake,
-            self.delivery.park,
-        )
+        self.processor: Processor | None = None
+        self.delivery: Delivery | None = None
+        self.feed: Feed | None = None
+        self.queue: Accepts
+        if options.queue_process is None:
+            self.queue = self.processor = self._processor(plan)
+        else:
+            setup = Setup.of(options.root, options.remote, options.share, options.queue_process)
+            self.queue = self.feed = Feed(self.intake, setup, plan)
         self.sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self.pop3_sessions: set[Connection] = set()
         self.throttle = Throttle()  # failed logins per client IP, shared by POP3 and SMTP AUTH
@@ -148,6 +147,31 @@ class Daemon:
         self.serving = admin.Serving(share.index, os.getpid(), self.current.digest, time.time())
         self.reaper = retire.Reaper()  # the snapshots reloads replaced, freed off the loop
         self.reaping: asyncio.Task[None] | None = None
+
+    def _processor(self, plan: Plan) -> Processor:
+        """The queue in this process: the processor and the delivery wing."""
+        delivery = self.delivery = Delivery(
+            self.spool,
+            lambda: self.current.policy.router,
+            self.options.remote,
+            lambda queue_id: processor.submit(queue_id),
+        )
+        processor = Processor(
+            self.spool,
+            lambda: (self.current.digest, self.current.policy.router),
+            self._path(plan.queue.mail_directory),
+            delivery.add,
+            self.intake,
+            delivery.park,
+        )
+        return processor
+
+    def _flush(self) -> None:
+        """`mailplan queue flush` (SIGUSR1): the retry journals are read again."""
+        if self.delivery is not None:
+            self.delivery.reschedule()
+        if self.feed is not None:
+            self.feed.flush()
 
     def _snapshot(self, plan: Plan) -> Snapshot:
         remote = self.options.remote
@@ -165,12 +189,15 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
-        loop.add_signal_handler(signal.SIGUSR1, self.delivery.reschedule)
+        loop.add_signal_handler(signal.SIGUSR1, self._flush)
         release_signals()  # a reload or flush asked for while the server started comes now
         loop.set_exception_handler(self.loop_exception)
         await asyncio.to_thread(self._recover)
-        self.delivery.start()
-        self.processor.start()
+        if self.delivery is not None and self.processor is not None:
+            self.delivery.start()
+            self.processor.start()
+        if self.feed is not None:  # after the recovery: the back reads the queue as it starts
+            await self.feed.start()
         await self.start_listeners()
         self._start_admin()
         share = self.options.share
@@ -273,7 +300,7 @@ class Daemon:
         plan = current.policy.plan
         implicit = listener.tls == "implicit"
         session = Session(
-            Handler(current, listener, self.processor),
+            Handler(current, listener, self.queue),
             implicit_tls=implicit,
             hostname=plan.server.hostname,
             ident="mailplan",
@@ -359,7 +386,10 @@ class Daemon:
         limits = fresh.policy.plan.limits  # the next connections count against these
         self.admission.total = limits.max_connections
         self.admission.per_client = limits.max_connections_per_client
-        self.delivery.reschedule()  # a new retry schedule applies to what waits already
+        if self.delivery is not None:
+            self.delivery.reschedule()  # a new retry schedule applies to what waits already
+        if self.feed is not None:
+            await self.feed.reload(fresh.policy.plan)
         log.info("reloaded: serving plan %s", fresh.digest)
         self._reloaded("ok")
         if alone:
@@ -429,12 +459,20 @@ class Daemon:
         deadline = asyncio.get_running_loop().time() + 5.0
         while self.pop3_sessions and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)  # each session sees its connection end, and unlocks
-        await self.processor.stop()
-        await self.intake.close()
-        await self.delivery.stop()
+        await self._stop_queue()
         if self.reaping is not None:
             self.reaping.cancel()  # what waits is freed as the process ends
         log.info("stopped")
+
+    async def _stop_queue(self) -> None:
+        """What was accepted is processed (or stays in the journal), then deliveries end."""
+        if self.processor is not None:
+            await self.processor.stop()
+        if self.feed is not None:
+            await self.feed.stop()
+        await self.intake.close()
+        if self.delivery is not None:
+            await self.delivery.stop()
 
 
 def reread_keys(plan: Plan, options: Options, previous: Keyring) -> Keyring:

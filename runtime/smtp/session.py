@@ -45,7 +45,7 @@ from mailplan.runtime.decide.throttle import Throttle
 from mailplan.runtime.decide.transaction import Recorded, Transaction
 from mailplan.runtime.delivery import pipe
 from mailplan.runtime.queue.arrival import Arrival
-from mailplan.runtime.queue.processor import Full, Processor
+from mailplan.runtime.queue.processor import Accepts, Full
 from mailplan.runtime.rules import enact
 from mailplan.runtime.rules.engine import Facts, Headers, Rules
 from mailplan.runtime.smtp.contentfilter import Rspamd
@@ -76,7 +76,7 @@ class Snapshot:
 class Handler:
     """aiosmtpd hooks for one session, bound to the plan the session started with."""
 
-    def __init__(self, snapshot: Snapshot, listener: Listener, queue: Processor) -> None:
+    def __init__(self, snapshot: Snapshot, listener: Listener, queue: Accepts) -> None:
         """`queue` takes each message at the end of DATA, and runs what Execute asks."""
         self.snapshot = snapshot
         self.policy = snapshot.policy

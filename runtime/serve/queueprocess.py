@@ -1,0 +1,389 @@
+"""The queue in a process of its own: `serve` accepts mail in one process and processes
+and delivers it in another, so that one server uses two cores.
+
+One interpreter runs on one core at a time. The front (the process `serve` started)
+runs the listeners and the SMTP and POP3 sessions, and makes each message durable in
+its intake journal before the 250 (`runtime.store.intake`); then it hands the message
+to the back, this module's `main`, over a socket pair. The back runs the queue
+(`runtime.queue.processor`, `runtime.delivery.scheduler`): domain and account rules,
+Maildir copies, queue files, relay, LMTP, lists, retries, DSNs, TLS reports. Once a
+batch's files are durable it tells the front which messages are settled, and the
+front writes their marks in the journal it owns. Postfix splits its work in the same
+place: smtpd and cleanup accept, qmgr and its delivery agents deliver.
+
+What the front holds until the back settles it is the backlog that slows accepting
+(`processor.Backlog`). The back is a fresh interpreter (`python -m`, not a fork of a
+process with threads); it gets the plan from the front, at start and after each
+reload, so both always serve the same plan. If the back dies, the front starts
+another after a second and hands it again every message not settled: one whose batch
+was committed (it has a queue file) is settled without being processed twice. The
+back dies with the front (PR_SET_PDEATHSIG): killing the server kills both, and the
+journal keeps what was not settled for the next start.
+
+The wire: frames of a 4-byte length, a kind byte and a payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailplan.plan import codec, trusted
+from mailplan.plan.model import Plan
+from mailplan.runtime.base import metrics
+from mailplan.runtime.decide.router import Router
+from mailplan.runtime.delivery import pipe
+from mailplan.runtime.delivery.scheduler import Delivery, Remote
+from mailplan.runtime.queue.arrival import Arrival
+from mailplan.runtime.queue.local import execute
+from mailplan.runtime.queue.processor import STOP_WAIT, Backlog, Processor
+from mailplan.runtime.rules import enact
+from mailplan.runtime.serve import logs
+from mailplan.runtime.store.intake import Intake, Ticket
+from mailplan.runtime.store.spool import BadQueueFile, Share, Spool, parse, work_as
+
+log = logging.getLogger("mailplan.queue")
+
+FRAME = struct.Struct(">IB")
+SETUP = 1  # front -> back: JSON, what the back needs of the front's options
+PLAN = 2  # front -> back: the plan, canonical JSON
+MESSAGE = 3  # front -> back: a message just accepted (a queue file's content)
+AGAIN = 4  # front -> back: a message handed to a back that died, perhaps processed
+FLUSH = 5  # front -> back: `mailplan queue flush` (SIGUSR1)
+SETTLED = 6  # back -> front: ids, one per line, whose processing is durable
+READY = 7  # back -> front: the queue runs (the plan is loaded, the spool read)
+RESTART_DELAY = 1.0  # seconds before a back that died is started again
+EXIT_WAIT = 60.0  # seconds a stop waits for the back to end its deliveries and exit
+PR_SET_PDEATHSIG = 1
+
+
+def frame(kind: int, payload: bytes = b"") -> bytes:
+    return FRAME.pack(len(payload), kind) + payload
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes] | None:
+    """The next frame, or None at the end of the stream."""
+    try:
+        length, kind = FRAME.unpack(await reader.readexactly(FRAME.size))
+        return kind, await reader.readexactly(length)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What the back is told of the front's options, as JSON."""
+
+    root: str
+    remote: dict[str, Any]
+    share: tuple[int, int]
+    log: tuple[str, str]  # shape and level
+
+    @classmethod
+    def of(cls, root: Path, remote: Remote, share: Share, log: tuple[str, str]) -> Setup:
+        remote_fields = asdict(remote) | {"root": str(remote.root)}
+        return cls(str(root), remote_fields, (share.index, share.of), log)
+
+    @classmethod
+    def loads(cls, data: bytes) -> Setup:
+        raw = json.loads(data)
+        index, of = raw["share"]
+        shape, level = raw["log"]
+        return cls(raw["root"], raw["remote"], (index, of), (shape, level))
+
+    def remote_options(self) -> Remote:
+        return Remote(**(self.remote | {"root": Path(self.remote["root"])}))
+
+
+@dataclass(eq=False)
+class _Handed:
+    """A message the back has, until it says it is settled."""
+
+    ticket: Ticket
+    payload: bytes
+    size: int
+
+
+@dataclass(eq=False)
+class Feed:
+    """The front's side: what sessions call to accept a message (as `Processor`'s
+    `admit`, `accept` and `run`), and the back process that processes it."""
+
+    intake: Intake
+    setup: Setup
+    plan: Plan
+    backlog: Backlog = field(default_factory=Backlog)
+    stopping: bool = False
+    _handed: dict[str, _Handed] = field(default_factory=dict)
+    _process: subprocess.Popen[bytes] | None = None
+    _writer: asyncio.StreamWriter | None = None
+    _watch: asyncio.Task[None] | None = None
+    _started: asyncio.Event = field(default_factory=asyncio.Event)
+    _commands: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def start(self) -> None:
+        """Start the back; returns once it runs the queue (or could not be started)."""
+        self._watch = asyncio.create_task(self._keep())
+        await self._started.wait()
+
+    async def admit(self) -> None:
+        await self.backlog.admit()
+
+    async def accept(self, arrival: Arrival) -> None:
+        """Make a message durable before its 250, then hand it to the back."""
+        await asyncio.shield(self._journal(arrival))
+
+    async def _journal(self, arrival: Arrival) -> None:
+        envelope = arrival.envelope
+        ticket = await self.intake.write(envelope, arrival.message)
+        payload = envelope.header() + arrival.message
+        self._handed[envelope.id] = _Handed(ticket, payload, len(arrival.message))
+        self.backlog.add(len(arrival.message))
+        self._send(MESSAGE, payload)
+
+    def run(self, execution: enact.Execution, handover: pipe.Handover) -> None:
+        """Start the program of a server rule's Execute action (a stop waits for it)."""
+        task = asyncio.create_task(execute(execution, handover))
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
+
+    async def reload(self, plan: Plan) -> None:
+        """Give the back the plan a reload made current."""
+        self.plan = plan
+        self._send(PLAN, await asyncio.to_thread(_plan_bytes, plan))
+
+    def flush(self) -> None:
+        """`mailplan queue flush`: the back reads the retry journals again."""
+        self._send(FLUSH)
+
+    def _send(self, kind: int, payload: bytes = b"") -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(frame(kind, payload))
+
+    async def _keep(self) -> None:
+        """Run the back, and start it again when it dies, until the front stops."""
+        while True:
+            try:
+                ended = await self._serve_back()
+            except OSError as exc:  # cannot start one (no memory, no pids)
+                ended = f"could not be started: {exc}"
+            except Exception as exc:  # a bug: said with its traceback, and tried again
+                log.exception("the queue process failed")
+                ended = f"failed: {exc}"
+            self._started.set()  # a front whose back cannot start still accepts to the journal
+            if self.stopping:
+                return
+            log.error("the queue process %s; started again in %.0f s", ended, RESTART_DELAY)
+            await asyncio.sleep(RESTART_DELAY)
+
+    async def _serve_back(self) -> str:
+        """Start a back, hand it the plan and what is not settled, then read what it
+        settles until it ends; returns how it ended."""
+        front, back = socket.socketpair()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(back.fileno()), str(os.getpid())],
+                pass_fds=[back.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            front.close()
+            raise
+        finally:
+            back.close()
+        reader, writer = await asyncio.open_connection(sock=front, limit=1 << 20)
+        plan = await asyncio.to_thread(_plan_bytes, self.plan)
+        # from here to `_writer`, no await: a message accepted meanwhile is either handed
+        # again below or sent by `_journal` after the plan
+        writer.write(frame(SETUP, json.dumps(asdict(self.setup)).encode()) + frame(PLAN, plan))
+        for handed in self._handed.values():
+            writer.write(frame(AGAIN, handed.payload))
+        self._writer = writer
+        log.info("the queue process (pid %d) started", self._process.pid)
+        while (found := await read_frame(reader)) is not None:
+            kind, payload = found
+            if kind == SETTLED:
+                self._settle(payload.decode("ascii").split("\n"))
+            elif kind == READY:
+                self._started.set()
+        writer.close()
+        status = await asyncio.to_thread(self._process.wait)
+        return f"ended (exit status {status})" if status >= 0 else f"was killed (signal {-status})"
+
+    def _settle(self, ids: list[str]) -> None:
+        count = size = 0
+        for queue_id in ids:
+            handed = self._handed.pop(queue_id, None)
+            if handed is None:
+                continue
+            self.intake.settle(handed.ticket)
+            count, size = count + 1, size + handed.size
+        self.intake.write_marks()
+        self.backlog.remove(count, size)
+
+    async def stop(self) -> None:
+        """Wait for the back to settle what it has (at most `STOP_WAIT`), then let it end
+        its deliveries and exit; what is not settled stays in the journal."""
+        try:
+            await asyncio.wait_for(self.backlog.settled.wait(), STOP_WAIT)
+        except TimeoutError:
+            log.warning("stopping with %d message(s) in the intake journal", self.backlog.count)
+        self.stopping = True
+        if self._writer is not None:
+            self._writer.close()  # the end of its input: the back stops
+        process = self._process
+        if process is not None:
+            try:
+                await asyncio.to_thread(process.wait, EXIT_WAIT)
+            except subprocess.TimeoutExpired:
+                log.error("the queue process did not stop in %.0f s: killed", EXIT_WAIT)
+                process.kill()
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+        await asyncio.gather(*self._commands, return_exceptions=True)
+
+
+def _plan_bytes(plan: Plan) -> bytes:
+    return codec.dumps(plan).encode()
+
+
+class _Back:
+    """The back's side: the queue, fed by the front."""
+
+    def __init__(self, setup: Setup, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.setup = setup
+        self.reader, self.writer = reader, writer
+        self.remote = setup.remote_options()
+        self.digest = ""
+        self.router: Router | None = None
+        self.processor: Processor | None = None
+        self.delivery: Delivery | None = None
+
+    def _path(self, value: str) -> Path:
+        path = Path(value)
+        return path if path.is_absolute() else Path(self.setup.root) / path
+
+    def _current(self) -> Router:
+        assert self.router is not None
+        return self.router
+
+    async def run(self) -> None:
+        while (found := await read_frame(self.reader)) is not None:
+            kind, payload = found
+            if kind == MESSAGE:
+                self._process(payload, again=False)
+            elif kind == AGAIN:
+                self._process(payload, again=True)
+            elif kind == PLAN:
+                await self._plan(payload)
+            elif kind == FLUSH and self.delivery is not None:
+                self.delivery.reschedule()
+        await self._stop()
+
+    async def _plan(self, payload: bytes) -> None:
+        plan = await asyncio.to_thread(codec.loads, payload.decode(), "plan")
+        router = await asyncio.to_thread(_router, plan)
+        self.digest, self.router = codec.digest(plan), router
+        log.info("queue process on plan %s", self.digest)
+        metrics.meters().reload_success.set(1)  # its minimum over the processes is shown
+        if self.delivery is not None:
+            self.delivery.reschedule()  # a new retry schedule applies to what waits already
+            return
+        spool = Spool(self._path(plan.queue.directory))
+        self.delivery = Delivery(spool, self._current, self.remote, self._submit)
+        self.processor = Processor(
+            spool,
+            lambda: (self.digest, self._current()),
+            self._path(plan.queue.mail_directory),
+            self.delivery.add,
+            None,
+            self.delivery.park,
+            self._settled,
+        )
+        self.delivery.start()
+        self.processor.start()
+        self.writer.write(frame(READY))
+
+    def _submit(self, queue_id: str) -> None:
+        assert self.processor is not None
+        self.processor.submit(queue_id)
+
+    def _process(self, payload: bytes, again: bool) -> None:
+        assert self.processor is not None and self.router is not None, "a message before the plan"
+        try:
+            envelope, message = parse(payload)
+        except (BadQueueFile, UnicodeError) as exc:  # the front wrote it: a bug, said once
+            log.error("queue process: a message that cannot be read: %s", exc)
+            return
+        if again and self.processor.spool.exists(envelope.id):
+            # its batch was committed before the last back died: the queue file holds what
+            # still waits, its Maildir copies are in place
+            self._settled([envelope.id])
+            return
+        self.processor.deliver_soon(Arrival(envelope, message, self.digest, self.router), None)
+
+    def _settled(self, ids: list[str]) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(frame(SETTLED, "\n".join(ids).encode("ascii")))
+
+    async def _stop(self) -> None:
+        if self.processor is not None:
+            await self.processor.stop()
+        if self.delivery is not None:
+            await self.delivery.stop()
+        self.writer.close()
+
+
+def _router(plan: Plan) -> Router:
+    with trusted.uncollected():
+        return Router(plan)
+
+
+async def _serve(descriptor: int) -> int:
+    sock = socket.socket(fileno=descriptor)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+    found = await read_frame(reader)
+    if found is None or found[0] != SETUP:
+        return 1
+    setup = Setup.loads(found[1])
+    writer_thread = logs.Writer(*setup.log)
+    try:
+        metrics.join()
+        work_as(Share(*setup.share))
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, lambda: None)  # the front decides; EOF stops
+        await _Back(setup, reader, writer).run()
+        return 0
+    finally:
+        writer_thread.stop()
+
+
+def main(arguments: list[str]) -> int:
+    """`python -m mailplan.runtime.serve.queueprocess DESCRIPTOR FRONT-PID`."""
+    descriptor, front = int(arguments[0]), int(arguments[1])
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != front:  # the front died before the line above
+        return 1
+    import uvloop
+
+    return uvloop.run(_serve(descriptor))
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main(sys.argv[1:]))
