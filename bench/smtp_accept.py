@@ -8,9 +8,11 @@ Every server here answers 250 to the end of DATA only once the message is on dis
   (127.0.0.1, a free high port, `tls: none`, `auth: none`, client_ips 127.0.0.1) and
   one local account, the recipient. Before its 250 a message is appended to the
   intake journal and fdatasynced (one sync for the sessions that end DATA together);
-  then mailplan delivers it into the Maildir, in batches made durable together, in
-  the same process, as it would in production. Its log (one line per acceptance, one
-  per delivery) goes to a file.
+  then mailplan's queue process delivers it into the Maildir, in batches made durable
+  together, as it would in production (`--variant one=SCRIPT`, with a SCRIPT that
+  runs `mailplan "$@" --one-process`, measures the queue kept in the accepting
+  process). Its log (one line per acceptance, one per delivery) goes to a file; the
+  server's CPU counts both processes.
 - bare aiosmtpd: aiosmtpd's stock `SMTP` protocol (the same library and event loop as
   mailplan) in a subprocess started from this file, whose DATA hook writes each
   message to a new file in a worker thread, fsyncs the file and its directory, then
@@ -410,8 +412,9 @@ class Mailplan(Server):
             self.log.close()
 
     def pids(self) -> list[int]:
-        """The server, and its workers when it runs several (`--workers`)."""
-        return [self.process.pid, *children_of(self.process.pid)] if self.process else []
+        """The server and every process under it: its queue process, and with `--workers`
+        the workers and theirs."""
+        return [self.process.pid, *descendants_of(self.process.pid)] if self.process else []
 
     @property
     def queue(self) -> Path:
@@ -547,6 +550,14 @@ class Postfix(Server):
     def pids(self) -> list[int]:
         master = postfix_master()
         return [] if master is None else [master, *children_of(master)]
+
+
+def descendants_of(parent: int) -> list[int]:
+    """The processes under `parent`: its children, theirs, and so on."""
+    found = children_of(parent)
+    for child in list(found):
+        found += descendants_of(child)
+    return found
 
 
 def children_of(parent: int) -> list[int]:

@@ -154,8 +154,9 @@ def test_a_message_handed_again_after_its_batch_was_committed_is_not_delivered_t
         front, back = socket.socketpair()
         reader, writer = await asyncio.open_connection(sock=back)
         setup = queueprocess.Setup.of(
-            root, Remote(resolver="127.0.0.1:9"), Share(), ("text", "info")
-        )
+            spool.directory, root / "var/mail", Remote(resolver="127.0.0.1:9"), Share(),
+            ("text", "info"),
+        )  # fmt: skip
         task = asyncio.create_task(queueprocess._Back(setup, reader, writer).run())
         their_reader, their_writer = await asyncio.open_connection(sock=front)
         fresh = message("fresh")

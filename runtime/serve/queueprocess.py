@@ -36,6 +36,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from mailplan.runtime.delivery import pipe
 from mailplan.runtime.delivery.scheduler import Delivery, Remote
 from mailplan.runtime.queue.arrival import Arrival
 from mailplan.runtime.queue.local import execute
-from mailplan.runtime.queue.processor import STOP_WAIT, Backlog, Processor
+from mailplan.runtime.queue.processor import Backlog, Processor
 from mailplan.runtime.rules import enact
 from mailplan.runtime.serve import logs
 from mailplan.runtime.store.intake import Intake, Ticket
@@ -64,8 +65,12 @@ AGAIN = 4  # front -> back: a message handed to a back that died, perhaps proces
 FLUSH = 5  # front -> back: `mailplan queue flush` (SIGUSR1)
 SETTLED = 6  # back -> front: ids, one per line, whose processing is durable
 READY = 7  # back -> front: the queue runs (the plan is loaded, the spool read)
-RESTART_DELAY = 1.0  # seconds before a back that died is started again
-EXIT_WAIT = 60.0  # seconds a stop waits for the back to end its deliveries and exit
+RESTART_DELAY = 1.0  # seconds before a back that died is started again, doubled while
+RESTART_LIMIT = 60.0  # it dies within STEADY seconds of its start, up to this
+STEADY = 60.0
+# seconds a stop waits for the back to process what it has (`processor.STOP_WAIT`), end
+# its deliveries and exit, before it is killed
+EXIT_WAIT = 45.0
 PR_SET_PDEATHSIG = 1
 
 
@@ -84,24 +89,29 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes] | None:
 
 @dataclass(frozen=True)
 class Setup:
-    """What the back is told of the front's options, as JSON."""
+    """What the back is told of the front's options, as JSON. The queue and mail folders
+    are the front's, as it started: a reload does not move them (`serve` takes a new
+    `queue:` at its next start), so the back started again later uses them too."""
 
-    root: str
+    queue: str
+    mail: str
     remote: dict[str, Any]
     share: tuple[int, int]
     log: tuple[str, str]  # shape and level
 
     @classmethod
-    def of(cls, root: Path, remote: Remote, share: Share, log: tuple[str, str]) -> Setup:
+    def of(
+        cls, queue: Path, mail: Path, remote: Remote, share: Share, log: tuple[str, str]
+    ) -> Setup:
         remote_fields = asdict(remote) | {"root": str(remote.root)}
-        return cls(str(root), remote_fields, (share.index, share.of), log)
+        return cls(str(queue), str(mail), remote_fields, (share.index, share.of), log)
 
     @classmethod
     def loads(cls, data: bytes) -> Setup:
         raw = json.loads(data)
         index, of = raw["share"]
         shape, level = raw["log"]
-        return cls(raw["root"], raw["remote"], (index, of), (shape, level))
+        return cls(raw["queue"], raw["mail"], raw["remote"], (index, of), (shape, level))
 
     def remote_options(self) -> Remote:
         return Remote(**(self.remote | {"root": Path(self.remote["root"])}))
@@ -131,6 +141,7 @@ class Feed:
     _writer: asyncio.StreamWriter | None = None
     _watch: asyncio.Task[None] | None = None
     _started: asyncio.Event = field(default_factory=asyncio.Event)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _commands: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> None:
@@ -149,8 +160,8 @@ class Feed:
         envelope = arrival.envelope
         ticket = await self.intake.write(envelope, arrival.message)
         payload = envelope.header() + arrival.message
-        self._handed[envelope.id] = _Handed(ticket, payload, len(arrival.message))
-        self.backlog.add(len(arrival.message))
+        self._handed[envelope.id] = _Handed(ticket, payload, len(payload))
+        self.backlog.add(len(payload))
         self._send(MESSAGE, payload)
 
     def run(self, execution: enact.Execution, handover: pipe.Handover) -> None:
@@ -160,21 +171,27 @@ class Feed:
         task.add_done_callback(self._commands.discard)
 
     async def reload(self, plan: Plan) -> None:
-        """Give the back the plan a reload made current."""
+        """Give the back the plan a reload made current (unless a later reload did)."""
         self.plan = plan
-        self._send(PLAN, await asyncio.to_thread(_plan_bytes, plan))
+        data = await asyncio.to_thread(_plan_bytes, plan)
+        if plan is self.plan:
+            self._send(PLAN, data)
 
     def flush(self) -> None:
         """`mailplan queue flush`: the back reads the retry journals again."""
         self._send(FLUSH)
 
     def _send(self, kind: int, payload: bytes = b"") -> None:
-        if self._writer is not None and not self._writer.is_closing():
+        """To the back, if one runs (else it is handed again to the next, or is a plan
+        or a flush that the next one does not need)."""
+        if self._writer is not None and not self._writer.is_closing() and not self.stopping:
             self._writer.write(frame(kind, payload))
 
     async def _keep(self) -> None:
         """Run the back, and start it again when it dies, until the front stops."""
+        delay = RESTART_DELAY
         while True:
+            started = time.monotonic()
             try:
                 ended = await self._serve_back()
             except OSError as exc:  # cannot start one (no memory, no pids)
@@ -185,16 +202,20 @@ class Feed:
             self._started.set()  # a front whose back cannot start still accepts to the journal
             if self.stopping:
                 return
-            log.error("the queue process %s; started again in %.0f s", ended, RESTART_DELAY)
-            await asyncio.sleep(RESTART_DELAY)
+            delay = delay * 2 if time.monotonic() - started < STEADY else RESTART_DELAY
+            delay = min(delay, RESTART_LIMIT)
+            log.error("the queue process %s; started again in %.0f s", ended, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
 
     async def _serve_back(self) -> str:
         """Start a back, hand it the plan and what is not settled, then read what it
         settles until it ends; returns how it ended."""
         front, back = socket.socketpair()
         try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(back.fileno()), str(os.getpid())],
+            process = self._process = subprocess.Popen(
+                # -P: not the working folder first on the path, only the installed code
+                [sys.executable, "-P", "-m", __name__, str(back.fileno()), str(os.getpid())],
                 pass_fds=[back.fileno()],
                 stdin=subprocess.DEVNULL,
             )
@@ -203,23 +224,35 @@ class Feed:
             raise
         finally:
             back.close()
-        reader, writer = await asyncio.open_connection(sock=front, limit=1 << 20)
-        plan = await asyncio.to_thread(_plan_bytes, self.plan)
-        # from here to `_writer`, no await: a message accepted meanwhile is either handed
-        # again below or sent by `_journal` after the plan
-        writer.write(frame(SETUP, json.dumps(asdict(self.setup)).encode()) + frame(PLAN, plan))
-        for handed in self._handed.values():
-            writer.write(frame(AGAIN, handed.payload))
-        self._writer = writer
-        log.info("the queue process (pid %d) started", self._process.pid)
-        while (found := await read_frame(reader)) is not None:
-            kind, payload = found
-            if kind == SETTLED:
-                self._settle(payload.decode("ascii").split("\n"))
-            elif kind == READY:
-                self._started.set()
-        writer.close()
-        status = await asyncio.to_thread(self._process.wait)
+        writer = None
+        try:
+            reader, writer = await asyncio.open_connection(sock=front, limit=1 << 20)
+            plan = None
+            while plan is not self.plan:  # the latest, if a reload came meanwhile
+                plan = self.plan
+                data = await asyncio.to_thread(_plan_bytes, plan)
+            # from here to `_writer`, no await: a message accepted meanwhile is either
+            # handed again below or sent by `_journal` after the plan
+            writer.write(frame(SETUP, json.dumps(asdict(self.setup)).encode()) + frame(PLAN, data))
+            for handed in self._handed.values():
+                writer.write(frame(AGAIN, handed.payload))
+            self._writer = writer
+            if self.stopping:  # a stop came while it started: it settles what it got, and ends
+                writer.write_eof()
+            log.info("the queue process (pid %d) started", process.pid)
+            while (found := await read_frame(reader)) is not None:
+                kind, payload = found
+                if kind == SETTLED:
+                    self._settle(payload.decode("ascii").split("\n"))
+                elif kind == READY:
+                    self._started.set()
+        finally:
+            if writer is not None:
+                writer.close()
+            else:
+                front.close()
+            status = await asyncio.to_thread(_ended, process, None if self.stopping else 5.0)
+            metrics.forget(process.pid)
         return f"ended (exit status {status})" if status >= 0 else f"was killed (signal {-status})"
 
     def _settle(self, ids: list[str]) -> None:
@@ -234,26 +267,35 @@ class Feed:
         self.backlog.remove(count, size)
 
     async def stop(self) -> None:
-        """Wait for the back to settle what it has (at most `STOP_WAIT`), then let it end
-        its deliveries and exit; what is not settled stays in the journal."""
-        try:
-            await asyncio.wait_for(self.backlog.settled.wait(), STOP_WAIT)
-        except TimeoutError:
-            log.warning("stopping with %d message(s) in the intake journal", self.backlog.count)
+        """Tell the back that nothing more comes: it processes what it has (at most
+        `processor.STOP_WAIT`), saying what is settled, ends its deliveries and exits;
+        killed past `EXIT_WAIT`. What is not settled stays in the journal."""
         self.stopping = True
-        if self._writer is not None:
-            self._writer.close()  # the end of its input: the back stops
-        process = self._process
-        if process is not None:
+        self._stop.set()
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write_eof()  # half-closed: its SETTLED frames still come back
+        watch = self._watch
+        if watch is not None:
             try:
-                await asyncio.to_thread(process.wait, EXIT_WAIT)
-            except subprocess.TimeoutExpired:
+                await asyncio.wait_for(asyncio.shield(watch), EXIT_WAIT)
+            except TimeoutError:
                 log.error("the queue process did not stop in %.0f s: killed", EXIT_WAIT)
-                process.kill()
-        if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
+                if self._process is not None:
+                    self._process.kill()
+                await asyncio.gather(watch, return_exceptions=True)
+        if self.backlog.count:
+            log.warning("stopping with %d message(s) in the intake journal", self.backlog.count)
         await asyncio.gather(*self._commands, return_exceptions=True)
+
+
+def _ended(process: subprocess.Popen[bytes], patience: float | None) -> int:
+    """The exit status of a back whose input is gone: killed if it does not end within
+    `patience` seconds (never two backs on one queue)."""
+    try:
+        return process.wait(patience)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
 
 
 def _plan_bytes(plan: Plan) -> bytes:
@@ -271,10 +313,6 @@ class _Back:
         self.router: Router | None = None
         self.processor: Processor | None = None
         self.delivery: Delivery | None = None
-
-    def _path(self, value: str) -> Path:
-        path = Path(value)
-        return path if path.is_absolute() else Path(self.setup.root) / path
 
     def _current(self) -> Router:
         assert self.router is not None
@@ -302,12 +340,12 @@ class _Back:
         if self.delivery is not None:
             self.delivery.reschedule()  # a new retry schedule applies to what waits already
             return
-        spool = Spool(self._path(plan.queue.directory))
+        spool = Spool(Path(self.setup.queue))
         self.delivery = Delivery(spool, self._current, self.remote, self._submit)
         self.processor = Processor(
             spool,
             lambda: (self.digest, self._current()),
-            self._path(plan.queue.mail_directory),
+            Path(self.setup.mail),
             self.delivery.add,
             None,
             self.delivery.park,
@@ -368,6 +406,9 @@ async def _serve(descriptor: int) -> int:
             loop.add_signal_handler(number, lambda: None)  # the front decides; EOF stops
         await _Back(setup, reader, writer).run()
         return 0
+    except Exception:
+        log.exception("the queue process stopped on an error")
+        return 1
     finally:
         writer_thread.stop()
 

@@ -131,7 +131,13 @@ class Daemon:
         if options.queue_process is None:
             self.queue = self.processor = self._processor(plan)
         else:
-            setup = Setup.of(options.root, options.remote, options.share, options.queue_process)
+            setup = Setup.of(
+                self.spool.directory,
+                self._path(plan.queue.mail_directory),
+                options.remote,
+                options.share,
+                options.queue_process,
+            )
             self.queue = self.feed = Feed(self.intake, setup, plan)
         self.sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self.pop3_sessions: set[Connection] = set()
