@@ -447,9 +447,21 @@ class Handler:
         line = (
             f"Received: from {queued.helo or 'unknown'} ([{client.ip}])\r\n"
             f"\tby {hostname} (mailplan) with {protocol} id {queued.id}{recipient};\r\n"
-            f"\t{format_datetime(localtime())}\r\n"
+            f"\t{_now()}\r\n"
         )
         return line.encode("utf-8", "surrogateescape")
+
+
+_date: tuple[int, str] = (0, "")
+
+
+def _now() -> str:
+    """The date of a Received: line (RFC 5322, local time), made once a second."""
+    global _date
+    second = int(time.time())
+    if _date[0] != second:
+        _date = (second, format_datetime(localtime()))
+    return _date[1]
 
 
 def _hops(message: bytes) -> int:
