@@ -99,6 +99,24 @@ def test_the_back_follows_a_reload(tmp_path: Path) -> None:
         assert len(bob.wait(1)) == 1, server.log()
 
 
+def test_a_session_keeps_its_plan_through_a_reload_in_the_back_too(tmp_path: Path) -> None:
+    """bob is removed by a reload while a session that started before it sends to him:
+    the message got 250 under the plan with bob, and is delivered by that plan."""
+    port = free_port()
+    with _server(tmp_path, port, accounts=("alice", "bob")) as server:
+        assert server.wait_for_log("INFO serving plan")
+        with smtplib.SMTP(LOOPBACK, port, timeout=10) as client:
+            client.ehlo()
+            write_site(tmp_path / "site", listeners={"smtp": plain(port)}, accounts=("alice",))
+            at = len(server.log())
+            server.reload()
+            assert server.wait_for_log("reloaded: serving plan", after=at), server.log()
+            client.sendmail("sender@remote.test", ["bob@example.com"], "Subject: kept\r\n\r\nx")
+        bob = Maildir(server.path("var/mail/example.com/bob"))
+        assert len(bob.wait(1)) == 1, server.log()
+        assert "unknown user" not in server.log()
+
+
 def test_the_back_dies_with_the_front(tmp_path: Path) -> None:
     port = free_port()
     server = _server(tmp_path, port).start()

@@ -71,6 +71,7 @@ STEADY = 60.0
 # seconds a stop waits for the back to process what it has (`processor.STOP_WAIT`), end
 # its deliveries and exit, before it is killed
 EXIT_WAIT = 45.0
+KEEP_PLANS = 3  # plans whose routers the back keeps, for mail accepted under them
 PR_SET_PDEATHSIG = 1
 
 
@@ -202,11 +203,12 @@ class Feed:
             self._started.set()  # a front whose back cannot start still accepts to the journal
             if self.stopping:
                 return
-            delay = delay * 2 if time.monotonic() - started < STEADY else RESTART_DELAY
-            delay = min(delay, RESTART_LIMIT)
+            if time.monotonic() - started >= STEADY:
+                delay = RESTART_DELAY  # it ran a while: not one that dies as it starts
             log.error("the queue process %s; started again in %.0f s", ended, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, RESTART_LIMIT)
 
     async def _serve_back(self) -> str:
         """Start a back, hand it the plan and what is not settled, then read what it
@@ -311,6 +313,9 @@ class _Back:
         self.remote = setup.remote_options()
         self.digest = ""
         self.router: Router | None = None
+        # the routers of the latest plans, by digest: a message is processed by the plan
+        # it was accepted under (a session keeps the plan it started with), if still here
+        self.routers: dict[str, Router] = {}
         self.processor: Processor | None = None
         self.delivery: Delivery | None = None
 
@@ -335,6 +340,10 @@ class _Back:
         plan = await asyncio.to_thread(codec.loads, payload.decode(), "plan")
         router = await asyncio.to_thread(_router, plan)
         self.digest, self.router = codec.digest(plan), router
+        self.routers.pop(self.digest, None)
+        self.routers[self.digest] = router
+        while len(self.routers) > KEEP_PLANS:
+            del self.routers[next(iter(self.routers))]
         log.info("queue process on plan %s", self.digest)
         metrics.meters().reload_success.set(1)  # its minimum over the processes is shown
         if self.delivery is not None:
@@ -371,7 +380,12 @@ class _Back:
             # still waits, its Maildir copies are in place
             self._settled([envelope.id])
             return
-        self.processor.deliver_soon(Arrival(envelope, message, self.digest, self.router), None)
+        router = self.routers.get(envelope.plan)
+        if router is None:  # a plan older than those kept: the current one routes it
+            arrival = Arrival(envelope, message, self.digest, self.router)
+        else:
+            arrival = Arrival(envelope, message, envelope.plan, router)
+        self.processor.deliver_soon(arrival, None)
 
     def _settled(self, ids: list[str]) -> None:
         if not self.writer.is_closing():
@@ -406,6 +420,9 @@ async def _serve(descriptor: int) -> int:
             loop.add_signal_handler(number, lambda: None)  # the front decides; EOF stops
         await _Back(setup, reader, writer).run()
         return 0
+    except OSError as exc:  # a folder it cannot use: one line
+        log.error("the queue process cannot run: %s", exc)
+        return 1
     except Exception:
         log.exception("the queue process stopped on an error")
         return 1

@@ -384,6 +384,8 @@ class Daemon:
         if fresh.policy.plan.listeners != self.current.policy.plan.listeners:
             log.warning("reload: listeners changed; they take effect at the next start")
         await self._changes(self.current, fresh)
+        if self.feed is not None:  # before any message accepted under it goes there
+            await self.feed.reload(fresh.policy.plan)
         old, self.current, self.keys = self.current, fresh, keys
         self.reaper.retire(old, old.policy, old.policy.plan, old.policy.router)
         del old  # sessions that started on it may still use it; the reaper frees it after
@@ -394,8 +396,6 @@ class Daemon:
         self.admission.per_client = limits.max_connections_per_client
         if self.delivery is not None:
             self.delivery.reschedule()  # a new retry schedule applies to what waits already
-        if self.feed is not None:
-            await self.feed.reload(fresh.policy.plan)
         log.info("reloaded: serving plan %s", fresh.digest)
         self._reloaded("ok")
         if alone:
