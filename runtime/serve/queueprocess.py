@@ -13,11 +13,12 @@ place: smtpd and cleanup accept, qmgr and its delivery agents deliver.
 
 What the front holds until the back settles it is the backlog that slows accepting
 (`processor.Backlog`). The back is a fresh interpreter (`python -m`, not a fork of a
-process with threads); it gets the plan from the front, at start and after each
-reload, so both always serve the same plan. If the back dies, the front starts
-another after a second and hands it again every message not settled: one whose batch
-was committed (it has a queue file) is settled without being processed twice. The
-back dies with the front (PR_SET_PDEATHSIG): killing the server kills both, and the
+process with threads); it gets the plan from the front, at start and at each reload
+before any session uses it, and processes a message by the plan it was accepted under
+(it keeps the routers of the last two). If the back dies, the front starts another
+after a second and hands it again every message not settled: one whose batch was
+committed (it has a queue file) is settled without being processed twice. The back
+dies with the front (PR_SET_PDEATHSIG): killing the server kills both, and the
 journal keeps what was not settled for the next start.
 
 The wire: frames of a 4-byte length, a kind byte and a payload.
@@ -40,6 +41,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 from mailplan.plan import codec, trusted
 from mailplan.plan.model import Plan
@@ -71,7 +74,7 @@ STEADY = 60.0
 # seconds a stop waits for the back to process what it has (`processor.STOP_WAIT`), end
 # its deliveries and exit, before it is killed
 EXIT_WAIT = 45.0
-KEEP_PLANS = 3  # plans whose routers the back keeps, for mail accepted under them
+KEEP_PLANS = 2  # plans whose routers the back keeps (a big plan costs memory), by digest
 PR_SET_PDEATHSIG = 1
 
 
@@ -437,8 +440,6 @@ def main(arguments: list[str]) -> int:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != front:  # the front died before the line above
         return 1
-    import uvloop
-
     return uvloop.run(_serve(descriptor))
 
 
