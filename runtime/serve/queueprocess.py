@@ -162,8 +162,8 @@ class Feed:
 
     async def _journal(self, arrival: Arrival) -> None:
         envelope = arrival.envelope
-        ticket = await self.intake.write(envelope, arrival.message)
-        payload = envelope.header() + arrival.message
+        payload = envelope.header() + arrival.message  # one copy, for the journal and the back
+        ticket = await self.intake.append(envelope.id, payload)
         self._handed[envelope.id] = _Handed(ticket, payload, len(payload))
         self.backlog.add(len(payload))
         self._send(MESSAGE, payload)
@@ -189,7 +189,7 @@ class Feed:
         """To the back, if one runs (else it is handed again to the next, or is a plan
         or a flush that the next one does not need)."""
         if self._writer is not None and not self._writer.is_closing() and not self.stopping:
-            self._writer.write(frame(kind, payload))
+            self._writer.writelines((FRAME.pack(len(payload), kind), payload))  # no copy made
 
     async def _keep(self) -> None:
         """Run the back, and start it again when it dies, until the front stops."""
@@ -240,7 +240,7 @@ class Feed:
             # handed again below or sent by `_journal` after the plan
             writer.write(frame(SETUP, json.dumps(asdict(self.setup)).encode()) + frame(PLAN, data))
             for handed in self._handed.values():
-                writer.write(frame(AGAIN, handed.payload))
+                writer.writelines((FRAME.pack(len(handed.payload), AGAIN), handed.payload))
             self._writer = writer
             if self.stopping:  # a stop came while it started: it settles what it got, and ends
                 writer.write_eof()

@@ -208,9 +208,13 @@ class Intake:
 
     async def write(self, envelope: Envelope, message: bytes) -> Ticket:
         """Append the message; returns once it is on disk (and fails if it could not be)."""
+        return await self.append(envelope.id, envelope.header() + message)
+
+    async def append(self, queue_id: str, payload: bytes) -> Ticket:
+        """`write`, of a message already in the queue file's form (`spool.parse` reads it)."""
         waiter: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
-        payload = envelope.header() + message  # its head is made when its segment is known
-        self._pending.append(_Pending(payload, None, waiter, envelope.id))
+        # its record's head is made when its segment is known
+        self._pending.append(_Pending(payload, None, waiter, queue_id))
         self._kick()
         return await waiter
 
