@@ -114,7 +114,8 @@ class MailServer:
     """One `mailplan serve SITE --root ROOT` process.
 
     `ports` are the (host, port) pairs, or bare ports on 127.0.0.1, that must accept
-    connections before `start()` returns. Also a context manager.
+    connections before `start()` returns; with ports, `start()` also waits for the log
+    line that says the server serves its plan. Also a context manager.
 
     Outbound mail stays on loopback: the server asks `resolver` (`IP:PORT`) for MX
     records and connects to other SMTP servers on `smtp_port`. By default both are
@@ -169,6 +170,7 @@ class MailServer:
             if accepts(host, port, timeout=0.2):
                 raise ServerError(f"something else already listens on {host} port {port}")
         self.root.mkdir(parents=True, exist_ok=True)
+        begun = len(self.log())
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
                 self.command(),
@@ -194,6 +196,12 @@ class MailServer:
                 waiting.pop(0)
             else:
                 time.sleep(0.05)
+        # the kernel accepts on a bound socket before the server serves it: wait for the
+        # line that says it does (its queue process is ready by then)
+        left = max(deadline - time.monotonic(), 1.0)
+        if self.ports and not wait_until(lambda: "serving plan" in self.log()[begun:], left):
+            self.kill()
+            raise ServerError("the server did not say it serves a plan:\n" + self.log())
         return self
 
     def signal(self, number: int) -> None:

@@ -39,8 +39,10 @@ def test_a_held_message_waits_across_restarts_until_released(tmp_path: Path) -> 
     server = MailServer(site, tmp_path, [port])
     mailbox = Maildir(tmp_path / "var/mail/example.com/alice")
     for start in range(2):
+        begun = len(server.log())  # this start's line, not the last one's
         with server:
-            assert server.wait_for_log(f"{queue_id} on hold: not delivered until released")
+            on_hold = f"{queue_id} on hold: not delivered until released"
+            assert server.wait_for_log(on_hold, after=begun)
             if start == 1:
                 mark = len(server.log())
                 assert queue(site, tmp_path, "release", queue_id).startswith(
