@@ -15,7 +15,9 @@ Every message accepted over SMTP is made durable in the intake journal
 still waits (remote, LMTP, PIPE, LIST recipients) are made durable together, and only
 then is each message settled in the journal. What waits to be processed is bounded:
 past a soft limit a 250 waits for the batches to catch up (`Processor.admit`, Postfix's
-in_flow_delay), past a hard one new mail hears 451 4.3.1 (`Full`).
+in_flow_delay), past a hard one new mail hears 451 4.3.1 (`Full`). Under `serve` the
+processor runs in the queue process (`runtime.serve.queueprocess`): the process that
+accepts keeps the journal and the `Backlog`, and is told what each batch settled.
 """
 
 from __future__ import annotations
