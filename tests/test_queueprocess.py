@@ -18,6 +18,8 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from mailplan.plan import codec
 from mailplan.runtime.delivery.scheduler import Remote
 from mailplan.runtime.serve import queueprocess
@@ -78,6 +80,23 @@ def test_a_back_that_dies_is_started_again_and_handed_what_it_had_not_settled(
     assert server.returncode == 0
     subjects = sorted(m.split(b"Subject: ")[1].split(b"\r\n")[0] for m in mailbox.messages())
     assert subjects == [b"after 0", b"while stopped 0", b"while stopped 1", b"while stopped 2"]
+
+
+def test_a_back_that_cannot_use_its_mail_folder_says_so_in_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    with _server(tmp_path, port) as server:
+        back = _back(server)
+        mail = server.path("var/mail")
+        mail.rename(mail.with_name("mail.away"))
+        mail.write_text("not a folder\n")  # an operator's mistake
+        os.kill(back, signal.SIGKILL)
+        said = f"ERROR the queue process cannot run: [Errno 17] File exists: '{mail}'\n"
+        assert server.wait_for_log(said), server.log()
+        _send(port, 1)  # the front still accepts, into the journal
+        mail.unlink()
+        mail.with_name("mail.away").rename(mail)
+        assert len(Maildir(mail / "example.com/alice").wait(1, timeout=20)) == 1, server.log()
+    assert "Traceback" not in server.log()
 
 
 def test_the_back_follows_a_reload(tmp_path: Path) -> None:
@@ -148,7 +167,7 @@ async def _frames(reader: asyncio.StreamReader, count: int) -> list[tuple[int, b
 
 
 def test_a_message_handed_again_after_its_batch_was_committed_is_not_delivered_twice(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     plan = alice_plan(tmp_path / "site", free_port())
     root = tmp_path / "root"
@@ -181,6 +200,7 @@ def test_a_message_handed_again_after_its_batch_was_committed_is_not_delivered_t
         their_writer.write(
             queueprocess.frame(queueprocess.PLAN, codec.dumps(plan).encode())
             + queueprocess.frame(queueprocess.AGAIN, committed)
+            + queueprocess.frame(queueprocess.MESSAGE, b"garbage")  # said, and skipped
             + queueprocess.frame(queueprocess.MESSAGE, fresh)
         )
         ready, *settled = await _frames(their_reader, 3)
@@ -191,6 +211,8 @@ def test_a_message_handed_again_after_its_batch_was_committed_is_not_delivered_t
         return settled
 
     settled = asyncio.run(scenario())
+    cannot = "queue process: a message that cannot be read: not a mailplan queue file"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [cannot]
     assert settled[0] == (queueprocess.SETTLED, envelope.id.encode())
     assert settled[1][0] == queueprocess.SETTLED
     subjects = sorted(m.split(b"Subject: ")[1].split(b"\r\n")[0] for m in mailbox.messages())
