@@ -243,7 +243,7 @@ class Handler:
                 log.info("%s refused by a server rule: %s", client.ip, decided.rejection)
                 return decided.rejection
             message = decided.message
-            queued = replace(queued, recipients=decided.recipients)
+            queued = _with_recipients(queued, decided.recipients)
         if self.snapshot.signer is not None:  # signed once, before it is queued
             message = await self.snapshot.signer.sign(client, message, queued.id)
         if sealing and self._leaving(queued.recipients):
@@ -462,6 +462,13 @@ def _now() -> str:
     if _date[0] != second:
         _date = (second, format_datetime(localtime()))
     return _date[1]
+
+
+def _with_recipients(envelope: Envelope, recipients: tuple[str, ...]) -> Envelope:
+    """`envelope` for `recipients` (itself when they are its own: `replace` is slow)."""
+    if recipients == envelope.recipients:
+        return envelope
+    return replace(envelope, recipients=recipients)
 
 
 def _hops(message: bytes) -> int:
