@@ -17,7 +17,8 @@ from serverkit import as_root, mailplan
 from mailplan.cli import main
 from mailplan.compiler.pipeline import compile_site
 from mailplan.plan import codec, trusted
-from mailplan.plan.model import FORMAT, Plan
+from mailplan.plan.model import FORMAT, AddressList, Interval, IPAddress, Plan, Source
+from mailplan.runtime.decide.addresslist import AddressSet
 from tests.conftest import EXAMPLE, resealed
 
 
@@ -318,3 +319,58 @@ def test_serve_refuses_a_resealed_plan_with_a_value_of_no_use(tmp_path: Path) ->
         f"mailplan: cannot serve: {path}: plan does not hold what it must: "
         "at address_lists/0/ipv4/0/first: '' is not an IP address\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("texts", "passes"),
+    [
+        (["192.0.2.1", "10.0.0.0", "255.255.255.255"], True),
+        (["2001:db8::1", "::ffff:192.0.2.1"], True),
+        (["192.0.2.1", "2001:db8::1"], False),  # one list is one family
+        (["192.0.2.1", ""], False),
+        (["192.0.2.1", "192.0.2.01"], False),  # a leading zero: inet_pton refuses it
+        (["192.0.2.1", "192.0.2.2\x00"], False),  # a NUL: ValueError, not OSError
+        (["192.0.2.1\n192.0.2.2"], False),
+        (["fe80::1%eth0"], False),  # ipaddress reads it; it is then tested one by one
+    ],
+)
+def test_ip_addresses_are_tested_all_at_once_only_when_inet_pton_reads_all(
+    texts: list[str], passes: bool
+) -> None:
+    form = IPAddress.__metadata__[0]
+    assert form.every is not None and form.every(texts) is passes
+    if passes:  # never more than the test of one value allows
+        for text in texts:
+            form.test(text)
+
+
+def test_a_bad_interval_far_down_a_long_list_is_found_by_its_place() -> None:
+    """The test of all the intervals at once fails; the one that is not an address is then
+    found and named by its place, as before."""
+
+    def edit(document: dict[str, Any]) -> None:
+        intervals = document["address_lists"][0]["ipv4"]
+        first = intervals[0]
+        intervals[:] = [dict(first) for _ in range(500)]
+        intervals[321]["last"] = "192.0.2.300"
+
+    with pytest.raises(codec.PlanError) as refused:
+        codec.loads(_tampered(edit), "plan.json")
+    assert str(refused.value) == (
+        "plan.json: plan does not hold what it must: "
+        "at address_lists/0/ipv4/321/last: '192.0.2.300' is not an IP address"
+    )
+
+
+def test_an_address_set_reads_a_form_inet_pton_does_not() -> None:
+    """`AddressSet` reads a list's addresses in one loop in C; a form only `ipaddress`
+    reads (a scoped IPv6 address) sends the whole list the slow way, with the same result."""
+    scoped = AddressList(
+        "x",
+        Source("site.yaml", 1, 1),
+        (Interval("192.0.2.0", "192.0.2.255"),),
+        (Interval("2001:db8::", "2001:db8::ff"), Interval("fe80::1%eth0", "fe80::1%eth0")),
+    )
+    found = AddressSet(scoped)
+    assert "192.0.2.7" in found and "198.51.100.1" not in found
+    assert "2001:db8::7" in found and "fe80::1" in found and "2001:db8::100" not in found

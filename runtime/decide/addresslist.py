@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import socket
+from itertools import repeat
 
 from mailplan.plan.model import AddressList, Plan, Source
 
@@ -17,8 +18,8 @@ class AddressSet:
         self._families: dict[int, tuple[list[int], list[int]]] = {}
         for version, intervals in ((4, compiled.ipv4), (6, compiled.ipv6)):
             family = socket.AF_INET if version == 4 else socket.AF_INET6
-            firsts = [_number(family, i.first) for i in intervals]
-            lasts = [_number(family, i.last) for i in intervals]
+            firsts = _numbers(family, [i.first for i in intervals])
+            lasts = _numbers(family, [i.last for i in intervals])
             self._families[version] = (firsts, lasts)
 
     @classmethod
@@ -49,6 +50,15 @@ class AddressSet:
         firsts, lasts = self._families[version]
         i = bisect.bisect_right(firsts, value) - 1
         return i >= 0 and value <= lasts[i]
+
+
+def _numbers(family: socket.AddressFamily, texts: list[str]) -> list[int]:
+    """The addresses as whole numbers: read in one loop in C when `inet_pton` reads them
+    all (the compiler writes them so), else one by one."""
+    try:
+        return list(map(int.from_bytes, map(socket.inet_pton, repeat(family), texts)))
+    except (OSError, ValueError):
+        return [_number(family, text) for text in texts]
 
 
 def _number(family: socket.AddressFamily, text: str) -> int:
