@@ -249,6 +249,7 @@ def test_forward_adds_resent_fields_and_changes_the_sender(site: Site) -> None:
     assert message["Resent-From"] == "alice@example.com"
     assert message["Resent-To"] == "carol@example.com"
     assert "an invoice" not in subjects(site.box("alice"))
+    _logged_not_delivered(site, "stored in no folder by the rules of alice@example.com")
 
 
 def test_copy_attachments_into_a_folder(site: Site) -> None:
@@ -270,6 +271,21 @@ def test_reject_with_in_account_rules_bounces_to_the_sender(site: Site) -> None:
     assert status["Final-Recipient"] == "rfc822; alice@example.com"
     assert status["Status"] == "5.7.1"
     assert status["Diagnostic-Code"] == "x-mailplan; alice takes no adverts"
+    _logged_not_delivered(site, "rejected by the rules of alice@example.com")
+
+
+def _logged_not_delivered(site: Site, what: str) -> None:
+    """The recipient's line says what the rules did (`what`), and none says it was delivered."""
+    lines = wait_until(
+        lambda: [
+            line for line in site.server.log().splitlines() if f"<alice@example.com> {what}" in line
+        ],
+        TIMEOUT,
+    )
+    assert lines, site.server.log()
+    queue_id = lines[0].split(" mailplan.queue INFO ")[1].split()[0]  # type: ignore[index]
+    same = [line for line in site.server.log().splitlines() if queue_id in line]
+    assert not [line for line in same if "delivered to LOCAL(alice@example.com)" in line], same
 
 
 def test_auto_reply_once_per_sender_and_never_to_automatic_mail(site: Site) -> None:

@@ -52,6 +52,10 @@ class Effects:
     commands: list[tuple[enact.Execution, pipe.Handover]] = field(default_factory=list)
 
 
+# What LOCAL delivery did for an account (`Local.deliver`): its rules may store no copy
+# (Discard, Redirect) or reject the message (a bounce to the sender).
+STORED, REJECTED, NOT_STORED = "stored", "rejected", "not stored"
+
 LMTP_DROP = "lmtp "  # listener of a queued drop: `lmtp FOLDER`, its rules already ran
 
 
@@ -126,16 +130,17 @@ class Local:
         sender = self.envelope.sender
         self._queue(sender, (account,), drop.message, f"{LMTP_DROP}{drop.folder}")
 
-    def deliver(self, account: str) -> None:
+    def deliver(self, account: str) -> str:
+        """Deliver to `account`'s mailbox through its rules: STORED, REJECTED or NOT_STORED."""
         folder = dropped_into(self.envelope)
         if folder is not None:  # a drop whose domain now delivers into Maildir: as it is
             self._store(account, folder, self.message, "")
-            return
+            return STORED
         book, clients = rules_of(self.router)
         rules = book.local(account)
         if not rules.rules:
             self._store(account, "INBOX", self.message, "")
-            return
+            return STORED
         facts = self._facts(account, clients)
         why = looping(account, facts.headers)
         if why is not None:
@@ -143,12 +148,15 @@ class Local:
                 "%s <%s> mail loop (%s): delivered without rules", self.envelope.id, account, why
             )
             self._store(account, "INBOX", self.message, "")
-            return
+            return STORED
         outcome = rules.evaluate(facts)
         for line in outcome.log():
             log.info("%s <%s> %s", self.envelope.id, account, line)
         placement = enact.at_delivery(outcome, facts, self.message, account, self.router.plan.pipes)
         self._carry_out(account, facts, placement)
+        if placement.folders or placement.attachments:
+            return STORED
+        return REJECTED if placement.rejection is not None else NOT_STORED
 
     def _carry_out(self, account: str, facts: Facts, placement: enact.Placement) -> None:
         """Do what the rules' outcome means for this account (`enact.at_delivery`)."""

@@ -38,7 +38,9 @@ from mailplan.runtime.delivery import pipe
 from mailplan.runtime.delivery.scheduler import Waiting
 from mailplan.runtime.queue.arrival import Arrival
 from mailplan.runtime.queue.local import (
+    REJECTED,
     REPLY_LOG,
+    STORED,
     Drop,
     Effects,
     Local,
@@ -86,7 +88,7 @@ def process(
     replies: ruleactions.ReplyLog | None = None,
     batch: durable.Batch | None = None,
     say: Callable[..., None] = log.info,
-    tally: list[str] | None = None,
+    tally: list[tuple[str, str]] | None = None,
 ) -> list[Waiting]:
     """Process one queued message by `router`; returns the recipients still waiting.
 
@@ -114,9 +116,9 @@ def process(
         headers=fresh.headers if fresh is not None else None,
     )  # fmt: skip
     done: list[str] = []
+    outcomes: list[tuple[str, str]] = []  # (module, outcome) of each recipient done
     waiting: list[Waiting] = []
-    delivered: set[str] = set()  # one copy per mailbox, however many recipients lead to it
-    discarded: set[str] = set()
+    delivered: dict[str, str] = {}  # one copy per mailbox, however many recipients lead to it
     for recipient in message.envelope.recipients:
         if recipient in message.finished:
             continue
@@ -125,36 +127,58 @@ def process(
         facts = {"extra": _facts(queue_id, recipient, routing)}
         if routing.module == "LOCAL" and not lmtp.over_lmtp(router.plan, routing.queue):
             if routing.queue not in delivered:
-                _deliver(local, routing.queue, done, batch is None)
-                delivered.add(routing.queue)
+                delivered[routing.queue] = _deliver(local, routing.queue, done, batch is None)
             done.append(recipient)
-            say("%s <%s> delivered to %s (%s)", queue_id, recipient, routing, decided, **facts)
+            stored = delivered[routing.queue]
+            outcomes.append(_said(say, stored, queue_id, recipient, routing, decided, facts))
         elif routing.module == "DISCARD":
             done.append(recipient)
-            discarded.add(recipient)
+            outcomes.append(("DISCARD", "delivered"))
             say("%s <%s> discarded (%s)", queue_id, recipient, decided, **facts)
         else:
             entry = _waiting(local, message, recipient, routing, schedule)
             if entry is None:  # through the rules to LMTP: what they stored is queued anew
                 done.append(recipient)
+                outcomes.append(("LOCAL", "delivered"))
                 say("%s <%s> through rules to LMTP (%s)", queue_id, recipient, decided, **facts)
                 continue
             waiting.append(entry)
             say("%s <%s> queued in %s (%s)", queue_id, recipient, entry.queue, decided, **facts)
     if batch is None:
         _record(spool, queue_id, done, waiting)
-    count(["DISCARD" if recipient in discarded else "LOCAL" for recipient in done], tally)
+    count(outcomes, tally)
     return waiting
 
 
-def count(modules: list[str], tally: list[str] | None = None) -> None:
-    """Recipients done here (LOCAL, DISCARD), for /metrics: now, or into `tally` (a batch
-    counts them once it is committed)."""
+def _said(
+    say: Callable[..., None],
+    stored: str,
+    queue_id: str,
+    recipient: str,
+    routing: Routing,
+    decided: str,
+    facts: dict[str, Any],
+) -> tuple[str, str]:
+    """Log what LOCAL delivery did for one recipient (`Local.deliver`); its module and
+    outcome for /metrics."""
+    if stored == STORED:
+        say("%s <%s> delivered to %s (%s)", queue_id, recipient, routing, decided, **facts)
+        return "LOCAL", "delivered"
+    # the account's rules kept no copy, or rejected the message (a bounce if they could)
+    shown = "rejected by" if stored == REJECTED else "stored in no folder by"
+    line = "%s <%s> %s the rules of %s (%s)"
+    say(line, queue_id, recipient, shown, routing.queue, decided, **facts)
+    return "LOCAL", "failed" if stored == REJECTED else "delivered"
+
+
+def count(outcomes: list[tuple[str, str]], tally: list[tuple[str, str]] | None = None) -> None:
+    """Recipients done here (LOCAL, DISCARD; delivered, or failed when a rule rejected
+    the message), for /metrics: now, or into `tally` (a batch counts them once committed)."""
     if tally is not None:
-        tally.extend(modules)
+        tally.extend(outcomes)
         return
-    for module in modules:
-        metrics.meters().deliveries.labels(module=module, outcome="delivered").inc()
+    for module, outcome in outcomes:
+        metrics.meters().deliveries.labels(module=module, outcome=outcome).inc()
 
 
 @dataclass(frozen=True)
@@ -233,11 +257,12 @@ def _decided(routing: Routing, digest: str) -> str:
     return decided + (f", plan {digest[:19]}" if digest else "")
 
 
-def _deliver(local: Local, account: str, done: list[str], queued: bool) -> None:
-    """LOCAL delivery to one account; if it fails, what was delivered before it is
-    recorded, so that it is not delivered twice (a batch's copies are not delivered yet)."""
+def _deliver(local: Local, account: str, done: list[str], queued: bool) -> str:
+    """LOCAL delivery to one account (what it did: `Local.deliver`); if it fails, what was
+    delivered before it is recorded, so that it is not delivered twice (a batch's copies
+    are not delivered yet)."""
     try:
-        local.deliver(account)
+        return local.deliver(account)
     except Exception:
         if queued and done and local.spool.exists(local.envelope.id):
             local.spool.done(local.envelope.id, done)
@@ -482,7 +507,7 @@ class Processor:
         files = durable.Batch()
         handed: list[Waiting] = []
         lines: list[tuple[tuple[Any, ...], dict[str, Any]]] = []  # logged after the commit
-        tally: list[str] = []  # counted after the commit
+        tally: list[tuple[str, str]] = []  # counted after the commit
 
         def say(*line: Any, **facts: Any) -> None:
             lines.append((line, facts))
