@@ -7,7 +7,7 @@ import ipaddress
 import socket
 from itertools import repeat
 
-from mailplan.plan.model import AddressList, Plan, Source
+from mailplan.plan.model import PIECE, AddressList, Plan, Source
 
 
 class AddressSet:
@@ -53,12 +53,17 @@ class AddressSet:
 
 
 def _numbers(family: socket.AddressFamily, texts: list[str]) -> list[int]:
-    """The addresses as whole numbers: read in one loop in C when `inet_pton` reads them
-    all (the compiler writes them so), else one by one."""
+    """The addresses as whole numbers: read by loops in C, PIECE at a time (a reload
+    builds this in a thread beside the event loop), when `inet_pton` reads them all (the
+    compiler writes them so), else one by one."""
+    numbers: list[int] = []
     try:
-        return list(map(int.from_bytes, map(socket.inet_pton, repeat(family), texts)))
+        for start in range(0, len(texts), PIECE):
+            piece = texts[start : start + PIECE]
+            numbers += map(int.from_bytes, map(socket.inet_pton, repeat(family), piece))
     except (OSError, ValueError):
         return [_number(family, text) for text in texts]
+    return numbers
 
 
 def _number(family: socket.AddressFamily, text: str) -> int:
