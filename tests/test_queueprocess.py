@@ -21,8 +21,11 @@ from pathlib import Path
 import pytest
 
 from mailplan.plan import codec
+from mailplan.runtime.decide.router import Router
 from mailplan.runtime.delivery.scheduler import Remote
+from mailplan.runtime.queue.arrival import Arrival
 from mailplan.runtime.serve import queueprocess
+from mailplan.runtime.store.intake import Intake
 from mailplan.runtime.store.spool import Envelope, Share, Spool, new_id
 from tests.serverkit import LOOPBACK, Maildir, MailServer, children, free_port, wait_until
 from tests.sitekit import alice_plan, plain, write_site
@@ -217,3 +220,50 @@ def test_a_message_handed_again_after_its_batch_was_committed_is_not_delivered_t
     assert settled[1][0] == queueprocess.SETTLED
     subjects = sorted(m.split(b"Subject: ")[1].split(b"\r\n")[0] for m in mailbox.messages())
     assert subjects == [b"committed", b"fresh"]
+
+
+def test_a_back_that_says_nothing_while_mail_waits_is_killed_and_started_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A back that is alive but hung (here: stopped) is not waited for forever: once it
+    has said nothing for `patience` seconds with a message to settle, the front kills it,
+    and the next back is handed the message and delivers it."""
+    plan = alice_plan(tmp_path / "site", free_port())
+    root = tmp_path / "root"
+    spool = Spool(root / "var/queue")
+    mailbox = Maildir(root / "var/mail/example.com/alice")
+    envelope = Envelope(
+        new_id(), time.time(), "", "smtp", "127.0.0.1", "client.remote.test", "", "",
+        "s@remote.test", ("alice@example.com",),
+    )  # fmt: skip
+
+    async def scenario() -> tuple[int, int]:
+        intake = Intake(spool.directory / "intake")
+        intake.open()
+        setup = queueprocess.Setup.of(
+            spool.directory, root / "var/mail", Remote(resolver="127.0.0.1:9"), Share(),
+            ("text", "info"),
+        )  # fmt: skip
+        feed = queueprocess.Feed(intake, setup, plan, patience=1.0)
+        await feed.start()
+        assert feed._process is not None
+        hung = feed._process.pid
+        await asyncio.sleep(2.0)  # idle, and silent: nothing waits, so it is not hung
+        assert feed._process.pid == hung
+        os.kill(hung, signal.SIGSTOP)
+        arrival = Arrival(envelope, b"Subject: waits\r\n\r\nbody\r\n", "", Router(plan))
+        await feed.accept(arrival)
+        await asyncio.to_thread(mailbox.wait, 1, 20)
+        assert feed._process is not None
+        started = feed._process.pid
+        await feed.stop()
+        await intake.close()
+        return hung, started
+
+    hung, started = asyncio.run(scenario())
+    assert started != hung
+    assert len(mailbox.messages()) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors[0].startswith(f"the queue process (pid {hung}) said nothing for ")
+    assert errors[0].endswith(" s, 1 message(s) waiting: killed")
+    assert errors[1] == "the queue process was killed (signal 9); started again in 1 s"

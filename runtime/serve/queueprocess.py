@@ -74,6 +74,10 @@ STEADY = 60.0
 # seconds a stop waits for the back to process what it has (`processor.STOP_WAIT`), end
 # its deliveries and exit, before it is killed
 EXIT_WAIT = 45.0
+# seconds a back may say nothing while messages wait to be settled (or before it is
+# ready) before it is taken for hung (a disk that stopped answering, a deadlock), killed
+# and started again; a back at work settles a batch every few milliseconds
+PATIENCE = 120.0
 KEEP_PLANS = 2  # plans whose routers the back keeps (a big plan costs memory), by digest
 PR_SET_PDEATHSIG = 1
 
@@ -139,6 +143,7 @@ class Feed:
     setup: Setup
     plan: Plan
     backlog: Backlog = field(default_factory=Backlog)
+    patience: float = PATIENCE
     stopping: bool = False
     _handed: dict[str, _Handed] = field(default_factory=dict)
     _process: subprocess.Popen[bytes] | None = None
@@ -147,6 +152,10 @@ class Feed:
     _started: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _commands: set[asyncio.Task[None]] = field(default_factory=set)
+    # since when the running back has said nothing that it had reason to say: its start,
+    # its last frame, or the first message handed to it after it had settled all
+    _heard: float = 0.0
+    _ready: bool = False  # whether the running back said READY
 
     async def start(self) -> None:
         """Start the back; returns once it runs the queue (or could not be started)."""
@@ -164,6 +173,8 @@ class Feed:
         envelope = arrival.envelope
         payload = envelope.header() + arrival.message  # one copy, for the journal and the back
         ticket = await self.intake.append(envelope.id, payload)
+        if not self._handed:  # a back with nothing to settle had nothing to say until now
+            self._heard = time.monotonic()
         self._handed[envelope.id] = _Handed(ticket, payload, len(payload))
         self.backlog.add(len(payload))
         self._send(MESSAGE, payload)
@@ -230,6 +241,8 @@ class Feed:
         finally:
             back.close()
         writer = None
+        self._heard, self._ready = time.monotonic(), False
+        watchdog = asyncio.create_task(self._watch_over(process))
         try:
             reader, writer = await asyncio.open_connection(sock=front, limit=1 << 20)
             plan = None
@@ -246,12 +259,15 @@ class Feed:
                 writer.write_eof()
             log.info("the queue process (pid %d) started", process.pid)
             while (found := await read_frame(reader)) is not None:
+                self._heard = time.monotonic()
                 kind, payload = found
                 if kind == SETTLED:
                     self._settle(payload.decode("ascii").split("\n"))
                 elif kind == READY:
+                    self._ready = True
                     self._started.set()
         finally:
+            watchdog.cancel()
             if writer is not None:
                 writer.close()
             else:
@@ -259,6 +275,23 @@ class Feed:
             status = await asyncio.to_thread(_ended, process, None if self.stopping else 5.0)
             metrics.forget(process.pid)
         return f"ended (exit status {status})" if status >= 0 else f"was killed (signal {-status})"
+
+    async def _watch_over(self, process: subprocess.Popen[bytes]) -> None:
+        """Kill a back that says nothing for `patience` seconds while messages wait to be
+        settled, or while it is not ready: `_keep` starts another, handed them again."""
+        while True:
+            await asyncio.sleep(min(self.patience / 4, 10.0))
+            waiting = len(self._handed)
+            silent = time.monotonic() - self._heard
+            if self.stopping or (self._ready and not waiting) or silent < self.patience:
+                continue
+            state = f"{waiting} message(s) waiting" if self._ready else "not ready"
+            log.error(
+                "the queue process (pid %d) said nothing for %.0f s, %s: killed",
+                process.pid, silent, state,
+            )  # fmt: skip
+            process.kill()
+            return
 
     def _settle(self, ids: list[str]) -> None:
         count = size = 0
