@@ -180,3 +180,29 @@ def test_json_formatter_keeps_a_traceback_and_unknown_types() -> None:
     assert line["message"] == "bad"
     assert "ValueError: boom" in line["exception"]
     assert line["host"] == "/not/a/string"
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_a_line_that_cannot_be_written_costs_only_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer writes the lines that gathered with one write; one whose formatting
+    fails (a fact with no text) is reported, and the lines around it are still written."""
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    writer = logs.Writer("json", "info")
+    try:
+        log = logging.getLogger("mailplan.test")
+        log.info("first")
+        log.info("broken", extra={"host": _Unprintable()})
+        log.info("last")
+    finally:
+        writer.stop()
+        root.handlers[:], root.level = saved
+    lines = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
+    assert [line["message"] for line in lines] == ["first", "last"]
+    assert "RuntimeError: no text" in out.getvalue()  # the logging module's report of it

@@ -122,14 +122,19 @@ def _serve(arguments: argparse.Namespace) -> int:
         )
         return 2
     writer = logs.Writer(arguments.log_format, arguments.log_level)
+    # Each failure first lets the writer write the lines logged before it, so that the
+    # reason not to serve comes last, after the warnings that led to it.
     try:
         return _start(arguments, writer)
     except StartupError as exc:
+        writer.stop()
         _fail(arguments, f"mailplan: {exc}")
     except (SiteError, codec.PlanError) as exc:
+        writer.stop()
         text = str(exc)  # a plan's problem is one line; a site's are its diagnostics
         _fail(arguments, f"mailplan: cannot serve:{chr(10) if chr(10) in text else ' '}{text}")
     except Exception as exc:  # as every command (cli.main), in the log's shape
+        writer.stop()
         if arguments.debug:
             print(internal.where(exc), file=sys.stderr)
         _fail(arguments, internal.line(exc))

@@ -184,13 +184,24 @@ class Writer:
                 batch.append(lines.get_nowait())
             records = [record for record in batch if record is not None]
             if records:
+                text = "".join(_formatted(output, record) for record in records)
                 try:
-                    output.stream.write("".join(f"{output.format(r)}\n" for r in records))
+                    output.stream.write(text)
                     output.flush()
                 except Exception:  # a closed or full standard error: the lines are lost
                     output.handleError(records[0])
             if len(records) < len(batch):
                 return
+
+
+def _formatted(output: logging.Handler, record: logging.LogRecord) -> str:
+    """A record's line(s); a record that cannot be formatted is reported (as the logging
+    module reports one) and loses only its own line."""
+    try:
+        return output.format(record) + "\n"
+    except Exception:
+        output.handleError(record)
+        return ""
 
 
 def _output(shape: str) -> logging.StreamHandler[TextIO]:
@@ -202,6 +213,7 @@ def _output(shape: str) -> logging.StreamHandler[TextIO]:
 def _configure(level: str, handler: logging.Handler) -> None:
     # A record needs none of the caller's frame, thread or process (no format shows
     # them): leaving them out saves a third of a line's cost (logging's "Optimization").
+    # This holds for the whole process: its records say `(unknown file)`, line 0.
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
@@ -211,10 +223,12 @@ def _configure(level: str, handler: logging.Handler) -> None:
 class _Enqueue(logging.handlers.QueueHandler):
     """Hands the record over as it is: the message merged with its arguments, the
     traceback as text, and the facts (`extra=`) kept for the JSON shape. The record is
-    changed in place (this is the only handler, and the text it then carries is the
-    same), not copied."""
+    changed in place when this is the root logger's only handler (as `serve` sets it
+    up), and copied first when another handler may see it after this one."""
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if len(logging.root.handlers) > 1:
+            record = logging.makeLogRecord(record.__dict__)
         record.msg = printable(record.getMessage())
         record.args = None
         if record.exc_info:
