@@ -226,8 +226,9 @@ def test_a_back_that_says_nothing_while_mail_waits_is_killed_and_started_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A back that is alive but hung (here: stopped) is not waited for forever: once it
-    has said nothing for `patience` seconds with a message to settle, the front kills it,
-    and the next back is handed the message and delivers it."""
+    has said nothing, not even ALIVE, for `patience` seconds, the front kills it, and the
+    next back is handed the message and delivers it. Neither an idle back nor a front
+    that was itself held up counts as silence."""
     plan = alice_plan(tmp_path / "site", free_port())
     root = tmp_path / "root"
     spool = Spool(root / "var/queue")
@@ -248,7 +249,10 @@ def test_a_back_that_says_nothing_while_mail_waits_is_killed_and_started_again(
         await feed.start()
         assert feed._process is not None
         hung = feed._process.pid
-        await asyncio.sleep(2.0)  # idle, and silent: nothing waits, so it is not hung
+        await asyncio.sleep(2.0)  # idle: it says ALIVE, so it is not hung
+        assert feed._process.pid == hung
+        time.sleep(1.5)  # the front itself is held up: the back's frames wait in the socket
+        await asyncio.sleep(1.0)
         assert feed._process.pid == hung
         os.kill(hung, signal.SIGSTOP)
         arrival = Arrival(envelope, b"Subject: waits\r\n\r\nbody\r\n", "", Router(plan))

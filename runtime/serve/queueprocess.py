@@ -38,7 +38,7 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +68,16 @@ AGAIN = 4  # front -> back: a message handed to a back that died, perhaps proces
 FLUSH = 5  # front -> back: `mailplan queue flush` (SIGUSR1)
 SETTLED = 6  # back -> front: ids, one per line, whose processing is durable
 READY = 7  # back -> front: the queue runs (the plan is loaded, the spool read)
+ALIVE = 8  # back -> front: its event loop runs (every `Setup.alive` seconds)
 RESTART_DELAY = 1.0  # seconds before a back that died is started again, doubled while
 RESTART_LIMIT = 60.0  # it dies within STEADY seconds of its start, up to this
 STEADY = 60.0
 # seconds a stop waits for the back to process what it has (`processor.STOP_WAIT`), end
 # its deliveries and exit, before it is killed
 EXIT_WAIT = 45.0
-# seconds a back may say nothing while messages wait to be settled (or before it is
-# ready) before it is taken for hung (a disk that stopped answering, a deadlock), killed
-# and started again; a back at work settles a batch every few milliseconds
+# seconds a back may say nothing (it says ALIVE eight times in them) before it is taken
+# for hung (stopped, or its event loop stuck), killed and started again; and seconds it
+# may take to be ready
 PATIENCE = 120.0
 KEEP_PLANS = 2  # plans whose routers the back keeps (a big plan costs memory), by digest
 PR_SET_PDEATHSIG = 1
@@ -106,6 +107,7 @@ class Setup:
     remote: dict[str, Any]
     share: tuple[int, int]
     log: tuple[str, str]  # shape and level
+    alive: float = PATIENCE / 8  # seconds between the back's ALIVE frames
 
     @classmethod
     def of(
@@ -119,7 +121,9 @@ class Setup:
         raw = json.loads(data)
         index, of = raw["share"]
         shape, level = raw["log"]
-        return cls(raw["queue"], raw["mail"], raw["remote"], (index, of), (shape, level))
+        return cls(
+            raw["queue"], raw["mail"], raw["remote"], (index, of), (shape, level), raw["alive"]
+        )
 
     def remote_options(self) -> Remote:
         return Remote(**(self.remote | {"root": Path(self.remote["root"])}))
@@ -152,9 +156,7 @@ class Feed:
     _started: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _commands: set[asyncio.Task[None]] = field(default_factory=set)
-    # since when the running back has said nothing that it had reason to say: its start,
-    # its last frame, or the first message handed to it after it had settled all
-    _heard: float = 0.0
+    _heard: float = 0.0  # when the running back last said something (or was started)
     _ready: bool = False  # whether the running back said READY
 
     async def start(self) -> None:
@@ -173,8 +175,6 @@ class Feed:
         envelope = arrival.envelope
         payload = envelope.header() + arrival.message  # one copy, for the journal and the back
         ticket = await self.intake.append(envelope.id, payload)
-        if not self._handed:  # a back with nothing to settle had nothing to say until now
-            self._heard = time.monotonic()
         self._handed[envelope.id] = _Handed(ticket, payload, len(payload))
         self.backlog.add(len(payload))
         self._send(MESSAGE, payload)
@@ -251,7 +251,8 @@ class Feed:
                 data = await asyncio.to_thread(_plan_bytes, plan)
             # from here to `_writer`, no await: a message accepted meanwhile is either
             # handed again below or sent by `_journal` after the plan
-            writer.write(frame(SETUP, json.dumps(asdict(self.setup)).encode()) + frame(PLAN, data))
+            setup = asdict(replace(self.setup, alive=self.patience / 8))
+            writer.write(frame(SETUP, json.dumps(setup).encode()) + frame(PLAN, data))
             for handed in self._handed.values():
                 writer.writelines((FRAME.pack(len(handed.payload), AGAIN), handed.payload))
             self._writer = writer
@@ -277,15 +278,24 @@ class Feed:
         return f"ended (exit status {status})" if status >= 0 else f"was killed (signal {-status})"
 
     async def _watch_over(self, process: subprocess.Popen[bytes]) -> None:
-        """Kill a back that says nothing for `patience` seconds while messages wait to be
-        settled, or while it is not ready: `_keep` starts another, handed them again."""
+        """Kill a back that says nothing (not even ALIVE) for `patience` seconds, or is
+        not ready after them: `_keep` starts another and hands it what is not settled.
+        A front that was itself held up (stopped, its loop blocked) does not count the
+        time it was away: the back's frames waited for it in the socket."""
+        started = time.monotonic()
+        tick = min(self.patience / 4, 10.0)
         while True:
-            await asyncio.sleep(min(self.patience / 4, 10.0))
-            waiting = len(self._handed)
-            silent = time.monotonic() - self._heard
-            if self.stopping or (self._ready and not waiting) or silent < self.patience:
+            before = time.monotonic()
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if now - before > 2 * tick:  # this loop was away
+                self._heard = max(self._heard, now)
                 continue
-            state = f"{waiting} message(s) waiting" if self._ready else "not ready"
+            silent = now - self._heard
+            late = not self._ready and now - started > self.patience
+            if self.stopping or (silent < self.patience and not late):
+                continue
+            state = f"{len(self._handed)} message(s) waiting" if self._ready else "not ready"
             log.error(
                 "the queue process (pid %d) said nothing for %.0f s, %s: killed",
                 process.pid, silent, state,
@@ -360,17 +370,28 @@ class _Back:
         return self.router
 
     async def run(self) -> None:
-        while (found := await read_frame(self.reader)) is not None:
-            kind, payload = found
-            if kind == MESSAGE:
-                self._process(payload, again=False)
-            elif kind == AGAIN:
-                self._process(payload, again=True)
-            elif kind == PLAN:
-                await self._plan(payload)
-            elif kind == FLUSH and self.delivery is not None:
-                self.delivery.reschedule()
+        beating = asyncio.create_task(self._beat())
+        try:
+            while (found := await read_frame(self.reader)) is not None:
+                kind, payload = found
+                if kind == MESSAGE:
+                    self._process(payload, again=False)
+                elif kind == AGAIN:
+                    self._process(payload, again=True)
+                elif kind == PLAN:
+                    await self._plan(payload)
+                elif kind == FLUSH and self.delivery is not None:
+                    self.delivery.reschedule()
+        finally:
+            beating.cancel()
         await self._stop()
+
+    async def _beat(self) -> None:
+        """ALIVE every `Setup.alive` seconds: the front's watchdog hears that this loop runs."""
+        while not self.writer.is_closing():
+            await asyncio.sleep(self.setup.alive)
+            if not self.writer.is_closing():
+                self.writer.write(frame(ALIVE))
 
     async def _plan(self, payload: bytes) -> None:
         plan = await asyncio.to_thread(codec.loads, payload.decode(), "plan")
