@@ -62,6 +62,10 @@ CAROL_RULES = """\
 rule "Offers to Junk" priority 5
   if   Subject is "*offer*"
   then Store in Junk
+
+rule "No adverts" priority 6
+  if   Subject is "*advert*"
+  then Reject with "550 5.7.1 carol takes no adverts"
 """
 
 
@@ -164,6 +168,7 @@ def test_local_mail_goes_over_lmtp_through_the_rules_one_outcome_per_recipient(
         "hello everyone",
     )
     farm.send(["carol@example.com"], "a special offer")
+    farm.send(["carol@example.com"], "an advert")
     log = farm.server
     assert log.wait_for_log("<dave@example.com> failed: 550", TIMEOUT), log.log()
     assert log.wait_for_log("<alice@example.com> delivered: 250", TIMEOUT), log.log()
@@ -178,6 +183,11 @@ def test_local_mail_goes_over_lmtp_through_the_rules_one_outcome_per_recipient(
     # dave alone bounced: a DSN is queued for the sender, nobody else failed
     assert log.log().count("failed: 5") == 1, log.log()
     assert "DSN for sender@remote.example queued" in log.log()
+    # what carol's rules did is said as such: stored (queued for LMTP), or refused
+    assert "<carol@example.com> through rules to LMTP" in log.log()
+    refused = "<carol@example.com> rejected by the rules of carol@example.com"
+    assert log.wait_for_log(refused, TIMEOUT), log.log()
+    assert "an advert" not in farm.subjects("carol@example.com")
 
 
 @pytest.mark.interop("dovecot", "lmtp")

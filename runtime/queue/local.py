@@ -106,12 +106,13 @@ class Local:
     drops: list[Drop] | None = None  # collecting for LMTP (`collect`) rather than writing
     headers: Headers | None = None  # of `message`, if parsed already (`Arrival.headers`)
 
-    def collect(self, account: str) -> list[Drop]:
-        """Run the account's rules as `deliver` does, but return what they store."""
+    def collect(self, account: str) -> tuple[str, list[Drop]]:
+        """Run the account's rules as `deliver` does, but return what they store (and
+        what `deliver` returns)."""
         self.drops = []
         try:
-            self.deliver(account)
-            return self.drops
+            stored = self.deliver(account)
+            return stored, self.drops
         finally:
             self.drops = None
 

@@ -137,10 +137,10 @@ def process(
             say("%s <%s> discarded (%s)", queue_id, recipient, decided, **facts)
         else:
             entry = _waiting(local, message, recipient, routing, schedule)
-            if entry is None:  # through the rules to LMTP: what they stored is queued anew
+            if isinstance(entry, str):  # through the rules to LMTP: what they stored is queued
                 done.append(recipient)
-                outcomes.append(("LOCAL", "delivered"))
-                say("%s <%s> through rules to LMTP (%s)", queue_id, recipient, decided, **facts)
+                said = _said(say, entry, queue_id, recipient, routing, decided, facts, lmtp=True)
+                outcomes.append(said)
                 continue
             waiting.append(entry)
             say("%s <%s> queued in %s (%s)", queue_id, recipient, entry.queue, decided, **facts)
@@ -158,22 +158,24 @@ def _said(
     routing: Routing,
     decided: str,
     facts: dict[str, Any],
+    lmtp: bool = False,
 ) -> tuple[str, str]:
-    """Log what LOCAL delivery did for one recipient (`Local.deliver`); its module and
-    outcome for /metrics."""
-    if stored == STORED:
+    """Log what LOCAL delivery did for one recipient (`Local.deliver`; with `lmtp`, what
+    the rules stored was queued for LMTP); its module and outcome for /metrics."""
+    if stored == STORED and lmtp:
+        say("%s <%s> through rules to LMTP (%s)", queue_id, recipient, decided, **facts)
+    elif stored == STORED:
         say("%s <%s> delivered to %s (%s)", queue_id, recipient, routing, decided, **facts)
-        return "LOCAL", "delivered"
-    # the account's rules kept no copy, or rejected the message (a bounce if they could)
-    shown = "rejected by" if stored == REJECTED else "stored in no folder by"
-    line = "%s <%s> %s the rules of %s (%s)"
-    say(line, queue_id, recipient, shown, routing.queue, decided, **facts)
-    return "LOCAL", "failed" if stored == REJECTED else "delivered"
+    else:  # the account's rules kept no copy, or rejected the message (a bounce if they could)
+        shown = "rejected by" if stored == REJECTED else "stored in no folder by"
+        line = "%s <%s> %s the rules of %s (%s)"
+        say(line, queue_id, recipient, shown, routing.queue, decided, **facts)
+    return "LOCAL", "rejected" if stored == REJECTED else "delivered"
 
 
 def count(outcomes: list[tuple[str, str]], tally: list[tuple[str, str]] | None = None) -> None:
-    """Recipients done here (LOCAL, DISCARD; delivered, or failed when a rule rejected
-    the message), for /metrics: now, or into `tally` (a batch counts them once committed)."""
+    """Recipients done here (LOCAL, DISCARD; delivered, or rejected by the account's
+    rules), for /metrics: now, or into `tally` (a batch counts them once committed)."""
     if tally is not None:
         tally.extend(outcomes)
         return
@@ -225,23 +227,23 @@ class _Message:
 
 def _waiting(
     local: Local, message: _Message, recipient: str, routing: Routing, schedule: tuple[int, ...]
-) -> Waiting | None:
+) -> Waiting | str:
     """A recipient for the delivery wing. A LOCAL one (whose mailbox is reached by LMTP)
     goes through the account's rules first: the plain case (INBOX, the message unchanged)
     waits in the LMTP queue as it is; anything else the rules stored is queued as drops
-    of its own, and the recipient is done (None)."""
+    of its own, and the recipient is done (what `Local.deliver` says the rules did)."""
     if routing.module != "LOCAL":
         return message.waiting(recipient, routing, schedule)
     plan, account = local.router.plan, routing.queue
     folder = dropped_into(message.envelope)
     if folder is not None:  # a drop: the rules ran already
         return message.waiting(recipient, lmtp.handover(plan, routing, folder), schedule)
-    drops = local.collect(account)
+    stored, drops = local.collect(account)
     if drops == [Drop("INBOX", message.bytes, "")]:
         return message.waiting(recipient, lmtp.handover(plan, routing), schedule)
     for drop in drops:
         local.queue_drop(account, drop)
-    return None
+    return stored
 
 
 def _facts(queue_id: str, recipient: str, routing: Routing) -> dict[str, str]:
