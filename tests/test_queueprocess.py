@@ -271,3 +271,45 @@ def test_a_back_that_says_nothing_while_mail_waits_is_killed_and_started_again(
     assert errors[0].startswith(f"the queue process (pid {hung}) said nothing for ")
     assert errors[0].endswith(" s, 1 message(s) waiting: killed")
     assert errors[1] == "the queue process was killed (signal 9); started again in 1 s"
+
+
+def test_a_back_that_is_not_ready_in_time_is_killed_and_started_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A back stopped as it starts (before it could load the plan and say READY) would
+    keep the front from serving: past `patience` it is killed, and the next one serves."""
+    plan = alice_plan(tmp_path / "site", free_port())
+    root = tmp_path / "root"
+    spool = Spool(root / "var/queue")
+
+    async def scenario() -> tuple[int, int]:
+        intake = Intake(spool.directory / "intake")
+        intake.open()
+        setup = queueprocess.Setup.of(
+            spool.directory, root / "var/mail", Remote(resolver="127.0.0.1:9"), Share(),
+            ("text", "info"),
+        )  # fmt: skip
+        feed = queueprocess.Feed(intake, setup, plan, patience=1.0)
+        starting = asyncio.create_task(feed.start())
+        while feed._process is None:
+            await asyncio.sleep(0.001)
+        stuck = feed._process.pid
+        os.kill(stuck, signal.SIGSTOP)  # long before it has read its plan
+        await asyncio.wait_for(starting, 30)  # the front serves once the stuck one is gone
+
+        async def the_next_is_ready() -> None:
+            while feed._process is None or feed._process.pid == stuck or not feed._ready:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(the_next_is_ready(), 30)
+        assert feed._process is not None
+        started = feed._process.pid
+        await feed.stop()
+        await intake.close()
+        return stuck, started
+
+    stuck, started = asyncio.run(scenario())
+    assert started != stuck
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors[0].startswith(f"the queue process (pid {stuck}) was not ready ")
+    assert errors[0].endswith(" s after its start: killed")

@@ -295,11 +295,16 @@ class Feed:
             late = not self._ready and now - started > self.patience
             if self.stopping or (silent < self.patience and not late):
                 continue
-            state = f"{len(self._handed)} message(s) waiting" if self._ready else "not ready"
-            log.error(
-                "the queue process (pid %d) said nothing for %.0f s, %s: killed",
-                process.pid, silent, state,
-            )  # fmt: skip
+            if late:
+                log.error(
+                    "the queue process (pid %d) was not ready %.0f s after its start: killed",
+                    process.pid, now - started,
+                )  # fmt: skip
+            else:
+                log.error(
+                    "the queue process (pid %d) said nothing for %.0f s, %d message(s) waiting:"
+                    " killed", process.pid, silent, len(self._handed),
+                )  # fmt: skip
             process.kill()
             return
 
