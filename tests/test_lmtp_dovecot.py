@@ -53,8 +53,8 @@ delivery:
 domains:
   example.com:
     accounts:
-      alice: {{password: "{hash}"}}
-      carol: {{password: "{hash}", rules: carol.rules}}
+      alice: {{password: "{hash}", aliases: [alicia]}}
+      carol: {{password: "{hash}", rules: carol.rules, aliases: [caroline]}}
       bob: {{}}
       dave: {{}}
 """
@@ -169,13 +169,22 @@ def test_local_mail_goes_over_lmtp_through_the_rules_one_outcome_per_recipient(
     )
     farm.send(["carol@example.com"], "a special offer")
     farm.send(["carol@example.com"], "an advert")
+    # an alias beside its account: one copy in the mailbox, the rules run once
+    farm.send(["alice@example.com", "alicia@example.com"], "to alice twice")
+    farm.send(["carol@example.com", "caroline@example.com"], "another offer")
     log = farm.server
     assert log.wait_for_log("<dave@example.com> failed: 550", TIMEOUT), log.log()
     assert log.wait_for_log("<alice@example.com> delivered: 250", TIMEOUT), log.log()
     assert wait_until(lambda: farm.subjects("carol@example.com", "Junk"), TIMEOUT), log.log()
-    assert farm.subjects("alice@example.com") == ["hello everyone"]
+    assert wait_until(lambda: len(farm.subjects("carol@example.com", "Junk")) == 2, TIMEOUT)
+    assert wait_until(lambda: len(farm.subjects("alice@example.com")) == 2, TIMEOUT)
+    assert sorted(farm.subjects("alice@example.com")) == ["hello everyone", "to alice twice"]
     assert farm.subjects("carol@example.com") == ["hello everyone"]
-    assert farm.subjects("carol@example.com", "Junk") == ["a special offer"]
+    assert sorted(farm.subjects("carol@example.com", "Junk")) == [
+        "a special offer",
+        "another offer",
+    ]
+    assert "<alicia@example.com> goes into the mailbox of alice@example.com with" in log.log()
     (bobs,) = farm.files("bob@example.com")  # an account without a password gets mail too
     assert bobs.startswith(b"Return-Path: <sender@remote.example>\n"), bobs  # Dovecot's
     assert b"by mail.example.com (mailplan) with ESMTP" in bobs, bobs

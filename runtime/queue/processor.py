@@ -118,25 +118,27 @@ def process(
     done: list[str] = []
     outcomes: list[tuple[str, str]] = []  # (module, outcome) of each recipient done
     waiting: list[Waiting] = []
-    delivered: dict[str, str] = {}  # one copy per mailbox, however many recipients lead to it
-    for recipient in message.envelope.recipients:
-        if recipient in message.finished:
-            continue
+    # one copy per mailbox, however many recipients lead to it (an alias beside its
+    # account): what its rules did, or the recipient whose LMTP delivery serves it
+    delivered: dict[str, str] = {}
+    for recipient in message.pending():
         routing = message.routing(recipient)
         decided = _decided(routing, digest)
         facts = {"extra": _facts(queue_id, recipient, routing)}
-        if routing.module == "LOCAL" and not lmtp.over_lmtp(router.plan, routing.queue):
-            if routing.queue not in delivered:
-                delivered[routing.queue] = _deliver(local, routing.queue, done, batch is None)
+        if routing.module == "LOCAL" and routing.queue in delivered:
             done.append(recipient)
-            stored = delivered[routing.queue]
+            earlier = delivered[routing.queue]
+            outcomes.append(_again(say, earlier, queue_id, recipient, routing, decided, facts))
+        elif routing.module == "LOCAL" and not lmtp.over_lmtp(router.plan, routing.queue):
+            stored = delivered[routing.queue] = _deliver(local, routing.queue, done, batch is None)
+            done.append(recipient)
             outcomes.append(_said(say, stored, queue_id, recipient, routing, decided, facts))
         elif routing.module == "DISCARD":
             done.append(recipient)
             outcomes.append(("DISCARD", "delivered"))
             say("%s <%s> discarded (%s)", queue_id, recipient, decided, **facts)
         else:
-            entry = _waiting(local, message, recipient, routing, schedule)
+            entry = _waiting(local, message, recipient, routing, schedule, delivered)
             if isinstance(entry, str):  # through the rules to LMTP: what they stored is queued
                 done.append(recipient)
                 said = _said(say, entry, queue_id, recipient, routing, decided, facts, lmtp=True)
@@ -173,6 +175,25 @@ def _said(
     return "LOCAL", "rejected" if stored == REJECTED else "delivered"
 
 
+def _again(
+    say: Callable[..., None],
+    earlier: str,
+    queue_id: str,
+    recipient: str,
+    routing: Routing,
+    decided: str,
+    facts: dict[str, Any],
+) -> tuple[str, str]:
+    """A recipient whose mailbox an earlier recipient of the message reached already (an
+    alias beside its account): what was done then stands for both, once. `earlier` is
+    what the account's rules did, or `<recipient>` whose LMTP delivery serves both."""
+    if earlier.startswith("<"):
+        line = "%s <%s> goes into the mailbox of %s with %s (%s)"
+        say(line, queue_id, recipient, routing.queue, earlier, decided, **facts)
+        return "LOCAL", "delivered"
+    return _said(say, earlier, queue_id, recipient, routing, decided, facts)
+
+
 def count(outcomes: list[tuple[str, str]], tally: list[tuple[str, str]] | None = None) -> None:
     """Recipients done here (LOCAL, DISCARD; delivered, or rejected by the account's
     rules), for /metrics: now, or into `tally` (a batch counts them once committed)."""
@@ -193,6 +214,10 @@ class _Message:
     routing: Callable[[str], Routing]
     finished: set[str] = field(default_factory=set)
     history: retry.History | None = None  # None: it just arrived
+
+    def pending(self) -> list[str]:
+        """The recipients not yet done, in the envelope's order."""
+        return [r for r in self.envelope.recipients if r not in self.finished]
 
     @classmethod
     def fresh(cls, arrival: Arrival) -> _Message:
@@ -226,15 +251,22 @@ class _Message:
 
 
 def _waiting(
-    local: Local, message: _Message, recipient: str, routing: Routing, schedule: tuple[int, ...]
+    local: Local,
+    message: _Message,
+    recipient: str,
+    routing: Routing,
+    schedule: tuple[int, ...],
+    delivered: dict[str, str],
 ) -> Waiting | str:
     """A recipient for the delivery wing. A LOCAL one (whose mailbox is reached by LMTP)
     goes through the account's rules first: the plain case (INBOX, the message unchanged)
     waits in the LMTP queue as it is; anything else the rules stored is queued as drops
-    of its own, and the recipient is done (what `Local.deliver` says the rules did)."""
+    of its own, and the recipient is done (what `Local.deliver` says the rules did).
+    Either is noted in `delivered`, for the account's other recipients."""
     if routing.module != "LOCAL":
         return message.waiting(recipient, routing, schedule)
     plan, account = local.router.plan, routing.queue
+    delivered[account] = f"<{recipient}>"
     folder = dropped_into(message.envelope)
     if folder is not None:  # a drop: the rules ran already
         return message.waiting(recipient, lmtp.handover(plan, routing, folder), schedule)
@@ -243,6 +275,7 @@ def _waiting(
         return message.waiting(recipient, lmtp.handover(plan, routing), schedule)
     for drop in drops:
         local.queue_drop(account, drop)
+    delivered[account] = stored
     return stored
 
 
