@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from mailplan.plan import codec
+from mailplan.plan.model import Plan
 from mailplan.runtime.decide.router import Router
 from mailplan.runtime.delivery.scheduler import Remote
 from mailplan.runtime.queue.arrival import Arrival
@@ -222,6 +223,19 @@ def test_a_message_handed_again_after_its_batch_was_committed_is_not_delivered_t
     assert subjects == [b"committed", b"fresh"]
 
 
+def _impatient_feed(root: Path, plan: Plan) -> queueprocess.Feed:
+    """A front's side on a real spool and intake journal under `root`, whose watchdog
+    takes a back for hung after 1 s (call it in the event loop)."""
+    spool = Spool(root / "var/queue")
+    intake = Intake(spool.directory / "intake")
+    intake.open()
+    setup = queueprocess.Setup.of(
+        spool.directory, root / "var/mail", Remote(resolver="127.0.0.1:9"), Share(),
+        ("text", "info"),
+    )  # fmt: skip
+    return queueprocess.Feed(intake, setup, plan, patience=1.0)
+
+
 def test_a_back_that_says_nothing_while_mail_waits_is_killed_and_started_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -231,7 +245,6 @@ def test_a_back_that_says_nothing_while_mail_waits_is_killed_and_started_again(
     that was itself held up counts as silence."""
     plan = alice_plan(tmp_path / "site", free_port())
     root = tmp_path / "root"
-    spool = Spool(root / "var/queue")
     mailbox = Maildir(root / "var/mail/example.com/alice")
     envelope = Envelope(
         new_id(), time.time(), "", "smtp", "127.0.0.1", "client.remote.test", "", "",
@@ -239,13 +252,7 @@ def test_a_back_that_says_nothing_while_mail_waits_is_killed_and_started_again(
     )  # fmt: skip
 
     async def scenario() -> tuple[int, int]:
-        intake = Intake(spool.directory / "intake")
-        intake.open()
-        setup = queueprocess.Setup.of(
-            spool.directory, root / "var/mail", Remote(resolver="127.0.0.1:9"), Share(),
-            ("text", "info"),
-        )  # fmt: skip
-        feed = queueprocess.Feed(intake, setup, plan, patience=1.0)
+        feed = _impatient_feed(root, plan)
         await feed.start()
         assert feed._process is not None
         hung = feed._process.pid
@@ -261,7 +268,7 @@ def test_a_back_that_says_nothing_while_mail_waits_is_killed_and_started_again(
         assert feed._process is not None
         started = feed._process.pid
         await feed.stop()
-        await intake.close()
+        await feed.intake.close()
         return hung, started
 
     hung, started = asyncio.run(scenario())
@@ -280,16 +287,9 @@ def test_a_back_that_is_not_ready_in_time_is_killed_and_started_again(
     keep the front from serving: past `patience` it is killed, and the next one serves."""
     plan = alice_plan(tmp_path / "site", free_port())
     root = tmp_path / "root"
-    spool = Spool(root / "var/queue")
 
     async def scenario() -> tuple[int, int]:
-        intake = Intake(spool.directory / "intake")
-        intake.open()
-        setup = queueprocess.Setup.of(
-            spool.directory, root / "var/mail", Remote(resolver="127.0.0.1:9"), Share(),
-            ("text", "info"),
-        )  # fmt: skip
-        feed = queueprocess.Feed(intake, setup, plan, patience=1.0)
+        feed = _impatient_feed(root, plan)
         starting = asyncio.create_task(feed.start())
         while feed._process is None:
             await asyncio.sleep(0.001)
@@ -305,7 +305,7 @@ def test_a_back_that_is_not_ready_in_time_is_killed_and_started_again(
         assert feed._process is not None
         started = feed._process.pid
         await feed.stop()
-        await intake.close()
+        await feed.intake.close()
         return stuck, started
 
     stuck, started = asyncio.run(scenario())
