@@ -6,25 +6,18 @@ place where a problem was written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import msgspec
 from lark import Token, Transformer, v_args
 
-from mailplan.plan.quick import quick
 
-
-@quick
-@dataclass(frozen=True)
-class Text:
+class Text(msgspec.Struct, frozen=True, gc=False):
     """A piece of source text and the column where it starts."""
 
     value: str
     column: int
 
 
-@quick
-@dataclass(frozen=True)
-class Record:
+class Record(msgspec.Struct, frozen=True, gc=False):
     """One routing-table record: `[prefixes] left = right [; allow-open-relay: why]`."""
 
     file: str
@@ -39,9 +32,7 @@ class Record:
     acknowledgement: Text | None
 
 
-@quick
-@dataclass(frozen=True)
-class Entry:
+class Entry(msgspec.Struct, frozen=True, gc=False):
     """One address-list line: an address, a range, a network or an include, maybe excluded."""
 
     file: str

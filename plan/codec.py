@@ -1,13 +1,12 @@
 """The plan's JSON form: canonical encoding, sha256 digest, JSON Schema, and verified loading.
 
-The JSON form and the schema are both derived from the dataclasses in `plan.model`,
+The JSON form and the schema are both derived from the classes in `plan.model`,
 so they cannot drift apart. A plan file is the canonical content plus `digest`;
 `load` refuses a file whose schema or digest does not hold.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -22,7 +21,7 @@ import jsonschema
 import msgspec
 
 from mailplan.plan import trusted
-from mailplan.plan.model import FORMAT, Form, Plan
+from mailplan.plan.model import FORMAT, Form, Plan, fields, is_class
 
 T = TypeVar("T")
 SCHEMA_ID = "https://mailplan.invalid/schema/plan-v1.json"
@@ -38,9 +37,10 @@ class PlanError(Exception):
 
 
 def encode(value: Any) -> Any:
-    """The JSON value of a plan (or any part of it)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    """The JSON value of a plan (or any part of it, or of what the router makes of it:
+    a routing's steps are msgspec Structs)."""
+    if is_class(type(value)):
+        return {name: encode(getattr(value, name)) for name in fields(value)}
     if isinstance(value, tuple):
         return [encode(item) for item in value]
     return value
@@ -53,11 +53,9 @@ def decode(cls: type[T], data: Any) -> T:
 
 def _decode(hint: Any, data: Any) -> Any:
     origin = typing.get_origin(hint)
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+    if is_class(hint):
         hints = _hints(hint)
-        return hint(
-            **{f.name: _decode(hints[f.name], data[f.name]) for f in dataclasses.fields(hint)}
-        )
+        return hint(**{name: _decode(hints[name], data[name]) for name in fields(hint)})
     if origin is tuple:
         (item, _) = typing.get_args(hint)
         return tuple(_decode(item, element) for element in data)
@@ -102,7 +100,7 @@ def dumps(plan: Plan) -> str:
     ensure_ascii=False)` gives), and reading it back the way `loads` does checks it
     against the model; only a plan that fails that is checked, and written, step by step
     (and then refused with the schema's words)."""
-    top = {field.name: getattr(plan, field.name) for field in dataclasses.fields(plan)}
+    top = {name: getattr(plan, name) for name in fields(plan)}
     compact = canonical(top | {"digest": digest(plan)})
     text = msgspec.json.format(compact, indent=1).decode() + "\n"
     if _trusted(text) is not None:
@@ -222,10 +220,10 @@ def _checker(hint: Any) -> Checker | None:
         options = [option for option in typing.get_args(hint) if option is not type(None)]
         inner = _checker(options[0])
         return None if inner is None else functools.partial(_optional, inner)
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+    if is_class(hint):
         hints = typing.get_type_hints(hint, include_extras=True)
-        fields = [(f.name, _checker(hints[f.name])) for f in dataclasses.fields(hint)]
-        checked = tuple((name, check) for name, check in fields if check is not None)
+        checkers = [(name, _checker(hints[name])) for name in fields(hint)]
+        checked = tuple((name, check) for name, check in checkers if check is not None)
         return functools.partial(_fields, checked) if checked else None
     return None
 
@@ -233,12 +231,12 @@ def _checker(hint: Any) -> Checker | None:
 def _forms_only(hint: Any) -> tuple[tuple[str, Form], ...]:
     """The fields of dataclass `hint` that have a Form, when it has some and nothing else
     under it is checked (a plan's address-list intervals); else ()."""
-    if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+    if not is_class(hint):
         return ()
     hints = typing.get_type_hints(hint, include_extras=True)
-    fields = [(f.name, hints[f.name]) for f in dataclasses.fields(hint)]
-    forms = tuple((name, _form_of(inner)) for name, inner in fields)
-    unformed = [inner for (_, inner), (_, form) in zip(fields, forms, strict=True) if not form]
+    typed = [(name, hints[name]) for name in fields(hint)]
+    forms = tuple((name, _form_of(inner)) for name, inner in typed)
+    unformed = [inner for (_, inner), (_, form) in zip(typed, forms, strict=True) if not form]
     if any(_checker(inner) is not None for inner in unformed) or not any(f for _, f in forms):
         return ()
     return tuple((name, form) for name, form in forms if form is not None)
@@ -395,16 +393,16 @@ def json_schema() -> dict[str, Any]:
 
 def _schema(hint: Any, definitions: dict[str, Any]) -> dict[str, Any]:
     origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+    if is_class(hint):
         name = hint.__name__
         if name not in definitions:
             definitions[name] = {}
             hints = _hints(hint)
-            fields = [f.name for f in dataclasses.fields(hint)]
+            names = list(fields(hint))
             definitions[name] = {
                 "type": "object",
-                "properties": {field: _schema(hints[field], definitions) for field in fields},
-                "required": fields,
+                "properties": {field: _schema(hints[field], definitions) for field in names},
+                "required": names,
                 "additionalProperties": False,
             }
         return {"$ref": f"#/$defs/{name}"}

@@ -3,21 +3,45 @@
 Every entity keeps the `Source` it came from, so that a trace or a log line can name
 the file and line that decided. Sequences are tuples and enumerations are `Literal`s,
 so that `plan.codec` can derive the JSON form and its JSON Schema from these classes.
+
+The classes are frozen dataclasses, except the few whose values a big site holds by the
+hundred thousand (a route and its parts, a source, an interval of an address list):
+those are frozen msgspec Structs, which are made in C some five times faster (`Route`
+with its two sources: 0.3 µs against 2.5), and kept out of the cyclic garbage collector
+(`gc=False`: they hold only strings, numbers and other such values, never a cycle). Both
+kinds are frozen, compare and hash by value; `fields` and `is_class` treat them alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from mailplan.plan.quick import quick
+import msgspec
 
 FORMAT = 1
+
+
+def is_class(hint: object) -> bool:
+    """Whether `hint` is one of the model's classes (a dataclass or a Struct)."""
+    return isinstance(hint, type) and (
+        dataclasses.is_dataclass(hint) or issubclass(hint, msgspec.Struct)
+    )
+
+
+def fields(cls: Any) -> tuple[str, ...]:
+    """The names of the fields of a model class (or of one of its values), in order."""
+    if isinstance(cls, msgspec.Struct) or (
+        isinstance(cls, type) and issubclass(cls, msgspec.Struct)
+    ):
+        return cls.__struct_fields__
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 @dataclass(frozen=True)
@@ -69,9 +93,7 @@ Kind = Literal["mail", "access", "signal"]
 KINDS: tuple[Kind, ...] = ("mail", "access", "signal")
 
 
-@quick
-@dataclass(frozen=True)
-class Source:
+class Source(msgspec.Struct, frozen=True, gc=False):
     """A place in the site: a file relative to the site folder, a line and a column (1-based)."""
 
     file: str
@@ -82,9 +104,7 @@ class Source:
         return f"{self.file}:{self.line}"
 
 
-@quick
-@dataclass(frozen=True)
-class Interval:
+class Interval(msgspec.Struct, frozen=True, gc=False):
     """An inclusive range of IP addresses of one family, written as addresses."""
 
     first: IPAddress
@@ -433,9 +453,7 @@ class Outbound:
     tls: OutboundTls
 
 
-@quick
-@dataclass(frozen=True)
-class Pattern:
+class Pattern(msgspec.Struct, frozen=True, gc=False):
     """A routing record's left side: a `*` picture of an address or of a domain (lower case)."""
 
     kind: Literal["address", "domain"]
@@ -445,9 +463,7 @@ class Pattern:
         return f"<{self.picture}>" if self.kind == "address" else self.picture
 
 
-@quick
-@dataclass(frozen=True)
-class Target:
+class Target(msgspec.Struct, frozen=True, gc=False):
     """A routing record's right side.
 
     `address` and `domain` are templates whose `*` take, in order, what the left side's
@@ -460,9 +476,7 @@ class Target:
     message: str | None
 
 
-@quick
-@dataclass(frozen=True)
-class Route:
+class Route(msgspec.Struct, frozen=True, gc=False):
     source: Source
     right_source: Source
     text: str

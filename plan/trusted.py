@@ -11,13 +11,12 @@ Why in pieces: a server reloads its plan in a thread while its event loop serves
 sessions. A C call holds the interpreter until it returns, so decoding a plan of
 100,000 routes in one call would stop every session for a good part of a second;
 decoded a few hundred values at a time, the loop gets its turn between pieces. Only
-the lists of dataclasses (`tuple[Route, ...]`) are cut up: each object that holds such a
+the lists of model values (`tuple[Route, ...]`) are cut up: each object that holds such a
 list (the plan, an address list, a domain) is read as a shell of its fields' raw texts.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import gc
 import hashlib
@@ -28,6 +27,8 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import msgspec
+
+from mailplan.plan.model import fields, is_class
 
 T = TypeVar("T")
 BATCH = 256  # values decoded (and encoded) by one C call
@@ -102,12 +103,12 @@ def uncollected() -> Iterator[None]:
 def canonical_pieces(value: Any) -> Iterator[bytes]:
     """Canonical JSON of `value` (`codec.canonical`'s bytes) in pieces of about BATCH values."""
     cls: Any = type(value)
-    if not (dataclasses.is_dataclass(value) and _long_fields(cls)):
+    if not (is_class(cls) and _long_fields(cls)):
         yield _encoder().encode(value)
         return
     long = _long_fields(cls)
     yield b"{"
-    for n, name in enumerate(sorted(f.name for f in dataclasses.fields(value))):
+    for n, name in enumerate(sorted(fields(value))):
         yield (b',"' if n else b'"') + name.encode() + b'":'
         field = getattr(value, name)
         if name not in long:
@@ -129,11 +130,11 @@ def canonical_pieces(value: Any) -> Iterator[bytes]:
 
 
 def _build(cls: Any, shell: Any) -> tuple[Any, list[bytes]]:
-    """The dataclass a shell holds, and its canonical JSON in pieces (in field-name order)."""
+    """The model value a shell holds, and its canonical JSON in pieces (in field-name order)."""
     long = _long_fields(cls)
     values: dict[str, Any] = {}
     pieces: list[bytes] = [b"{"]
-    for n, field in enumerate(sorted(f.name for f in dataclasses.fields(cls))):
+    for n, field in enumerate(sorted(fields(cls))):
         pieces.append((b',"' if n else b'"') + field.encode() + b'":')
         raw = getattr(shell, field)
         if field not in long:
@@ -148,7 +149,7 @@ def _build(cls: Any, shell: Any) -> tuple[Any, list[bytes]]:
 
 
 def _elements(element: type, raws: Sequence[msgspec.Raw]) -> tuple[tuple[Any, ...], list[bytes]]:
-    """A list of dataclasses, decoded BATCH at a time (one by one when each is a shell)."""
+    """A list of model values, decoded BATCH at a time (one by one when each is a shell)."""
     found: list[Any] = []
     pieces = [b"["]
     built: Any
@@ -183,15 +184,15 @@ def _checked(raw: msgspec.Raw | bytes, value: Any) -> bytes:
 
 @functools.cache
 def _long_fields(cls: Any) -> dict[str, type]:
-    """The fields of `cls` that hold a list of dataclasses, with the dataclass."""
-    if not dataclasses.is_dataclass(cls):
+    """The fields of `cls` that hold a list of model values, with their class."""
+    if not is_class(cls):
         return {}
     long = {}
-    hints: Any = cls  # a dataclass type, as a cache key
+    hints: Any = cls  # a model class, as a cache key
     for name, hint in _hints(hints).items():
         if typing.get_origin(hint) is tuple:
             element = typing.get_args(hint)[0]
-            if isinstance(element, type) and dataclasses.is_dataclass(element):
+            if is_class(element):
                 long[name] = element
     return long
 
@@ -199,11 +200,11 @@ def _long_fields(cls: Any) -> dict[str, type]:
 @functools.cache
 def _shell(cls: Any, top: bool) -> type:
     """A struct with the fields of `cls` as raw JSON, each element apart in a list of
-    dataclasses (and, at the top, the file's digest)."""
+    model values (and, at the top, the file's digest)."""
     long = _long_fields(cls)
-    names: Sequence[str] = [f.name for f in dataclasses.fields(cls)] + (["digest"] if top else [])
-    fields = [(name, tuple[msgspec.Raw, ...] if name in long else msgspec.Raw) for name in names]
-    return msgspec.defstruct(f"{cls.__name__}Shell", fields, forbid_unknown_fields=True)
+    names: Sequence[str] = [*fields(cls)] + (["digest"] if top else [])
+    raws = [(name, tuple[msgspec.Raw, ...] if name in long else msgspec.Raw) for name in names]
+    return msgspec.defstruct(f"{cls.__name__}Shell", raws, forbid_unknown_fields=True)
 
 
 @functools.cache

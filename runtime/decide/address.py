@@ -14,16 +14,12 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
-from dataclasses import dataclass
 
 import idna
+import msgspec
 
-from mailplan.plan.quick import quick
 
-
-@quick
-@dataclass(frozen=True)
-class Address:
+class Address(msgspec.Struct, frozen=True, gc=False):
     local: str
     domain: str
 

@@ -8,14 +8,10 @@ from the left.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from mailplan.plan.quick import quick
+import msgspec
 
 
-@quick
-@dataclass(frozen=True)
-class Picture:
+class Picture(msgspec.Struct, frozen=True, gc=False):
     text: str
     segments: tuple[str, ...]
 

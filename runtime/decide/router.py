@@ -15,8 +15,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import msgspec
+
 from mailplan.plan.model import Account, Domain, Forwarder, Kind, MailingList, Plan, Route, Source
-from mailplan.plan.quick import quick
 from mailplan.runtime.decide.address import Address, ip_literal, is_utf8, literal, parse
 from mailplan.runtime.decide.picture import Picture, substitute
 
@@ -27,9 +28,7 @@ SUFFIXES = ("._via", ".smtp", ".local", ".list")
 Module = Literal["LOCAL", "SMTP", "PIPE", "LIST", "ERROR", "DISCARD", "LMTP"]
 
 
-@quick
-@dataclass(frozen=True)
-class Step:
+class Step(msgspec.Struct, frozen=True, gc=False):
     """One thing that fired: where it is written, its canonical text, and what it did."""
 
     source: Source | None
@@ -61,15 +60,11 @@ class Routing:
         return f"{self.module}({self.queue}){self.target}"
 
 
-@quick
-@dataclass(frozen=True)
-class Rewrite:
+class Rewrite(msgspec.Struct, frozen=True, gc=False):
     step: Step
 
 
-@quick
-@dataclass(frozen=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True, gc=False):
     step: Step
     module: Module
     queue: str
