@@ -79,21 +79,21 @@ def test_a_reloaded_plan_is_freed_once_the_session_that_used_it_ends(tmp_path: P
         serving = asyncio.create_task(daemon.run())
         while not daemon.servers:
             await asyncio.sleep(0.01)
-        route = weakref.ref(daemon.current.policy.plan.routes[0])
+        plan = weakref.ref(daemon.current.policy.plan)  # its routes take no weak reference
         client = await asyncio.to_thread(smtplib.SMTP, LOOPBACK, port, timeout=TIMEOUT)
         await asyncio.to_thread(client.ehlo)  # a session on the first plan
         await daemon.reload()
         assert daemon.current.policy.plan is plans[-1]
         del plans[0]  # the test's own reference
         await asyncio.to_thread(daemon.reaper.reap)
-        assert route() is not None and daemon.reaper.waiting  # the session still uses it
+        assert plan() is not None and daemon.reaper.waiting  # the session still uses it
         await asyncio.to_thread(client.quit)
         for _ in range(int(TIMEOUT / 0.05)):
-            if route() is None and not daemon.reaper.waiting:
+            if plan() is None and not daemon.reaper.waiting:
                 break
             gc.collect()  # a session and its handler hold each other: the collector frees them
             await asyncio.sleep(0.05)
-        assert route() is None and daemon.reaper.waiting == []
+        assert plan() is None and daemon.reaper.waiting == []
         daemon.stopping.set()
         await asyncio.wait_for(serving, TIMEOUT)
 
