@@ -92,7 +92,8 @@ class _Ends:
         if isinstance(outcome, Decision):
             result: _End = (key, None, 1)
         else:
-            rest = self._chain(outcome.step.after, under_way)
+            after = outcome.step.after
+            rest = self.known.get(after) or self._chain(after, under_way)
             # Router.route refuses a step once more than MAX_REWRITES came before it
             if rest is None or rest[2] > MAX_REWRITES or _passes(rest, key):
                 return None

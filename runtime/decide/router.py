@@ -131,12 +131,13 @@ class RouteIndex:
         self._starts = _lengths_by_domain(self._local_start)
         self._ends = _lengths_by_domain(self._local_end)
 
-    def _buckets(self, address: Address) -> list[list[int]]:
-        """Every bucket that may hold a record matching `address`, exact ones first."""
+    def _buckets(self, address: Address, exact: bool = True) -> list[list[int]]:
+        """Every bucket that may hold a record matching `address`, exact ones first (unless
+        `exact` is false: then every one but the bucket of its exact address)."""
         domain = address.domain
         local = address.local.lower()
         found = []
-        if bucket := self._exact.get(f"{local}@{domain}"):
+        if exact and (bucket := self._exact.get(f"{local}@{domain}")):
             found.append(bucket)
         if bucket := self._domain.get(domain):
             found.append(bucket)
@@ -178,7 +179,12 @@ class RouteIndex:
         """The topmost record that matches `address` for `kind`, with its captures."""
         best: tuple[int, tuple[str, ...]] | None = None
         routes = self.routes
-        for bucket in self._buckets(address):
+        # a record filed under the address itself has no `*`: it matches, capturing nothing
+        for i in self._exact.get(address.key, ()):
+            if kind in routes[i].kinds:
+                best = (i, ())
+                break
+        for bucket in self._buckets(address, exact=False):
             for i in bucket:
                 if best is not None and i >= best[0]:
                     break
