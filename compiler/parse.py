@@ -6,18 +6,22 @@ reading carries on at the next line, so one run reports every broken line.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from mailplan.compiler import linescan
+from mailplan.compiler import apart, linescan
+from mailplan.compiler.addresslists import addresslists
 from mailplan.compiler.diagnostics import Diagnostic, error, split_lines
 from mailplan.compiler.syntax import Entry, EntryBuilder, Record, RecordBuilder
 from mailplan.compiler.unit import ListSource, Unit
+from mailplan.compiler.yamlpos import Document
 from mailplan.compiler.yamlpos import Path as DataPath
 from mailplan.grammar import parser
+from mailplan.plan.model import AddressList, Source
 
 _WORDS = {
     "EQUAL": "'='",
@@ -39,22 +43,51 @@ _WORDS = {
 
 
 def parse(unit: Unit) -> Unit:
-    """Parse the routing table and every address list the site defines."""
+    """Parse the routing table and every address list the site defines.
+
+    The address lists of a big site are read, and compiled, in a second process while
+    this one parses the routing table (`apart`): the unit then holds, in `lists_later`,
+    the call that gives them with their problems, which the resolve pass makes."""
     document = unit.document
     if document is None or not isinstance(document.data, dict):
         return unit
+    written = list(_written(unit, document))
+    lists_later = None
+    if not unit.shapeless:  # else no resolving, which would ask for them, is done
+        size = sum(w.text.count("\n") for w in written if isinstance(w, _Written))
+        lists_later = apart.begin(functools.partial(_lists, written), _LISTS, size)
     problems: list[Diagnostic] = []
     found: tuple[Record, ...] = ()
     routing = document.data.get("routing")
     if isinstance(routing, str) and routing in unit.texts:
         found, problems = _records(unit.texts[routing], routing)
-    lists = []
+    lists: tuple[ListSource, ...] = ()
+    if lists_later is None:
+        lists, trouble = _list_sources(written)
+        problems += trouble
+    return replace(unit, records=found, lists=lists, lists_later=lists_later).report(*problems)
+
+
+@dataclass(frozen=True)
+class _Written:
+    """An address list as it is written: its text, from `line`, `column` of `file`."""
+
+    name: str
+    defined: Source
+    text: str
+    file: str
+    line: int
+    column: int
+
+
+def _written(unit: Unit, document: Document) -> Iterator[_Written | Diagnostic]:
+    """Each address list the site defines, in order, or why it cannot be read."""
     for name, path in _list_paths(document.data):
         value = document.data_at(path)
         if isinstance(value, str) and document.at(path).style == ">":
             where = document.at(path)
             message = "write an address list as a literal block (|), not a folded one (>)"
-            problems.append(error(document.file, where.line, where.column, "MP105", message))
+            yield error(document.file, where.line, where.column, "MP105", message)
             continue
         if isinstance(value, str):
             file = document.file
@@ -65,11 +98,38 @@ def parse(unit: Unit) -> Unit:
             text = unit.texts[file]
         else:
             continue
-        entries, trouble = _entries(text, file, line, column)
-        problems += trouble
         defined = document.key_at(path)
-        lists.append(ListSource(name, document.file, defined.line, defined.column, entries))
-    return replace(unit, records=found, lists=tuple(lists)).report(*problems)
+        yield _Written(
+            name, Source(document.file, defined.line, defined.column), text, file, line, column
+        )
+
+
+def _list_sources(
+    written: list[_Written | Diagnostic],
+) -> tuple[tuple[ListSource, ...], list[Diagnostic]]:
+    """The entries of each address list, and the problems of the lists, in order."""
+    lists = []
+    problems: list[Diagnostic] = []
+    for item in written:
+        if isinstance(item, Diagnostic):
+            problems.append(item)
+            continue
+        entries, trouble = _entries(item.text, item.file, item.line, item.column)
+        problems += trouble
+        where = item.defined
+        lists.append(ListSource(item.name, where.file, where.line, where.column, entries))
+    return tuple(lists), problems
+
+
+_LISTS = tuple[tuple[AddressList, ...], list[Diagnostic]]
+
+
+def _lists(written: list[_Written | Diagnostic]) -> _LISTS:
+    """The address lists compiled, with every problem in them: what parse and resolve
+    find in the lists, all at once (the work done in a second process)."""
+    sources, problems = _list_sources(written)
+    lists, trouble = addresslists(sources)
+    return lists, problems + trouble
 
 
 def _list_paths(data: dict[str, Any]) -> Iterator[tuple[str, DataPath]]:

@@ -60,21 +60,18 @@ from mailplan.plan.model import (
 )
 from mailplan.runtime.decide.address import canonical_domain
 
-# Problems after which the YAML does not have the shape that resolving relies on.
-SHAPELESS = frozenset({"MP101", "MP102", "MP103"})
-
 
 def resolve(unit: Unit) -> Unit:
     document = unit.document
-    if document is None or any(d.code in SHAPELESS for d in unit.diagnostics):
+    if document is None or unit.shapeless:
         return unit
     data = document.data
     problems: list[Diagnostic] = []
     main = canonical_domain(data["server"]["main_domain"])
-    lists, trouble = addresslists(unit.lists)
-    problems += trouble
-    table, trouble = routes(unit.records, main)
-    problems += trouble
+    # the routes first: the address lists may be under way in a second process meanwhile
+    table, routes_trouble = routes(unit.records, main)
+    lists, trouble = unit.lists_later() if unit.lists_later else addresslists(unit.lists)
+    problems += trouble + routes_trouble
     rules, trouble = rulesets(unit.rulefiles)
     problems += trouble
     plan = Plan(
