@@ -10,14 +10,18 @@ The result is the same either way. Where a child cannot help or cannot be had, t
 caller does the work itself, as it would without this module: for a small site (a fork
 costs more than it saves), on a platform without `fork`, and in a process that runs
 other threads (a lock that one of them holds at the fork stays held in the child). A
-child that hands back no result has failed: the work is then done here, when its result
-is asked for, and fails the same way in this process, where the error is seen.
+child that hands back no result, or only part of one, has failed: the work is then done
+here, when its result is asked for, and fails the same way in this process, where the
+error is seen. A child outlives its parent by its work's time at most (well under a
+second): its write fails once the parent is gone, and it ends.
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -28,6 +32,8 @@ import msgspec
 T = TypeVar("T")
 
 LINES = 20_000  # lines of work from which a child pays for itself
+# Signals a parent may have handlers for (a server: stop, reload, reopen its logs)
+OWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def begin(work: Callable[[], T], shape: Any, lines: int) -> Callable[[], T] | None:
@@ -38,14 +44,15 @@ def begin(work: Callable[[], T], shape: Any, lines: int) -> Callable[[], T] | No
         return None
     context = multiprocessing.get_context("fork")
     receiving, sending = context.Pipe(duplex=False)
-    child = context.Process(target=_child, args=(work, sending), daemon=True)
+    child = context.Process(target=_child, args=(work, sending, receiving), daemon=True)
     child.start()
     sending.close()
 
+    @functools.cache  # the child's result is read once
     def result() -> T:
         try:
             data = receiving.recv_bytes()
-        except EOFError:  # the child ended without a result
+        except (EOFError, OSError):  # the child ended without a result, or in the middle of it
             data = None
         finally:
             receiving.close()
@@ -62,9 +69,17 @@ def _can_fork() -> bool:
     return hasattr(os, "fork") and threading.active_count() == 1
 
 
-def _child(work: Callable[[], Any], sending: Connection) -> None:
+def _child(work: Callable[[], Any], sending: Connection, receiving: Connection) -> None:
+    """Do the work and hand its result over; end quietly, whatever happens. With only the
+    parent holding the pipe's reading end, the child's write fails, and the child ends,
+    once the parent is gone. Signals do what they do to any process, not what the parent
+    asked of them (a server's handlers would stop its workers, or reload)."""
     try:
+        receiving.close()
+        signal.set_wakeup_fd(-1)
+        for number in OWN_SIGNALS:
+            signal.signal(number, signal.SIG_DFL)
         sending.send_bytes(msgspec.msgpack.encode(work()))
+        sending.close()
     except BaseException:
-        os._exit(1)  # quietly: the parent does the work again, and sees why it fails
-    sending.close()
+        os._exit(1)  # the parent does the work again, and sees why it fails

@@ -54,7 +54,7 @@ def parse(unit: Unit) -> Unit:
     written = list(_written(unit, document))
     lists_later = None
     if not unit.shapeless:  # else no resolving, which would ask for them, is done
-        size = sum(w.text.count("\n") for w in written if isinstance(w, _Written))
+        size = sum(_lines(w.text) for w in written if isinstance(w, _Written))
         lists_later = apart.begin(functools.partial(_lists, written), _LISTS, size)
     problems: list[Diagnostic] = []
     found: tuple[Record, ...] = ()
@@ -102,6 +102,11 @@ def _written(unit: Unit, document: Document) -> Iterator[_Written | Diagnostic]:
         yield _Written(
             name, Source(document.file, defined.line, defined.column), text, file, line, column
         )
+
+
+def _lines(text: str) -> int:
+    """About how many lines `text` has, ended by LF, CRLF or CR (counted in C)."""
+    return max(text.count("\n"), text.count("\r"))
 
 
 def _list_sources(

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,97 @@ def test_check_on_a_big_site_says_what_it_says_in_line(
     found = [(d["line"], d["column"], d["code"]) for d in report["diagnostics"]]
     assert found == [(d.line, d.column, d.code) for d in ordered(inline.diagnostics)]
     assert done.returncode == (0 if inline.plan else 1)
+
+
+@pytest.mark.usefixtures("alone")
+def test_a_child_killed_in_the_middle_of_its_result_leaves_the_work_to_the_parent() -> None:
+    parent = os.getpid()
+    pid_file = Path(f"/tmp/apart-{parent}.pid")
+
+    def work() -> bytes:
+        if os.getpid() == parent:
+            return b"here"
+        pid_file.write_text(str(os.getpid()))
+        return b"x" * 10_000_000  # more than a pipe holds: the child waits in its write
+
+    later = apart.begin(work, bytes, apart.LINES)
+    assert later is not None
+    try:
+        for _ in range(200):
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        assert later() == b"here"
+        assert later() == b"here"  # read once, then remembered
+    finally:
+        pid_file.unlink(missing_ok=True)
+
+
+@pytest.mark.usefixtures("alone")
+def test_the_parent_s_signal_handlers_are_not_the_child_s(tmp_path: Path) -> None:
+    parent = os.getpid()
+    heard = tmp_path / "heard"
+    pid_file = tmp_path / "pid"
+
+    def handler(number: int, frame: object) -> None:
+        heard.write_text(str(os.getpid()))
+
+    def work() -> int:
+        if os.getpid() != parent:
+            pid_file.write_text(str(os.getpid()))
+            time.sleep(30)
+        return os.getpid()
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        later = apart.begin(work, int, apart.LINES)
+        assert later is not None
+        for _ in range(200):
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.05)
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        assert later() == parent  # the child ended without a result: done here
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert not heard.exists()
+
+
+CHILD_OF_A_PARENT_THAT_GOES = """
+import multiprocessing, os, time
+from mailplan.compiler import apart
+def work():
+    time.sleep(0.5)
+    return b"x" * 10_000_000  # more than a pipe holds
+later = apart.begin(work, bytes, apart.LINES)
+print(multiprocessing.active_children()[0].pid, flush=True)
+os._exit(0)  # gone without reading
+"""
+
+
+def test_a_child_ends_when_its_parent_is_gone(tmp_path: Path) -> None:
+    """Its write fails once nobody can read it: it does not wait, holding what it
+    inherited (a server's queue lock), for a reader that will never come."""
+    script = tmp_path / "parent.py"
+    script.write_text(CHILD_OF_A_PARENT_THAT_GOES)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stderr == ""
+    child = Path("/proc", done.stdout.strip())
+    for _ in range(400):
+        if _gone(child):
+            break
+        time.sleep(0.05)
+    assert _gone(child)
+
+
+def _gone(process: Path) -> bool:
+    """Whether the process has ended (a zombie has: it waits only to be reaped)."""
+    try:
+        state = (process / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")

@@ -164,7 +164,9 @@ class _Supervisor:
                 pid, code = os.wait()
             except ChildProcessError:
                 break
-            index = self.children.pop(pid)
+            index = self.children.pop(pid, None)
+            if index is None:
+                continue  # not a worker: a child the compiler forked (compiler/apart.py)
             metrics.forget(pid)
             if self.stopping:
                 status = status or os.waitstatus_to_exitcode(code)
