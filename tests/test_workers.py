@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import smtplib
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -141,3 +142,22 @@ def test_a_bad_worker_count_is_refused(tmp_path: Path) -> None:
     result = mailplan("serve", directory, "--root", tmp_path, "--workers", "0")
     assert result.returncode == 2
     assert "--workers is a number from 1, or auto" in result.stderr
+
+
+def test_the_supervisor_passes_over_a_child_that_is_not_a_worker(tmp_path: Path) -> None:
+    """A reload compiles a site, which may fork a child for its address lists
+    (compiler/apart.py): reaped by the supervisor's wait, it is no worker of its."""
+    from mailplan.runtime.serve.workers import _Supervisor
+
+    supervisor = _Supervisor.__new__(_Supervisor)
+    stray = os.fork()
+    if stray == 0:
+        os._exit(0)
+    worker = os.fork()
+    if worker == 0:
+        time.sleep(0.5)  # ends after the stray child
+        os._exit(3)
+    supervisor.children = {worker: 0}
+    supervisor.stopping = True
+    assert supervisor.watch() == 3
+    assert supervisor.children == {}
