@@ -53,7 +53,7 @@ def parse(unit: Unit) -> Unit:
         return unit
     written = list(_written(unit, document))
     lists_later = None
-    if not unit.shapeless:  # else no resolving, which would ask for them, is done
+    if not unit.shapeless:  # else resolving, which takes the lists, does not run
         size = sum(_lines(w.text) for w in written if isinstance(w, _Written))
         lists_later = apart.begin(functools.partial(_lists, written), _LISTS, size)
     problems: list[Diagnostic] = []
